@@ -1,0 +1,44 @@
+"""Rungs: a progressive HLS transcoding engine.
+
+Decode once, publish the lowest rung first, add each higher rung the moment it closes.
+"""
+
+from __future__ import annotations
+
+from engine.audio import AudioSettings
+from engine.errors import (
+    DecodeError,
+    EncoderError,
+    InvalidOptionsError,
+    InvalidSourceError,
+    JobCancelledError,
+    OutputExistsError,
+    OutputWriteError,
+    RungsError,
+    UnsupportedSourceError,
+)
+from engine.job import Job, JobEvent, JobState, TranscodeOptions
+from engine.ladder import LadderOptions, Rung, RungSettings, plan_ladder
+from engine.probe import SourceInfo, open_source
+
+__all__ = [
+    "AudioSettings",
+    "DecodeError",
+    "EncoderError",
+    "InvalidOptionsError",
+    "InvalidSourceError",
+    "Job",
+    "JobCancelledError",
+    "JobEvent",
+    "JobState",
+    "LadderOptions",
+    "OutputExistsError",
+    "OutputWriteError",
+    "Rung",
+    "RungSettings",
+    "RungsError",
+    "SourceInfo",
+    "UnsupportedSourceError",
+    "open_source",
+    "plan_ladder",
+]

@@ -1,0 +1,154 @@
+"""The one decode pass over the source: video frames and audio frames out, each exactly once.
+
+Frames leave this stage as 8-bit 4:2:0 (``yuv420p``) at the source's coded size, with ``pts``
+relative to the first video frame and the segment they open or belong to. Converting 10-bit,
+4:2:2 or hardware (nv12) frames here, once, means every rung downstream reads one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import av.audio.frame
+import av.error
+import av.video.frame
+from av.video.reformatter import VideoReformatter
+
+from engine.errors import DecodeError, JobCancelledError
+from engine.gop import FrameTime, KeyframeSchedule
+from engine.probe import OpenSource
+
+log = logging.getLogger(__name__)
+
+#: The pixel format every stage after decode works in.
+PIXEL_FORMAT = "yuv420p"
+#: Give up on a source when more than this share of its video packets fail to decode.
+MAX_BAD_PACKET_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    """What the decode pass did."""
+
+    #: Video frames the decoder produced (before any frame-rate cap).
+    frames_decoded: int
+    #: Video frames passed on to the rungs.
+    frames_kept: int
+    #: Video packets in the source (one per frame for every codec Rungs accepts).
+    video_packets: int
+    #: Packets that failed to decode and were skipped.
+    bad_packets: int
+    time_base: Fraction
+
+
+VideoSink = Callable[[av.video.frame.VideoFrame, FrameTime], None]
+AudioSink = Callable[[av.audio.frame.AudioFrame, float], None]
+"""Called with a decoded audio frame and its start in seconds relative to the first video frame."""
+
+
+def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: VideoSink,
+                  on_audio: AudioSink | None, cancel: threading.Event) -> DecodeStats:
+    """Demux and decode ``source`` once, calling the sinks in presentation order per stream."""
+    video = source.container.streams.video[0]
+    time_base = Fraction(video.time_base or Fraction(1, 90000))
+    state = _VideoState(schedule, time_base, on_video)
+    audio_index = source.container.streams.audio[0].index if source.container.streams.audio else -1
+    video_packets = source.video_packets_read
+    bad = 0
+
+    def audio(frame: av.audio.frame.AudioFrame) -> None:
+        if on_audio is None or frame.pts is None or frame.time_base is None:
+            return
+        on_audio(frame, float(frame.pts * frame.time_base) - state.origin_seconds())
+
+    # Video first: the first video frame sets the time origin the audio is placed against.
+    for item in source.pending:
+        if isinstance(item, av.video.frame.VideoFrame):
+            state.push(item)
+    for item in source.pending:
+        if isinstance(item, av.Packet) and item.stream.index == audio_index:
+            for frame in _decode_quietly(item):
+                audio(frame)
+    for packet in source.packets:
+        if cancel.is_set():
+            raise JobCancelledError("cancelled while decoding")
+        is_video = packet.stream.index == video.index
+        if is_video and packet.size:
+            video_packets += 1
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            if not is_video:
+                continue
+            bad += 1
+            log.warning("skipping a video packet that does not decode: %s", exc)
+            if bad > 10 and bad > MAX_BAD_PACKET_SHARE * video_packets:
+                raise DecodeError(
+                    f"source stopped decoding: {bad} of {video_packets} video packets are corrupt"
+                ) from exc
+            continue
+        for frame in frames:
+            if is_video:
+                state.push(frame)  # type: ignore[arg-type]
+            elif on_audio is not None:
+                audio(frame)  # type: ignore[arg-type]
+    if state.decoded == 0:
+        raise DecodeError("source has no decodable video frame")
+    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base)
+
+
+def _decode_quietly(packet: av.Packet) -> list[av.audio.frame.AudioFrame]:
+    try:
+        return packet.decode()  # type: ignore[return-value]
+    except av.error.FFmpegError:
+        return []
+
+
+class _VideoState:
+    """Turns decoded frames into normalised, scheduled frames for the sink."""
+
+    def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink) -> None:
+        self.schedule = schedule
+        self.time_base = time_base
+        self.sink = sink
+        self.decoded = 0
+        self.kept = 0
+        self._first_pts: int | None = None
+        self._last_pts = -1
+        self._step = 1
+        self._converter = VideoReformatter()
+
+    def origin_seconds(self) -> float:
+        return float((self._first_pts or 0) * self.time_base)
+
+    def push(self, frame: av.video.frame.VideoFrame) -> None:
+        self.decoded += 1
+        pts = self._relative_pts(frame)
+        placed = self.schedule.place(pts, self.time_base)
+        if placed is None:
+            return
+        if frame.format.name != PIXEL_FORMAT:
+            frame = self._converter.reformat(frame, format=PIXEL_FORMAT)
+        frame.pts = pts
+        frame.time_base = self.time_base
+        self.kept += 1
+        self.sink(frame, placed)
+
+    def _relative_pts(self, frame: av.video.frame.VideoFrame) -> int:
+        # Real uploads have missing, repeated and backwards timestamps: keep them increasing so
+        # every muxer downstream accepts them, and keep gaps (they are real time).
+        raw = frame.pts if frame.pts is not None else frame.dts
+        if self._first_pts is None:
+            self._first_pts = raw if raw is not None else 0
+        pts = self._last_pts + self._step if raw is None else raw - self._first_pts
+        if pts <= self._last_pts:
+            pts = self._last_pts + 1
+        elif self._last_pts >= 0:
+            self._step = max(1, pts - self._last_pts)
+        self._last_pts = pts
+        return pts

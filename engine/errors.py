@@ -1,0 +1,72 @@
+"""The one error tree for everything a user of Rungs can be told.
+
+Each error carries a stable ``code`` (shown to users and stored with failed jobs) and whether a
+retry can help. The CLI and the gRPC service map these classes to exit codes and status codes in
+one place each; nothing else in the engine imports gRPC.
+"""
+
+from __future__ import annotations
+
+
+class RungsError(Exception):
+    """Base of every error Rungs reports to a user."""
+
+    code = "INTERNAL"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class InvalidSourceError(RungsError, ValueError):
+    """The source is not a decodable video: empty, not media, no video stream, too large."""
+
+    code = "INVALID_SOURCE"
+
+
+class UnsupportedSourceError(InvalidSourceError):
+    """The source is media, but of a kind Rungs refuses (codec, container, limits)."""
+
+    code = "UNSUPPORTED_SOURCE"
+
+
+class InvalidOptionsError(RungsError, ValueError):
+    """Transcode options that cannot work (bad ladder, segment length, encoder name)."""
+
+    code = "INVALID_OPTIONS"
+
+
+class OutputExistsError(RungsError, FileExistsError):
+    """The output directory exists and is not empty, and overwrite was not asked for."""
+
+    code = "OUTPUT_EXISTS"
+
+
+class EncoderError(RungsError):
+    """An encoder failed to open or failed mid-stream."""
+
+    code = "ENCODER_FAILED"
+    retryable = True
+
+
+class OutputWriteError(RungsError, OSError):
+    """Writing the output failed (disk full, permissions)."""
+
+    code = "OUTPUT_WRITE_FAILED"
+    retryable = True
+
+
+class DecodeError(RungsError):
+    """The source stopped decoding part way through."""
+
+    code = "DECODE_FAILED"
+
+
+class JobCancelledError(RungsError):
+    """The job was cancelled; raised inside pipeline threads to unwind them."""
+
+    code = "CANCELLED"

@@ -1,0 +1,422 @@
+"""One transcode job: the threads of the pipeline, its states and events, cleanup on every path.
+
+The calling thread (or the job's own thread, with :meth:`Job.start`) decodes the source once and
+feeds every rung; each rung encodes on its own thread; rungs are published lowest first, each the
+moment it and every rung below it are complete. The first publication makes the job READY.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av.audio.frame
+import av.video.frame
+
+from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
+from engine.decode import DecodeStats, decode_source
+from engine.errors import (
+    InvalidOptionsError,
+    JobCancelledError,
+    OutputExistsError,
+    OutputWriteError,
+    RungsError,
+)
+from engine.fanout import FanOut
+from engine.gop import FrameTime, KeyframeSchedule
+from engine.hwaccel import choose_encoder
+from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
+from engine.poster import PosterPicker
+from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
+from engine.publish import Publisher
+from engine.rung import EncodedRung, EncodeSettings, RungProgress, encode_rung
+from engine.segment import SEGMENT_TYPES
+
+log = logging.getLogger(__name__)
+
+#: Progress events per second while the job runs.
+PROGRESS_HZ = 4
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    READY = "READY"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class TranscodeOptions:
+    """Everything a caller can choose about a job."""
+
+    ladder: LadderOptions = field(default_factory=LadderOptions)
+    segment_seconds: float = 4.0
+    #: ``fmp4`` (CMAF) or ``mpegts``.
+    segment_type: str = "fmp4"
+    #: ``auto`` (a hardware encoder only if it really works here) or an encoder name.
+    encoder: str = "auto"
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk.
+    cache_bytes: int = 1 << 30
+    #: Where the spill file goes (a temporary directory inside it, removed at the end).
+    scratch_dir: Path | None = None
+    #: Replace the contents of a non-empty output directory.
+    overwrite: bool = False
+    #: How much lower later rungs' threads run than the first rung's (nice increment).
+    background_nice: int = 10
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
+
+    def check(self) -> None:
+        """Raise :class:`InvalidOptionsError` for options that cannot work."""
+        if not 1 <= self.segment_seconds <= 60:
+            raise InvalidOptionsError(
+                f"segment length must be 1 to 60 seconds, got {self.segment_seconds}")
+        if self.segment_type not in SEGMENT_TYPES:
+            raise InvalidOptionsError(
+                f"segment type must be one of {', '.join(SEGMENT_TYPES)}, "
+                f"got {self.segment_type!r}")
+        if self.cache_bytes < 0:
+            raise InvalidOptionsError("cache size must not be negative")
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Something that happened to a job. ``data`` depends on ``type``."""
+
+    #: queued, running, poster_ready, progress, rung_published, ready, complete, failed,
+    #: cancelled.
+    type: str
+    state: JobState
+    #: Seconds since the job started running.
+    elapsed_s: float
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with a ``type`` field."""
+        return {"type": self.type, "state": self.state.value,
+                "elapsed_s": round(self.elapsed_s, 3), **self.data}
+
+
+@dataclass
+class RungStatus:
+    """What is known of one rung while the job runs."""
+
+    rung: Rung
+    encoder: str = ""
+    state: str = "PENDING"
+    progress: RungProgress = field(default_factory=RungProgress)
+    encoded: EncodedRung | None = None
+    published_at_s: float | None = None
+    bandwidth: int = 0
+    average_bandwidth: int = 0
+
+
+class Job:
+    """A transcode of ``source`` into an HLS ladder in ``out_dir``.
+
+    ``on_event`` is called for every event, from the job's threads, one call at a time.
+    """
+
+    def __init__(self, source: str | Path, out_dir: str | Path,
+                 options: TranscodeOptions | None = None,
+                 on_event: Callable[[JobEvent], None] | None = None) -> None:
+        self.source = Path(source)
+        self.out_dir = Path(out_dir)
+        self.options = options or TranscodeOptions()
+        self.on_event = on_event
+        self.state = JobState.QUEUED
+        self.events: list[JobEvent] = []
+        self.rungs: list[RungStatus] = []
+        self.error: RungsError | None = None
+        self.decode_stats: DecodeStats | None = None
+        self.source_frames = 0
+        self.time_to_ready_s: float | None = None
+        self.total_s: float | None = None
+        self._frames_total = 0
+        self._stop = threading.Event()
+        self._ticker_stop = threading.Event()
+        self._results: list[EncodedRung | BaseException | None] = []
+        self._cancel_requested = False
+        self._emit_lock = threading.Lock()
+        self._started = 0.0
+        self._thread: threading.Thread | None = None
+        self._emit("queued")
+
+    # -- control ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the job on a thread of its own."""
+        self._thread = threading.Thread(target=self.run, name=f"job-{self.source.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a started job to end; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return self.state.terminal
+
+    def cancel(self) -> None:
+        """Stop the job from any thread; published rungs stay valid."""
+        self._cancel_requested = True
+        self._stop.set()
+
+    # -- the pipeline -------------------------------------------------------------------------
+
+    def run(self) -> JobState:
+        """Run the whole job in the calling thread; returns the final state (never raises
+        :class:`RungsError`: a failure is the FAILED state and ``error``)."""
+        self._started = time.monotonic()
+        threads: list[threading.Thread] = []
+        scratch: Path | None = None
+        publisher = Publisher(self.out_dir)
+        try:
+            self.options.check()
+            self._set_state(JobState.RUNNING, "running", {"source": str(self.source)})
+            if self._stop.is_set():
+                raise JobCancelledError("cancelled before it started")
+            with open_source(self.source, max_pixels=self.options.max_pixels,
+                             max_duration_s=self.options.max_duration_s) as source:
+                rungs = plan_ladder(source.info, self.options.ladder)
+                encoder = choose_encoder(self.options.encoder)
+                self.rungs = [RungStatus(r, encoder) for r in rungs]
+                self._prepare_output()
+                scratch = Path(tempfile.mkdtemp(prefix="rungs-", dir=self.options.scratch_dir))
+                self._run_pipeline(source, rungs, encoder, scratch, publisher, threads)
+            self.total_s = self._elapsed()
+            self._set_state(JobState.COMPLETE, "complete", self.summary())
+        except BaseException as exc:  # every failure ends the job cleanly
+            self._stop.set()
+            for thread in threads:
+                thread.join()
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return self.state
+
+    def _run_pipeline(self, source: OpenSource, rungs: list[Rung], encoder: str, scratch: Path,
+                      publisher: Publisher, threads: list[threading.Thread]) -> None:
+        info = source.info
+        segment = Fraction(self.options.segment_seconds).limit_denominator(1000)
+        schedule = KeyframeSchedule(segment, MAX_FRAME_RATE)
+        self.source_frames = info.declared_frames
+        self._frames_total = info.declared_frames or round(info.duration_s * float(info.frame_rate))
+        fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
+                        self._stop)
+        results = self._results = [None] * len(rungs)
+        stream = source.container.streams.video[0]
+        settings = EncodeSettings(segment, self.options.segment_type,
+                                  Fraction(stream.time_base or Fraction(1, 90000)), info.rotation)
+        try:
+            for index, status in enumerate(self.rungs):
+                nice = self.options.background_nice if index else 0
+                thread = threading.Thread(
+                    target=self._rung_thread, name=f"rung-{status.rung.name}", daemon=True,
+                    args=(index, fanout, settings, nice, results))
+                threads.append(thread)
+                thread.start()
+            ticker = threading.Thread(target=self._progress_ticker, name="progress", daemon=True)
+            threads.append(ticker)
+            ticker.start()
+
+            audio = None
+            if info.audio is not None:
+                audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
+                                     self.options.audio)
+            poster = PosterPicker(rungs[0], info.rotation, info.duration_s)
+            try:
+                self.decode_stats = self._decode(source, schedule, fanout, poster, audio)
+            except BaseException as exc:
+                fanout.finish(exc)
+                if audio is not None:
+                    audio.abort()
+                raise
+            fanout.finish()
+            self._frames_total = self.decode_stats.frames_kept
+            self.source_frames = info.declared_frames or self.decode_stats.video_packets
+            if audio is not None:
+                publisher.set_audio(audio.close())
+            poster_path = publisher.write_poster(poster.finish())
+            self._emit("poster_ready", {"path": str(poster_path)})
+
+            for index, status in enumerate(self.rungs):
+                threads[index].join()
+                result = results[index]
+                if isinstance(result, BaseException):
+                    raise result
+                assert result is not None
+                self._publish(publisher, status, result)
+        finally:
+            self._ticker_stop.set()
+            if self._stop.is_set():
+                for thread in threads:
+                    thread.join()
+            fanout.close()
+
+    def _decode(self, source: OpenSource, schedule: KeyframeSchedule, fanout: FanOut,
+                poster: PosterPicker, audio: AudioEncoder | None) -> DecodeStats:
+        def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
+            if not poster.done:
+                poster.offer(frame, when)
+            fanout.put(frame, when)
+
+        def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
+            assert audio is not None
+            audio.push(frame, seconds)
+
+        return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop)
+
+    def _rung_thread(self, index: int, fanout: FanOut, settings: EncodeSettings, nice: int,
+                     results: list[EncodedRung | BaseException | None]) -> None:
+        status = self.rungs[index]
+        status.state = "ENCODING"
+        try:
+            results[index] = encode_rung(
+                status.rung, status.encoder, fanout.reader(index), self.out_dir,
+                EncodeSettings(settings.segment_seconds, settings.segment_type,
+                               settings.time_base, settings.rotation, nice),
+                self._stop, status.progress)
+        except BaseException as exc:  # handed to the job thread
+            results[index] = exc
+            self._stop.set()
+
+    def _publish(self, publisher: Publisher, status: RungStatus, encoded: EncodedRung) -> None:
+        variant = publisher.publish(encoded)
+        status.encoded = encoded
+        status.state = "PUBLISHED"
+        status.published_at_s = self._elapsed()
+        status.bandwidth, status.average_bandwidth = variant.bandwidth, variant.average_bandwidth
+        fps = encoded.frames / encoded.encode_seconds if encoded.encode_seconds else 0.0
+        self._emit("rung_published", {
+            "rung": encoded.rung.name, "width": encoded.rung.width,
+            "height": encoded.rung.height, "encoder": encoded.encoder,
+            "bandwidth": variant.bandwidth, "average_bandwidth": variant.average_bandwidth,
+            "codecs": variant.codecs, "frames": encoded.frames, "encode_fps": round(fps, 2),
+            "master": str(publisher.master_path),
+        })
+        if self.state == JobState.RUNNING:
+            self.time_to_ready_s = self._elapsed()
+            self._set_state(JobState.READY, "ready", {"master": str(publisher.master_path),
+                                                      "rung": encoded.rung.name})
+
+    def _progress_ticker(self) -> None:
+        while not self._ticker_stop.wait(1 / PROGRESS_HZ):
+            if self._stop.is_set():
+                return
+            self._emit("progress", {"rungs": [
+                {"rung": s.rung.name, "frames_done": s.progress.frames_done,
+                 "frames_total": self._frames_total, "state": s.state}
+                for s in self.rungs
+            ]})
+
+    # -- ends, events, cleanup ----------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of a finished job (also the CLI's ``summary`` event)."""
+        stats = self.decode_stats
+        return {
+            "time_to_ready_s": _round(self.time_to_ready_s),
+            "total_s": _round(self.total_s),
+            "frames_decoded": stats.frames_decoded if stats else 0,
+            "source_frames": self.source_frames,
+            "rungs": [
+                {"rung": s.rung.name, "width": s.rung.width, "height": s.rung.height,
+                 "encoder": s.encoder, "state": s.state,
+                 "published_at_s": _round(s.published_at_s),
+                 "encode_fps": _round(s.encoded.frames / s.encoded.encode_seconds
+                                      if s.encoded and s.encoded.encode_seconds else None),
+                 "bandwidth": s.bandwidth, "average_bandwidth": s.average_bandwidth}
+                for s in self.rungs
+            ],
+        }
+
+    def _fail(self, exc: BaseException) -> None:
+        rung_errors = [r for r in self._rung_errors() if not isinstance(r, JobCancelledError)]
+        if isinstance(exc, JobCancelledError) and rung_errors:
+            exc = rung_errors[0]
+        self._remove_unpublished()
+        self.total_s = self._elapsed()
+        if isinstance(exc, JobCancelledError) and self._cancel_requested:
+            self._set_state(JobState.CANCELLED, "cancelled", {"code": exc.code,
+                                                              "message": "cancelled"})
+            return
+        error = exc if isinstance(exc, RungsError) else _unexpected(exc)
+        self.error = error
+        self._set_state(JobState.FAILED, "failed", {"code": error.code, "message": error.message})
+
+    def _rung_errors(self) -> list[BaseException]:
+        return [r for r in self._results if isinstance(r, BaseException)]
+
+    def _prepare_output(self) -> None:
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise OutputExistsError(f"output {str(out)!r} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()):
+            if not self.options.overwrite:
+                raise OutputExistsError(
+                    f"output directory {str(out)!r} is not empty (use overwrite to replace it)")
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot create output directory {str(out)!r}: {exc}") from exc
+
+    def _remove_unpublished(self) -> None:
+        """Delete rung folders no playlist lists, so nothing half-written is left behind."""
+        published = [s for s in self.rungs if s.state == "PUBLISHED"]
+        for status in self.rungs:
+            if status.state != "PUBLISHED":
+                shutil.rmtree(self.out_dir / status.rung.name, ignore_errors=True)
+        if not published:
+            shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def _set_state(self, state: JobState, event: str, data: Mapping[str, Any]) -> None:
+        self.state = state
+        self._emit(event, data)
+
+    def _emit(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
+        with self._emit_lock:
+            event = JobEvent(event_type, self.state, self._elapsed(), dict(data or {}))
+            self.events.append(event)
+            if self.on_event is not None:
+                try:
+                    self.on_event(event)
+                except Exception:  # a listener must not break the job
+                    log.exception("event listener failed")
+
+
+def _unexpected(exc: BaseException) -> RungsError:
+    log.error("unexpected failure", exc_info=exc)
+    return RungsError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+

@@ -1,0 +1,148 @@
+"""Plan the ladder: which rungs to encode for a source, and with what settings. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+
+from engine.errors import InvalidOptionsError
+from engine.probe import SourceInfo
+
+#: Short sides of the default ladder, lowest (and first published) first.
+DEFAULT_HEIGHTS = (720, 1080, 2160)
+#: Highest output frame rate; faster sources have frames dropped evenly.
+MAX_FRAME_RATE = Fraction(60)
+
+
+@dataclass(frozen=True)
+class RungSettings:
+    """H.264 settings for one rung. ``None`` fields take the default for the rung's size."""
+
+    #: x264 preset (``ultrafast`` ... ``veryslow``).
+    preset: str | None = None
+    #: Constant rate factor (quality); lower is better and bigger.
+    crf: int | None = None
+    #: VBV cap on the bitrate, kbit/s, so peaks are bounded.
+    maxrate_kbps: int | None = None
+    #: VBV buffer, kbit; default twice the maxrate.
+    bufsize_kbps: int | None = None
+
+
+@dataclass(frozen=True)
+class LadderOptions:
+    """What the caller asks for; :func:`plan_ladder` turns it into rungs for one source."""
+
+    #: Short sides of the rungs, any order; encoded lowest first.
+    heights: Sequence[int] = DEFAULT_HEIGHTS
+    #: Per-height overrides of the defaults.
+    settings: Mapping[int, RungSettings] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rendition to encode: its picture size and encoder settings."""
+
+    #: ``720p`` and so on: the short side.
+    name: str
+    width: int
+    height: int
+    frame_rate: Fraction
+    preset: str
+    crf: int
+    maxrate_kbps: int
+    bufsize_kbps: int
+
+    @property
+    def short_side(self) -> int:
+        return min(self.width, self.height)
+
+
+_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+            "veryslow", "placebo")
+
+
+def default_settings(short_side: int) -> RungSettings:
+    """The seed's defaults: fast and cheap for the first rung, better quality above it."""
+    pixels = short_side * short_side * 16 // 9
+    if short_side <= 720:
+        preset, crf, maxrate_720 = "ultrafast", 25, 4500
+    elif short_side <= 1080:
+        preset, crf, maxrate_720 = "fast", 23, 3600
+    else:
+        preset, crf, maxrate_720 = "medium", 21, 2700
+    # The cap scales with the area so small test rungs and 4K get sensible ceilings.
+    maxrate = max(400, round(maxrate_720 * pixels / (1280 * 720)))
+    return RungSettings(preset=preset, crf=crf, maxrate_kbps=maxrate, bufsize_kbps=2 * maxrate)
+
+
+def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> list[Rung]:
+    """The rungs for ``source``, lowest first.
+
+    Rungs are sized by their short side so portrait and landscape get the same ladder. A rung
+    above the source is dropped (never upscale); a source smaller than every rung gets one rung
+    at its own size. Output is upright (rotation applied), square-pixel, with even dimensions.
+    """
+    options = options or LadderOptions()
+    heights = sorted(set(options.heights))
+    if not heights or any(h < 16 or h > 4320 for h in heights):
+        raise InvalidOptionsError(f"ladder heights must be between 16 and 4320, got {heights}")
+    display_w, display_h = source.display_size
+    source_short = min(display_w, display_h)
+    kept = [h for h in heights if h <= source_short]
+    if not kept:
+        kept = [_even_down(source_short)]
+    frame_rate = min(source.frame_rate, MAX_FRAME_RATE)
+    rungs = []
+    for short in kept:
+        width, height = _scaled(display_w, display_h, short)
+        settings = _merge(default_settings(short), options.settings.get(short))
+        assert settings.preset and settings.crf is not None and settings.maxrate_kbps
+        rungs.append(Rung(
+            name=f"{short}p", width=width, height=height, frame_rate=frame_rate,
+            preset=settings.preset, crf=settings.crf, maxrate_kbps=settings.maxrate_kbps,
+            bufsize_kbps=settings.bufsize_kbps or 2 * settings.maxrate_kbps,
+        ))
+    return rungs
+
+
+def parse_heights(text: str) -> list[int]:
+    """Parse ``"720,1080"`` as given on a command line."""
+    try:
+        heights = [int(part.strip().removesuffix("p")) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise InvalidOptionsError(
+            f"ladder {text!r} is not a comma-separated list of heights") from exc
+    if not heights:
+        raise InvalidOptionsError("ladder is empty")
+    return heights
+
+
+def _merge(base: RungSettings, override: RungSettings | None) -> RungSettings:
+    if override is None:
+        return base
+    merged = replace(base, **{k: v for k, v in vars(override).items() if v is not None})
+    if merged.preset not in _PRESETS:
+        raise InvalidOptionsError(f"unknown x264 preset {merged.preset!r}")
+    if merged.crf is None or not 0 <= merged.crf <= 51:
+        raise InvalidOptionsError(f"crf must be between 0 and 51, got {merged.crf}")
+    if merged.maxrate_kbps is None or merged.maxrate_kbps <= 0:
+        raise InvalidOptionsError("maxrate must be positive")
+    if override.maxrate_kbps is not None and override.bufsize_kbps is None:
+        merged = replace(merged, bufsize_kbps=2 * merged.maxrate_kbps)
+    return merged
+
+
+def _scaled(display_w: int, display_h: int, short: int) -> tuple[int, int]:
+    short = _even_down(short)
+    if display_w <= display_h:
+        return short, _even_round(display_h * short / display_w)
+    return _even_round(display_w * short / display_h), short
+
+
+def _even_down(value: int) -> int:
+    return max(2, value - value % 2)
+
+
+def _even_round(value: float) -> int:
+    return max(2, 2 * round(value / 2))

@@ -1,0 +1,125 @@
+"""Render HLS playlists (RFC 8216) from segment records. Pure functions; no I/O.
+
+Every rendered playlist is parsed back with the ``m3u8`` library and checked against what was
+meant (:func:`validate_media`, :func:`validate_master`) before it is published.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import m3u8
+
+from engine.segment import SegmentRecord
+
+AUDIO_GROUP = "audio"
+#: fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames-only is 6+).
+_VERSION = 7
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One rung as the master playlist lists it."""
+
+    uri: str
+    bandwidth: int
+    average_bandwidth: int
+    codecs: str
+    width: int
+    height: int
+    frame_rate: Fraction
+
+
+@dataclass(frozen=True)
+class AudioRendition:
+    """The shared audio rendition as the master playlist lists it."""
+
+    uri: str
+    channels: int
+
+
+def target_duration(segments: Sequence[SegmentRecord]) -> int:
+    """EXT-X-TARGETDURATION: every EXTINF rounded to the nearest integer must fit under it."""
+    return max([1, *(math.floor(s.duration_s + 0.5) for s in segments)])
+
+
+def media_playlist(segments: Sequence[SegmentRecord], init_uri: str | None,
+                   target: int) -> str:
+    """A complete VOD media playlist."""
+    lines = [
+        "#EXTM3U",
+        f"#EXT-X-VERSION:{_VERSION}",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
+    if init_uri:
+        lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
+    for segment in segments:
+        lines += [f"#EXTINF:{segment.duration_s:.6f},", segment.uri]
+    lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def variant_bandwidth(video: Sequence[SegmentRecord],
+                      audio: Sequence[SegmentRecord]) -> tuple[int, int]:
+    """(peak, average) bits per second of a rung with the shared audio.
+
+    Segment ``i`` of the video plays with segment ``i`` of the audio (both are cut at the same
+    instants), so the peak is the highest sum of the two over the video's segments.
+    """
+    peak = 0.0
+    for index, segment in enumerate(video):
+        audio_rate = audio[index].bitrate if index < len(audio) else 0.0
+        peak = max(peak, segment.bitrate + audio_rate)
+    duration = sum(s.duration_s for s in video)
+    total_bits = 8 * (sum(s.size_bytes for s in video) + sum(s.size_bytes for s in audio))
+    average = total_bits / duration if duration > 0 else 0.0
+    return math.ceil(peak), math.ceil(average)
+
+
+def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -> str:
+    """The master playlist listing ``variants`` in the order given (lowest first)."""
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    if audio is not None:
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",LANGUAGE="und",'
+            f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="{audio.channels}",URI="{audio.uri}"'
+        )
+    for v in variants:
+        attributes = [
+            f"BANDWIDTH={v.bandwidth}",
+            f"AVERAGE-BANDWIDTH={v.average_bandwidth}",
+            f'CODECS="{v.codecs}"',
+            f"RESOLUTION={v.width}x{v.height}",
+            f"FRAME-RATE={float(v.frame_rate):.3f}",
+        ]
+        if audio is not None:
+            attributes.append(f'AUDIO="{AUDIO_GROUP}"')
+        lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
+    return "\n".join(lines) + "\n"
+
+
+def validate_media(text: str, segments: Sequence[SegmentRecord]) -> None:
+    """Parse a media playlist back and check it says what ``segments`` say."""
+    parsed = m3u8.loads(text)
+    if parsed.is_variant or not parsed.is_endlist or parsed.playlist_type != "vod":
+        raise ValueError("media playlist is not a complete VOD playlist")
+    if [s.uri for s in parsed.segments] != [s.uri for s in segments]:
+        raise ValueError("media playlist lists other segments than were written")
+    if any(round(s.duration) > parsed.target_duration for s in parsed.segments):
+        raise ValueError("a segment is longer than the target duration")
+
+
+def validate_master(text: str, variants: Sequence[Variant]) -> None:
+    """Parse a master playlist back and check it lists exactly ``variants``."""
+    parsed = m3u8.loads(text)
+    if not parsed.is_variant:
+        raise ValueError("master playlist is not a variant playlist")
+    listed = [(p.uri, p.stream_info.bandwidth) for p in parsed.playlists]
+    if listed != [(v.uri, v.bandwidth) for v in variants]:
+        raise ValueError("master playlist does not list the published rungs")

@@ -1,0 +1,243 @@
+"""Open a source safely and describe it as a :class:`SourceInfo`.
+
+Uploads are untrusted. FFmpeg follows references inside some formats (HLS playlists, concat
+scripts, SDP files), so a source is opened with a demuxer allow-list and the ``file`` protocol
+only: an HLS playlist renamed to ``.mp4`` is refused before it can open anything else.
+
+The probe decodes the first video frame, because rotation (display-matrix side data) is only
+exposed on frames. The open container and that frame are handed on to the decode stage in an
+:class:`OpenSource`, so the source is demuxed and decoded exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.container
+import av.error
+import av.video.frame
+
+from engine.errors import InvalidSourceError, UnsupportedSourceError
+
+#: Demuxers for real video containers. Anything else (hls, concat, sdp, image2, ...) is refused.
+ALLOWED_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "mpegts",
+    "mpeg",
+    "flv",
+    "asf",
+    "mxf",
+    "ogg",
+    "h264",
+    "hevc",
+)
+
+#: Largest frame area accepted before anything is allocated (8K UHD).
+DEFAULT_MAX_PIXELS = 7680 * 4320
+#: Longest duration accepted, in seconds.
+DEFAULT_MAX_DURATION_S = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """The audio stream Rungs will encode (the first one in the source)."""
+
+    codec: str
+    sample_rate: int
+    channels: int
+    #: How many audio streams the source has in all; only the first is used.
+    stream_count: int
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the rest of the pipeline needs to know about a source."""
+
+    path: str
+    container: str
+    codec: str
+    #: Coded size of the decoded frames, before sample aspect ratio and rotation.
+    width: int
+    height: int
+    sample_aspect_ratio: Fraction
+    #: Clockwise degrees (0, 90, 180, 270) a player turns the picture to show it upright.
+    rotation: int
+    #: Average frame rate of the video stream.
+    frame_rate: Fraction
+    variable_frame_rate: bool
+    duration_s: float
+    pixel_format: str
+    bit_depth: int
+    #: Frames the container declares (0 when it does not say).
+    declared_frames: int
+    audio: AudioInfo | None
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """Width and height as shown to a viewer: sample aspect ratio and rotation applied."""
+        width = round(self.width * self.sample_aspect_ratio)
+        if self.rotation in (90, 270):
+            return self.height, width
+        return width, self.height
+
+
+class OpenSource:
+    """An opened source: the container, its description, and what was read to describe it.
+
+    ``packets`` is the one demux pass over the video and first audio stream; ``pending`` holds the
+    frames and audio packets the probe already took from it, in order, for the decode stage to
+    use first. Use as a context manager; the container is closed on every path.
+    """
+
+    def __init__(self, container: av.container.InputContainer, info: SourceInfo,
+                 packets: Iterator[av.Packet], pending: list[av.video.frame.VideoFrame | av.Packet],
+                 packets_read: int) -> None:
+        self.container = container
+        self.info = info
+        self.packets = packets
+        self.pending = pending
+        #: Video packets already demuxed by the probe.
+        self.video_packets_read = packets_read
+
+    def __enter__(self) -> OpenSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_duration_s: float = DEFAULT_MAX_DURATION_S) -> OpenSource:
+    """Open ``path``, check it is a decodable video within limits, and describe it.
+
+    Raises :class:`InvalidSourceError` (or its subclass :class:`UnsupportedSourceError`) with a
+    message naming the problem.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise InvalidSourceError(f"source {str(source)!r} does not exist or is not a file")
+    if source.stat().st_size == 0:
+        raise InvalidSourceError(f"source {source.name!r} is empty")
+    try:
+        container = av.open(str(source), options={
+            "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+            "protocol_whitelist": "file",
+        })
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise InvalidSourceError(
+            f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
+        ) from exc
+    try:
+        return _describe(container, str(source), max_pixels, max_duration_s)
+    except BaseException:
+        container.close()
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, av.error.FFmpegError) and exc.strerror:
+        return str(exc.strerror).lower()
+    return type(exc).__name__
+
+
+def _describe(container: av.container.InputContainer, path: str, max_pixels: int,
+              max_duration_s: float) -> OpenSource:
+    name = Path(path).name
+    if not container.streams.video:
+        raise InvalidSourceError(f"source {name!r} has no video stream")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if ctx.codec is None or not ctx.codec.name:
+        raise UnsupportedSourceError(f"source {name!r} uses a video codec FFmpeg cannot decode")
+    if stream.codec_context.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames <= 1:
+        raise InvalidSourceError(f"source {name!r} is a still image, not a video")
+    width, height = ctx.width, ctx.height
+    if width <= 0 or height <= 0:
+        raise InvalidSourceError(f"source {name!r} declares no frame size")
+    if width * height > max_pixels:
+        raise UnsupportedSourceError(
+            f"source {name!r} is {width}x{height}, above the limit of {max_pixels} pixels"
+        )
+    duration_s = _duration(container, stream)
+    if duration_s > max_duration_s:
+        raise UnsupportedSourceError(
+            f"source {name!r} lasts {duration_s:.0f} s, above the limit of {max_duration_s:.0f} s"
+        )
+    stream.thread_type = "AUTO"
+    streams = [stream, *container.streams.audio[:1]]
+    packets = container.demux(streams)
+    pending, video_packets = _read_first_frame(packets, stream, name)
+    first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
+
+    average = stream.average_rate or stream.guessed_rate or stream.base_rate
+    guessed = stream.guessed_rate or stream.base_rate or average
+    frame_rate = Fraction(average) if average else Fraction(30)
+    variable = bool(guessed and average
+                    and abs(float(guessed) - float(average)) > 0.01 * float(average))
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    audio = None
+    if container.streams.audio:
+        a = container.streams.audio[0].codec_context
+        audio = AudioInfo(codec=a.name, sample_rate=a.sample_rate or 0,
+                          channels=a.channels or 0, stream_count=len(container.streams.audio))
+    pix_fmt = first.format.name
+    info = SourceInfo(
+        path=path,
+        container=container.format.name,
+        codec=ctx.name,
+        width=first.width,
+        height=first.height,
+        sample_aspect_ratio=Fraction(sar) if sar and sar > 0 else Fraction(1),
+        rotation=(-round(first.rotation)) % 360 if first.rotation else 0,
+        frame_rate=frame_rate,
+        variable_frame_rate=variable,
+        duration_s=duration_s,
+        pixel_format=pix_fmt,
+        bit_depth=max((c.bits for c in first.format.components), default=8),
+        declared_frames=stream.frames,
+        audio=audio,
+    )
+    if info.rotation not in (0, 90, 180, 270):
+        raise UnsupportedSourceError(f"source {name!r} is rotated by {info.rotation} degrees")
+    return OpenSource(container, info, packets, pending, video_packets)
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _read_first_frame(packets: Iterator[av.Packet], stream: av.video.stream.VideoStream,
+                      name: str) -> tuple[list[av.video.frame.VideoFrame | av.Packet], int]:
+    """Demux until the first video frame decodes; keep everything read on the way, in order."""
+    pending: list[av.video.frame.VideoFrame | av.Packet] = []
+    video_packets = 0
+    try:
+        for packet in packets:
+            if packet.stream.index != stream.index:
+                pending.append(packet)
+                continue
+            if packet.size:
+                video_packets += 1
+            frames = packet.decode()
+            pending.extend(frames)
+            if frames:
+                return pending, video_packets
+    except av.error.FFmpegError as exc:
+        raise InvalidSourceError(
+            f"source {name!r} has a video stream that does not decode ({_reason(exc)})"
+        ) from exc
+    raise InvalidSourceError(f"source {name!r} has a video stream with no decodable frame")

@@ -1,0 +1,118 @@
+"""One rung's thread of work: its own scaler, its own encoder with forced IDRs, its segments."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av.error
+import av.video.frame
+from av.video.frame import PictureType
+
+from engine.errors import EncoderError, JobCancelledError
+from engine.fanout import Item
+from engine.hwaccel import encoder_options
+from engine.ladder import MAX_FRAME_RATE, Rung
+from engine.scale import Scaler
+from engine.segment import HlsWriter, SegmentRecord, avc1_codecs
+
+
+@dataclass(frozen=True)
+class EncodedRung:
+    """A rung whose segments are all complete on disk."""
+
+    rung: Rung
+    encoder: str
+    #: Folder of the rung, relative to the job's output directory.
+    folder: str
+    init_uri: str | None
+    segments: tuple[SegmentRecord, ...]
+    #: RFC 6381 string of the encoded video, read from its SPS.
+    codecs: str
+    frames: int
+    encode_seconds: float
+
+
+@dataclass
+class RungProgress:
+    """Counters a rung thread updates and the job reads (plain ints: no lock needed)."""
+
+    frames_done: int = 0
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What every rung of a job shares."""
+
+    segment_seconds: Fraction
+    segment_type: str
+    time_base: Fraction
+    rotation: int
+    #: Added to the rung thread's nice value (Linux: per thread); 0 leaves it alone.
+    nice: int = 0
+
+
+def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
+                settings: EncodeSettings, cancel: threading.Event,
+                progress: RungProgress) -> EncodedRung:
+    """Encode every frame from ``frames`` into ``out_dir/<rung name>/``; close the segments."""
+    if settings.nice:
+        lower_thread_priority(settings.nice)
+    progress.started_at = time.monotonic()
+    writer = HlsWriter(out_dir / rung.name, settings.segment_seconds, settings.segment_type)
+    try:
+        stream = writer.container.add_stream(encoder, rate=rung.frame_rate)
+        stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
+        stream.time_base = settings.time_base
+        gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
+        stream.codec_context.options = encoder_options(encoder, rung, gop)
+        scaler = Scaler(rung.width, rung.height, settings.rotation)
+        for frame, when in frames:
+            if cancel.is_set():
+                raise JobCancelledError(f"{rung.name} cancelled")
+            out = scaler.scale(frame)
+            out.pts = when.pts
+            out.time_base = settings.time_base
+            out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
+            writer.mux(_encode(stream, out, encoder))
+            progress.frames_done += 1
+        writer.mux(_encode(stream, None, encoder))
+        codecs = avc1_codecs(bytes(stream.codec_context.extradata or b""))
+        segments = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return EncodedRung(
+        rung=rung, encoder=encoder, folder=rung.name, init_uri=writer.init_uri,
+        segments=tuple(segments), codecs=codecs, frames=progress.frames_done,
+        encode_seconds=time.monotonic() - progress.started_at,
+    )
+
+
+def _encode(stream: av.video.stream.VideoStream, frame: av.video.frame.VideoFrame | None,
+            encoder: str) -> list[av.Packet]:
+    try:
+        return stream.encode(frame)
+    except av.error.FFmpegError as exc:
+        raise EncoderError(f"encoder {encoder} failed: {exc}") from exc
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Make the calling thread (and encoder threads it starts later) yield to the first rung.
+
+    Linux schedules threads separately, so a later rung's x264 threads, which inherit this
+    value, only take CPU the first rung and the decoder leave idle.
+    """
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, current + nice))
+        except OSError:
+            pass

@@ -1,0 +1,121 @@
+"""Encoded packets to HLS segments on disk, and the records describing them.
+
+FFmpeg's HLS muxer does the cutting: it starts a segment at the first keyframe at or after each
+multiple of the segment length, which is exactly where the keyframe schedule put IDR frames, so
+segment boundaries are identical across rungs. It writes each segment under a temporary name and
+renames it when complete. Its own playlist is only read back for the measured segment durations;
+the playlists players see are written by :mod:`engine.publish`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.container
+import av.error
+import m3u8
+
+from engine.errors import OutputWriteError
+
+log = logging.getLogger(__name__)
+
+#: The muxer's own playlist, read back at close and then removed.
+_MUXER_PLAYLIST = ".muxer.m3u8"
+INIT_SEGMENT = "init.mp4"
+SEGMENT_TYPES = ("fmp4", "mpegts")
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """One complete segment file."""
+
+    #: File name, relative to the rendition's folder.
+    uri: str
+    duration_s: float
+    size_bytes: int
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second of this segment."""
+        return self.size_bytes * 8 / self.duration_s if self.duration_s > 0 else 0.0
+
+
+class HlsWriter:
+    """Writes one rendition (a video rung, or the shared audio) into its own folder."""
+
+    def __init__(self, directory: Path, segment_seconds: Fraction, segment_type: str) -> None:
+        if segment_type not in SEGMENT_TYPES:
+            raise ValueError(f"segment type must be one of {SEGMENT_TYPES}")
+        self.directory = directory
+        self.segment_type = segment_type
+        extension = "m4s" if segment_type == "fmp4" else "ts"
+        directory.mkdir(parents=True, exist_ok=True)
+        options = {
+            "hls_time": str(float(segment_seconds)),
+            "hls_playlist_type": "vod",
+            "hls_list_size": "0",
+            "hls_segment_type": segment_type,
+            "hls_segment_filename": str(directory / f"seg_%05d.{extension}"),
+            "hls_flags": "temp_file+independent_segments",
+        }
+        if segment_type == "fmp4":
+            options["hls_fmp4_init_filename"] = INIT_SEGMENT
+        try:
+            self.container: av.container.OutputContainer = av.open(
+                str(directory / _MUXER_PLAYLIST), "w", format="hls", options=options)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputWriteError(f"cannot write segments in {directory}: {exc}") from exc
+
+    @property
+    def init_uri(self) -> str | None:
+        return INIT_SEGMENT if self.segment_type == "fmp4" else None
+
+    def mux(self, packets: list[av.Packet]) -> None:
+        try:
+            self.container.mux(packets)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputWriteError(f"writing segments in {self.directory} failed: {exc}") from exc
+
+    def close(self) -> list[SegmentRecord]:
+        """Finish the last segment and return every segment, measured on disk."""
+        try:
+            self.container.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputWriteError(f"closing segments in {self.directory} failed: {exc}") from exc
+        playlist_path = self.directory / _MUXER_PLAYLIST
+        playlist = m3u8.loads(playlist_path.read_text())
+        playlist_path.unlink()
+        records = []
+        for segment in playlist.segments:
+            path = self.directory / segment.uri
+            records.append(SegmentRecord(segment.uri, float(segment.duration),
+                                         path.stat().st_size))
+        return records
+
+    def abort(self) -> None:
+        """Close after a failure; never raises."""
+        try:
+            self.container.close()
+        except Exception as exc:  # already unwinding from the real error
+            log.debug("closing %s after a failure: %s", self.directory, exc)
+
+
+def avc1_codecs(extradata: bytes) -> str:
+    """The RFC 6381 ``avc1.PPCCLL`` string from H.264 extradata (avcC or Annex B SPS)."""
+    if len(extradata) >= 4 and extradata[0] == 1:
+        profile, compat, level = extradata[1], extradata[2], extradata[3]
+        return f"avc1.{profile:02x}{compat:02x}{level:02x}"
+    start = 0
+    while True:
+        start = extradata.find(b"\x00\x00\x01", start)
+        if start < 0 or start + 6 > len(extradata):
+            raise ValueError("no SPS in the encoder's extradata")
+        header = extradata[start + 3]
+        if header & 0x1F == 7:
+            profile, compat, level = extradata[start + 4:start + 7]
+            return f"avc1.{profile:02x}{compat:02x}{level:02x}"
+        start += 3

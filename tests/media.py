@@ -1,0 +1,374 @@
+"""Synthesise test media at run time, so the repository never holds binary fixtures.
+
+Every ``make_*`` function writes one file and returns its :class:`~pathlib.Path`. Videos are
+encoded with PyAV (libx264 + AAC in MP4 unless asked otherwise; the container follows the file
+suffix). The picture is a textured, panning pattern (gradient + coarse and fine noise), so
+encoders see realistic motion and bitrates, while staying cheap to generate.
+
+Frame counter
+    The top strip of every non-black frame carries the frame's index as 16 black/white cells
+    (least significant bit on the left), laid out relative to the frame size, so it survives
+    lossy encoding and scaling. :func:`frame_index` reads it back from a decoded frame.
+
+Rotation (display matrix) with PyAV 18
+    *Writing*: ``VideoStream.set_display_rotation(degrees)`` before the first ``encode``;
+    ``degrees`` is counter-clockwise, the same convention as ``ffmpeg -display_rotation``, so no
+    ffmpeg CLI step is needed.
+
+    *Reading*: PyAV 18 exposes no stream-level side data (no ``stream.side_data``, nothing in
+    ``stream.metadata``, no ``rotate`` tag, nothing on demuxed packets). The decoder copies the
+    container's display matrix onto every decoded frame, so decode one frame and read
+    ``VideoFrame.rotation``::
+
+        with av.open(path) as container:
+            frame = next(container.decode(video=0))
+            rotation = frame.rotation  # int, counter-clockwise degrees in [-180, 180]
+
+    The value is normalised: writing 90 reads back 90, 180 reads back **-180**, and 270 reads back
+    **-90**. To display the picture, rotate the coded image counter-clockwise by ``rotation``
+    degrees (ffmpeg's auto-rotation does exactly that); |rotation| == 90 means portrait for a
+    landscape-coded picture. A phone held upright typically records ``rotation == -90``. The raw
+    3x3 matrix (needed only to see flips) is
+    ``numpy.frombuffer(bytes(frame.side_data[av.sidedata.sidedata.Type.DISPLAYMATRIX]), "<i4")``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+COUNTER_BITS = 16
+"""Number of cells in the frame-counter strip (indices wrap after 65535 frames)."""
+
+_VFR_TIME_BASE = Fraction(1, 90000)
+_VFR_DURATIONS = (3000, 4500)  # 1/30 s and 1/20 s in the 1/90000 time base
+_FAST_PRESETS: dict[str, dict[str, str]] = {
+    "libx264": {"preset": "veryfast"},
+    "libx265": {"preset": "ultrafast", "log-level": "error"},
+}
+
+
+# --- picture --------------------------------------------------------------------------------
+
+
+def _texture(width: int, height: int, seed: int) -> np.ndarray:
+    """Return a ``(height, width, 3)`` uint8 picture: gradients, 8x8 blocky noise, fine grain."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    gradient = np.stack(
+        [
+            x * (255 / max(width - 1, 1)),
+            y * (255 / max(height - 1, 1)),
+            128 + 100 * np.sin((x + y) / 12),
+        ],
+        axis=-1,
+    )
+    coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
+    blocks = coarse.repeat(8, axis=0).repeat(8, axis=1)[:height, :width]
+    grain = rng.normal(0, 6, (height, width, 3))
+    return np.clip(0.5 * gradient + 0.5 * blocks + grain, 0, 255).astype(np.uint8)
+
+
+def _counter_cells(width: int, height: int) -> list[tuple[slice, slice]]:
+    """Return the ``(rows, columns)`` slices of each counter cell, least significant bit first."""
+    rows = slice(0, max(height // 12, 2))
+    return [
+        (rows, slice(bit * width // COUNTER_BITS, (bit + 1) * width // COUNTER_BITS))
+        for bit in range(COUNTER_BITS)
+    ]
+
+
+def _picture(texture: np.ndarray, index: int) -> np.ndarray:
+    """Return frame ``index``: the texture panned diagonally, with the counter strip drawn in."""
+    height, width, _ = texture.shape
+    image = np.roll(texture, (2 * index, 4 * index), axis=(0, 1))  # np.roll copies
+    for bit, cell in enumerate(_counter_cells(width, height)):
+        image[cell] = 255 if (index >> bit) & 1 else 0
+    return image
+
+
+def frame_index(frame: av.VideoFrame | np.ndarray) -> int:
+    """Read the frame counter drawn by the ``make_*video`` functions.
+
+    Accepts a decoded :class:`av.VideoFrame` (any size or pixel format, as long as it has not been
+    rotated or cropped) or an RGB/grey ``ndarray``. Each cell is judged by the mean of its centre.
+    """
+    image = frame.to_ndarray(format="rgb24") if isinstance(frame, av.VideoFrame) else frame
+    grey = image if image.ndim == 2 else image.mean(axis=-1)
+    height, width = grey.shape
+    value = 0
+    for bit, (rows, cols) in enumerate(_counter_cells(width, height)):
+        cell = grey[rows, cols]
+        h, w = cell.shape
+        centre = cell[h // 4 : h - h // 4, w // 4 : w - w // 4]
+        if centre.mean() > 127:
+            value |= 1 << bit
+    return value
+
+
+# --- sound ----------------------------------------------------------------------------------
+
+
+def _tone_frames(
+    seconds: float, tone_hz: float, sample_rate: int, channels: int, chunk: int = 1024
+) -> Iterator[av.AudioFrame]:
+    """Yield ``fltp`` frames of a sine tone (amplitude 0.25) lasting ``seconds``."""
+    total = round(seconds * sample_rate)
+    for start in range(0, total, chunk):
+        t = np.arange(start, min(start + chunk, total)) / sample_rate
+        wave = (0.25 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+        samples = np.ascontiguousarray(np.broadcast_to(wave, (channels, wave.size)))
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=_layout(channels))
+        frame.sample_rate = sample_rate
+        frame.pts = start
+        frame.time_base = Fraction(1, sample_rate)
+        yield frame
+
+
+def _layout(channels: int) -> str:
+    """Return FFmpeg's default layout name for a channel count."""
+    return {1: "mono", 2: "stereo", 6: "5.1"}.get(channels, f"{channels}c")
+
+
+# --- video core -----------------------------------------------------------------------------
+
+
+def _write_video(
+    path: str | Path,
+    *,
+    width: int,
+    height: int,
+    rate: Fraction,
+    time_base: Fraction,
+    durations: Sequence[int],
+    audio: bool,
+    black_frames: int = 0,
+    tone_hz: float = 440.0,
+    sample_rate: int = 48000,
+    channels: int = 2,
+    pix_fmt: str = "yuv420p",
+    codec: str = "libx264",
+    codec_options: Mapping[str, str] | None = None,
+    container_format: str | None = None,
+    container_options: Mapping[str, str] | None = None,
+    rotation: int = 0,
+    seed: int = 0,
+) -> Path:
+    """Encode one frame per entry of ``durations`` (in ``time_base`` ticks), plus a tone.
+
+    Audio and video packets are muxed in presentation order, as a camera would write them.
+    """
+    path = Path(path)
+    options = dict(_FAST_PRESETS.get(codec, {}) if codec_options is None else codec_options)
+    seconds = float(sum(durations) * time_base)
+    texture = _texture(width, height, seed)
+    black = np.zeros_like(texture)
+    with av.open(
+        str(path), "w", format=container_format, options=dict(container_options or {})
+    ) as out:
+        video = out.add_stream(codec, rate=rate, options=options)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.codec_context.time_base = time_base
+        if rotation % 360:
+            video.set_display_rotation(rotation)
+        sound = out.add_stream("aac", rate=sample_rate, layout=_layout(channels)) if audio else None
+        tones = _tone_frames(seconds, tone_hz, sample_rate, channels) if audio else iter(())
+        pending = next(tones, None)
+
+        pts = 0
+        for index, duration in enumerate(durations):
+            while sound is not None and pending is not None and pending.time <= pts * time_base:
+                out.mux(sound.encode(pending))
+                pending = next(tones, None)
+            image = black if index < black_frames else _picture(texture, index)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            out.mux(video.encode(frame))
+            pts += duration
+        out.mux(video.encode(None))
+        if sound is not None:
+            while pending is not None:
+                out.mux(sound.encode(pending))
+                pending = next(tones, None)
+            out.mux(sound.encode(None))
+    return path
+
+
+# --- public makers --------------------------------------------------------------------------
+
+
+def make_video(
+    path: str | Path,
+    *,
+    width: int = 640,
+    height: int = 360,
+    fps: Fraction | int = Fraction(30),
+    seconds: float = 4.0,
+    audio: bool = True,
+    tone_hz: float = 440.0,
+    sample_rate: int = 48000,
+    channels: int = 2,
+    pix_fmt: str = "yuv420p",
+    codec: str = "libx264",
+    codec_options: Mapping[str, str] | None = None,
+    container_format: str | None = None,
+    container_options: Mapping[str, str] | None = None,
+    rotation: int = 0,
+    black_seconds: float = 0.0,
+    seed: int = 0,
+) -> Path:
+    """Write a constant-frame-rate video of ``round(seconds * fps)`` frames, with a sine tone.
+
+    ``fps`` may be fractional, e.g. ``Fraction(30000, 1001)``. ``pix_fmt`` may be anything the
+    codec takes; with libx264, ``"yuv420p10le"`` gives High 10 and ``"yuv422p"`` High 4:2:2.
+    ``codec_options`` replaces the default fast preset (libx264: ``preset=veryfast``), e.g.
+    ``{"g": "48", "bf": "0"}``. ``container_format`` overrides the muxer guessed from the suffix
+    (``.mp4``, ``.mov``, ``.mkv``, ``.ts`` ...); ``container_options`` go to the muxer, e.g.
+    ``{"movflags": "+faststart"}``. ``rotation`` and ``black_seconds``: see
+    :func:`make_rotated_video` and :func:`make_black_start_video`.
+    """
+    fps = Fraction(fps)
+    frames = round(seconds * fps)
+    return _write_video(
+        path,
+        width=width,
+        height=height,
+        rate=fps,
+        time_base=1 / fps,
+        durations=[1] * frames,
+        black_frames=round(black_seconds * fps),
+        audio=audio,
+        tone_hz=tone_hz,
+        sample_rate=sample_rate,
+        channels=channels,
+        pix_fmt=pix_fmt,
+        codec=codec,
+        codec_options=codec_options,
+        container_format=container_format,
+        container_options=container_options,
+        rotation=rotation,
+        seed=seed,
+    )
+
+
+def vfr_durations(seconds: float, seed: int = 0) -> list[int]:
+    """Return irregular frame durations (1/90000 s ticks) of 1/30 or 1/20 s covering ``seconds``.
+
+    Both durations always occur (the pattern starts 1/30, 1/20); the rest is seeded-random.
+    """
+    rng = random.Random(seed)
+    durations = list(_VFR_DURATIONS)
+    while sum(durations) * _VFR_TIME_BASE < seconds:
+        durations.append(rng.choice(_VFR_DURATIONS))
+    return durations
+
+
+def make_vfr_video(
+    path: str | Path,
+    *,
+    width: int = 640,
+    height: int = 360,
+    seconds: float = 4.0,
+    audio: bool = True,
+    seed: int = 0,
+    **kwargs: Any,
+) -> Path:
+    """Write a variable-frame-rate video whose frames last 1/30 or 1/20 s, irregularly.
+
+    Timestamps are set in a 1/90000 time base (see :func:`vfr_durations`); the nominal rate
+    handed to the encoder is 30 fps. Other keyword arguments are as for :func:`make_video`
+    (except ``fps`` and ``black_seconds``).
+    """
+    return _write_video(
+        path,
+        width=width,
+        height=height,
+        rate=Fraction(30),
+        time_base=_VFR_TIME_BASE,
+        durations=vfr_durations(seconds, seed),
+        audio=audio,
+        seed=seed,
+        **kwargs,
+    )
+
+
+def make_rotated_video(path: str | Path, rotation: int, **kwargs: Any) -> Path:
+    """Write a landscape-coded video (640x360 by default) carrying a display-matrix rotation.
+
+    ``rotation`` is 90, 180 or 270 degrees counter-clockwise (``ffmpeg -display_rotation``'s
+    convention); players show 90 and 270 as portrait. The coded frames stay landscape. Read it
+    back with ``VideoFrame.rotation`` on a decoded frame, which gives 90, -180 and -90
+    respectively (see the module docstring). Other keyword arguments go to :func:`make_video`.
+    """
+    if rotation % 90:
+        raise ValueError(f"rotation must be a multiple of 90, not {rotation}")
+    return make_video(path, rotation=rotation, **kwargs)
+
+
+def make_black_start_video(path: str | Path, black_seconds: float = 0.5, **kwargs: Any) -> Path:
+    """Write a video whose first ``black_seconds`` are pure black (no counter), then content.
+
+    Meant for poster/thumbnail selection, which should skip the black lead-in. Other keyword
+    arguments go to :func:`make_video`.
+    """
+    return make_video(path, black_seconds=black_seconds, **kwargs)
+
+
+def make_audio_only(
+    path: str | Path,
+    seconds: float = 2.0,
+    *,
+    tone_hz: float = 440.0,
+    sample_rate: int = 48000,
+    channels: int = 2,
+    codec: str = "aac",
+) -> Path:
+    """Write an audio-only file (a sine tone); ``.m4a``/``.mp4`` with AAC by default."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout=_layout(channels))
+        for frame in _tone_frames(seconds, tone_hz, sample_rate, channels):
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def make_still_image(
+    path: str | Path, *, width: int = 640, height: int = 360, seed: int = 0
+) -> Path:
+    """Write a single textured picture; PNG or JPEG according to the suffix."""
+    path = Path(path)
+    av.VideoFrame.from_ndarray(_picture(_texture(width, height, seed), 0), format="rgb24").save(
+        path
+    )
+    return path
+
+
+def make_text_file(path: str | Path, text: str | None = None) -> Path:
+    """Write a small UTF-8 text file: something a user might upload instead of a video."""
+    path = Path(path)
+    path.write_text(text if text is not None else "This is not a video.\n" * 8, encoding="utf-8")
+    return path
+
+
+def make_random_bytes(path: str | Path, n: int = 64 * 1024, seed: int = 0) -> Path:
+    """Write ``n`` seeded pseudo-random bytes (reproducible garbage with no container magic)."""
+    path = Path(path)
+    path.write_bytes(random.Random(seed).randbytes(n))
+    return path
+
+
+def make_truncated(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Path:
+    """Copy the first ``fraction`` (0..1) of ``src``'s bytes to ``dst``, like a cut-off upload."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be within [0, 1], not {fraction}")
+    dst = Path(dst)
+    data = Path(src).read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
