@@ -5,6 +5,8 @@ Decode once, publish the lowest rung first, add each higher rung the moment it c
 
 from __future__ import annotations
 
+import logging
+
 from engine.audio import AudioSettings
 from engine.errors import (
     DecodeError,
@@ -20,6 +22,9 @@ from engine.errors import (
 from engine.job import Job, JobEvent, JobState, TranscodeOptions
 from engine.ladder import LadderOptions, Rung, RungSettings, plan_ladder
 from engine.probe import SourceInfo, open_source
+
+# A library logs; the application decides where logs go (the CLI: only with --verbose).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AudioSettings",
@@ -38,6 +43,7 @@ __all__ = [
     "RungSettings",
     "RungsError",
     "SourceInfo",
+    "TranscodeOptions",
     "UnsupportedSourceError",
     "open_source",
     "plan_ladder",

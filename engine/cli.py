@@ -1,0 +1,232 @@
+"""The ``rungs`` command: a thin client of the engine API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from engine.errors import (
+    InvalidOptionsError,
+    InvalidSourceError,
+    OutputExistsError,
+    RungsError,
+)
+from engine.hwaccel import ENCODER_CHOICES
+from engine.job import Job, JobEvent, JobState, TranscodeOptions
+from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, RungSettings, parse_heights
+from engine.segment import SEGMENT_TYPES
+
+#: Exit codes, the one place errors become them.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def exit_code(error: RungsError | None, state: JobState) -> int:
+    """The process exit code for a job's end: 2 for bad input or options, 1 for a failure."""
+    if state == JobState.COMPLETE:
+        return EXIT_OK
+    if state == JobState.CANCELLED:
+        return EXIT_CANCELLED
+    if isinstance(error, InvalidSourceError | InvalidOptionsError | OutputExistsError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rungs`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.run(args)
+    except RungsError as exc:
+        print(f"rungs: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rungs", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    transcode = commands.add_parser(
+        "transcode", help="turn a video into an HLS ladder, lowest rung first")
+    transcode.add_argument("source", type=Path)
+    transcode.add_argument("out_dir", type=Path)
+    add_transcode_options(transcode)
+    transcode.add_argument("--json", action="store_true",
+                           help="one JSON object per event per line on stdout")
+    transcode.set_defaults(run=_transcode)
+    return parser
+
+
+def add_transcode_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that starts a transcode."""
+    parser.add_argument("--ladder", default=",".join(map(str, DEFAULT_HEIGHTS)),
+                        help="short sides of the rungs, e.g. 720,1080 (default %(default)s)")
+    parser.add_argument("--rung", action="append", default=[], metavar="H:KEY=VALUE,...",
+                        help="per-rung settings, e.g. 1080:preset=veryfast,crf=24,maxrate=6000")
+    parser.add_argument("--segment-seconds", type=float, default=4.0)
+    parser.add_argument("--segment-type", choices=SEGMENT_TYPES, default="fmp4")
+    parser.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto")
+    parser.add_argument("--cache-mb", type=int, default=1024,
+                        help="memory for frames waiting for slower rungs (default %(default)s)")
+    parser.add_argument("--scratch-dir", type=Path, default=None)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the contents of a non-empty output directory")
+
+
+def options_from_args(args: argparse.Namespace) -> TranscodeOptions:
+    """Turn parsed command-line options into :class:`TranscodeOptions`."""
+    return TranscodeOptions(
+        ladder=LadderOptions(heights=parse_heights(args.ladder),
+                             settings=dict(map(_rung_settings, args.rung))),
+        segment_seconds=args.segment_seconds,
+        segment_type=args.segment_type,
+        encoder=args.encoder,
+        cache_bytes=args.cache_mb << 20,
+        scratch_dir=args.scratch_dir,
+        overwrite=args.overwrite,
+    )
+
+
+def _rung_settings(text: str) -> tuple[int, RungSettings]:
+    height, _, pairs = text.partition(":")
+    fields: dict[str, Any] = {}
+    names = {"preset": ("preset", str), "crf": ("crf", int),
+             "maxrate": ("maxrate_kbps", int), "bufsize": ("bufsize_kbps", int)}
+    try:
+        for pair in filter(None, pairs.split(",")):
+            key, _, value = pair.partition("=")
+            name, kind = names[key.strip()]
+            fields[name] = kind(value.strip())
+        return parse_heights(height)[0], RungSettings(**fields)
+    except (KeyError, ValueError) as exc:
+        raise InvalidOptionsError(
+            f"--rung {text!r} is not H:KEY=VALUE,... with keys {', '.join(names)}") from exc
+
+
+def _transcode(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    render: EventRenderer = JsonRenderer(sys.stdout) if args.json else TimelineRenderer()
+    job = Job(args.source, args.out_dir, options, on_event=render)
+    with CancelOnInterrupt(job):
+        state = job.run()
+    render.close(job)
+    if job.error is not None:
+        print(f"rungs: {job.error.message}", file=sys.stderr)
+    return exit_code(job.error, state)
+
+
+class CancelOnInterrupt:
+    """Turn Ctrl-C and SIGTERM into a clean job cancel while the block runs."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.job.cancel()
+
+
+class EventRenderer:
+    """Shows a job's events to a person or a program."""
+
+    def __call__(self, event: JobEvent) -> None:
+        raise NotImplementedError
+
+    def close(self, job: Job) -> None:
+        """Called once after the job ends."""
+
+
+class JsonRenderer(EventRenderer):
+    """Exactly one JSON object per event per line, then a ``summary`` event."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, event: JobEvent) -> None:
+        self.out.write(json.dumps(event.to_dict()) + "\n")
+        self.out.flush()
+
+    def close(self, job: Job) -> None:
+        summary = {"type": "summary", "state": job.state.value, **job.summary()}
+        self.out.write(json.dumps(summary) + "\n")
+        self.out.flush()
+
+
+class TimelineRenderer(EventRenderer):
+    """A progress bar per rung and a line per milestone, with seconds since the start."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        # Stdout: stderr is kept for the one line that says what went wrong.
+        self.console = console or Console()
+        self.progress = Progress(TextColumn("{task.description:>6}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
+                                 console=self.console, transient=True)
+        self.tasks: dict[str, TaskID] = {}
+        self._lines: dict[str, Callable[[JobEvent], str]] = {
+            "running": lambda e: f"transcoding {e.data['source']}",
+            "poster_ready": lambda e: f"poster     {e.data['path']}",
+            "rung_published": lambda e: (
+                f"published  {e.data['rung']:>6} {e.data['width']}x{e.data['height']} "
+                f"{e.data['bandwidth'] / 1e6:.2f} Mbit/s peak, {e.data['encoder']}, "
+                f"{e.data['encode_fps']} fps"),
+            "ready": lambda e: f"READY      playable: {e.data['master']}",
+            "complete": lambda e: "COMPLETE   every rung published",
+            "cancelled": lambda e: "CANCELLED",
+        }
+
+    def __call__(self, event: JobEvent) -> None:
+        if event.type == "progress":
+            self._progress(event)
+            return
+        line = self._lines.get(event.type)
+        if line is not None:
+            self.console.print(f"[{event.elapsed_s:6.2f}s] {line(event)}", highlight=False)
+
+    def _progress(self, event: JobEvent) -> None:
+        if not self.tasks:
+            self.progress.start()
+        for rung in event.data["rungs"]:
+            task = self.tasks.get(rung["rung"])
+            if task is None:
+                task = self.progress.add_task(rung["rung"], total=rung["frames_total"] or None,
+                                              state="")
+                self.tasks[rung["rung"]] = task
+            self.progress.update(task, completed=rung["frames_done"],
+                                 total=rung["frames_total"] or None, state=rung["state"].lower())
+
+    def close(self, job: Job) -> None:
+        self.progress.stop()
+        summary = job.summary()
+        if job.state == JobState.COMPLETE:
+            self.console.print(
+                f"time to ready {summary['time_to_ready_s']} s, total {summary['total_s']} s, "
+                f"frames decoded {summary['frames_decoded']} / source {summary['source_frames']}",
+                highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
