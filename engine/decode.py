@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import av.audio.frame
@@ -92,17 +93,17 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                     f"source stopped decoding: {bad} of {video_packets} video packets are corrupt"
                 ) from exc
             continue
-        for frame in frames:
-            if is_video:
-                state.push(frame)  # type: ignore[arg-type]
-            elif on_audio is not None:
-                audio(frame)  # type: ignore[arg-type]
+        for decoded in frames:
+            if isinstance(decoded, av.video.frame.VideoFrame):
+                state.push(decoded)
+            elif isinstance(decoded, av.audio.frame.AudioFrame):
+                audio(decoded)
     if state.decoded == 0:
         raise DecodeError("source has no decodable video frame")
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base)
 
 
-def _decode_quietly(packet: av.Packet) -> list[av.audio.frame.AudioFrame]:
+def _decode_quietly(packet: av.Packet[Any]) -> list[av.audio.frame.AudioFrame]:
     try:
         return packet.decode()  # type: ignore[return-value]
     except av.error.FFmpegError:

@@ -154,7 +154,7 @@ class FrameCache:
             assert spill is not None
             buffer = np.empty(self.frame_bytes, np.uint8)
             self._copy_in(frame, buffer)
-            os.pwrite(self._spill_file(), buffer, spill * self.frame_bytes)
+            os.pwrite(self._spill_file(), buffer.data, spill * self.frame_bytes)
         with self._cond:
             self._entries[self._next_index] = _Entry(time, self.readers, slot, spill)
             self._next_index += 1
@@ -182,7 +182,7 @@ class FrameCache:
                 frame = self._frame_from(self._slots[entry.slot])
             else:
                 assert entry.spill is not None
-                os.preadv(self._spill_file(), [buffer], entry.spill * self.frame_bytes)
+                os.preadv(self._spill_file(), [buffer.data], entry.spill * self.frame_bytes)
                 frame = self._frame_from(buffer)
             self._release(index)
             yield frame, entry.time

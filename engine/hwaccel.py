@@ -14,6 +14,7 @@ from fractions import Fraction
 import av
 import av.codec
 import av.error
+import av.video.codeccontext
 import av.video.frame
 
 from engine.errors import InvalidOptionsError
@@ -43,6 +44,7 @@ def probe_encoder(name: str) -> EncoderProbe:
         return EncoderProbe(name, False, "not built into this FFmpeg")
     try:
         ctx = av.codec.CodecContext.create(name, "w")
+        assert isinstance(ctx, av.video.codeccontext.VideoCodecContext)
         ctx.width, ctx.height = 256, 144
         ctx.pix_fmt = "nv12" if name in ("h264_qsv", "h264_vaapi") else "yuv420p"
         ctx.time_base = Fraction(1, 25)

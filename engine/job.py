@@ -78,7 +78,7 @@ class TranscodeOptions:
     #: Replace the contents of a non-empty output directory.
     overwrite: bool = False
     #: How much lower later rungs' threads run than the first rung's (nice increment).
-    background_nice: int = 10
+    background_nice: int = 19
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_duration_s: float = DEFAULT_MAX_DURATION_S
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import av.container
@@ -97,7 +98,8 @@ class OpenSource:
     """
 
     def __init__(self, container: av.container.InputContainer, info: SourceInfo,
-                 packets: Iterator[av.Packet], pending: list[av.video.frame.VideoFrame | av.Packet],
+                 packets: Iterator[av.Packet[Any]],
+                 pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
                  packets_read: int) -> None:
         self.container = container
         self.info = info
@@ -220,10 +222,10 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return 0.0
 
 
-def _read_first_frame(packets: Iterator[av.Packet], stream: av.video.stream.VideoStream,
-                      name: str) -> tuple[list[av.video.frame.VideoFrame | av.Packet], int]:
+def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream.VideoStream,
+                      name: str) -> tuple[list[av.video.frame.VideoFrame | av.Packet[Any]], int]:
     """Demux until the first video frame decodes; keep everything read on the way, in order."""
-    pending: list[av.video.frame.VideoFrame | av.Packet] = []
+    pending: list[av.video.frame.VideoFrame | av.Packet[Any]] = []
     video_packets = 0
     try:
         for packet in packets:

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av.error
 import av.video.frame
+import av.video.stream
 from av.video.frame import PictureType
 
 from engine.errors import EncoderError, JobCancelledError
@@ -69,6 +71,7 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     writer = HlsWriter(out_dir / rung.name, settings.segment_seconds, settings.segment_type)
     try:
         stream = writer.container.add_stream(encoder, rate=rung.frame_rate)
+        assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
         stream.time_base = settings.time_base
         gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
@@ -97,7 +100,7 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
 
 
 def _encode(stream: av.video.stream.VideoStream, frame: av.video.frame.VideoFrame | None,
-            encoder: str) -> list[av.Packet]:
+            encoder: str) -> list[av.Packet[Any]]:
     try:
         return stream.encode(frame)
     except av.error.FFmpegError as exc:

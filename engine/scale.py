@@ -50,5 +50,6 @@ def rotate(frame: av.video.frame.VideoFrame, clockwise: int) -> av.video.frame.V
 
 def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A writable numpy view of an 8-bit plane's visible pixels (without line padding)."""
-    rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
-    return rows[: plane.height, : plane.width]
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
+    view: np.ndarray = rows[: plane.height, : plane.width]
+    return view

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import av.container
@@ -74,7 +75,7 @@ class HlsWriter:
     def init_uri(self) -> str | None:
         return INIT_SEGMENT if self.segment_type == "fmp4" else None
 
-    def mux(self, packets: list[av.Packet]) -> None:
+    def mux(self, packets: list[av.Packet[Any]]) -> None:
         try:
             self.container.mux(packets)
         except (av.error.FFmpegError, OSError) as exc:
