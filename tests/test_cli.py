@@ -1,0 +1,103 @@
+"""The ``rungs`` command as a user runs it: a real subprocess, real files, real output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import m3u8
+import pytest
+
+from tests import media
+
+RUNGS = [sys.executable, "-m", "engine.cli"]
+
+
+def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RUNGS, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return media.make_video(tmp_path_factory.mktemp("cli") / "in.mp4", width=640, height=360,
+                            seconds=3.0)
+
+
+def test_json_prints_one_event_per_line_and_a_summary(small_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("transcode", small_source, out, "--ladder", "180,360",
+                     "--segment-seconds", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    types = [e["type"] for e in events]
+    assert all("type" in e for e in events)
+    milestones = [t for t in types if t != "progress"]
+    assert milestones == ["queued", "running", "poster_ready", "rung_published", "ready",
+                          "rung_published", "complete", "summary"]
+    assert [e["rung"] for e in events if e["type"] == "rung_published"] == ["180p", "360p"]
+    summary = events[-1]
+    assert summary["frames_decoded"] == summary["source_frames"] == 90
+    assert 0 < summary["time_to_ready_s"] <= summary["total_s"]
+    assert all(r["encode_fps"] > 0 for r in summary["rungs"])
+    master = m3u8.load(str(out / "master.m3u8"))
+    assert [p.uri for p in master.playlists] == ["180p/index.m3u8", "360p/index.m3u8"]
+    assert result.stderr == ""
+
+
+def test_timeline_on_a_terminal_names_each_milestone(small_source: Path, tmp_path: Path) -> None:
+    result = run_cli("transcode", small_source, tmp_path / "out", "--ladder", "180,360")
+    assert result.returncode == 0, result.stderr
+    for word in ("poster", "READY", "published", "180p", "360p", "COMPLETE", "time to ready"):
+        assert word in result.stdout
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "empty": (lambda d: _touch(d / "empty.mp4"), "empty"),
+    "random bytes": (lambda d: media.make_random_bytes(d / "noise.mp4"), "not a video"),
+    "text named .mp4": (lambda d: media.make_text_file(d / "notes.mp4"), "not a video"),
+    "audio only": (lambda d: media.make_audio_only(d / "sound.m4a", seconds=1.0),
+                   "no video stream"),
+    "still image": (lambda d: media.make_still_image(d / "still.png"), "not a video"),
+    "missing": (lambda d: d / "missing.mp4", "does not exist"),
+}
+
+
+def _touch(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(case: str, tmp_path: Path) -> None:
+    make, words = BAD_INPUTS[case]
+    source = make(tmp_path)
+    result = run_cli("transcode", source, tmp_path / "out")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rungs: ")
+    assert words in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "out" / "master.m3u8").exists()
+
+
+def test_non_empty_output_is_refused_without_overwrite(small_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli("transcode", small_source, out, "--ladder", "180")
+    assert result.returncode == 2
+    assert "not empty" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args", [["--ladder", "abc"], ["--segment-seconds", "0"],
+                                  ["--rung", "720:speed=9"]])
+def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str]) -> None:
+    result = run_cli("transcode", small_source, tmp_path / "out", *args)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
