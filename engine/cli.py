@@ -16,13 +16,14 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
+from engine.doctor import report as doctor_report
 from engine.errors import (
     InvalidOptionsError,
     InvalidSourceError,
     OutputExistsError,
     RungsError,
 )
-from engine.hwaccel import ENCODER_CHOICES
+from engine.hwaccel import DECODER_CHOICES, ENCODER_CHOICES
 from engine.job import Job, JobEvent, JobState, TranscodeOptions
 from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, RungSettings, parse_heights
 from engine.segment import SEGMENT_TYPES
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     transcode.add_argument("--json", action="store_true",
                            help="one JSON object per event per line on stdout")
     transcode.set_defaults(run=_transcode)
+    doctor = commands.add_parser(
+        "doctor", help="versions, cores, and which hardware codecs really work here")
+    doctor.set_defaults(run=_doctor)
     return parser
 
 
@@ -80,6 +84,8 @@ def add_transcode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-seconds", type=float, default=4.0)
     parser.add_argument("--segment-type", choices=SEGMENT_TYPES, default="fmp4")
     parser.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto")
+    parser.add_argument("--hwaccel", choices=DECODER_CHOICES, default="auto",
+                        help="decode on a hardware device (auto: only if it really works here)")
     parser.add_argument("--cache-mb", type=int, default=1024,
                         help="memory for frames waiting for slower rungs (default %(default)s)")
     parser.add_argument("--scratch-dir", type=Path, default=None)
@@ -95,6 +101,7 @@ def options_from_args(args: argparse.Namespace) -> TranscodeOptions:
         segment_seconds=args.segment_seconds,
         segment_type=args.segment_type,
         encoder=args.encoder,
+        hwaccel=args.hwaccel,
         cache_bytes=args.cache_mb << 20,
         scratch_dir=args.scratch_dir,
         overwrite=args.overwrite,
@@ -127,6 +134,11 @@ def _transcode(args: argparse.Namespace) -> int:
     if job.error is not None:
         print(f"rungs: {job.error.message}", file=sys.stderr)
     return exit_code(job.error, state)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    print("\n".join(doctor_report()))
+    return EXIT_OK
 
 
 class CancelOnInterrupt:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
@@ -20,7 +21,7 @@ import av.error
 import av.video.frame
 from av.video.reformatter import VideoReformatter
 
-from engine.errors import DecodeError, JobCancelledError
+from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.probe import OpenSource
 
@@ -100,6 +101,14 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                 audio(decoded)
     if state.decoded == 0:
         raise DecodeError("source has no decodable video frame")
+    declared = source.info.declared_frames
+    # An MP4 whose index comes first (faststart) still opens when its end was cut off, and the
+    # demuxer just stops early: without this check a cut-off upload "completes" as a shorter
+    # video. A 1% allowance covers headers that count a frame or two more than the file holds.
+    if declared and video_packets < declared - declared // 100:
+        raise InvalidSourceError(
+            f"source {Path(source.info.path).name!r} is truncated: it declares {declared} "
+            f"video frames but holds only {video_packets}")
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base)
 
 
@@ -130,7 +139,7 @@ class _VideoState:
     def push(self, frame: av.video.frame.VideoFrame) -> None:
         self.decoded += 1
         pts = self._relative_pts(frame)
-        placed = self.schedule.place(pts, self.time_base)
+        placed = self.schedule.place(pts, self.time_base, max(0, frame.duration or 0))
         if placed is None:
             return
         if frame.format.name != PIXEL_FORMAT:

@@ -25,6 +25,8 @@ class FrameTime:
     seconds: Fraction
     segment: int
     keyframe: bool
+    #: How long the source shows the frame, in ``time_base`` units (0 when it does not say).
+    duration: int = 0
 
 
 class KeyframeSchedule:
@@ -43,8 +45,9 @@ class KeyframeSchedule:
         self._last_segment = -1
         self._count = 0
 
-    def place(self, pts: int, time_base: Fraction) -> FrameTime | None:
-        """Place the next frame (``pts`` relative to the first frame, increasing).
+    def place(self, pts: int, time_base: Fraction, duration: int = 0) -> FrameTime | None:
+        """Place the next frame (``pts`` relative to the first frame, increasing; ``duration``
+        as the source gives it).
 
         Returns ``None`` for a frame dropped by the frame-rate cap.
         """
@@ -56,7 +59,7 @@ class KeyframeSchedule:
         segment = segment_of(seconds, self.segment_seconds)
         keyframe = segment != self._last_segment
         self._last_segment = segment
-        frame = FrameTime(self._count, pts, seconds, segment, keyframe)
+        frame = FrameTime(self._count, pts, seconds, segment, keyframe, duration)
         self._count += 1
         return frame
 

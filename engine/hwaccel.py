@@ -1,21 +1,26 @@
-"""Which H.264 encoder a rung uses: hardware when it really works here, libx264 otherwise.
+"""Hardware codecs when they really work here, software otherwise.
 
-PyAV's wheels list ``h264_nvenc`` and friends on every machine, GPU or not, so a listing proves
-nothing: each candidate is opened and made to encode a few frames, once per process.
+PyAV's wheels list ``h264_nvenc`` and the ``cuda`` device type on every machine, GPU or not, so a
+listing proves nothing: each candidate decoder and encoder is made to decode or encode a few
+frames, once per process, and only one that did is chosen.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import av.codec
+import av.codec.hwaccel
+import av.container
 import av.error
 import av.video.codeccontext
 import av.video.frame
+import av.video.stream
 
 from engine.errors import InvalidOptionsError
 from engine.ladder import Rung
@@ -26,6 +31,9 @@ SOFTWARE_ENCODER = "libx264"
 #: Tried in this order by ``auto``.
 HARDWARE_ENCODERS = ("h264_nvenc", "h264_qsv", "h264_vaapi", "h264_videotoolbox")
 ENCODER_CHOICES = ("auto", SOFTWARE_ENCODER, *HARDWARE_ENCODERS)
+#: Hardware decode device types, in the order ``auto`` tries them.
+HARDWARE_DECODERS = ("cuda", "qsv", "vaapi", "videotoolbox", "drm")
+DECODER_CHOICES = ("auto", "none", *HARDWARE_DECODERS)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,63 @@ def probe_encoder(name: str) -> EncoderProbe:
     return EncoderProbe(name, True, "encoded test frames")
 
 
+@dataclass(frozen=True)
+class DecoderProbe:
+    """Whether H.264 really decodes on one hardware device type here, and why not."""
+
+    device_type: str
+    works: bool
+    reason: str
+
+
+@functools.cache
+def probe_decoder(device_type: str) -> DecoderProbe:
+    """Decode a few generated H.264 frames on ``device_type`` with no software fallback."""
+    if device_type not in av.codec.hwaccel.hwdevices_available():
+        return DecoderProbe(device_type, False, "not built into this FFmpeg")
+    try:
+        accel = av.codec.hwaccel.HWAccel(device_type, allow_software_fallback=False)
+        with av.open(_tiny_h264(), "r", hwaccel=accel) as container:
+            assert isinstance(container, av.container.InputContainer)
+            frames = len(list(container.decode(video=0)))
+            on_device = container.streams.video[0].codec_context.is_hwaccel
+    except (av.error.FFmpegError, ValueError, OSError, RuntimeError) as exc:
+        return DecoderProbe(device_type, False, str(exc).split(";")[0] or type(exc).__name__)
+    if not frames or not on_device:
+        return DecoderProbe(device_type, False, "opened but did not decode on the device")
+    return DecoderProbe(device_type, True, f"decoded {frames} test frames")
+
+
+def choose_decoder(requested: str) -> str | None:
+    """The hardware device type to decode on for ``requested``; ``None`` means software."""
+    if requested not in DECODER_CHOICES:
+        raise InvalidOptionsError(
+            f"unknown hwaccel {requested!r}; choose one of {', '.join(DECODER_CHOICES)}")
+    if requested == "none":
+        return None
+    if requested == "auto":
+        return next((d for d in HARDWARE_DECODERS if probe_decoder(d).works), None)
+    if not probe_decoder(requested).works:
+        raise InvalidOptionsError(
+            f"hwaccel {requested} does not work here: {probe_decoder(requested).reason}")
+    return requested
+
+
+def _tiny_h264() -> io.BytesIO:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream(SOFTWARE_ENCODER, rate=25)
+        assert isinstance(stream, av.video.stream.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = 256, 144, "yuv420p"
+        for index in range(5):
+            frame = av.video.frame.VideoFrame(256, 144, "yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    buffer.seek(0)
+    return buffer
+
+
 def choose_encoder(requested: str) -> str:
     """The encoder to use for ``requested`` (``auto`` or a name in :data:`ENCODER_CHOICES`)."""
     if requested not in ENCODER_CHOICES:
@@ -87,9 +152,12 @@ def encoder_options(encoder: str, rung: Rung, gop_frames: int) -> dict[str, str]
     """
     maxrate, bufsize = rung.maxrate_kbps, rung.bufsize_kbps
     if encoder == SOFTWARE_ENCODER:
-        params = (f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0:forced-idr=1"
+        params = (f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0"
                   f":vbv-maxrate={maxrate}:vbv-bufsize={bufsize}")
-        return {"preset": rung.preset, "crf": str(rung.crf), "x264-params": params}
+        # forced-idr is an option of FFmpeg's libx264 wrapper, not an x264 parameter: inside
+        # x264-params it is rejected ("Error parsing option") and silently not applied.
+        return {"preset": rung.preset, "crf": str(rung.crf), "forced-idr": "1",
+                "x264-params": params}
     common = {"g": str(gop_frames), "maxrate": f"{maxrate}k", "bufsize": f"{bufsize}k",
               "forced_idr": "1", "bf": "0"}
     if encoder == "h264_nvenc":

@@ -33,7 +33,7 @@ from engine.errors import (
 )
 from engine.fanout import FanOut
 from engine.gop import FrameTime, KeyframeSchedule
-from engine.hwaccel import choose_encoder
+from engine.hwaccel import choose_decoder, choose_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
@@ -70,6 +70,9 @@ class TranscodeOptions:
     segment_type: str = "fmp4"
     #: ``auto`` (a hardware encoder only if it really works here) or an encoder name.
     encoder: str = "auto"
+    #: Decode on ``auto`` (a hardware device only if it really decodes here), ``none``, or a
+    #: device type such as ``cuda``.
+    hwaccel: str = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
     #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk.
     cache_bytes: int = 1 << 30
@@ -146,6 +149,7 @@ class Job:
         self.error: RungsError | None = None
         self.decode_stats: DecodeStats | None = None
         self.source_frames = 0
+        self.decoder = ""
         self.time_to_ready_s: float | None = None
         self.total_s: float | None = None
         self._frames_total = 0
@@ -192,8 +196,11 @@ class Job:
             self._set_state(JobState.RUNNING, "running", {"source": str(self.source)})
             if self._stop.is_set():
                 raise JobCancelledError("cancelled before it started")
+            decoder = choose_decoder(self.options.hwaccel)
             with open_source(self.source, max_pixels=self.options.max_pixels,
-                             max_duration_s=self.options.max_duration_s) as source:
+                             max_duration_s=self.options.max_duration_s,
+                             hwaccel=decoder) as source:
+                self.decoder = source.info.decoder
                 rungs = plan_ladder(source.info, self.options.ladder)
                 encoder = choose_encoder(self.options.encoder)
                 self.rungs = [RungStatus(r, encoder) for r in rungs]
@@ -338,6 +345,7 @@ class Job:
             "time_to_ready_s": _round(self.time_to_ready_s),
             "total_s": _round(self.total_s),
             "frames_decoded": stats.frames_decoded if stats else 0,
+            "decoder": self.decoder,
             "source_frames": self.source_frames,
             "rungs": [
                 {"rung": s.rung.name, "width": s.rung.width, "height": s.rung.height,

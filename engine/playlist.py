@@ -70,12 +70,15 @@ def variant_bandwidth(video: Sequence[SegmentRecord],
     """(peak, average) bits per second of a rung with the shared audio.
 
     Segment ``i`` of the video plays with segment ``i`` of the audio (both are cut at the same
-    instants), so the peak is the highest sum of the two over the video's segments.
+    instants), so the peak is the highest sum of the two over the video's segments. Both are
+    fetched to play the video segment's duration: AAC frames make audio segments end up to a frame
+    later, and dividing the audio by its own, longer duration put BANDWIDTH under that peak.
     """
     peak = 0.0
     for index, segment in enumerate(video):
-        audio_rate = audio[index].bitrate if index < len(audio) else 0.0
-        peak = max(peak, segment.bitrate + audio_rate)
+        audio_bytes = audio[index].size_bytes if index < len(audio) else 0
+        if segment.duration_s > 0:
+            peak = max(peak, (segment.size_bytes + audio_bytes) * 8 / segment.duration_s)
     duration = sum(s.duration_s for s in video)
     total_bits = 8 * (sum(s.size_bytes for s in video) + sum(s.size_bytes for s in audio))
     average = total_bits / duration if duration > 0 else 0.0

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import av.codec.hwaccel
 import av.container
 import av.error
 import av.video.frame
@@ -79,6 +80,8 @@ class SourceInfo:
     #: Frames the container declares (0 when it does not say).
     declared_frames: int
     audio: AudioInfo | None
+    #: ``software`` or the hardware device type that decodes the video.
+    decoder: str = "software"
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -119,8 +122,13 @@ class OpenSource:
 
 
 def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                max_duration_s: float = DEFAULT_MAX_DURATION_S) -> OpenSource:
+                max_duration_s: float = DEFAULT_MAX_DURATION_S,
+                hwaccel: str | None = None) -> OpenSource:
     """Open ``path``, check it is a decodable video within limits, and describe it.
+
+    ``hwaccel`` names a hardware device type to decode on (see :mod:`engine.hwaccel`); FFmpeg
+    falls back to software for streams the device cannot decode, and ``SourceInfo.decoder``
+    says which ran.
 
     Raises :class:`InvalidSourceError` (or its subclass :class:`UnsupportedSourceError`) with a
     message naming the problem.
@@ -131,16 +139,16 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
     if source.stat().st_size == 0:
         raise InvalidSourceError(f"source {source.name!r} is empty")
     try:
-        container = av.open(str(source), options={
+        container = av.open(str(source), container_options={
             "format_whitelist": ",".join(ALLOWED_DEMUXERS),
             "protocol_whitelist": "file",
-        })
+        }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InvalidSourceError(
             f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
         ) from exc
     try:
-        return _describe(container, str(source), max_pixels, max_duration_s)
+        return _describe(container, str(source), max_pixels, max_duration_s, hwaccel)
     except BaseException:
         container.close()
         raise
@@ -153,7 +161,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _describe(container: av.container.InputContainer, path: str, max_pixels: int,
-              max_duration_s: float) -> OpenSource:
+              max_duration_s: float, hwaccel: str | None) -> OpenSource:
     name = Path(path).name
     if not container.streams.video:
         raise InvalidSourceError(f"source {name!r} has no video stream")
@@ -208,6 +216,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         bit_depth=max((c.bits for c in first.format.components), default=8),
         declared_frames=stream.frames,
         audio=audio,
+        decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
     )
     if info.rotation not in (0, 90, 180, 270):
         raise UnsupportedSourceError(f"source {name!r} is rotated by {info.rotation} degrees")

@@ -74,19 +74,25 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
         assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
         stream.time_base = settings.time_base
+        # The encoder must work in the source's time base too: left unset it defaults to
+        # 1/frame_rate, and PyAV rebases every frame's pts into it, which for a variable-frame-
+        # rate source (average rate below the peak) rounds neighbouring frames onto one tick.
+        stream.codec_context.time_base = settings.time_base
         gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
         stream.codec_context.options = encoder_options(encoder, rung, gop)
         scaler = Scaler(rung.width, rung.height, settings.rotation)
+        durations = _PacketDurations(round(1 / (rung.frame_rate * settings.time_base)))
         for frame, when in frames:
             if cancel.is_set():
                 raise JobCancelledError(f"{rung.name} cancelled")
+            durations.frame(when.pts, when.duration)
             out = scaler.scale(frame)
             out.pts = when.pts
             out.time_base = settings.time_base
             out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
-            writer.mux(_encode(stream, out, encoder))
+            writer.mux(durations.ready(_encode(stream, out, encoder)))
             progress.frames_done += 1
-        writer.mux(_encode(stream, None, encoder))
+        writer.mux(durations.finish(_encode(stream, None, encoder)))
         codecs = avc1_codecs(bytes(stream.codec_context.extradata or b""))
         segments = writer.close()
     except BaseException:
@@ -97,6 +103,48 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
         segments=tuple(segments), codecs=codecs, frames=progress.frames_done,
         encode_seconds=time.monotonic() - progress.started_at,
     )
+
+
+class _PacketDurations:
+    """Gives every encoded packet the real duration of its frame before it is muxed.
+
+    libx264 hands back packets without a duration, and FFmpeg's muxers then assume
+    1/frame rate for each. With a variable frame rate that is wrong, and the HLS muxer sums packet
+    durations for the last segment's EXTINF (and the MP4 muxer uses them for each fragment's last
+    sample). A frame lasts until the next one starts, so a packet is held back until the frame
+    after it has arrived; the last frame lasts as long as the source says.
+    """
+
+    def __init__(self, default: int) -> None:
+        self._default = max(1, default)
+        self._durations: dict[int, int] = {}
+        self._last: tuple[int, int] | None = None  # (pts, duration the source gives)
+        self._pending: list[av.Packet[Any]] = []
+
+    def frame(self, pts: int, duration: int) -> None:
+        """Note the next frame given to the encoder (in presentation order)."""
+        if self._last is not None:
+            self._durations[self._last[0]] = pts - self._last[0]
+        self._last = (pts, duration)
+
+    def ready(self, packets: list[av.Packet[Any]]) -> list[av.Packet[Any]]:
+        """The packets, in encoder order, whose durations are known, with them set."""
+        self._pending += packets
+        done = 0
+        for packet in self._pending:
+            if packet.pts not in self._durations:
+                break
+            packet.duration = self._durations.pop(packet.pts)
+            done += 1
+        out, self._pending = self._pending[:done], self._pending[done:]
+        return out
+
+    def finish(self, packets: list[av.Packet[Any]]) -> list[av.Packet[Any]]:
+        """The remaining packets, after the encoder is flushed."""
+        if self._last is not None:
+            pts, duration = self._last
+            self._durations[pts] = duration or self._default
+        return self.ready(packets)
 
 
 def _encode(stream: av.video.stream.VideoStream, frame: av.video.frame.VideoFrame | None,
