@@ -272,6 +272,10 @@ class Job:
                 if isinstance(result, BaseException):
                     raise result
                 assert result is not None
+                # A rung that finished encoding before a cancel must not be published after it:
+                # cancel means no further publication, not only no further encoding.
+                if self._cancel_requested:
+                    raise JobCancelledError(f"cancelled before {status.rung.name} was published")
                 self._publish(publisher, status, result)
         finally:
             self._ticker_stop.set()

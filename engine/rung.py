@@ -132,19 +132,22 @@ class _PacketDurations:
         self._pending += packets
         done = 0
         for packet in self._pending:
-            if packet.pts not in self._durations:
-                break
-            packet.duration = self._durations.pop(packet.pts)
+            if packet.pts is not None:  # no pts: nothing to look up, let the muxer guess
+                if packet.pts not in self._durations:
+                    break
+                packet.duration = self._durations.pop(packet.pts)
             done += 1
         out, self._pending = self._pending[:done], self._pending[done:]
         return out
 
     def finish(self, packets: list[av.Packet[Any]]) -> list[av.Packet[Any]]:
-        """The remaining packets, after the encoder is flushed."""
+        """The remaining packets, after the encoder is flushed; none is ever held back."""
         if self._last is not None:
             pts, duration = self._last
             self._durations[pts] = duration or self._default
-        return self.ready(packets)
+        out = self.ready(packets)
+        out, self._pending = out + self._pending, []
+        return out
 
 
 def _encode(stream: av.video.stream.VideoStream, frame: av.video.frame.VideoFrame | None,

@@ -1,0 +1,237 @@
+"""Unit tests of the pure planning code: the ladder (engine.ladder) and the keyframe schedule
+(engine.gop). No media is touched."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from engine.errors import InvalidOptionsError
+from engine.gop import KeyframeSchedule, segment_of
+from engine.ladder import (
+    DEFAULT_HEIGHTS,
+    MAX_FRAME_RATE,
+    LadderOptions,
+    Rung,
+    RungSettings,
+    default_settings,
+    parse_heights,
+    plan_ladder,
+)
+from engine.probe import SourceInfo
+
+
+def source(width: int, height: int, *, rotation: int = 0, sar: Fraction = Fraction(1),
+           fps: Fraction = Fraction(30)) -> SourceInfo:
+    return SourceInfo(
+        path="test.mp4", container="mov,mp4,m4a,3gp,3g2,mj2", codec="h264", width=width,
+        height=height, sample_aspect_ratio=sar, rotation=rotation, frame_rate=fps,
+        variable_frame_rate=False, duration_s=10.0, pixel_format="yuv420p", bit_depth=8,
+        declared_frames=300, audio=None,
+    )
+
+
+def sizes(rungs: list[Rung]) -> list[tuple[int, int]]:
+    return [(r.width, r.height) for r in rungs]
+
+
+# -- plan_ladder ------------------------------------------------------------------------------
+
+
+def test_default_ladder_is_720_1080_2160() -> None:
+    assert tuple(DEFAULT_HEIGHTS) == (720, 1080, 2160)
+
+
+def test_portrait_phone_video() -> None:
+    rungs = plan_ladder(source(1080, 1920))
+    assert sizes(rungs) == [(720, 1280), (1080, 1920)]
+    assert [r.name for r in rungs] == ["720p", "1080p"]
+    assert all(r.short_side == int(r.name[:-1]) for r in rungs)
+
+
+def test_phone_video_coded_landscape_with_rotation_is_portrait() -> None:
+    for rotation in (90, 270):
+        rungs = plan_ladder(source(1920, 1080, rotation=rotation))
+        assert sizes(rungs) == [(720, 1280), (1080, 1920)], rotation
+    # Upside down stays landscape.
+    assert sizes(plan_ladder(source(1920, 1080, rotation=180))) == [(1280, 720), (1920, 1080)]
+
+
+def test_4k_source_gets_three_rungs_lowest_first() -> None:
+    rungs = plan_ladder(source(3840, 2160))
+    assert sizes(rungs) == [(1280, 720), (1920, 1080), (3840, 2160)]
+    assert [r.name for r in rungs] == ["720p", "1080p", "2160p"]
+
+
+def test_never_upscales() -> None:
+    assert sizes(plan_ladder(source(1280, 720))) == [(1280, 720)]
+    rungs = plan_ladder(source(1280, 720), LadderOptions(heights=(1080, 360, 720, 480)))
+    assert sizes(rungs) == [(640, 360), (854, 480), (1280, 720)]  # sorted, 1080 dropped
+    for rung in plan_ladder(source(1920, 1080), LadderOptions(heights=(360, 2160, 4320))):
+        assert rung.width <= 1920 and rung.height <= 1080
+
+
+def test_source_smaller_than_every_rung_gets_one_rung_at_its_size() -> None:
+    (rung,) = plan_ladder(source(320, 240))
+    assert (rung.name, rung.width, rung.height) == ("240p", 320, 240)
+    (rung,) = plan_ladder(source(640, 480), LadderOptions(heights=(720, 1080)))
+    assert (rung.name, rung.width, rung.height) == ("480p", 640, 480)
+
+
+@pytest.mark.parametrize(("width", "height", "heights"), [
+    (853, 479, (360,)),
+    (1001, 563, (360, 480)),
+    (635, 357, (720,)),  # below the ladder: its own (odd) size, rounded down to even
+    (357, 635, (240, 720)),
+    (1919, 1079, DEFAULT_HEIGHTS),
+])
+def test_odd_sizes_give_even_dimensions(width: int, height: int,
+                                        heights: tuple[int, ...]) -> None:
+    rungs = plan_ladder(source(width, height), LadderOptions(heights=heights))
+    assert rungs
+    for rung in rungs:
+        assert rung.width % 2 == 0 and rung.height % 2 == 0, rung
+        assert rung.width <= width + 1 and rung.height <= height + 1, rung
+        # The aspect ratio survives the rounding (within one even step).
+        assert rung.width / rung.height == pytest.approx(width / height, abs=2 / rung.short_side)
+
+
+def test_sample_aspect_ratio_is_applied() -> None:
+    # 720x480 anamorphic 16:9 (NTSC DVD): shown as 853x480, so square-pixel rungs are 16:9
+    # (853 rounds to an even 852 at full height: never wider than the display size).
+    rungs = plan_ladder(source(720, 480, sar=Fraction(32, 27)), LadderOptions(heights=(360, 480)))
+    assert sizes(rungs) == [(640, 360), (852, 480)]
+    # Anamorphic 4:3 content stored 1440x1080 (HDV) is shown 1920x1080.
+    rungs = plan_ladder(source(1440, 1080, sar=Fraction(4, 3)), LadderOptions(heights=(720,)))
+    assert sizes(rungs) == [(1280, 720)]
+
+
+def test_sample_aspect_ratio_then_rotation() -> None:
+    # SAR stretches the coded width; rotation then turns the stretched picture.
+    rungs = plan_ladder(source(720, 480, sar=Fraction(32, 27), rotation=90),
+                        LadderOptions(heights=(360,)))
+    assert sizes(rungs) == [(360, 640)]
+
+
+def test_frame_rate_is_capped_at_60() -> None:
+    assert MAX_FRAME_RATE == 60
+    assert {r.frame_rate for r in plan_ladder(source(1920, 1080, fps=Fraction(120)))} == {60}
+    assert {r.frame_rate for r in plan_ladder(source(1920, 1080, fps=Fraction(240)))} == {60}
+    ntsc = Fraction(30000, 1001)
+    assert {r.frame_rate for r in plan_ladder(source(1920, 1080, fps=ntsc))} == {ntsc}
+    high_ntsc = Fraction(60000, 1001)
+    assert {r.frame_rate for r in plan_ladder(source(1920, 1080, fps=high_ntsc))} == {high_ntsc}
+
+
+def test_default_settings_per_rung() -> None:
+    rungs = plan_ladder(source(3840, 2160))
+    assert [r.preset for r in rungs] == ["ultrafast", "fast", "medium"]
+    assert [r.crf for r in rungs] == [25, 23, 21]
+    maxrates = [r.maxrate_kbps for r in rungs]
+    assert maxrates == sorted(maxrates) and len(set(maxrates)) == 3
+    assert all(r.bufsize_kbps == 2 * r.maxrate_kbps for r in rungs)
+    assert default_settings(180).maxrate_kbps == 400  # a floor for tiny rungs
+
+
+def test_per_rung_overrides() -> None:
+    overrides = {
+        720: RungSettings(preset="slow", crf=30, maxrate_kbps=1000),
+        1080: RungSettings(crf=18, bufsize_kbps=12345),
+    }
+    low, high = plan_ladder(source(1920, 1080), LadderOptions(settings=overrides))
+    assert (low.preset, low.crf, low.maxrate_kbps, low.bufsize_kbps) == ("slow", 30, 1000, 2000)
+    base = default_settings(1080)
+    assert (high.preset, high.crf, high.maxrate_kbps, high.bufsize_kbps) == (
+        base.preset, 18, base.maxrate_kbps, 12345)
+    # An override for a height not in the ladder changes nothing.
+    plain = plan_ladder(source(1920, 1080))
+    assert plan_ladder(source(1920, 1080), LadderOptions(settings={480: RungSettings(crf=1)})) \
+        == plain
+
+
+@pytest.mark.parametrize("ladder", [
+    LadderOptions(heights=()),
+    LadderOptions(heights=(8, 720)),
+    LadderOptions(heights=(720, 8640)),
+    LadderOptions(settings={720: RungSettings(preset="warp")}),
+    LadderOptions(settings={720: RungSettings(crf=52)}),
+    LadderOptions(settings={720: RungSettings(crf=-1)}),
+    LadderOptions(settings={720: RungSettings(maxrate_kbps=0)}),
+])
+def test_invalid_options_raise(ladder: LadderOptions) -> None:
+    with pytest.raises(InvalidOptionsError) as info:
+        plan_ladder(source(1920, 1080), ladder)
+    assert info.value.code == "INVALID_OPTIONS"
+
+
+def test_parse_heights() -> None:
+    assert parse_heights("720,1080p, 2160") == [720, 1080, 2160]
+    for bad in ("", " , ", "720,big", "1.5"):
+        with pytest.raises(InvalidOptionsError):
+            parse_heights(bad)
+
+
+# -- KeyframeSchedule -------------------------------------------------------------------------
+
+
+def test_ntsc_boundaries() -> None:
+    """29.97 fps: segment k starts at the first frame at or after 2k seconds."""
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    time_base = Fraction(1, 30000)
+    placed = [schedule.place(index * 1001, time_base) for index in range(200)]
+    assert all(p is not None for p in placed)
+    frames = [p for p in placed if p is not None]
+    assert [f.index for f in frames if f.keyframe] == [0, 60, 120, 180]
+    assert [f.seconds for f in frames if f.keyframe] == [Fraction(60 * k * 1001, 30000)
+                                                         for k in range(4)]
+    assert frames[59].segment == 0 and frames[60].segment == 1  # 1.968 s vs 2.002 s
+    assert [f.index for f in frames] == list(range(200))
+
+
+def test_exact_boundary_frame_opens_the_segment() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    frames = [schedule.place(index, Fraction(1, 30)) for index in range(121)]
+    assert [f.index for f in frames if f is not None and f.keyframe] == [0, 60, 120]
+
+
+def test_120_fps_is_capped_to_60() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    placed = [schedule.place(index, Fraction(1, 120)) for index in range(720)]  # 6 s
+    kept = [p for p in placed if p is not None]
+    assert len(kept) == 360
+    assert all(placed[i] is not None for i in range(0, 720, 2))  # every other frame, evenly
+    assert all(placed[i] is None for i in range(1, 720, 2))
+    assert [f.index for f in kept] == list(range(360))
+    assert [f.seconds for f in kept if f.keyframe] == [0, 2, 4]
+
+
+def test_59_94_fps_keeps_every_frame() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    placed = [schedule.place(index * 1001, Fraction(1, 60000)) for index in range(300)]
+    assert all(p is not None for p in placed)
+
+
+def test_variable_frame_rate_and_gaps() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    seconds = [Fraction(0), Fraction(1, 30), Fraction(1, 12), Fraction(199, 100),
+               Fraction(201, 100), Fraction(3), Fraction(9), Fraction(9) + Fraction(1, 20)]
+    frames = [schedule.place(int(s * 90000), Fraction(1, 90000)) for s in seconds]
+    assert all(f is not None for f in frames)
+    placed = [f for f in frames if f is not None]
+    assert [f.keyframe for f in placed] == [True, False, False, False, True, False, True, False]
+    # A gap across several boundaries opens one segment, numbered by time.
+    assert [f.segment for f in placed] == [0, 0, 0, 0, 1, 1, 4, 4]
+
+
+def test_durations_are_carried() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    first = schedule.place(0, Fraction(1, 90000), 4500)
+    assert first is not None and first.duration == 4500
+
+
+def test_segment_of_and_bad_lengths() -> None:
+    assert segment_of(Fraction(399, 100), Fraction(2)) == 1
+    assert segment_of(Fraction(4), Fraction(2)) == 2
+    with pytest.raises(ValueError):
+        KeyframeSchedule(Fraction(0), MAX_FRAME_RATE)
