@@ -23,6 +23,7 @@ from av.video.reformatter import VideoReformatter
 
 from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
 from engine.gop import FrameTime, KeyframeSchedule
+from engine.ladder import MAX_FRAME_RATE
 from engine.probe import OpenSource
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class DecodeStats:
     #: Packets that failed to decode and were skipped.
     bad_packets: int
     time_base: Fraction
+    #: Frame rate over the shortest interval between kept frames (for variable frame rate).
+    peak_frame_rate: Fraction
 
 
 VideoSink = Callable[[av.video.frame.VideoFrame, FrameTime], None]
@@ -109,7 +112,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         raise InvalidSourceError(
             f"source {Path(source.info.path).name!r} is truncated: it declares {declared} "
             f"video frames but holds only {video_packets}")
-    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base)
+    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base,
+                       state.peak_frame_rate())
 
 
 def _decode_quietly(packet: av.Packet[Any]) -> list[av.audio.frame.AudioFrame]:
@@ -132,6 +136,13 @@ class _VideoState:
         self._last_pts = -1
         self._step = 1
         self._converter = VideoReformatter()
+        self._last_kept: int | None = None
+        self._shortest = 0
+
+    def peak_frame_rate(self) -> Fraction:
+        if not self._shortest:
+            return MAX_FRAME_RATE
+        return min(MAX_FRAME_RATE, 1 / (self._shortest * self.time_base))
 
     def origin_seconds(self) -> float:
         return float((self._first_pts or 0) * self.time_base)
@@ -146,6 +157,10 @@ class _VideoState:
             frame = self._converter.reformat(frame, format=PIXEL_FORMAT)
         frame.pts = pts
         frame.time_base = self.time_base
+        if self._last_kept is not None:
+            interval = pts - self._last_kept
+            self._shortest = min(self._shortest or interval, interval)
+        self._last_kept = pts
         self.kept += 1
         self.sink(frame, placed)
 

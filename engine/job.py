@@ -266,6 +266,8 @@ class Job:
             poster_path = publisher.write_poster(poster.finish())
             self._emit("poster_ready", {"path": str(poster_path)})
 
+            frame_rate = (self.decode_stats.peak_frame_rate if info.variable_frame_rate
+                          else rungs[0].frame_rate)
             for index, status in enumerate(self.rungs):
                 threads[index].join()
                 result = results[index]
@@ -276,7 +278,7 @@ class Job:
                 # cancel means no further publication, not only no further encoding.
                 if self._cancel_requested:
                     raise JobCancelledError(f"cancelled before {status.rung.name} was published")
-                self._publish(publisher, status, result)
+                self._publish(publisher, status, result, frame_rate)
         finally:
             self._ticker_stop.set()
             if self._stop.is_set():
@@ -311,8 +313,9 @@ class Job:
             results[index] = exc
             self._stop.set()
 
-    def _publish(self, publisher: Publisher, status: RungStatus, encoded: EncodedRung) -> None:
-        variant = publisher.publish(encoded)
+    def _publish(self, publisher: Publisher, status: RungStatus, encoded: EncodedRung,
+                 frame_rate: Fraction) -> None:
+        variant = publisher.publish(encoded, frame_rate)
         status.encoded = encoded
         status.state = "PUBLISHED"
         status.published_at_s = self._elapsed()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 from engine.audio import EncodedAudio
@@ -75,8 +76,12 @@ class Publisher:
             self._write_media(audio.folder, audio.segments, audio.init_uri)
             self._audio = audio
 
-    def publish(self, encoded: EncodedRung) -> Variant:
-        """Write the rung's playlist, then list it in the master. Returns how it is listed."""
+    def publish(self, encoded: EncodedRung, frame_rate: Fraction) -> Variant:
+        """Write the rung's playlist, then list it in the master. Returns how it is listed.
+
+        ``frame_rate`` is the highest rate of the video (RFC 8216 FRAME-RATE), which for a
+        variable-frame-rate source is above its average.
+        """
         with self._lock:
             self._target = max(self._target, target_duration(encoded.segments))
             self._write_media(encoded.folder, encoded.segments, encoded.init_uri)
@@ -86,7 +91,7 @@ class Publisher:
             variant = Variant(
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=codecs, width=encoded.rung.width, height=encoded.rung.height,
-                frame_rate=encoded.rung.frame_rate,
+                frame_rate=frame_rate,
             )
             variants = sorted([*self.variants, variant], key=lambda v: v.width * v.height)
             audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels)

@@ -412,11 +412,6 @@ def test_variable_frame_rate_source(tmp_path: Path) -> None:
     assert len(extinfs) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FRAME-RATE is the source's average rate (about 24.3 here); RFC 8216 4.3.4.2 wants the "
-    "maximum (30: the shortest frame lasts 1/30 s). The ladder is planned from the probe, "
-    "before the frame intervals are known; fixing it means measuring the peak rate during "
-    "decode and publishing that instead."))
 def test_variable_frame_rate_master_gives_the_peak_frame_rate(tmp_path: Path) -> None:
     source = media.make_vfr_video(tmp_path / "vfr.mp4", width=320, height=180, seconds=2.0,
                                   audio=False)
