@@ -15,6 +15,7 @@ import av.audio.stream
 import av.error
 
 from engine.errors import DecodeError
+from engine.gop import TIMELINE_START
 from engine.segment import HlsWriter, SegmentRecord
 
 AUDIO_FOLDER = "audio"
@@ -66,7 +67,7 @@ class AudioEncoder:
         if seconds < 0:
             return  # Audio before the first picture has nothing to play against.
         if self._next_pts is None:
-            self._next_pts = round(seconds * self.settings.sample_rate)
+            self._next_pts = round((TIMELINE_START + Fraction(seconds)) * self.settings.sample_rate)
         frame.pts = None
         try:
             self._encode(self._resampler.resample(frame))

@@ -12,6 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+#: Presentation time of a job's first frame in every output, video and audio alike. B-frames
+#: make an encoder's first decode times earlier than its first presentation time; starting at 0
+#: they would be negative, and each rendition's muxer would shift its own stream to fix that, so
+#: rungs with B-frames would start later than the audio and the other rungs. Ten seconds keeps
+#: decode times positive at any frame rate a source plausibly has.
+TIMELINE_START = Fraction(10)
+
 
 @dataclass(frozen=True)
 class FrameTime:

@@ -149,15 +149,10 @@ def encoder_options(encoder: str, rung: Rung, gop_frames: int) -> dict[str, str]
 
     Keyframes come only from the shared schedule (forced IDR frames): the GOP is longer than a
     segment and scene-cut keyframes are off, so no segment has a keyframe inside it.
-
-    No encoder uses B-frames. Each rendition is muxed on its own, and B-frames start a stream at
-    a negative decode time, which its muxer shifts away: a rung with B-frames (x264 presets above
-    ultrafast) then started two frames later than the audio and the other rungs, so keyframe
-    times differed between rungs and lip sync was off.
     """
     maxrate, bufsize = rung.maxrate_kbps, rung.bufsize_kbps
     if encoder == SOFTWARE_ENCODER:
-        params = (f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0:bframes=0"
+        params = (f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0"
                   f":vbv-maxrate={maxrate}:vbv-bufsize={bufsize}")
         # forced-idr is an option of FFmpeg's libx264 wrapper, not an x264 parameter: inside
         # x264-params it is rejected ("Error parsing option") and silently not applied.

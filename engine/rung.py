@@ -19,6 +19,7 @@ from av.video.frame import PictureType
 
 from engine.errors import EncoderError, JobCancelledError
 from engine.fanout import Item
+from engine.gop import TIMELINE_START
 from engine.hwaccel import encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung
 from engine.scale import Scaler
@@ -82,12 +83,13 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
         stream.codec_context.options = encoder_options(encoder, rung, gop)
         scaler = Scaler(rung.width, rung.height, settings.rotation)
         durations = _PacketDurations(round(1 / (rung.frame_rate * settings.time_base)))
+        start = round(TIMELINE_START / settings.time_base)
         for frame, when in frames:
             if cancel.is_set():
                 raise JobCancelledError(f"{rung.name} cancelled")
-            durations.frame(when.pts, when.duration)
+            durations.frame(start + when.pts, when.duration)
             out = scaler.scale(frame)
-            out.pts = when.pts
+            out.pts = start + when.pts
             out.time_base = settings.time_base
             out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
             writer.mux(durations.ready(_encode(stream, out, encoder)))

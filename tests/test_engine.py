@@ -35,6 +35,7 @@ from engine import (
     OutputExistsError,
     RungSettings,
 )
+from engine.gop import TIMELINE_START
 from tests import media
 from tests.conftest import (
     LADDER,
@@ -164,14 +165,15 @@ def source_duration(path: Path) -> Fraction:
 
 
 def expected_keyframes(times: list[Fraction], segment: Fraction) -> list[Fraction]:
-    """The first frame at or after each multiple of the segment length, relative to frame 0."""
+    """The first frame at or after each multiple of the segment length, relative to frame 0,
+    on the output timeline (which starts at TIMELINE_START)."""
     origin = times[0]
     relative = [t - origin for t in times]
     expected = []
     k = 0
     for t in relative:
         if t >= k * segment:
-            expected.append(t)
+            expected.append(TIMELINE_START + t)
             while t >= k * segment:
                 k += 1
     return expected
@@ -281,7 +283,7 @@ def test_keyframes_open_every_segment_and_align_across_rungs(shared_run: JobRun)
     for folder in folders:
         assert_segments_start_with_the_only_keyframe(folder)
     times = [keyframe_times(folder) for folder in folders]
-    assert times[0] == [Fraction(0), Fraction(2), Fraction(4)]
+    assert times[0] == [TIMELINE_START + t for t in (0, 2, 4)]
     assert all(t == times[0] for t in times)
     # Segment boundaries are the same files-wise too: same count, same durations.
     durations = [[s.duration for s in load(f / "index.m3u8").segments] for f in folders]
@@ -428,7 +430,7 @@ def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     assert run.state == JobState.COMPLETE, run.job.error
     folders = variant_dirs(run.out)
     # Frame 60 (2.002 s) is the first at or after 2 s; frame 120 (4.004 s) after 4 s.
-    expected = [Fraction(0), 60 / fps, 120 / fps]
+    expected = [TIMELINE_START + t for t in (Fraction(0), 60 / fps, 120 / fps)]
     for folder in folders:
         assert_segments_start_with_the_only_keyframe(folder)
         assert keyframe_times(folder) == expected, folder.name
