@@ -36,7 +36,6 @@ class EncodedAudio:
     """The complete audio rendition."""
 
     folder: str
-    init_uri: str | None
     segments: tuple[SegmentRecord, ...]
     codecs: str
     channels: int
@@ -79,7 +78,7 @@ class AudioEncoder:
         self._encode(self._resampler.resample(None))
         self.writer.mux(self.stream.encode(None))
         segments = self.writer.close()
-        return EncodedAudio(AUDIO_FOLDER, self.writer.init_uri, tuple(segments), AAC_LC_CODECS,
+        return EncodedAudio(AUDIO_FOLDER, tuple(segments), AAC_LC_CODECS,
                             self.settings.channels)
 
     def abort(self) -> None:

@@ -144,6 +144,14 @@ def choose_encoder(requested: str) -> str:
     return requested
 
 
+def fallback_encoder(encoder: str) -> str | None:
+    """The encoder a rung goes on with if ``encoder`` fails mid-stream; ``None``: the job fails.
+
+    Hardware encoders can fail mid-stream (device lost, session limits); libx264 is the fallback.
+    """
+    return None if encoder == SOFTWARE_ENCODER else SOFTWARE_ENCODER
+
+
 def encoder_options(encoder: str, rung: Rung, gop_frames: int) -> dict[str, str]:
     """Codec options giving every encoder the same rate cap and keyframe behaviour.
 

@@ -33,12 +33,12 @@ from engine.errors import (
 )
 from engine.fanout import FanOut
 from engine.gop import FrameTime, KeyframeSchedule
-from engine.hwaccel import choose_decoder, choose_encoder
+from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
 from engine.publish import Publisher
-from engine.rung import EncodedRung, EncodeSettings, RungProgress, encode_rung
+from engine.rung import EncodedRung, EncodeSettings, Fallback, RungProgress, encode_rung
 from engine.segment import SEGMENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -308,10 +308,19 @@ class Job:
                 status.rung, status.encoder, fanout.reader(index), self.out_dir,
                 EncodeSettings(settings.segment_seconds, settings.segment_type,
                                settings.time_base, settings.rotation, nice),
-                self._stop, status.progress)
+                self._stop, status.progress, fallback_encoder(status.encoder),
+                self._on_fallback)
         except BaseException as exc:  # handed to the job thread
             results[index] = exc
             self._stop.set()
+
+    def _on_fallback(self, fallback: Fallback) -> None:
+        for status in self.rungs:
+            if status.rung.name == fallback.rung:
+                status.encoder = fallback.encoder
+        self._emit("encoder_fallback", {
+            "rung": fallback.rung, "failed": fallback.failed, "encoder": fallback.encoder,
+            "segment": fallback.segment, "reason": fallback.reason})
 
     def _publish(self, publisher: Publisher, status: RungStatus, encoded: EncodedRung,
                  frame_rate: Fraction) -> None:

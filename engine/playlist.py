@@ -46,8 +46,7 @@ def target_duration(segments: Sequence[SegmentRecord]) -> int:
     return max([1, *(math.floor(s.duration_s + 0.5) for s in segments)])
 
 
-def media_playlist(segments: Sequence[SegmentRecord], init_uri: str | None,
-                   target: int) -> str:
+def media_playlist(segments: Sequence[SegmentRecord], target: int) -> str:
     """A complete VOD media playlist."""
     lines = [
         "#EXTM3U",
@@ -57,9 +56,13 @@ def media_playlist(segments: Sequence[SegmentRecord], init_uri: str | None,
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
-    if init_uri:
-        lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
+    init_uri = None
     for segment in segments:
+        if segment.discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
+        if segment.init_uri and segment.init_uri != init_uri:
+            init_uri = segment.init_uri
+            lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
         lines += [f"#EXTINF:{segment.duration_s:.6f},", segment.uri]
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from engine.playlist import (
     variant_bandwidth,
 )
 from engine.rung import EncodedRung
+from engine.segment import SegmentRecord
 
 MASTER = "master.m3u8"
 MEDIA = "index.m3u8"
@@ -73,7 +75,7 @@ class Publisher:
         """Publish the shared audio rendition's playlist (before any rung lists it)."""
         with self._lock:
             self._target = max(self._target, target_duration(audio.segments))
-            self._write_media(audio.folder, audio.segments, audio.init_uri)
+            self._write_media(audio.folder, audio.segments)
             self._audio = audio
 
     def publish(self, encoded: EncodedRung, frame_rate: Fraction) -> Variant:
@@ -84,7 +86,7 @@ class Publisher:
         """
         with self._lock:
             self._target = max(self._target, target_duration(encoded.segments))
-            self._write_media(encoded.folder, encoded.segments, encoded.init_uri)
+            self._write_media(encoded.folder, encoded.segments)
             audio_segments = self._audio.segments if self._audio else ()
             peak, average = variant_bandwidth(encoded.segments, audio_segments)
             codecs = encoded.codecs + (f",{self._audio.codecs}" if self._audio else "")
@@ -102,7 +104,7 @@ class Publisher:
             self.variants = variants
             return variant
 
-    def _write_media(self, folder: str, segments: tuple, init_uri: str | None) -> None:  # type: ignore[type-arg]
-        text = media_playlist(segments, init_uri, self._target)
+    def _write_media(self, folder: str, segments: Sequence[SegmentRecord]) -> None:
+        text = media_playlist(segments, self._target)
         validate_media(text, segments)
         write_atomically(self.out_dir / folder / MEDIA, text.encode())

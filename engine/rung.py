@@ -6,8 +6,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,11 @@ from av.video.frame import PictureType
 
 from engine.errors import EncoderError, JobCancelledError
 from engine.fanout import Item
-from engine.gop import TIMELINE_START
+from engine.gop import TIMELINE_START, FrameTime
 from engine.hwaccel import encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung
 from engine.scale import Scaler
-from engine.segment import HlsWriter, SegmentRecord, avc1_codecs
+from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,10 @@ class EncodedRung:
     """A rung whose segments are all complete on disk."""
 
     rung: Rung
+    #: The encoder that finished the rung.
     encoder: str
     #: Folder of the rung, relative to the job's output directory.
     folder: str
-    init_uri: str | None
     segments: tuple[SegmentRecord, ...]
     #: RFC 6381 string of the encoded video, read from its SPS.
     codecs: str
@@ -62,49 +63,162 @@ class EncodeSettings:
     nice: int = 0
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """A rung's encoder failed mid-stream and the rung goes on with another."""
+
+    rung: str
+    failed: str
+    encoder: str
+    #: First segment the new encoder writes (every earlier one was closed and is kept).
+    segment: int
+    reason: str
+
+
 def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
-                settings: EncodeSettings, cancel: threading.Event,
-                progress: RungProgress) -> EncodedRung:
-    """Encode every frame from ``frames`` into ``out_dir/<rung name>/``; close the segments."""
+                settings: EncodeSettings, cancel: threading.Event, progress: RungProgress,
+                fallback: str | None = None,
+                on_fallback: Callable[[Fallback], None] | None = None) -> EncodedRung:
+    """Encode every frame from ``frames`` into ``out_dir/<rung name>/``; close the segments.
+
+    With ``fallback`` set, an encoder that fails mid-stream is replaced by ``fallback`` from the
+    first segment its muxer had not closed: the scaled frames since then are kept for that, so
+    nothing is decoded twice. Only hardware encoders get a fallback, since keeping frames costs
+    memory.
+    """
     if settings.nice:
         lower_thread_priority(settings.nice)
     progress.started_at = time.monotonic()
-    writer = HlsWriter(out_dir / rung.name, settings.segment_seconds, settings.segment_type)
+    scaler = Scaler(rung.width, rung.height, settings.rotation)
+    start = round(TIMELINE_START / settings.time_base)
+    output = _Output(rung, encoder, out_dir / rung.name, settings)
+    closed: list[SegmentRecord] = []
+    codecs: list[str] = []
+    replay: _Replay | None = _Replay() if fallback else None
     try:
-        stream = writer.container.add_stream(encoder, rate=rung.frame_rate)
-        assert isinstance(stream, av.video.stream.VideoStream)
-        stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
-        stream.time_base = settings.time_base
-        # The encoder must work in the source's time base too: left unset it defaults to
-        # 1/frame_rate, and PyAV rebases every frame's pts into it, which for a variable-frame-
-        # rate source (average rate below the peak) rounds neighbouring frames onto one tick.
-        stream.codec_context.time_base = settings.time_base
-        gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
-        stream.codec_context.options = encoder_options(encoder, rung, gop)
-        scaler = Scaler(rung.width, rung.height, settings.rotation)
-        durations = _PacketDurations(round(1 / (rung.frame_rate * settings.time_base)))
-        start = round(TIMELINE_START / settings.time_base)
         for frame, when in frames:
             if cancel.is_set():
                 raise JobCancelledError(f"{rung.name} cancelled")
-            durations.frame(start + when.pts, when.duration)
             out = scaler.scale(frame)
             out.pts = start + when.pts
             out.time_base = settings.time_base
             out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
-            writer.mux(durations.ready(_encode(stream, out, encoder)))
+            if replay is not None:
+                replay.add(out, when, output.open_segment)
+            try:
+                output.encode(out, when)
+            except EncoderError as exc:
+                if replay is None or fallback is None:
+                    raise
+                codecs.append(output.codecs())
+                closed += output.abandon()
+                output = _Output(rung, fallback, out_dir / rung.name, settings, len(closed))
+                if on_fallback is not None:
+                    on_fallback(Fallback(rung.name, encoder, fallback, len(closed), str(exc)))
+                for kept, kept_when in replay.frames():
+                    output.encode(kept, kept_when)
+                replay = None
             progress.frames_done += 1
-        writer.mux(durations.finish(_encode(stream, None, encoder)))
-        codecs = avc1_codecs(bytes(stream.codec_context.extradata or b""))
-        segments = writer.close()
+        codecs.append(output.codecs())
+        segments = closed + output.finish()
     except BaseException:
-        writer.abort()
+        output.abort()
         raise
     return EncodedRung(
-        rung=rung, encoder=encoder, folder=rung.name, init_uri=writer.init_uri,
-        segments=tuple(segments), codecs=codecs, frames=progress.frames_done,
+        rung=rung, encoder=output.encoder, folder=rung.name, segments=tuple(segments),
+        codecs=max(codecs, key=_profile_and_level), frames=progress.frames_done,
         encode_seconds=time.monotonic() - progress.started_at,
     )
+
+
+def _profile_and_level(codecs: str) -> tuple[int, int]:
+    """``avc1.PPCCLL`` as (profile, level), so the master can name what covers every segment."""
+    code = codecs.split(".")[1]
+    return int(code[:2], 16), int(code[4:6], 16)
+
+
+class _Output:
+    """One encoder and the HLS writer it feeds, from segment ``first_segment`` on."""
+
+    def __init__(self, rung: Rung, encoder: str, directory: Path, settings: EncodeSettings,
+                 first_segment: int = 0) -> None:
+        self.encoder = encoder
+        self.first_segment = first_segment
+        # A later encoder's parameter sets differ: it needs its own initialisation segment.
+        init = INIT_SEGMENT if first_segment == 0 else f"init_{first_segment}.mp4"
+        self.writer = HlsWriter(directory, settings.segment_seconds, settings.segment_type,
+                                first_segment, init)
+        try:
+            stream = self.writer.container.add_stream(encoder, rate=rung.frame_rate)
+            assert isinstance(stream, av.video.stream.VideoStream)
+            stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
+            stream.time_base = settings.time_base
+            # The encoder must work in the source's time base too: left unset it defaults to
+            # 1/frame_rate, and PyAV rebases every frame's pts into it, which for a variable-
+            # frame-rate source (average rate below the peak) rounds neighbouring frames onto
+            # one tick.
+            stream.codec_context.time_base = settings.time_base
+            gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
+            stream.codec_context.options = encoder_options(encoder, rung, gop)
+        except BaseException:
+            self.writer.abort()
+            raise
+        self.stream = stream
+        self._start = round(TIMELINE_START / settings.time_base)
+        self._durations = _PacketDurations(round(1 / (rung.frame_rate * settings.time_base)))
+        self._keyframes_muxed = 0
+
+    @property
+    def open_segment(self) -> int:
+        """The first segment its muxer has not closed (it closes one at the next keyframe)."""
+        return self.first_segment + max(0, self._keyframes_muxed - 1)
+
+    def encode(self, frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
+        self._durations.frame(self._start + when.pts, when.duration)
+        self._mux(self._durations.ready(_encode(self.stream, frame, self.encoder)))
+
+    def codecs(self) -> str:
+        return avc1_codecs(bytes(self.stream.codec_context.extradata or b""))
+
+    def finish(self) -> list[SegmentRecord]:
+        """Flush the encoder and close the writer; every segment it wrote."""
+        self._mux(self._durations.finish(_encode(self.stream, None, self.encoder)))
+        return self._mark(self.writer.close())
+
+    def abandon(self) -> list[SegmentRecord]:
+        """Stop after an encoder failure; the segments that were closed before it."""
+        records = self.writer.close()
+        return self._mark(records[: self.open_segment - self.first_segment])
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+    def _mux(self, packets: list[av.Packet[Any]]) -> None:
+        self._keyframes_muxed += sum(1 for p in packets if p.is_keyframe)
+        self.writer.mux(packets)
+
+    def _mark(self, records: list[SegmentRecord]) -> list[SegmentRecord]:
+        if self.first_segment and records:
+            records[0] = replace(records[0], discontinuity=True)
+        return records
+
+
+class _Replay:
+    """Scaled frames of the segments an encoder's muxer has not closed yet."""
+
+    def __init__(self) -> None:
+        self._frames: deque[tuple[int, av.video.frame.VideoFrame, FrameTime]] = deque()
+        self._segment = -1
+
+    def add(self, frame: av.video.frame.VideoFrame, when: FrameTime, open_segment: int) -> None:
+        if when.keyframe:
+            self._segment += 1
+        while self._frames and self._frames[0][0] < open_segment:
+            self._frames.popleft()
+        self._frames.append((self._segment, frame, when))
+
+    def frames(self) -> list[tuple[av.video.frame.VideoFrame, FrameTime]]:
+        return [(frame, when) for _, frame, when in self._frames]
 
 
 class _PacketDurations:

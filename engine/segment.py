@@ -38,6 +38,10 @@ class SegmentRecord:
     uri: str
     duration_s: float
     size_bytes: int
+    #: The fMP4 initialisation segment this segment needs (``None`` for MPEG-TS).
+    init_uri: str | None = None
+    #: The encoder changed before this segment (a fallback): players must reset their decoder.
+    discontinuity: bool = False
 
     @property
     def bitrate(self) -> float:
@@ -48,7 +52,8 @@ class SegmentRecord:
 class HlsWriter:
     """Writes one rendition (a video rung, or the shared audio) into its own folder."""
 
-    def __init__(self, directory: Path, segment_seconds: Fraction, segment_type: str) -> None:
+    def __init__(self, directory: Path, segment_seconds: Fraction, segment_type: str,
+                 first_segment: int = 0, init_name: str = INIT_SEGMENT) -> None:
         if segment_type not in SEGMENT_TYPES:
             raise ValueError(f"segment type must be one of {SEGMENT_TYPES}")
         self.directory = directory
@@ -62,18 +67,16 @@ class HlsWriter:
             "hls_segment_type": segment_type,
             "hls_segment_filename": str(directory / f"seg_%05d.{extension}"),
             "hls_flags": "temp_file+independent_segments",
+            "start_number": str(first_segment),
         }
-        if segment_type == "fmp4":
-            options["hls_fmp4_init_filename"] = INIT_SEGMENT
+        self.init_uri = init_name if segment_type == "fmp4" else None
+        if self.init_uri:
+            options["hls_fmp4_init_filename"] = self.init_uri
         try:
             self.container: av.container.OutputContainer = av.open(
                 str(directory / _MUXER_PLAYLIST), "w", format="hls", options=options)
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputWriteError(f"cannot write segments in {directory}: {exc}") from exc
-
-    @property
-    def init_uri(self) -> str | None:
-        return INIT_SEGMENT if self.segment_type == "fmp4" else None
 
     def mux(self, packets: list[av.Packet[Any]]) -> None:
         try:
@@ -94,7 +97,7 @@ class HlsWriter:
         for segment in playlist.segments:
             path = self.directory / segment.uri
             records.append(SegmentRecord(segment.uri, float(segment.duration),
-                                         path.stat().st_size))
+                                         path.stat().st_size, self.init_uri))
         return records
 
     def abort(self) -> None:
