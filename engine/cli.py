@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser(
         "doctor", help="versions, cores, and which hardware codecs really work here")
     doctor.set_defaults(run=_doctor)
+    # The gRPC service (serve) and its client commands; imported here, not at the top, because
+    # engine.client imports this module for its exit codes.
+    from engine.client import add_client_commands
+    from engine.server import add_serve_command
+
+    add_serve_command(commands)
+    add_client_commands(commands)
     return parser
 
 

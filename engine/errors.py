@@ -70,3 +70,64 @@ class JobCancelledError(RungsError):
     """The job was cancelled; raised inside pipeline threads to unwind them."""
 
     code = "CANCELLED"
+
+
+# -- raised by the job service (engine.manager, engine.service) ----------------------------
+
+
+class InvalidRequestError(RungsError, ValueError):
+    """A request field that is missing or malformed (not a source or transcode option)."""
+
+    code = "INVALID_REQUEST"
+
+
+class JobNotFoundError(RungsError, LookupError):
+    """No job has this id."""
+
+    code = "JOB_NOT_FOUND"
+
+
+class PathOutsideRootError(RungsError, PermissionError):
+    """A source or output path that leads outside its root ('..', absolute, or a symlink)."""
+
+    code = "PATH_OUTSIDE_ROOT"
+
+
+class QueueFullError(RungsError):
+    """As many jobs are waiting as the server queues."""
+
+    code = "QUEUE_FULL"
+    retryable = True
+
+
+class OutputInUseError(OutputExistsError):
+    """Another queued or running job writes this output directory (or one inside or above it)."""
+
+    code = "OUTPUT_IN_USE"
+    retryable = True
+
+
+class RequestIdReusedError(RungsError):
+    """A request_id already used by a request that asked for something else."""
+
+    code = "REQUEST_ID_REUSED"
+
+
+class ShuttingDownError(RungsError):
+    """The server is stopping and takes no new jobs."""
+
+    code = "SHUTTING_DOWN"
+    retryable = True
+
+
+class DataDirInUseError(RungsError):
+    """Another server process holds the data directory."""
+
+    code = "DATA_DIR_IN_USE"
+
+
+class TooManyWatchersError(RungsError):
+    """Every thread the server keeps for Watch streams is streaming."""
+
+    code = "TOO_MANY_WATCHERS"
+    retryable = True

@@ -157,7 +157,8 @@ class Job:
         self._ticker_stop = threading.Event()
         self._results: list[EncodedRung | BaseException | None] = []
         self._cancel_requested = False
-        self._emit_lock = threading.Lock()
+        # Reentrant: a state change and its event are made together under it.
+        self._emit_lock = threading.RLock()
         self._started = 0.0
         self._thread: threading.Thread | None = None
         self._emit("queued")
@@ -178,16 +179,28 @@ class Job:
         return self.state.terminal
 
     def cancel(self) -> None:
-        """Stop the job from any thread; published rungs stay valid."""
+        """Stop the job from any thread; published rungs stay valid.
+
+        A job that has not started yet ends CANCELLED at once and never runs.
+        """
         self._cancel_requested = True
         self._stop.set()
+        if self._started:
+            return  # The job's threads see the stop and end it (never block a listener here).
+        with self._emit_lock:
+            if self.state == JobState.QUEUED and not self._started:
+                self._set_state(JobState.CANCELLED, "cancelled",
+                                {"code": JobCancelledError.code, "message": "cancelled"})
 
     # -- the pipeline -------------------------------------------------------------------------
 
     def run(self) -> JobState:
         """Run the whole job in the calling thread; returns the final state (never raises
         :class:`RungsError`: a failure is the FAILED state and ``error``)."""
-        self._started = time.monotonic()
+        with self._emit_lock:
+            if self.state.terminal:
+                return self.state  # cancelled before it started
+            self._started = time.monotonic()
         threads: list[threading.Thread] = []
         scratch: Path | None = None
         publisher = Publisher(self.out_dir)
@@ -325,32 +338,36 @@ class Job:
     def _publish(self, publisher: Publisher, status: RungStatus, encoded: EncodedRung,
                  frame_rate: Fraction) -> None:
         variant = publisher.publish(encoded, frame_rate)
-        status.encoded = encoded
-        status.state = "PUBLISHED"
-        status.published_at_s = self._elapsed()
-        status.bandwidth, status.average_bandwidth = variant.bandwidth, variant.average_bandwidth
         fps = encoded.frames / encoded.encode_seconds if encoded.encode_seconds else 0.0
-        self._emit("rung_published", {
-            "rung": encoded.rung.name, "width": encoded.rung.width,
-            "height": encoded.rung.height, "encoder": encoded.encoder,
-            "bandwidth": variant.bandwidth, "average_bandwidth": variant.average_bandwidth,
-            "codecs": variant.codecs, "frames": encoded.frames, "encode_fps": round(fps, 2),
-            "master": str(publisher.master_path),
-        })
-        if self.state == JobState.RUNNING:
-            self.time_to_ready_s = self._elapsed()
-            self._set_state(JobState.READY, "ready", {"master": str(publisher.master_path),
-                                                      "rung": encoded.rung.name})
+        # Under the emit lock, so no progress event reports the rung published before this one.
+        with self._emit_lock:
+            status.encoded = encoded
+            status.state = "PUBLISHED"
+            status.published_at_s = self._elapsed()
+            status.bandwidth = variant.bandwidth
+            status.average_bandwidth = variant.average_bandwidth
+            self._emit("rung_published", {
+                "rung": encoded.rung.name, "width": encoded.rung.width,
+                "height": encoded.rung.height, "encoder": encoded.encoder,
+                "bandwidth": variant.bandwidth, "average_bandwidth": variant.average_bandwidth,
+                "codecs": variant.codecs, "frames": encoded.frames, "encode_fps": round(fps, 2),
+                "master": str(publisher.master_path),
+            })
+            if self.state == JobState.RUNNING:
+                self.time_to_ready_s = self._elapsed()
+                self._set_state(JobState.READY, "ready", {"master": str(publisher.master_path),
+                                                          "rung": encoded.rung.name})
 
     def _progress_ticker(self) -> None:
         while not self._ticker_stop.wait(1 / PROGRESS_HZ):
             if self._stop.is_set():
                 return
-            self._emit("progress", {"rungs": [
-                {"rung": s.rung.name, "frames_done": s.progress.frames_done,
-                 "frames_total": self._frames_total, "state": s.state}
-                for s in self.rungs
-            ]})
+            with self._emit_lock:
+                self._emit("progress", {"rungs": [
+                    {"rung": s.rung.name, "frames_done": s.progress.frames_done,
+                     "frames_total": self._frames_total, "state": s.state}
+                    for s in self.rungs
+                ]})
 
     # -- ends, events, cleanup ----------------------------------------------------------------
 

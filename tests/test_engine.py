@@ -715,3 +715,13 @@ def test_cancel_while_decoding(tmp_path: Path, long_source: Path,
     assert not (out / "master.m3u8").exists()
     assert list(out.iterdir()) == []
     assert list(scratch.iterdir()) == []
+
+
+def test_cancel_before_start_ends_the_job_at_once(tmp_path: Path, source_video: Path) -> None:
+    events: list[JobEvent] = []
+    job = Job(source_video, tmp_path / "out", options(), on_event=events.append)
+    job.cancel()
+    assert job.state == JobState.CANCELLED
+    assert job.run() == JobState.CANCELLED  # a cancelled job never runs
+    assert [e.type for e in events] == ["queued", "cancelled"]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,807 @@
+"""The jobs behind the gRPC service: admission, a FIFO queue, events to watchers, recovery.
+
+Nothing here imports gRPC: requests and answers are ``rungs.v1`` messages, and every refusal is a
+:class:`~engine.errors.RungsError` that :func:`engine.service.status_code` turns into a status.
+
+- ``max_jobs`` worker threads each run one engine :class:`~engine.job.Job` at a time; other jobs
+  wait in a FIFO queue, at most ``max_queue`` of them.
+- Every engine event becomes a numbered ``rungs.v1.JobEvent`` (1, 2, 3, ... per job), stored with
+  the job's new snapshot in one transaction, then handed to each watcher's own bounded buffer
+  (:class:`Subscription`): the encode never waits for a watcher.
+- On start, jobs a previous process left unfinished are marked FAILED with code INTERRUPTED;
+  rungs they published stay listed (and playable), half-written ones are removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import dataclasses
+import fcntl
+import logging
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import m3u8
+from google.protobuf.message import Message
+
+from engine.audio import AUDIO_FOLDER
+from engine.errors import (
+    DataDirInUseError,
+    InvalidOptionsError,
+    InvalidRequestError,
+    InvalidSourceError,
+    JobNotFoundError,
+    OutputExistsError,
+    OutputInUseError,
+    PathOutsideRootError,
+    QueueFullError,
+    RequestIdReusedError,
+    RungsError,
+    ShuttingDownError,
+)
+from engine.hwaccel import choose_encoder
+from engine.job import Job, JobEvent, JobState, TranscodeOptions
+from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, plan_ladder
+from engine.probe import open_source
+from engine.rpc import transcoder_pb2 as pb
+from engine.store import TERMINAL_STATES, JobStore, StoredJob
+
+log = logging.getLogger(__name__)
+
+#: Error code of jobs found unfinished when the server starts.
+INTERRUPTED = "INTERRUPTED"
+#: Most rungs one request may ask for: each is a thread and an encoder.
+MAX_RUNGS = 8
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+#: Events a watcher may fall behind before its oldest waiting progress event is dropped.
+WATCH_BUFFER = 256
+#: How long Cancel waits for a running job to stop before answering with its state then.
+CANCEL_WAIT_S = 5.0
+CANCELLED_BY_CLIENT = "cancelled by a client"
+SHUTTING_DOWN = "the server is shutting down"
+
+_SEGMENT_TYPES = {pb.SEGMENT_TYPE_UNSPECIFIED: "fmp4", pb.FMP4: "fmp4", pb.MPEGTS: "mpegts"}
+_JOB_STATES = {JobState.QUEUED: pb.QUEUED, JobState.RUNNING: pb.RUNNING, JobState.READY: pb.READY,
+               JobState.COMPLETE: pb.COMPLETE, JobState.FAILED: pb.FAILED,
+               JobState.CANCELLED: pb.CANCELLED}
+# PUBLISHED comes only from a rung_published event: the engine marks a rung published just before
+# it emits that event, so a progress tick in between would otherwise announce it early.
+_RUNG_STATES = {"PENDING": pb.PENDING, "ENCODING": pb.ENCODING, "PUBLISHED": pb.ENCODING}
+
+
+# -- where sources and outputs may be ---------------------------------------------------------
+
+
+class Roots:
+    """The directories requests may read sources from and write outputs into."""
+
+    def __init__(self, source_root: Path, output_root: Path) -> None:
+        if not source_root.is_dir():
+            raise InvalidRequestError(f"source root {str(source_root)!r} is not a directory")
+        output_root.mkdir(parents=True, exist_ok=True)
+        # Resolved once, so every check compares real paths with real paths.
+        self.source = source_root.resolve()
+        self.output = output_root.resolve()
+
+    def source_file(self, given: str) -> Path:
+        """The real path of the source ``given`` names; it must be a file inside the root."""
+        path = _inside(self.source, given, "source")
+        if not path.is_file():
+            raise InvalidSourceError(f"source {given!r} does not exist or is not a file")
+        return path
+
+    def output_dir(self, given: str) -> Path:
+        """The real path of the output directory ``given`` names, strictly inside the root."""
+        path = _inside(self.output, given, "output")
+        if path == self.output:
+            # With overwrite, writing into the root itself would empty every other output.
+            raise InvalidRequestError("output must name a directory inside the output root")
+        return path
+
+    def client_path(self, path: str | Path) -> str:
+        """``path`` as clients name it: relative to its root (server paths are not shared)."""
+        resolved = Path(path)
+        for root in (self.output, self.source):
+            if resolved.is_relative_to(root):
+                return resolved.relative_to(root).as_posix()
+        return resolved.name
+
+    def client_message(self, message: str) -> str:
+        """An engine message with the roots' server paths taken out."""
+        for root in (self.output, self.source):
+            message = message.replace(f"{root}/", "")
+        return message
+
+
+def _inside(root: Path, given: str, what: str) -> Path:
+    if not given:
+        raise InvalidRequestError(f"{what} is empty")
+    if "\0" in given:
+        raise InvalidRequestError(f"{what} contains a NUL character")
+    path = Path(given)
+    # Refused outright, even where it would resolve inside: a path names a place in the root.
+    if ".." in path.parts:
+        raise PathOutsideRootError(f"{what} {given!r} contains '..'")
+    try:
+        resolved = (root / path).resolve()  # follows symlinks; root / absolute is absolute
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise InvalidRequestError(f"{what} {given!r} cannot be resolved: {exc}") from exc
+    if not resolved.is_relative_to(root):
+        raise PathOutsideRootError(f"{what} {given!r} is outside the {what} root")
+    return resolved
+
+
+# -- one watcher's events ---------------------------------------------------------------------
+
+
+class Subscription:
+    """Live events of one job for one watcher, in a buffer the job's threads never wait on.
+
+    When ``capacity`` events are waiting, the oldest waiting progress event is dropped (a later
+    one says more). Every other event is kept: a job has only a handful per rung, so the buffer
+    stays bounded by ``capacity`` plus those.
+    """
+
+    def __init__(self, capacity: int = WATCH_BUFFER) -> None:
+        self._capacity = capacity
+        self._events: collections.deque[pb.JobEvent] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        #: Progress events dropped for this watcher.
+        self.dropped = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, event: pb.JobEvent) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._events) >= self._capacity:
+                made_room = self._drop_oldest_progress()
+                if not made_room and event.HasField("progress"):
+                    self.dropped += 1  # nothing older to drop: this progress event goes
+                    return
+            self._events.append(event)
+            self._cond.notify()
+
+    def _drop_oldest_progress(self) -> bool:
+        for index, waiting in enumerate(self._events):
+            if waiting.HasField("progress"):
+                del self._events[index]
+                self.dropped += 1
+                return True
+        return False
+
+    def get(self, timeout: float) -> pb.JobEvent | None:
+        """The next event, or ``None`` after ``timeout`` seconds or once closed."""
+        with self._cond:
+            if not self._events and not self._closed:
+                self._cond.wait(timeout)
+            if self._closed or not self._events:
+                return None
+            return self._events.popleft()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._events.clear()
+            self._cond.notify_all()
+
+
+class EventStream:
+    """One Watch: the stored history after ``after``, then live events, ending after the
+    terminal event.
+
+    Iterate from one thread; :meth:`close` may be called from any thread (a client hanging up)
+    and ends the iteration at its next step.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, after: int, upto: int | None = None,
+                 live: _LiveJob | None = None, subscription: Subscription | None = None) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._after = after
+        self._upto = upto
+        self._live = live
+        self._subscription = subscription
+        self._closed = False
+
+    def __iter__(self) -> Iterator[pb.JobEvent]:
+        last = self._after
+        try:
+            for event in self._store.events(self._job_id, self._after, self._upto):
+                if self._closed:
+                    return
+                yield event
+                last = event.sequence
+                if event.state in TERMINAL_STATES:
+                    return
+            subscription = self._subscription
+            while subscription is not None and not subscription.closed:
+                # The timeout only bounds how long a lost wake-up could go unnoticed.
+                live = subscription.get(timeout=1.0)
+                if live is None or live.sequence <= last:
+                    continue
+                yield live
+                last = live.sequence
+                if live.state in TERMINAL_STATES:
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._subscription is not None:
+            self._subscription.close()
+            if self._live is not None:
+                self._live.unsubscribe(self._subscription)
+
+
+# -- one job of this process ------------------------------------------------------------------
+
+
+class _LiveJob:
+    """A job that has not ended: its engine job, its snapshot, its watchers.
+
+    Every event, from the engine's threads or the service's, goes through :meth:`_append` under
+    one lock: numbered, applied to the snapshot, stored, then handed to the watchers.
+    """
+
+    def __init__(self, snapshot: pb.Job, output_dir: Path, store: JobStore, roots: Roots,
+                 on_end: Callable[[_LiveJob], None]) -> None:
+        self.snapshot = snapshot
+        self.output_dir = output_dir
+        self.job: Job | None = None
+        #: Taken off the queue by a worker (guarded by the manager's lock).
+        self.started = False
+        #: Set once the terminal event is stored and the manager has let the job go.
+        self.ended = threading.Event()
+        #: Said in the ``cancelled`` event; set before the job is cancelled.
+        self.cancel_reason = CANCELLED_BY_CLIENT
+        self._store = store
+        self._roots = roots
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._done = False
+        self._subscriptions: list[Subscription] = []
+        self._frames_total = 0
+
+    @property
+    def id(self) -> str:
+        return self.snapshot.id
+
+    def copy(self) -> pb.Job:
+        with self._lock:
+            job = pb.Job()
+            job.CopyFrom(self.snapshot)
+            return job
+
+    def subscribe(self, subscription: Subscription) -> int | None:
+        """Add a watcher; returns the last sequence it will not get live (``None``: ended)."""
+        with self._lock:
+            if self._done:
+                return None
+            self._subscriptions.append(subscription)
+            return self.snapshot.last_sequence
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+
+    def run(self) -> None:
+        """Run the engine job on this thread; the job ends here whatever happens."""
+        assert self.job is not None
+        try:
+            self.job.run()
+        except Exception:  # Job.run reports failures as events; anything else is a bug
+            log.exception("job %s raised", self.id)
+        # A terminal event lost in a listener would leave watchers waiting forever.
+        self.end("failed", pb.FailedEvent(error=pb.Error(
+            code="INTERNAL", message="the job ended without a final event")), pb.FAILED)
+
+    def on_engine_event(self, event: JobEvent) -> None:
+        """The engine job's listener (its threads call it one at a time)."""
+        state = _JOB_STATES[event.state]
+        try:
+            payload = self._payload(event)
+        except Exception:
+            log.exception("job %s: cannot convert %s event", self.id, event.type)
+            payload = None
+        if payload is None:
+            if event.state.terminal:  # the end must be told, even if its details are lost
+                payload = ("failed", pb.FailedEvent(error=pb.Error(
+                    code="INTERNAL", message=f"unreadable {event.type} event")))
+            else:
+                return
+        self._emit(*payload, state, event.elapsed_s, self.job)
+
+    def end(self, kind: str, message: Message, state: pb.JobState) -> None:
+        """End the job with an event of the service's own (no-op if it has ended)."""
+        elapsed = (self.job.total_s or 0.0) if self.job is not None else 0.0
+        self._emit(kind, message, state, elapsed, None)
+
+    def _emit(self, kind: str, message: Message, state: pb.JobState, elapsed: float,
+              job: Job | None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            if job is not None:
+                self._sync(job)
+            terminal = self._append(kind, message, state, elapsed)
+        if terminal:
+            self._on_end(self)
+            self.ended.set()
+
+    def _append(self, kind: str, message: Message, state: pb.JobState, elapsed: float) -> bool:
+        snapshot = self.snapshot
+        event = pb.JobEvent(job_id=snapshot.id, sequence=snapshot.last_sequence + 1, state=state,
+                            elapsed_seconds=elapsed)
+        event.time.GetCurrentTime()
+        getattr(event, kind).CopyFrom(message)
+        snapshot.state = state
+        snapshot.last_sequence = event.sequence
+        self._apply(event)
+        try:
+            self._store.record_event(event, snapshot)
+        except sqlite3.Error:  # the job goes on; only its stored history misses this event
+            log.exception("job %s: cannot store event %d", snapshot.id, event.sequence)
+        for subscription in self._subscriptions:
+            subscription.put(event)
+        self._done = state in TERMINAL_STATES
+        return self._done
+
+    def _apply(self, event: pb.JobEvent) -> None:
+        """What ``event`` changes in the snapshot."""
+        snapshot, kind = self.snapshot, event.WhichOneof("kind")
+        if kind == "running":
+            snapshot.started_at.CopyFrom(event.time)
+        elif kind == "poster_ready":
+            snapshot.poster = event.poster_ready.poster
+        elif kind == "rung_published":
+            published = event.rung_published
+            rung = next((r for r in snapshot.rungs if r.name == published.rung), None)
+            if rung is None:
+                rung = snapshot.rungs.add(name=published.rung)
+            rung.width, rung.height = published.width, published.height
+            rung.state = pb.PUBLISHED
+            rung.encoder = published.encoder
+            rung.frames_done = rung.frames_total = published.frames
+            rung.bandwidth = published.bandwidth
+            rung.average_bandwidth = published.average_bandwidth
+            rung.published_at.CopyFrom(event.time)
+            snapshot.master_playlist = published.master_playlist
+        elif kind == "ready":
+            snapshot.ready_at.CopyFrom(event.time)
+            snapshot.master_playlist = event.ready.master_playlist
+        elif kind == "complete":
+            snapshot.completed_at.CopyFrom(event.time)
+            snapshot.frames_decoded = event.complete.frames_decoded
+            snapshot.source_frames = event.complete.source_frames
+        elif kind == "failed":
+            snapshot.error.CopyFrom(event.failed.error)
+        if event.state in TERMINAL_STATES:
+            snapshot.ended_at.CopyFrom(event.time)
+
+    def _sync(self, job: Job) -> None:
+        """Copy what the engine job knows now (rungs, progress, counts) into the snapshot."""
+        snapshot = self.snapshot
+        if not snapshot.rungs:
+            for status in job.rungs:
+                snapshot.rungs.add(name=status.rung.name, width=status.rung.width,
+                                   height=status.rung.height, state=pb.PENDING)
+        for status, rung in zip(job.rungs, snapshot.rungs, strict=False):
+            if rung.state == pb.PUBLISHED:
+                continue  # fixed by its rung_published event
+            rung.state = _rung_state(status.state)
+            rung.encoder = status.encoder
+            rung.frames_done = _u32(status.progress.frames_done)
+            rung.frames_total = _u32(self._frames_total)
+        snapshot.source_frames = _u32(job.source_frames)
+        if job.decode_stats is not None:
+            snapshot.frames_decoded = _u32(job.decode_stats.frames_decoded)
+
+    def _payload(self, event: JobEvent) -> tuple[str, Message] | None:
+        """The ``rungs.v1`` message of an engine event, by its oneof field name."""
+        data: Mapping[str, Any] = event.data
+        path = self._roots.client_path
+        if event.type == "queued":
+            return "queued", pb.QueuedEvent()
+        if event.type == "running":
+            return "running", pb.RunningEvent(source=self.snapshot.source)
+        if event.type == "poster_ready":
+            return "poster_ready", pb.PosterReadyEvent(poster=path(data["path"]))
+        if event.type == "progress":
+            self._frames_total = max((r["frames_total"] for r in data["rungs"]), default=0)
+            return "progress", pb.ProgressEvent(rungs=[
+                pb.RungProgress(rung=r["rung"], frames_done=_u32(r["frames_done"]),
+                                frames_total=_u32(r["frames_total"]), state=_rung_state(r["state"]))
+                for r in data["rungs"]])
+        if event.type == "rung_published":
+            return "rung_published", pb.RungPublishedEvent(
+                rung=data["rung"], width=data["width"], height=data["height"],
+                encoder=data["encoder"], bandwidth=_u32(data["bandwidth"]),
+                average_bandwidth=_u32(data["average_bandwidth"]), codecs=data["codecs"],
+                frames=_u32(data["frames"]), encode_fps=data["encode_fps"],
+                master_playlist=path(data["master"]))
+        if event.type == "ready":
+            return "ready", pb.ReadyEvent(master_playlist=path(data["master"]), rung=data["rung"])
+        if event.type == "complete":
+            return "complete", pb.CompleteEvent(
+                time_to_ready_seconds=data.get("time_to_ready_s") or 0.0,
+                total_seconds=data.get("total_s") or 0.0,
+                frames_decoded=_u32(data["frames_decoded"]),
+                source_frames=_u32(data["source_frames"]))
+        if event.type == "failed":
+            return "failed", pb.FailedEvent(error=pb.Error(
+                code=data["code"], message=self._roots.client_message(data["message"])))
+        if event.type == "cancelled":
+            return "cancelled", pb.CancelledEvent(reason=self.cancel_reason)
+        log.debug("job %s: no rungs.v1 event for engine event %r", self.id, event.type)
+        return None
+
+
+def _rung_state(engine_state: str) -> pb.RungState:
+    return _RUNG_STATES.get(engine_state, pb.RUNG_STATE_UNSPECIFIED)
+
+
+def _u32(value: int) -> int:
+    return min(max(int(value), 0), 2**32 - 1)
+
+
+# -- the manager ------------------------------------------------------------------------------
+
+
+class JobManager:
+    """Admits, queues, runs, cancels and answers for the jobs of one data directory.
+
+    Call :meth:`start` to run jobs, :meth:`shutdown` to cancel what is left, :meth:`close` to
+    release the store and the data directory.
+    """
+
+    def __init__(self, data_dir: Path, source_root: Path, output_root: Path, *,
+                 max_jobs: int = 1, max_queue: int = 16) -> None:
+        if max_jobs < 1 or max_queue < 0:
+            raise InvalidRequestError("max jobs must be at least 1 and max queue at least 0")
+        self.max_jobs, self.max_queue = max_jobs, max_queue
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self._dir_lock = _lock_data_dir(data_dir)
+        try:
+            self.roots = Roots(source_root, output_root)
+            # Spill files of jobs a crash interrupted: nothing else uses them now.
+            self.scratch = data_dir / "scratch"
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.mkdir()
+            self.store = JobStore(data_dir / "jobs.sqlite3")
+        except BaseException:
+            self._dir_lock.close()
+            raise
+        self._cond = threading.Condition()
+        self._live: dict[str, _LiveJob] = {}
+        self._queue: collections.deque[_LiveJob] = collections.deque()
+        self._closing = False
+        self._workers: list[threading.Thread] = []
+        #: Ids of the jobs marked INTERRUPTED when this manager opened the store.
+        self.interrupted = [self._interrupt(stored) for stored in self.store.unfinished()]
+
+    def start(self) -> None:
+        # The first Transcode would otherwise pay for trying every hardware encoder.
+        threading.Thread(target=_warm_encoder_probe, name="encoder-probe", daemon=True).start()
+        for index in range(self.max_jobs):
+            # Daemon: a process that exits without shutdown() must not hang on its workers.
+            worker = threading.Thread(target=self._work, name=f"job-worker-{index}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def submit(self, request: pb.TranscodeRequest) -> pb.Job:
+        """Check ``request``, queue its job and return it (or the job its request_id made)."""
+        wire = request.SerializeToString(deterministic=True)
+        if request.request_id and (earlier := self._requested(request.request_id, wire)):
+            return earlier
+        self._check_open()
+        self._check_capacity()  # early too: a full server should not probe what it will refuse
+        source = self.roots.source_file(request.source)
+        output = self.roots.output_dir(request.output)
+        options, effective = self._options(request.options)
+        self._check_output(output, options.overwrite)
+        # A quick probe (the first frame), so a non-video is refused here, not by a FAILED job.
+        with open_source(source, max_pixels=options.max_pixels,
+                         max_duration_s=options.max_duration_s) as opened:
+            plan_ladder(opened.info, options.ladder)
+        with self._cond:
+            self._check_open()
+            # Checked again under the lock: a concurrent retry may have won the race.
+            if request.request_id and (earlier := self._requested(request.request_id, wire)):
+                return earlier
+            # Before the queue: a conflicting request is refused for what it asks, not the load.
+            self._check_output_free(output)
+            self._check_capacity()
+            snapshot = pb.Job(id=secrets.token_hex(8), state=pb.QUEUED,
+                              source=self.roots.client_path(source),
+                              output=self.roots.client_path(output), options=effective,
+                              request_id=request.request_id)
+            snapshot.created_at.GetCurrentTime()
+            self.store.insert_job(snapshot, wire, source, output)
+            live = _LiveJob(snapshot, output, self.store, self.roots, self._ended)
+            # The engine job emits its ``queued`` event (sequence 1) from its constructor.
+            live.job = Job(source, output, options, on_event=live.on_engine_event)
+            self._live[live.id] = live
+            self._queue.append(live)
+            self._cond.notify()
+            log.info("job %s queued: %s -> %s", live.id, snapshot.source, snapshot.output)
+            return live.copy()
+
+    def status(self, job_id: str) -> pb.Job:
+        live = self._find_live(job_id)
+        if live is not None:
+            return live.copy()
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str, reason: str = CANCELLED_BY_CLIENT) -> pb.Job:
+        """Cancel a queued or running job; a job that has ended is returned as it is."""
+        with self._cond:
+            live = self._live.get(job_id) if job_id else None
+            queued = live is not None and not live.started
+            if live is not None and queued:
+                self._queue.remove(live)
+        if live is None:
+            return self.status(job_id)
+        live.cancel_reason = reason
+        if queued:
+            live.end("cancelled", pb.CancelledEvent(reason=reason), pb.CANCELLED)
+        else:
+            assert live.job is not None
+            live.job.cancel()
+            live.ended.wait(CANCEL_WAIT_S)
+        return self.status(job_id)
+
+    def watch(self, job_id: str, after: int = 0, buffer: int = WATCH_BUFFER) -> EventStream:
+        """The job's events after ``after``: history first, then live, to the terminal one."""
+        live = self._find_live(job_id)
+        if live is not None:
+            subscription = Subscription(buffer)
+            last = live.subscribe(subscription)
+            if last is not None:
+                return EventStream(self.store, job_id, after, last, live, subscription)
+        # Ended (perhaps a moment ago): every event is in the store.
+        if self.store.get_job(job_id) is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return EventStream(self.store, job_id, after)
+
+    def list_jobs(self, page_size: int, page_token: str,
+                  states: list[int]) -> tuple[list[pb.Job], str]:
+        """A page of jobs, newest first, and the token of the next page ('' on the last)."""
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        unknown = [s for s in states if s not in pb.JobState.values() or s == 0]
+        if unknown:
+            raise InvalidRequestError(f"unknown job states {unknown}")
+        rows = self.store.list_jobs(states, _parse_page_token(page_token), size + 1)
+        token = _page_token(rows[size - 1][0]) if len(rows) > size else ""
+        return [job for _, job in rows[:size]], token
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Take no more jobs, cancel queued and running ones, wait for them to end."""
+        with self._cond:
+            self._closing = True
+            queued = list(self._queue)
+            self._queue.clear()
+            running = [live for live in self._live.values() if live.started]
+            self._cond.notify_all()
+        for live in queued:
+            live.cancel_reason = SHUTTING_DOWN
+            live.end("cancelled", pb.CancelledEvent(reason=SHUTTING_DOWN), pb.CANCELLED)
+        for live in running:
+            live.cancel_reason = SHUTTING_DOWN
+            assert live.job is not None
+            live.job.cancel()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Close the store and release the data directory (after :meth:`shutdown`)."""
+        self.store.close()
+        self._dir_lock.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                live = self._queue.popleft()
+                live.started = True
+            log.info("job %s started", live.id)
+            live.run()
+
+    def _ended(self, live: _LiveJob) -> None:
+        with self._cond:
+            self._live.pop(live.id, None)
+        job = live.snapshot
+        log.info("job %s ended %s%s", live.id, pb.JobState.Name(job.state),
+                 f" ({job.error.code}: {job.error.message})" if job.HasField("error") else "")
+
+    def _find_live(self, job_id: str) -> _LiveJob | None:
+        if not job_id:
+            raise InvalidRequestError("job_id is empty")
+        with self._cond:
+            return self._live.get(job_id)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ShuttingDownError("the server is shutting down and takes no new jobs")
+
+    def _check_capacity(self) -> None:
+        with self._cond:
+            if len(self._live) >= self.max_jobs + self.max_queue:
+                raise QueueFullError(
+                    f"the queue is full ({len(self._queue)} jobs waiting, --max-queue "
+                    f"{self.max_queue}); try again later")
+
+    def _requested(self, request_id: str, wire: bytes) -> pb.Job | None:
+        """The job an earlier request with ``request_id`` made, if the requests are the same."""
+        stored = self.store.find_request(request_id)
+        if stored is None:
+            return None
+        if stored.request != wire:
+            raise RequestIdReusedError(
+                f"request_id {request_id!r} was used by a different request (job {stored.job.id})")
+        return self.status(stored.job.id)
+
+    def _options(self, options: pb.TranscodeOptions) -> tuple[TranscodeOptions,
+                                                               pb.TranscodeOptions]:
+        """Engine options for a request's, and the request's with every default filled in."""
+        heights = tuple(options.ladder) or DEFAULT_HEIGHTS
+        if len(set(heights)) > MAX_RUNGS:
+            raise InvalidOptionsError(f"a ladder has at most {MAX_RUNGS} rungs, not {len(heights)}")
+        segment_type = _SEGMENT_TYPES.get(options.segment_type)
+        if segment_type is None:
+            raise InvalidOptionsError(f"unknown segment type {options.segment_type}")
+        encoder = options.encoder or "auto"
+        choose_encoder(encoder)  # refuses an unknown encoder, or one that does not work here
+        engine = TranscodeOptions(ladder=LadderOptions(heights=heights),
+                                  segment_type=segment_type, encoder=encoder,
+                                  overwrite=options.overwrite, scratch_dir=self.scratch)
+        if options.segment_seconds:  # 0 (unset) keeps the engine's default
+            engine = dataclasses.replace(engine, segment_seconds=options.segment_seconds)
+        engine.check()
+        effective = pb.TranscodeOptions(
+            ladder=sorted(set(heights)), encoder=encoder, segment_seconds=engine.segment_seconds,
+            segment_type=pb.MPEGTS if segment_type == "mpegts" else pb.FMP4,
+            overwrite=options.overwrite)
+        return engine, effective
+
+    def _check_output(self, output: Path, overwrite: bool) -> None:
+        name = self.roots.client_path(output)
+        if output.exists() and not output.is_dir():
+            raise OutputExistsError(f"output {name!r} exists and is not a directory")
+        if output.is_dir() and not overwrite and any(output.iterdir()):
+            raise OutputExistsError(
+                f"output directory {name!r} is not empty (set overwrite to replace it)")
+
+    def _check_output_free(self, output: Path) -> None:
+        for live in self._live.values():
+            other = live.output_dir
+            if output.is_relative_to(other) or other.is_relative_to(output):
+                raise OutputInUseError(
+                    f"output {self.roots.client_path(output)!r} is in use by job {live.id} "
+                    f"(output {live.snapshot.output!r})")
+
+    def _interrupt(self, stored: StoredJob) -> str:
+        """Mark a job a previous process left unfinished as FAILED, code INTERRUPTED."""
+        job = stored.job
+        listed = _listed_rungs(stored.output_path)
+        if listed is not None:
+            for rung in job.rungs:
+                bandwidths = listed.get(rung.name)
+                if bandwidths is not None and rung.state != pb.PUBLISHED:
+                    # Published, but the process died before it stored the event.
+                    rung.state = pb.PUBLISHED
+                    rung.bandwidth, rung.average_bandwidth = bandwidths
+                if rung.state != pb.PUBLISHED:
+                    _remove_unpublished(stored.output_path, rung.name)
+            if not any(r.state == pb.PUBLISHED for r in job.rungs):
+                _remove_unpublished(stored.output_path, AUDIO_FOLDER)
+        live = _LiveJob(job, stored.output_path, self.store, self.roots, lambda _: None)
+        live.end("failed", pb.FailedEvent(error=pb.Error(
+            code=INTERRUPTED,
+            message="the server stopped while the job was running; rungs it had published "
+                    "stay listed")), pb.FAILED)
+        log.warning("job %s was interrupted by a server stop; marked FAILED", job.id)
+        return job.id
+
+
+def _listed_rungs(output: Path) -> dict[str, tuple[int, int]] | None:
+    """Rungs the master playlist lists, with (bandwidth, average bandwidth); ``None`` when it
+    cannot be read (then nothing is removed: what is listed is unknown)."""
+    master = output / "master.m3u8"
+    if not master.exists():
+        return {}
+    try:
+        playlist = m3u8.load(str(master))
+        return {variant.uri.split("/")[0]: (_u32(variant.stream_info.bandwidth or 0),
+                                            _u32(variant.stream_info.average_bandwidth or 0))
+                for variant in playlist.playlists}
+    except Exception:  # a damaged master: leave everything in place
+        log.exception("cannot read %s", master)
+        return None
+
+
+def _remove_unpublished(output: Path, name: str) -> None:
+    # Names come from the engine ("720p", "audio"); anything else is not ours to delete.
+    if name and Path(name).name == name and name not in (".", ".."):
+        shutil.rmtree(output / name, ignore_errors=True)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold the data directory for this process (released by the OS even on kill -9)."""
+    handle = (data_dir / "lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirInUseError(
+            f"data directory {str(data_dir)!r} is in use by another rungs server") from None
+    return handle
+
+
+def _warm_encoder_probe() -> None:
+    try:
+        choose_encoder("auto")
+    except RungsError:
+        log.exception("encoder probe failed")
+
+
+def _page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"before:{seq}".encode()).decode()
+
+
+def _parse_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "before" and value.isdigit():
+            return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidRequestError("page_token is not one this server gave")
+
+
+__all__ = [
+    "INTERRUPTED",
+    "DataDirInUseError",
+    "EventStream",
+    "InvalidRequestError",
+    "JobManager",
+    "JobNotFoundError",
+    "OutputInUseError",
+    "PathOutsideRootError",
+    "QueueFullError",
+    "RequestIdReusedError",
+    "Roots",
+    "ShuttingDownError",
+    "Subscription",
+]

@@ -1,0 +1,180 @@
+"""The gRPC server: ``rungs serve``, and :func:`create_server` for tests and embedding.
+
+One process serves ``rungs.v1.Transcoder``, the standard ``grpc.health.v1.Health`` service and
+server reflection. SIGTERM (or Ctrl-C) stops it cleanly: health turns NOT_SERVING, new RPCs are
+refused, queued and running jobs are cancelled (their final events end every Watch), the store
+is closed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine.errors import RungsError
+from engine.manager import JobManager
+from engine.rpc import transcoder_pb2_grpc
+from engine.service import SERVICE_NAME, TranscoderService
+from engine.store import StoreVersionError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+#: Threads serving RPCs; each open Watch holds one.
+DEFAULT_WORKERS = 32
+#: Threads kept free of Watch streams, so Status, Cancel and the rest are always answered.
+RESERVED_FOR_UNARY = 4
+#: Seconds RPCs in flight get to finish when the server stops.
+STOP_GRACE_S = 5.0
+#: Seconds cancelled jobs get to end when the server stops; one still running after that is
+#: left to the next start, which marks it INTERRUPTED.
+STOP_JOBS_TIMEOUT_S = 30.0
+
+
+class RungsServer:
+    """A gRPC server and the job manager behind it, started and stopped together."""
+
+    def __init__(self, server: grpc.Server, manager: JobManager,
+                 health_servicer: health.HealthServicer) -> None:
+        self.grpc_server = server
+        self.manager = manager
+        self.health = health_servicer
+        self._stopped = False
+
+    def start(self) -> None:
+        self.manager.start()
+        self.grpc_server.start()
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Refuse new RPCs, cancel every job, let RPCs in flight finish (``grace`` seconds at
+        most after the jobs end), then release the data directory. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        stopped = self.grpc_server.stop(grace)
+        # Cancelling ends the jobs with terminal events, which end every Watch stream.
+        self.manager.shutdown(STOP_JOBS_TIMEOUT_S)
+        stopped.wait()
+        self.manager.close()
+
+
+def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: Path,
+                  output_root: Path, max_jobs: int = 1, max_queue: int = 16,
+                  workers: int = DEFAULT_WORKERS) -> tuple[RungsServer, int]:
+    """Build a server listening on ``address`` (port 0: any free port); returns it, not yet
+    started, and the port it bound.
+
+    Raises :class:`RungsError` for a data directory in use or roots that cannot be used, and
+    :class:`OSError` when ``address`` cannot be bound.
+    """
+    manager = JobManager(data_dir, source_root, output_root, max_jobs=max_jobs,
+                         max_queue=max_queue)
+    try:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+                                                        thread_name_prefix="rpc"))
+        transcoder_pb2_grpc.add_TranscoderServicer_to_server(
+            TranscoderService(manager, max_watchers=max(1, workers - RESERVED_FOR_UNARY)),
+            server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for service in ("", SERVICE_NAME):  # "": the server as a whole
+            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        port = _bind(server, address)
+    except BaseException:
+        manager.close()
+        raise
+    return RungsServer(server, manager, health_servicer), port
+
+
+def _bind(server: grpc.Server, address: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises here for an address in use
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:  # older grpcio reports failure this way
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+# -- rungs serve ------------------------------------------------------------------------------
+
+
+def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``rungs serve`` on the CLI's subcommands."""
+    serve = commands.add_parser(
+        "serve", help="run the gRPC transcoding service (rungs.v1.Transcoder)",
+        description="Serve rungs.v1.Transcoder, grpc.health.v1 and reflection until SIGTERM.")
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                       help="address to listen on; port 0 picks a free one (default %(default)s)")
+    serve.add_argument("--data-dir", type=Path, default=Path("rungs-data"),
+                       help="job store and scratch space (default ./%(default)s)")
+    serve.add_argument("--source-root", type=Path, default=Path("."),
+                       help="sources are read only from inside this directory (default: cwd)")
+    serve.add_argument("--output-root", type=Path, default=Path("."),
+                       help="outputs are written only inside this directory (default: cwd)")
+    serve.add_argument("--max-jobs", type=_positive, default=1,
+                       help="jobs transcoding at once (default %(default)s)")
+    serve.add_argument("--max-queue", type=_not_negative, default=16,
+                       help="jobs waiting beyond those; more are refused (default %(default)s)")
+    serve.add_argument("--workers", type=_positive, default=DEFAULT_WORKERS,
+                       help="RPC threads; each open Watch holds one (default %(default)s)")
+    serve.set_defaults(run=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM or Ctrl-C; 0 after a clean stop, 2 if it cannot start."""
+    if not logging.getLogger().handlers:  # a server logs, with or without -v
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server, port = create_server(
+            args.listen, data_dir=args.data_dir, source_root=args.source_root,
+            output_root=args.output_root, max_jobs=args.max_jobs, max_queue=args.max_queue,
+            workers=args.workers)
+    except (RungsError, StoreVersionError, OSError) as exc:
+        print(f"rungs: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    server.start()
+    host = args.listen.rpartition(":")[0]
+    # Printed once listening: scripts (and tests) read the port from this line.
+    print(f"rungs: listening on {host}:{port}", file=sys.stderr, flush=True)
+    while not stop.wait(60):  # a timeout keeps the main thread responsive to signals
+        pass
+    log.info("stopping: cancelling jobs")
+    server.stop()
+    log.info("stopped")
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
