@@ -81,6 +81,11 @@ class AudioEncoder:
         return EncodedAudio(AUDIO_FOLDER, tuple(segments), AAC_LC_CODECS,
                             self.settings.channels)
 
+    def progress(self) -> EncodedAudio:
+        """The rendition as far as it is complete (segments closed so far); any thread."""
+        return EncodedAudio(AUDIO_FOLDER, tuple(self.writer.closed_segments()), AAC_LC_CODECS,
+                            self.settings.channels)
+
     def abort(self) -> None:
         self.writer.abort()
 

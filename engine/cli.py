@@ -93,6 +93,8 @@ def add_transcode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto")
     parser.add_argument("--hwaccel", choices=DECODER_CHOICES, default="auto",
                         help="decode on a hardware device (auto: only if it really works here)")
+    parser.add_argument("--early-playback", action=argparse.BooleanOptionalAction, default=True,
+                        help="list the first rung (and be READY) once its first segment closes")
     parser.add_argument("--cache-mb", type=int, default=1024,
                         help="memory for frames waiting for slower rungs (default %(default)s)")
     parser.add_argument("--scratch-dir", type=Path, default=None)
@@ -109,6 +111,7 @@ def options_from_args(args: argparse.Namespace) -> TranscodeOptions:
         segment_type=args.segment_type,
         encoder=args.encoder,
         hwaccel=args.hwaccel,
+        early_playback=args.early_playback,
         cache_bytes=args.cache_mb << 20,
         scratch_dir=args.scratch_dir,
         overwrite=args.overwrite,
@@ -212,6 +215,11 @@ class TimelineRenderer(EventRenderer):
                 f"published  {e.data['rung']:>6} {e.data['width']}x{e.data['height']} "
                 f"{e.data['bandwidth'] / 1e6:.2f} Mbit/s peak, {e.data['encoder']}, "
                 f"{e.data['encode_fps']} fps"),
+            "first_segment": lambda e: (
+                f"listed     {e.data['rung']:>6} at its first segment (plays while it encodes)"),
+            "encoder_fallback": lambda e: (
+                f"fallback   {e.data['rung']:>6} {e.data['failed']} failed, "
+                f"{e.data['encoder']} from segment {e.data['segment']}"),
             "ready": lambda e: f"READY      playable: {e.data['master']}",
             "complete": lambda e: "COMPLETE   every rung published",
             "cancelled": lambda e: "CANCELLED",

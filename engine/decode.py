@@ -8,6 +8,7 @@ relative to the first video frame and the segment they open or belong to. Conver
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import av
 import av.audio.frame
 import av.error
 import av.video.frame
+import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
@@ -32,6 +34,11 @@ log = logging.getLogger(__name__)
 PIXEL_FORMAT = "yuv420p"
 #: Give up on a source when more than this share of its video packets fail to decode.
 MAX_BAD_PACKET_SHARE = 0.2
+#: Longest interval between frames taken as the frame rate; longer ones are gaps.
+MAX_FRAME_INTERVAL_S = Fraction(1, 2)
+#: How much longer than the segment length a segment may get in a gap before the last frame
+#: is repeated at its end (see ``_VideoState._fill_gap``).
+GAP_TOLERANCE_S = Fraction(1, 4)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream."""
     video = source.container.streams.video[0]
     time_base = Fraction(video.time_base or Fraction(1, 90000))
-    state = _VideoState(schedule, time_base, on_video)
+    state = _VideoState(schedule, time_base, on_video, source.info.frame_rate)
     audio_index = source.container.streams.audio[0].index if source.container.streams.audio else -1
     video_packets = source.video_packets_read
     bad = 0
@@ -126,7 +133,8 @@ def _decode_quietly(packet: av.Packet[Any]) -> list[av.audio.frame.AudioFrame]:
 class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
-    def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink) -> None:
+    def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
+                 frame_rate: Fraction = Fraction(30)) -> None:
         self.schedule = schedule
         self.time_base = time_base
         self.sink = sink
@@ -134,9 +142,14 @@ class _VideoState:
         self.kept = 0
         self._first_pts: int | None = None
         self._last_pts = -1
-        self._step = 1
+        # One frame interval in time_base units: what a frame with no usable timestamp adds.
+        self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
+        # Intervals longer than this are gaps, not the frame rate.
+        self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
         self._converter = VideoReformatter()
+        self._size: tuple[int, int] | None = None
         self._last_kept: int | None = None
+        self._last_frame: av.video.frame.VideoFrame | None = None
         self._shortest = 0
 
     def peak_frame_rate(self) -> Fraction:
@@ -150,19 +163,59 @@ class _VideoState:
     def push(self, frame: av.video.frame.VideoFrame) -> None:
         self.decoded += 1
         pts = self._relative_pts(frame)
+        self._fill_gap(pts)
         placed = self.schedule.place(pts, self.time_base, max(0, frame.duration or 0))
         if placed is None:
             return
-        if frame.format.name != PIXEL_FORMAT:
-            frame = self._converter.reformat(frame, format=PIXEL_FORMAT)
-        frame.pts = pts
-        frame.time_base = self.time_base
         if self._last_kept is not None:
             interval = pts - self._last_kept
             self._shortest = min(self._shortest or interval, interval)
+        self._keep(self._normalise(frame), pts, placed)
+
+    def _keep(self, frame: av.video.frame.VideoFrame, pts: int, placed: FrameTime) -> None:
+        frame.pts = pts
+        frame.time_base = self.time_base
         self._last_kept = pts
+        self._last_frame = frame
         self.kept += 1
         self.sink(frame, placed)
+
+    def _normalise(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
+        """8-bit 4:2:0 at the first frame's size: a stream whose picture size changes part way
+        (spliced recordings) has its later frames scaled, so every stage after this one sees
+        one size (the frame cache and the rungs' scalers are sized once)."""
+        if self._size is None:
+            self._size = (frame.width, frame.height)
+        width, height = self._size
+        if frame.format.name != PIXEL_FORMAT or (frame.width, frame.height) != self._size:
+            frame = self._converter.reformat(frame, width=width, height=height,
+                                             format=PIXEL_FORMAT)
+        return frame
+
+    def _fill_gap(self, pts: int) -> None:
+        """Repeat the last frame at each segment start inside a long gap before ``pts``.
+
+        A segment lasts until the first frame at or after the next segment start, so a source
+        that stops showing new frames for a while (a paused camera, a still screen recording)
+        would make one segment as long as the gap. Players and growing playlists need every
+        segment close to the segment length (EXT-X-TARGETDURATION cannot grow), so each segment
+        start in the gap gets a copy of the last frame, which becomes its keyframe.
+        """
+        if self._last_kept is None or self._last_frame is None:
+            return
+        segment = self.schedule.segment_seconds
+        last = self._last_kept * self.time_base
+        now = pts * self.time_base
+        start = (last // segment + 1) * segment
+        while start + GAP_TOLERANCE_S < now:
+            # Never closer to the last frame than the frame-rate cap allows (it would be dropped).
+            at = max(start, last + 1 / MAX_FRAME_RATE)
+            repeat_pts = math.ceil(at / self.time_base)
+            placed = self.schedule.place(repeat_pts, self.time_base)
+            if placed is not None:
+                self._keep(_copy(self._last_frame), repeat_pts, placed)
+                last = repeat_pts * self.time_base
+            start += segment
 
     def _relative_pts(self, frame: av.video.frame.VideoFrame) -> int:
         # Real uploads have missing, repeated and backwards timestamps: keep them increasing so
@@ -170,10 +223,31 @@ class _VideoState:
         raw = frame.pts if frame.pts is not None else frame.dts
         if self._first_pts is None:
             self._first_pts = raw if raw is not None else 0
-        pts = self._last_pts + self._step if raw is None else raw - self._first_pts
-        if pts <= self._last_pts:
-            pts = self._last_pts + 1
-        elif self._last_pts >= 0:
-            self._step = max(1, pts - self._last_pts)
+        if raw is None:
+            pts = self._last_pts + self._step
+        else:
+            pts = raw - self._first_pts
+            if self._last_pts >= 0 and pts <= self._last_pts:
+                # Time went back or stood still (recordings joined end to end, a clock reset, a
+                # broken muxer): go on one frame interval after the last frame, and count the
+                # following timestamps from there so they keep their own spacing. Adding a
+                # single tick instead squeezed every later frame into the frame-rate cap,
+                # which dropped them.
+                pts = self._last_pts + self._step
+                self._first_pts = raw - pts
+            elif self._last_pts >= 0 and pts - self._last_pts <= self._max_step:
+                self._step = pts - self._last_pts
         self._last_pts = pts
         return pts
+
+
+def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
+    """A new frame with the same pictures (its own pts; the sinks may still hold the original)."""
+    out = av.video.frame.VideoFrame(frame.width, frame.height, frame.format.name)
+    for source, target in zip(frame.planes, out.planes, strict=True):
+        rows = min(source.height, target.height)
+        width = min(source.line_size, target.line_size)
+        source_rows = np.frombuffer(memoryview(source), np.uint8).reshape(-1, source.line_size)
+        target_rows = np.frombuffer(memoryview(target), np.uint8).reshape(-1, target.line_size)
+        target_rows[:rows, :width] = source_rows[:rows, :width]
+    return out

@@ -8,6 +8,7 @@ moment it and every rung below it are complete. The first publication makes the 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 
 import av.audio.frame
 import av.video.frame
+import m3u8
 
 from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
 from engine.decode import DecodeStats, decode_source
@@ -37,9 +39,9 @@ from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
-from engine.publish import Publisher
+from engine.publish import MEDIA, POSTER, Publisher
 from engine.rung import EncodedRung, EncodeSettings, Fallback, RungProgress, encode_rung
-from engine.segment import SEGMENT_TYPES
+from engine.segment import SEGMENT_TYPES, SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ class TranscodeOptions:
     scratch_dir: Path | None = None
     #: Replace the contents of a non-empty output directory.
     overwrite: bool = False
+    #: List the first rung as soon as its first segment closes (EVENT playlists that grow),
+    #: making the job READY then, instead of when the whole rung is complete.
+    early_playback: bool = True
     #: How much lower later rungs' threads run than the first rung's (nice increment).
     background_nice: int = 19
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -155,6 +160,8 @@ class Job:
         self._frames_total = 0
         self._stop = threading.Event()
         self._ticker_stop = threading.Event()
+        self._poster_written = threading.Event()
+        self._publisher: Publisher | None = None
         self._results: list[EncodedRung | BaseException | None] = []
         self._cancel_requested = False
         # Reentrant: a state change and its event are made together under it.
@@ -203,7 +210,7 @@ class Job:
             self._started = time.monotonic()
         threads: list[threading.Thread] = []
         scratch: Path | None = None
-        publisher = Publisher(self.out_dir)
+        publisher = self._publisher = Publisher(self.out_dir, self.options.segment_seconds)
         try:
             self.options.check()
             self._set_state(JobState.RUNNING, "running", {"source": str(self.source)})
@@ -247,25 +254,28 @@ class Job:
         stream = source.container.streams.video[0]
         settings = EncodeSettings(segment, self.options.segment_type,
                                   Fraction(stream.time_base or Fraction(1, 90000)), info.rotation)
+        audio = None
+        if info.audio is not None:
+            audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
+                                 self.options.audio)
+        poster = PosterPicker(rungs[0], info.rotation, info.duration_s)
+        early = (functools.partial(self._lead_segment_closed, publisher, audio)
+                 if self.options.early_playback else None)
         try:
             for index, status in enumerate(self.rungs):
                 nice = self.options.background_nice if index else 0
                 thread = threading.Thread(
                     target=self._rung_thread, name=f"rung-{status.rung.name}", daemon=True,
-                    args=(index, fanout, settings, nice, results))
+                    args=(index, fanout, settings, nice, results, early if index == 0 else None))
                 threads.append(thread)
                 thread.start()
             ticker = threading.Thread(target=self._progress_ticker, name="progress", daemon=True)
             threads.append(ticker)
             ticker.start()
 
-            audio = None
-            if info.audio is not None:
-                audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
-                                     self.options.audio)
-            poster = PosterPicker(rungs[0], info.rotation, info.duration_s)
             try:
-                self.decode_stats = self._decode(source, schedule, fanout, poster, audio)
+                self.decode_stats = self._decode(source, schedule, fanout, poster, publisher,
+                                                 audio)
             except BaseException as exc:
                 fanout.finish(exc)
                 if audio is not None:
@@ -276,8 +286,8 @@ class Job:
             self.source_frames = info.declared_frames or self.decode_stats.video_packets
             if audio is not None:
                 publisher.set_audio(audio.close())
-            poster_path = publisher.write_poster(poster.finish())
-            self._emit("poster_ready", {"path": str(poster_path)})
+            if not self._poster_written.is_set():
+                self._write_poster(publisher, poster.finish())
 
             frame_rate = (self.decode_stats.peak_frame_rate if info.variable_frame_rate
                           else rungs[0].frame_rate)
@@ -300,10 +310,11 @@ class Job:
             fanout.close()
 
     def _decode(self, source: OpenSource, schedule: KeyframeSchedule, fanout: FanOut,
-                poster: PosterPicker, audio: AudioEncoder | None) -> DecodeStats:
+                poster: PosterPicker, publisher: Publisher,
+                audio: AudioEncoder | None) -> DecodeStats:
         def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
-            if not poster.done:
-                poster.offer(frame, when)
+            if not poster.done and poster.offer(frame, when):
+                self._write_poster(publisher, poster.finish())
             fanout.put(frame, when)
 
         def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
@@ -312,8 +323,34 @@ class Job:
 
         return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop)
 
+    def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
+        path = publisher.write_poster(jpeg)
+        self._poster_written.set()
+        self._emit("poster_ready", {"path": str(path)})
+
+    def _lead_segment_closed(self, publisher: Publisher, audio: AudioEncoder | None,
+                             segments: list[SegmentRecord], codecs: str) -> None:
+        """Early playback, on the first rung's thread: list the rung as each segment closes;
+        the first listing makes the job READY. Waits for the poster (READY promises one) and
+        lists nothing once the job is stopping."""
+        if self._stop.is_set() or not self._poster_written.is_set():
+            return
+        rung = self.rungs[0].rung
+        progress = audio.progress() if audio is not None else None
+        with self._emit_lock:
+            if not publisher.publish_early(rung, segments, codecs, rung.frame_rate, progress):
+                return
+            self.time_to_ready_s = self._elapsed()
+            master = str(publisher.master_path)
+            self._emit("first_segment", {"rung": rung.name, "master": master,
+                                         "segment_seconds": segments[0].duration_s,
+                                         "ready": True})
+            self._set_state(JobState.READY, "ready",
+                            {"master": master, "rung": rung.name, "early_playback": True})
+
     def _rung_thread(self, index: int, fanout: FanOut, settings: EncodeSettings, nice: int,
-                     results: list[EncodedRung | BaseException | None]) -> None:
+                     results: list[EncodedRung | BaseException | None],
+                     early: Callable[[list[SegmentRecord], str], None] | None) -> None:
         status = self.rungs[index]
         status.state = "ENCODING"
         try:
@@ -322,7 +359,7 @@ class Job:
                 EncodeSettings(settings.segment_seconds, settings.segment_type,
                                settings.time_base, settings.rotation, nice),
                 self._stop, status.progress, fallback_encoder(status.encoder),
-                self._on_fallback)
+                self._on_fallback, early)
         except BaseException as exc:  # handed to the job thread
             results[index] = exc
             self._stop.set()
@@ -427,13 +464,20 @@ class Job:
             raise OutputWriteError(f"cannot create output directory {str(out)!r}: {exc}") from exc
 
     def _remove_unpublished(self) -> None:
-        """Delete rung folders no playlist lists, so nothing half-written is left behind."""
-        published = [s for s in self.rungs if s.state == "PUBLISHED"]
+        """Delete what no playlist lists, so nothing half-written is left behind. A rung listed
+        early keeps the segments its (now ended) playlist lists."""
+        listed = self._publisher.end_early() if self._publisher is not None else []
+        published = [s for s in self.rungs if s.state == "PUBLISHED" or s.rung.name in listed]
         for status in self.rungs:
-            if status.state != "PUBLISHED":
+            if status.rung.name in listed:
+                _remove_unlisted(self.out_dir / status.rung.name)
+            elif status.state != "PUBLISHED":
                 shutil.rmtree(self.out_dir / status.rung.name, ignore_errors=True)
+        if AUDIO_FOLDER in listed:
+            _remove_unlisted(self.out_dir / AUDIO_FOLDER)
         if not published:
             shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
+            (self.out_dir / POSTER).unlink(missing_ok=True)
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._started if self._started else 0.0
@@ -451,6 +495,16 @@ class Job:
                     self.on_event(event)
                 except Exception:  # a listener must not break the job
                     log.exception("event listener failed")
+
+
+def _remove_unlisted(folder: Path) -> None:
+    """Delete the files of a rendition folder that its playlist does not need."""
+    playlist = m3u8.loads((folder / MEDIA).read_text())
+    needed = {MEDIA, *(s.uri for s in playlist.segments),
+              *(s.init_section.uri for s in playlist.segments if s.init_section)}
+    for path in folder.iterdir():
+        if path.name not in needed:
+            path.unlink(missing_ok=True)
 
 
 def _unexpected(exc: BaseException) -> RungsError:

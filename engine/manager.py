@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import fcntl
 import logging
+import re
 import secrets
 import shutil
 import sqlite3
@@ -50,7 +51,7 @@ from engine.errors import (
 from engine.hwaccel import choose_encoder
 from engine.job import Job, JobEvent, JobState, TranscodeOptions
 from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, plan_ladder
-from engine.probe import open_source
+from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, open_source
 from engine.rpc import transcoder_pb2 as pb
 from engine.store import TERMINAL_STATES, JobStore, StoredJob
 
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: Error code of jobs found unfinished when the server starts.
 INTERRUPTED = "INTERRUPTED"
+#: Error code of jobs their watchdog stopped (see :class:`Watchdog`).
+TIMED_OUT = "TIMED_OUT"
 #: Most rungs one request may ask for: each is a thread and an encoder.
 MAX_RUNGS = 8
 DEFAULT_PAGE_SIZE = 50
@@ -76,6 +79,33 @@ _JOB_STATES = {JobState.QUEUED: pb.QUEUED, JobState.RUNNING: pb.RUNNING, JobStat
 # PUBLISHED comes only from a rung_published event: the engine marks a rung published just before
 # it emits that event, so a progress tick in between would otherwise announce it early.
 _RUNG_STATES = {"PENDING": pb.PENDING, "ENCODING": pb.ENCODING, "PUBLISHED": pb.ENCODING}
+
+
+# -- how long a job may run ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Watchdog:
+    """How long a job may run before it is stopped: ``base_s`` plus ``per_source_second`` for
+    each second of its source, or exactly ``fixed_s`` when set.
+
+    A job past its limit is cancelled and ends FAILED with code TIMED_OUT. One that has not
+    stopped ``grace_s`` later (stuck inside FFmpeg, say) is abandoned: it ends FAILED all the
+    same, and its worker thread is replaced, so a stuck job never holds a worker slot or a
+    watcher forever. An abandoned job's thread may still write its output folder until it
+    returns; its output is no longer reserved.
+    """
+
+    base_s: float = 300.0
+    #: 10: x264 at the default ladder on two cores encodes well above a tenth of real time.
+    per_source_second: float = 10.0
+    fixed_s: float | None = None
+    grace_s: float = 10.0
+
+    def limit(self, source_seconds: float) -> float:
+        if self.fixed_s is not None:
+            return self.fixed_s
+        return self.base_s + self.per_source_second * max(0.0, source_seconds)
 
 
 # -- where sources and outputs may be ---------------------------------------------------------
@@ -128,15 +158,20 @@ def _inside(root: Path, given: str, what: str) -> Path:
     if "\0" in given:
         raise InvalidRequestError(f"{what} contains a NUL character")
     path = Path(given)
+    shown = given if len(given) <= 200 else f"{given[:200]}..."  # messages stay one short line
     # Refused outright, even where it would resolve inside: a path names a place in the root.
     if ".." in path.parts:
-        raise PathOutsideRootError(f"{what} {given!r} contains '..'")
+        raise PathOutsideRootError(f"{what} {shown!r} contains '..'")
     try:
         resolved = (root / path).resolve()  # follows symlinks; root / absolute is absolute
+        # Path.exists() and is_file() raise for a name the OS refuses (ENAMETOOLONG): ask once
+        # here, so such a name is a refused request rather than an internal error later.
+        resolved.exists()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-        raise InvalidRequestError(f"{what} {given!r} cannot be resolved: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidRequestError(f"{what} {shown!r} cannot be resolved: {reason}") from exc
     if not resolved.is_relative_to(root):
-        raise PathOutsideRootError(f"{what} {given!r} is outside the {what} root")
+        raise PathOutsideRootError(f"{what} {shown!r} is outside the {what} root")
     return resolved
 
 
@@ -269,6 +304,12 @@ class _LiveJob:
         self.ended = threading.Event()
         #: Said in the ``cancelled`` event; set before the job is cancelled.
         self.cancel_reason = CANCELLED_BY_CLIENT
+        #: Seconds the job may run (its watchdog's limit); 0: no limit.
+        self.time_limit_s = 0.0
+        #: The watchdog cancelled the job: its ``cancelled`` event is told as FAILED TIMED_OUT.
+        self.timed_out = False
+        #: The watchdog gave up waiting for the job to stop; its worker has been replaced.
+        self.abandoned = False
         self._store = store
         self._roots = roots
         self._on_end = on_end
@@ -300,20 +341,58 @@ class _LiveJob:
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
 
-    def run(self) -> None:
-        """Run the engine job on this thread; the job ends here whatever happens."""
+    def run(self, grace_s: float = 0.0,
+            on_abandon: Callable[[_LiveJob], None] | None = None) -> None:
+        """Run the engine job on this thread, under its watchdog; the job ends here whatever
+        happens (or, if it never stops, the watchdog ends it: see :class:`Watchdog`)."""
         assert self.job is not None
+        timer = None
+        if self.time_limit_s > 0:
+            timer = threading.Timer(self.time_limit_s, self._expire, (grace_s, on_abandon))
+            timer.name, timer.daemon = f"watchdog-{self.id}", True
+            timer.start()
         try:
             self.job.run()
         except Exception:  # Job.run reports failures as events; anything else is a bug
             log.exception("job %s raised", self.id)
+        finally:
+            if timer is not None:
+                timer.cancel()
         # A terminal event lost in a listener would leave watchers waiting forever.
         self.end("failed", pb.FailedEvent(error=pb.Error(
             code="INTERNAL", message="the job ended without a final event")), pb.FAILED)
 
+    def _expire(self, grace_s: float, on_abandon: Callable[[_LiveJob], None] | None) -> None:
+        """The watchdog's timer: cancel the job; abandon it if it does not stop in time."""
+        if self.ended.is_set():
+            return
+        assert self.job is not None
+        log.warning("job %s ran past its limit of %.0f s; stopping it", self.id,
+                    self.time_limit_s)
+        self.timed_out = True
+        self.job.cancel()
+        if self.ended.wait(grace_s):
+            return
+        log.error("job %s did not stop %.0f s after it was cancelled; abandoning it", self.id,
+                  grace_s)
+        self.abandoned = True
+        self.end("failed", pb.FailedEvent(error=pb.Error(
+            code=TIMED_OUT, message=f"{self._time_limit_message()}, and did not stop when "
+                                    "cancelled")), pb.FAILED)
+        if on_abandon is not None:
+            on_abandon(self)
+
+    def _time_limit_message(self) -> str:
+        return f"the job ran longer than its time limit of {self.time_limit_s:.0f} s"
+
     def on_engine_event(self, event: JobEvent) -> None:
         """The engine job's listener (its threads call it one at a time)."""
         state = _JOB_STATES[event.state]
+        if self.timed_out and event.type == "cancelled":  # stopped by its watchdog
+            error = pb.Error(code=TIMED_OUT, message=self._time_limit_message())
+            self._emit("failed", pb.FailedEvent(error=error), pb.FAILED, event.elapsed_s,
+                       self.job)
+            return
         try:
             payload = self._payload(event)
         except Exception:
@@ -436,7 +515,16 @@ class _LiveJob:
                 frames=_u32(data["frames"]), encode_fps=data["encode_fps"],
                 master_playlist=path(data["master"]))
         if event.type == "ready":
-            return "ready", pb.ReadyEvent(master_playlist=path(data["master"]), rung=data["rung"])
+            return "ready", pb.ReadyEvent(master_playlist=path(data["master"]), rung=data["rung"],
+                                          early_playback=bool(data.get("early_playback")))
+        if event.type == "first_segment":
+            return "first_segment", pb.FirstSegmentEvent(
+                rung=data["rung"], master_playlist=path(data["master"]),
+                segment_seconds=data["segment_seconds"])
+        if event.type == "encoder_fallback":
+            return "encoder_fallback", pb.EncoderFallbackEvent(
+                rung=data["rung"], failed=data["failed"], encoder=data["encoder"],
+                segment=_u32(data["segment"]), reason=data["reason"])
         if event.type == "complete":
             return "complete", pb.CompleteEvent(
                 time_to_ready_seconds=data.get("time_to_ready_s") or 0.0,
@@ -471,10 +559,15 @@ class JobManager:
     """
 
     def __init__(self, data_dir: Path, source_root: Path, output_root: Path, *,
-                 max_jobs: int = 1, max_queue: int = 16) -> None:
+                 max_jobs: int = 1, max_queue: int = 16, watchdog: Watchdog | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_duration_s: float = DEFAULT_MAX_DURATION_S) -> None:
         if max_jobs < 1 or max_queue < 0:
             raise InvalidRequestError("max jobs must be at least 1 and max queue at least 0")
         self.max_jobs, self.max_queue = max_jobs, max_queue
+        self.watchdog = watchdog or Watchdog()
+        #: Sources above these are refused (before their frames are allocated; see probe).
+        self.max_pixels, self.max_duration_s = max_pixels, max_duration_s
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self._dir_lock = _lock_data_dir(data_dir)
@@ -522,6 +615,7 @@ class JobManager:
         with open_source(source, max_pixels=options.max_pixels,
                          max_duration_s=options.max_duration_s) as opened:
             plan_ladder(opened.info, options.ladder)
+            time_limit = self.watchdog.limit(opened.info.duration_s)
         with self._cond:
             self._check_open()
             # Checked again under the lock: a concurrent retry may have won the race.
@@ -537,6 +631,7 @@ class JobManager:
             snapshot.created_at.GetCurrentTime()
             self.store.insert_job(snapshot, wire, source, output)
             live = _LiveJob(snapshot, output, self.store, self.roots, self._ended)
+            live.time_limit_s = time_limit
             # The engine job emits its ``queued`` event (sequence 1) from its constructor.
             live.job = Job(source, output, options, on_event=live.on_engine_event)
             self._live[live.id] = live
@@ -634,7 +729,20 @@ class JobManager:
                 live = self._queue.popleft()
                 live.started = True
             log.info("job %s started", live.id)
-            live.run()
+            live.run(self.watchdog.grace_s, self._replace_worker)
+            if live.abandoned:
+                return  # a replacement took this worker's place when the job was abandoned
+
+    def _replace_worker(self, live: _LiveJob) -> None:
+        """The watchdog abandoned ``live``, whose worker is stuck: start another in its place."""
+        with self._cond:
+            if self._closing:
+                return
+            worker = threading.Thread(target=self._work, name=f"job-worker-{len(self._workers)}",
+                                      daemon=True)
+            self._workers.append(worker)
+        log.warning("job %s abandoned; started %s in place of its worker", live.id, worker.name)
+        worker.start()
 
     def _ended(self, live: _LiveJob) -> None:
         with self._cond:
@@ -681,16 +789,19 @@ class JobManager:
             raise InvalidOptionsError(f"unknown segment type {options.segment_type}")
         encoder = options.encoder or "auto"
         choose_encoder(encoder)  # refuses an unknown encoder, or one that does not work here
+        early = options.early_playback if options.HasField("early_playback") else True
         engine = TranscodeOptions(ladder=LadderOptions(heights=heights),
                                   segment_type=segment_type, encoder=encoder,
-                                  overwrite=options.overwrite, scratch_dir=self.scratch)
+                                  overwrite=options.overwrite, scratch_dir=self.scratch,
+                                  early_playback=early, max_pixels=self.max_pixels,
+                                  max_duration_s=self.max_duration_s)
         if options.segment_seconds:  # 0 (unset) keeps the engine's default
             engine = dataclasses.replace(engine, segment_seconds=options.segment_seconds)
         engine.check()
         effective = pb.TranscodeOptions(
             ladder=sorted(set(heights)), encoder=encoder, segment_seconds=engine.segment_seconds,
             segment_type=pb.MPEGTS if segment_type == "mpegts" else pb.FMP4,
-            overwrite=options.overwrite)
+            overwrite=options.overwrite, early_playback=early)
         return engine, effective
 
     def _check_output(self, output: Path, overwrite: bool) -> None:
@@ -724,6 +835,7 @@ class JobManager:
                     _remove_unpublished(stored.output_path, rung.name)
             if not any(r.state == pb.PUBLISHED for r in job.rungs):
                 _remove_unpublished(stored.output_path, AUDIO_FOLDER)
+            _tidy_interrupted(stored.output_path, set(listed))
         live = _LiveJob(job, stored.output_path, self.store, self.roots, lambda _: None)
         live.end("failed", pb.FailedEvent(error=pb.Error(
             code=INTERRUPTED,
@@ -753,6 +865,53 @@ def _remove_unpublished(output: Path, name: str) -> None:
     # Names come from the engine ("720p", "audio"); anything else is not ours to delete.
     if name and Path(name).name == name and name not in (".", ".."):
         shutil.rmtree(output / name, ignore_errors=True)
+
+
+#: Folders a job writes into its output directory: rungs ("720p") and the audio.
+_JOB_FOLDER = re.compile(rf"\d+p|{AUDIO_FOLDER}")
+
+
+def _tidy_interrupted(output: Path, listed: set[str]) -> None:
+    """What a killed job left half-done in ``output``, made whole: rung folders the master
+    does not list are removed (even ones the stored job never heard of: it may have died
+    before its first event), and every listed folder keeps only what its playlist lists, with
+    the playlist ended (a rung listed early has a growing EVENT playlist that no one will
+    finish). Temporary files go. Everything in ``output`` is the job's: it was empty, or
+    emptied with overwrite, when the job started."""
+    if not output.is_dir():
+        return
+    keep_audio = bool(listed) and (output / AUDIO_FOLDER).is_dir()
+    for child in output.iterdir():
+        if child.is_symlink():
+            continue
+        if child.is_dir() and _JOB_FOLDER.fullmatch(child.name):
+            if child.name in listed or (child.name == AUDIO_FOLDER and keep_audio):
+                _finish_listed(child)
+            else:
+                shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and child.name.startswith(".") and child.name.endswith(".tmp"):
+            child.unlink(missing_ok=True)  # a playlist or poster being replaced
+
+
+def _finish_listed(folder: Path) -> None:
+    playlist_path = folder / "index.m3u8"
+    try:
+        text = playlist_path.read_text()
+        playlist = m3u8.loads(text)
+    except (OSError, ValueError):
+        log.exception("cannot read %s; leaving the folder as it is", playlist_path)
+        return
+    wanted = {"index.m3u8", *(s.uri for s in playlist.segments),
+              *(s.init_section.uri for s in playlist.segments if s.init_section is not None)}
+    for child in folder.iterdir():
+        if child.name not in wanted and child.is_file():
+            child.unlink(missing_ok=True)  # unlisted segments, temporary files
+    if not playlist.is_endlist:
+        # Its segments are complete (a segment is listed only once it is); end it there, so
+        # players play it to the end instead of waiting for more forever.
+        temporary = folder / ".index.m3u8.recovered.tmp"
+        temporary.write_text(text.rstrip("\n") + "\n#EXT-X-ENDLIST\n")
+        temporary.replace(playlist_path)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -792,6 +951,7 @@ def _parse_page_token(token: str) -> int | None:
 
 __all__ = [
     "INTERRUPTED",
+    "TIMED_OUT",
     "DataDirInUseError",
     "EventStream",
     "InvalidRequestError",
@@ -804,4 +964,5 @@ __all__ = [
     "Roots",
     "ShuttingDownError",
     "Subscription",
+    "Watchdog",
 ]

@@ -46,16 +46,24 @@ def target_duration(segments: Sequence[SegmentRecord]) -> int:
     return max([1, *(math.floor(s.duration_s + 0.5) for s in segments)])
 
 
-def media_playlist(segments: Sequence[SegmentRecord], target: int) -> str:
-    """A complete VOD media playlist."""
+def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: bool = False,
+                   ended: bool = True) -> str:
+    """A media playlist: VOD (complete), or EVENT (segments only ever appended) while a rung is
+    still encoding, ``ended`` once it is complete.
+
+    An EVENT playlist says ``EXT-X-START:TIME-OFFSET=0``: without it players start near the
+    live edge instead of at the beginning.
+    """
     lines = [
         "#EXTM3U",
         f"#EXT-X-VERSION:{_VERSION}",
         f"#EXT-X-TARGETDURATION:{target}",
         "#EXT-X-MEDIA-SEQUENCE:0",
-        "#EXT-X-PLAYLIST-TYPE:VOD",
+        f"#EXT-X-PLAYLIST-TYPE:{'EVENT' if event else 'VOD'}",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
+    if event:
+        lines.append("#EXT-X-START:TIME-OFFSET=0")
     init_uri = None
     for segment in segments:
         if segment.discontinuity:
@@ -64,7 +72,8 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int) -> str:
             init_uri = segment.init_uri
             lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
         lines += [f"#EXTINF:{segment.duration_s:.6f},", segment.uri]
-    lines.append("#EXT-X-ENDLIST")
+    if ended or not event:
+        lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 
 
@@ -110,11 +119,14 @@ def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -
     return "\n".join(lines) + "\n"
 
 
-def validate_media(text: str, segments: Sequence[SegmentRecord]) -> None:
+def validate_media(text: str, segments: Sequence[SegmentRecord], *, event: bool = False,
+                   ended: bool = True) -> None:
     """Parse a media playlist back and check it says what ``segments`` say."""
     parsed = m3u8.loads(text)
-    if parsed.is_variant or not parsed.is_endlist or parsed.playlist_type != "vod":
-        raise ValueError("media playlist is not a complete VOD playlist")
+    if parsed.is_variant or parsed.playlist_type != ("event" if event else "vod"):
+        raise ValueError("media playlist is not of the intended type")
+    if parsed.is_endlist != (ended or not event):
+        raise ValueError("media playlist's end tag is wrong")
     if [s.uri for s in parsed.segments] != [s.uri for s in segments]:
         raise ValueError("media playlist lists other segments than were written")
     if any(round(s.duration) > parsed.target_duration for s in parsed.segments):

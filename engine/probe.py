@@ -22,6 +22,7 @@ import av
 import av.codec.hwaccel
 import av.container
 import av.error
+import av.video.codeccontext
 import av.video.frame
 
 from engine.errors import InvalidSourceError, UnsupportedSourceError
@@ -139,10 +140,16 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
     if source.stat().st_size == 0:
         raise InvalidSourceError(f"source {source.name!r} is empty")
     try:
-        container = av.open(str(source), container_options={
-            "format_whitelist": ",".join(ALLOWED_DEMUXERS),
-            "protocol_whitelist": "file",
-        }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
+        # An absolute path: FFmpeg reads a relative name such as "clip:1.mp4" as a protocol.
+        # ``max_pixels`` reaches the decoders FFmpeg runs while it reads the stream headers:
+        # without it, a file declaring 8192x8192 gets 100 MB frames allocated before the size
+        # check below can refuse it. (FFmpeg passes no options to streams that only appear
+        # while it reads packets, as in MPEG-PS; those are checked after.)
+        container = av.open(str(source.absolute()), options=_decoder_limits(max_pixels),
+                            container_options={
+                                "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+                                "protocol_whitelist": "file",
+                            }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InvalidSourceError(
             f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
@@ -152,6 +159,11 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
     except BaseException:
         container.close()
         raise
+
+
+def _decoder_limits(max_pixels: int) -> dict[str, str]:
+    """Decoder options that refuse frames above ``max_pixels`` (FFmpeg's own check, in C)."""
+    return {"max_pixels": str(max(1, min(max_pixels, 2**31 - 1)))}
 
 
 def _reason(exc: BaseException) -> str:
@@ -166,10 +178,11 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     if not container.streams.video:
         raise InvalidSourceError(f"source {name!r} has no video stream")
     stream = container.streams.video[0]
-    ctx = stream.codec_context
-    if ctx.codec is None or not ctx.codec.name:
+    # PyAV gives no codec context at all for a codec FFmpeg has no decoder for.
+    ctx: av.video.codeccontext.VideoCodecContext | None = stream.codec_context
+    if ctx is None or ctx.codec is None or not ctx.codec.name:
         raise UnsupportedSourceError(f"source {name!r} uses a video codec FFmpeg cannot decode")
-    if stream.codec_context.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames <= 1:
+    if ctx.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames <= 1:
         raise InvalidSourceError(f"source {name!r} is a still image, not a video")
     width, height = ctx.width, ctx.height
     if width <= 0 or height <= 0:
@@ -184,6 +197,9 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
             f"source {name!r} lasts {duration_s:.0f} s, above the limit of {max_duration_s:.0f} s"
         )
     stream.thread_type = "AUTO"
+    # The same limit for the decoder that decodes the video: a stream whose size grows past it
+    # part way through gets those frames refused (and counted as corrupt), not allocated.
+    ctx.options = {**ctx.options, **_decoder_limits(max_pixels)}
     streams = [stream, *container.streams.audio[:1]]
     packets = container.demux(streams)
     pending, video_packets = _read_first_frame(packets, stream, name)

@@ -8,6 +8,7 @@ reader sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from engine.audio import EncodedAudio
 from engine.errors import OutputWriteError
+from engine.ladder import Rung
 from engine.playlist import (
     AudioRendition,
     Variant,
@@ -53,13 +55,22 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class Publisher:
-    """Publishes a job's audio, rungs (lowest first) and poster into ``out_dir``."""
+    """Publishes a job's audio, rungs (lowest first) and poster into ``out_dir``.
 
-    def __init__(self, out_dir: Path) -> None:
+    Early playback: the first rung can be listed while it still encodes (:meth:`publish_early`),
+    with EVENT playlists that grow as segments close. Once a second rung is listed, every media
+    playlist is rewritten as VOD (RFC 8216 6.2.4: the variants of a master share one type).
+    """
+
+    def __init__(self, out_dir: Path, segment_seconds: float) -> None:
         self.out_dir = out_dir
         self.variants: list[Variant] = []
         self._audio: EncodedAudio | None = None
-        self._target = 1
+        # Fixed from the start: an EVENT playlist's target duration must not change.
+        self._target = max(1, round(segment_seconds))
+        #: Folders whose playlists are EVENT playlists, with their segments.
+        self._event: dict[str, Sequence[SegmentRecord]] = {}
+        self._audio_complete = False
         self._lock = threading.Lock()
 
     @property
@@ -71,40 +82,95 @@ class Publisher:
         write_atomically(path, jpeg)
         return path
 
+    def publish_early(self, rung: Rung, segments: Sequence[SegmentRecord], codecs: str,
+                      frame_rate: Fraction, audio: EncodedAudio | None) -> bool:
+        """List the first rung while it encodes, with the segments complete so far (and the
+        audio's). Returns True the first time, when the master starts listing it."""
+        with self._lock:
+            # Never replace the complete audio playlist with an earlier, partial view of it.
+            if audio is not None and not self._audio_complete:
+                self._audio = audio
+                self._write_event(audio.folder, audio.segments, ended=False)
+            self._write_event(rung.name, segments, ended=False)
+            if self.variants:
+                return False
+            # Until the rung is complete its peak is not known: declare the VBV ceiling, which no
+            # segment can exceed, so players never pick a rung their bandwidth cannot carry.
+            ceiling = 1000 * (rung.maxrate_kbps + rung.bufsize_kbps / self._target)
+            peak, average = variant_bandwidth(segments, audio.segments if audio else ())
+            self._write_master(Variant(
+                uri=f"{rung.name}/{MEDIA}", bandwidth=max(peak, math.ceil(ceiling)),
+                average_bandwidth=average, codecs=self._codecs(codecs), width=rung.width,
+                height=rung.height, frame_rate=frame_rate))
+            return True
+
     def set_audio(self, audio: EncodedAudio) -> None:
-        """Publish the shared audio rendition's playlist (before any rung lists it)."""
+        """Publish the complete audio rendition (before any rung lists it, or ended)."""
         with self._lock:
             self._target = max(self._target, target_duration(audio.segments))
-            self._write_media(audio.folder, audio.segments)
             self._audio = audio
+            self._audio_complete = True
+            if audio.folder in self._event:
+                self._write_event(audio.folder, audio.segments, ended=True)
+            else:
+                self._write_vod(audio.folder, audio.segments)
 
     def publish(self, encoded: EncodedRung, frame_rate: Fraction) -> Variant:
-        """Write the rung's playlist, then list it in the master. Returns how it is listed.
+        """Write the complete rung's playlist, then list it in the master. Returns how it is
+        listed.
 
         ``frame_rate`` is the highest rate of the video (RFC 8216 FRAME-RATE), which for a
         variable-frame-rate source is above its average.
         """
         with self._lock:
             self._target = max(self._target, target_duration(encoded.segments))
-            self._write_media(encoded.folder, encoded.segments)
+            if encoded.folder in self._event:
+                self._write_event(encoded.folder, encoded.segments, ended=True)
+            else:
+                # A second rung: every playlist the master lists becomes VOD first.
+                for folder, segments in list(self._event.items()):
+                    self._write_vod(folder, segments)
+                self._event.clear()
+                self._write_vod(encoded.folder, encoded.segments)
             audio_segments = self._audio.segments if self._audio else ()
             peak, average = variant_bandwidth(encoded.segments, audio_segments)
-            codecs = encoded.codecs + (f",{self._audio.codecs}" if self._audio else "")
             variant = Variant(
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
-                codecs=codecs, width=encoded.rung.width, height=encoded.rung.height,
-                frame_rate=frame_rate,
+                codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
+                height=encoded.rung.height, frame_rate=frame_rate,
             )
-            variants = sorted([*self.variants, variant], key=lambda v: v.width * v.height)
-            audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels)
-                     if self._audio else None)
-            text = master_playlist(variants, audio)
-            validate_master(text, variants)
-            write_atomically(self.master_path, text.encode())
-            self.variants = variants
+            self._write_master(variant)
             return variant
 
-    def _write_media(self, folder: str, segments: Sequence[SegmentRecord]) -> None:
+    def end_early(self) -> list[str]:
+        """The job stops while a rung is listed early: end its playlists where they are (every
+        segment they list is complete), so what the master lists stays playable. Returns the
+        folders kept, with the files each playlist lists."""
+        with self._lock:
+            for folder, segments in self._event.items():
+                self._write_event(folder, segments, ended=True)
+            return list(self._event)
+
+    def _codecs(self, video: str) -> str:
+        return video + (f",{self._audio.codecs}" if self._audio else "")
+
+    def _write_master(self, variant: Variant) -> None:
+        others = [v for v in self.variants if v.uri != variant.uri]
+        variants = sorted([*others, variant], key=lambda v: v.width * v.height)
+        audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels)
+                 if self._audio else None)
+        text = master_playlist(variants, audio)
+        validate_master(text, variants)
+        write_atomically(self.master_path, text.encode())
+        self.variants = variants
+
+    def _write_vod(self, folder: str, segments: Sequence[SegmentRecord]) -> None:
         text = media_playlist(segments, self._target)
         validate_media(text, segments)
         write_atomically(self.out_dir / folder / MEDIA, text.encode())
+
+    def _write_event(self, folder: str, segments: Sequence[SegmentRecord], ended: bool) -> None:
+        text = media_playlist(segments, self._target, event=True, ended=ended)
+        validate_media(text, segments, event=True, ended=ended)
+        write_atomically(self.out_dir / folder / MEDIA, text.encode())
+        self._event[folder] = segments

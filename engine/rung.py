@@ -78,8 +78,13 @@ class Fallback:
 def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
                 settings: EncodeSettings, cancel: threading.Event, progress: RungProgress,
                 fallback: str | None = None,
-                on_fallback: Callable[[Fallback], None] | None = None) -> EncodedRung:
+                on_fallback: Callable[[Fallback], None] | None = None,
+                on_segment: Callable[[list[SegmentRecord], str], None] | None = None,
+                ) -> EncodedRung:
     """Encode every frame from ``frames`` into ``out_dir/<rung name>/``; close the segments.
+
+    ``on_segment`` is called with every segment closed so far and the codecs string each time
+    one more is complete (for early playback).
 
     With ``fallback`` set, an encoder that fails mid-stream is replaced by ``fallback`` from the
     first segment its muxer had not closed: the scaled frames since then are kept for that, so
@@ -91,8 +96,13 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     progress.started_at = time.monotonic()
     scaler = Scaler(rung.width, rung.height, settings.rotation)
     start = round(TIMELINE_START / settings.time_base)
-    output = _Output(rung, encoder, out_dir / rung.name, settings)
     closed: list[SegmentRecord] = []
+
+    def segment_closed(output: _Output, records: list[SegmentRecord]) -> None:
+        if on_segment is not None:
+            on_segment(closed + records, output.codecs())
+
+    output = _Output(rung, encoder, out_dir / rung.name, settings, on_closed=segment_closed)
     codecs: list[str] = []
     replay: _Replay | None = _Replay() if fallback else None
     try:
@@ -112,7 +122,8 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
                     raise
                 codecs.append(output.codecs())
                 closed += output.abandon()
-                output = _Output(rung, fallback, out_dir / rung.name, settings, len(closed))
+                output = _Output(rung, fallback, out_dir / rung.name, settings, len(closed),
+                                 segment_closed)
                 if on_fallback is not None:
                     on_fallback(Fallback(rung.name, encoder, fallback, len(closed), str(exc)))
                 for kept, kept_when in replay.frames():
@@ -141,8 +152,11 @@ class _Output:
     """One encoder and the HLS writer it feeds, from segment ``first_segment`` on."""
 
     def __init__(self, rung: Rung, encoder: str, directory: Path, settings: EncodeSettings,
-                 first_segment: int = 0) -> None:
+                 first_segment: int = 0,
+                 on_closed: Callable[[_Output, list[SegmentRecord]], None] | None = None,
+                 ) -> None:
         self.encoder = encoder
+        self.on_closed = on_closed
         self.first_segment = first_segment
         # A later encoder's parameter sets differ: it needs its own initialisation segment.
         init = INIT_SEGMENT if first_segment == 0 else f"init_{first_segment}.mp4"
@@ -194,8 +208,12 @@ class _Output:
         self.writer.abort()
 
     def _mux(self, packets: list[av.Packet[Any]]) -> None:
-        self._keyframes_muxed += sum(1 for p in packets if p.is_keyframe)
+        keyframes = sum(1 for p in packets if p.is_keyframe)
         self.writer.mux(packets)
+        self._keyframes_muxed += keyframes
+        # The muxer closes a segment when the next one's keyframe arrives.
+        if keyframes and self._keyframes_muxed > 1 and self.on_closed is not None:
+            self.on_closed(self, self._mark(self.writer.closed_segments()))
 
     def _mark(self, records: list[SegmentRecord]) -> list[SegmentRecord]:
         if self.first_segment and records:

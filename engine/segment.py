@@ -62,7 +62,9 @@ class HlsWriter:
         directory.mkdir(parents=True, exist_ok=True)
         options = {
             "hls_time": str(float(segment_seconds)),
-            "hls_playlist_type": "vod",
+            # EVENT makes the muxer rewrite its playlist as each segment closes, which is how
+            # segments are known to be complete while the rung is still encoding.
+            "hls_playlist_type": "event",
             "hls_list_size": "0",
             "hls_segment_type": segment_type,
             "hls_segment_filename": str(directory / f"seg_%05d.{extension}"),
@@ -90,15 +92,19 @@ class HlsWriter:
             self.container.close()
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputWriteError(f"closing segments in {self.directory} failed: {exc}") from exc
-        playlist_path = self.directory / _MUXER_PLAYLIST
-        playlist = m3u8.loads(playlist_path.read_text())
-        playlist_path.unlink()
-        records = []
-        for segment in playlist.segments:
-            path = self.directory / segment.uri
-            records.append(SegmentRecord(segment.uri, float(segment.duration),
-                                         path.stat().st_size, self.init_uri))
+        records = self.closed_segments()
+        (self.directory / _MUXER_PLAYLIST).unlink(missing_ok=True)
         return records
+
+    def closed_segments(self) -> list[SegmentRecord]:
+        """The segments complete on disk so far (the muxer lists a segment once it is renamed
+        into place; it replaces its playlist atomically, so reading it from any thread is safe)."""
+        try:
+            playlist = m3u8.loads((self.directory / _MUXER_PLAYLIST).read_text())
+        except FileNotFoundError:
+            return []
+        return [SegmentRecord(s.uri, float(s.duration), (self.directory / s.uri).stat().st_size,
+                              self.init_uri) for s in playlist.segments]
 
     def abort(self) -> None:
         """Close after a failure; never raises."""

@@ -22,7 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.errors import RungsError
-from engine.manager import JobManager
+from engine.manager import JobManager, Watchdog
+from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
 from engine.rpc import transcoder_pb2_grpc
 from engine.service import SERVICE_NAME, TranscoderService
 from engine.store import StoreVersionError
@@ -71,7 +72,9 @@ class RungsServer:
 
 def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: Path,
                   output_root: Path, max_jobs: int = 1, max_queue: int = 16,
-                  workers: int = DEFAULT_WORKERS) -> tuple[RungsServer, int]:
+                  workers: int = DEFAULT_WORKERS, watchdog: Watchdog | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_duration_s: float = DEFAULT_MAX_DURATION_S) -> tuple[RungsServer, int]:
     """Build a server listening on ``address`` (port 0: any free port); returns it, not yet
     started, and the port it bound.
 
@@ -79,7 +82,8 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
     :class:`OSError` when ``address`` cannot be bound.
     """
     manager = JobManager(data_dir, source_root, output_root, max_jobs=max_jobs,
-                         max_queue=max_queue)
+                         max_queue=max_queue, watchdog=watchdog, max_pixels=max_pixels,
+                         max_duration_s=max_duration_s)
     try:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                         thread_name_prefix="rpc"))
@@ -131,6 +135,16 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        help="jobs waiting beyond those; more are refused (default %(default)s)")
     serve.add_argument("--workers", type=_positive, default=DEFAULT_WORKERS,
                        help="RPC threads; each open Watch holds one (default %(default)s)")
+    defaults = Watchdog()
+    serve.add_argument("--job-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="stop a job that runs longer (default: "
+                            f"{defaults.base_s:.0f} s plus {defaults.per_source_second:.0f} s "
+                            "per second of its source)")
+    serve.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
+                       help="refuse sources with larger frames (default %(default)s)")
+    serve.add_argument("--max-source-seconds", type=_positive_float,
+                       default=DEFAULT_MAX_DURATION_S,
+                       help="refuse longer sources (default %(default)s)")
     serve.set_defaults(run=serve_command)
 
 
@@ -143,7 +157,8 @@ def serve_command(args: argparse.Namespace) -> int:
         server, port = create_server(
             args.listen, data_dir=args.data_dir, source_root=args.source_root,
             output_root=args.output_root, max_jobs=args.max_jobs, max_queue=args.max_queue,
-            workers=args.workers)
+            workers=args.workers, watchdog=Watchdog(fixed_s=args.job_timeout),
+            max_pixels=args.max_pixels, max_duration_s=args.max_source_seconds)
     except (RungsError, StoreVersionError, OSError) as exc:
         print(f"rungs: {exc}", file=sys.stderr)
         return 2
@@ -170,6 +185,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
 
 

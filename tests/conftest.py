@@ -35,8 +35,10 @@ LADDER_SETTINGS = {LADDER[-1]: RungSettings(preset="fast")}
 
 def options(**overrides: Any) -> TranscodeOptions:
     """Small, fast options: the test ladder and 2 s segments unless overridden."""
+    # Early playback off: these tests pin the mode where a rung is listed only once complete
+    # (tests/test_early.py covers early playback).
     values: dict[str, Any] = {"ladder": LadderOptions(heights=LADDER, settings=LADDER_SETTINGS),
-                              "segment_seconds": SEGMENT_SECONDS}
+                              "segment_seconds": SEGMENT_SECONDS, "early_playback": False}
     values.update(overrides)
     return TranscodeOptions(**values)
 

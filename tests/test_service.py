@@ -36,8 +36,9 @@ from tests import media
 ROOT = Path(__file__).resolve().parents[1]
 #: The small ladder and segment length every job here uses.
 OPTIONS = pb.TranscodeOptions(ladder=[180, 360], segment_seconds=2)
-MILESTONES = ["queued", "running", "poster_ready", "rung_published", "ready", "rung_published",
-              "complete"]
+# Early playback is on by default: READY at the first rung's first segment.
+MILESTONES = ["queued", "running", "poster_ready", "first_segment", "ready", "rung_published",
+              "rung_published", "complete"]
 LONG_SECONDS = 20
 
 
@@ -451,7 +452,13 @@ def test_kill_9_mid_job_then_restart_marks_it_interrupted_and_published_rungs_pl
     master = m3u8.load(str(out / "master.m3u8"))
     assert [p.uri for p in master.playlists] == ["180p/index.m3u8"]
     assert not (out / "360p").exists()  # half-written, removed
-    assert decoded_frames(out / "master.m3u8") == LONG_SECONDS * 30
+    # Killed at READY, which early playback reaches at the first rung's first segment: the rung
+    # stays listed with the segments it had, its playlist ended, and every listed frame plays.
+    listed = m3u8.load(str(out / "180p" / "index.m3u8"))
+    assert listed.is_endlist and listed.segments
+    listed_frames = round(sum(s.duration for s in listed.segments) * 30)
+    assert 60 <= listed_frames <= LONG_SECONDS * 30
+    assert decoded_frames(out / "master.m3u8") == listed_frames
     history = watch(second.stub, job.id)
     assert history[:len(before)] == before
     assert [e.sequence for e in history] == list(range(1, len(history) + 1))

@@ -48,18 +48,20 @@ FMP4: SegmentType
 MPEGTS: SegmentType
 
 class TranscodeOptions(_message.Message):
-    __slots__ = ("ladder", "encoder", "segment_seconds", "segment_type", "overwrite")
+    __slots__ = ("ladder", "encoder", "segment_seconds", "segment_type", "overwrite", "early_playback")
     LADDER_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    EARLY_PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     ladder: _containers.RepeatedScalarFieldContainer[int]
     encoder: str
     segment_seconds: float
     segment_type: SegmentType
     overwrite: bool
-    def __init__(self, ladder: _Optional[_Iterable[int]] = ..., encoder: _Optional[str] = ..., segment_seconds: _Optional[float] = ..., segment_type: _Optional[_Union[SegmentType, str]] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    early_playback: bool
+    def __init__(self, ladder: _Optional[_Iterable[int]] = ..., encoder: _Optional[str] = ..., segment_seconds: _Optional[float] = ..., segment_type: _Optional[_Union[SegmentType, str]] = ..., overwrite: _Optional[bool] = ..., early_playback: _Optional[bool] = ...) -> None: ...
 
 class TranscodeRequest(_message.Message):
     __slots__ = ("source", "output", "options", "request_id")
@@ -184,7 +186,7 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "time", "state", "elapsed_seconds", "queued", "running", "poster_ready", "progress", "rung_published", "ready", "complete", "failed", "cancelled")
+    __slots__ = ("job_id", "sequence", "time", "state", "elapsed_seconds", "queued", "running", "poster_ready", "progress", "rung_published", "ready", "complete", "failed", "cancelled", "first_segment", "encoder_fallback")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +201,8 @@ class JobEvent(_message.Message):
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     time: _timestamp_pb2.Timestamp
@@ -213,7 +217,9 @@ class JobEvent(_message.Message):
     complete: CompleteEvent
     failed: FailedEvent
     cancelled: CancelledEvent
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., elapsed_seconds: _Optional[float] = ..., queued: _Optional[_Union[QueuedEvent, _Mapping]] = ..., running: _Optional[_Union[RunningEvent, _Mapping]] = ..., poster_ready: _Optional[_Union[PosterReadyEvent, _Mapping]] = ..., progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., rung_published: _Optional[_Union[RungPublishedEvent, _Mapping]] = ..., ready: _Optional[_Union[ReadyEvent, _Mapping]] = ..., complete: _Optional[_Union[CompleteEvent, _Mapping]] = ..., failed: _Optional[_Union[FailedEvent, _Mapping]] = ..., cancelled: _Optional[_Union[CancelledEvent, _Mapping]] = ...) -> None: ...
+    first_segment: FirstSegmentEvent
+    encoder_fallback: EncoderFallbackEvent
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., elapsed_seconds: _Optional[float] = ..., queued: _Optional[_Union[QueuedEvent, _Mapping]] = ..., running: _Optional[_Union[RunningEvent, _Mapping]] = ..., poster_ready: _Optional[_Union[PosterReadyEvent, _Mapping]] = ..., progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., rung_published: _Optional[_Union[RungPublishedEvent, _Mapping]] = ..., ready: _Optional[_Union[ReadyEvent, _Mapping]] = ..., complete: _Optional[_Union[CompleteEvent, _Mapping]] = ..., failed: _Optional[_Union[FailedEvent, _Mapping]] = ..., cancelled: _Optional[_Union[CancelledEvent, _Mapping]] = ..., first_segment: _Optional[_Union[FirstSegmentEvent, _Mapping]] = ..., encoder_fallback: _Optional[_Union[EncoderFallbackEvent, _Mapping]] = ...) -> None: ...
 
 class QueuedEvent(_message.Message):
     __slots__ = ()
@@ -274,12 +280,38 @@ class RungPublishedEvent(_message.Message):
     def __init__(self, rung: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoder: _Optional[str] = ..., bandwidth: _Optional[int] = ..., average_bandwidth: _Optional[int] = ..., codecs: _Optional[str] = ..., frames: _Optional[int] = ..., encode_fps: _Optional[float] = ..., master_playlist: _Optional[str] = ...) -> None: ...
 
 class ReadyEvent(_message.Message):
-    __slots__ = ("master_playlist", "rung")
+    __slots__ = ("master_playlist", "rung", "early_playback")
     MASTER_PLAYLIST_FIELD_NUMBER: _ClassVar[int]
     RUNG_FIELD_NUMBER: _ClassVar[int]
+    EARLY_PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     master_playlist: str
     rung: str
-    def __init__(self, master_playlist: _Optional[str] = ..., rung: _Optional[str] = ...) -> None: ...
+    early_playback: bool
+    def __init__(self, master_playlist: _Optional[str] = ..., rung: _Optional[str] = ..., early_playback: _Optional[bool] = ...) -> None: ...
+
+class FirstSegmentEvent(_message.Message):
+    __slots__ = ("rung", "master_playlist", "segment_seconds")
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PLAYLIST_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rung: str
+    master_playlist: str
+    segment_seconds: float
+    def __init__(self, rung: _Optional[str] = ..., master_playlist: _Optional[str] = ..., segment_seconds: _Optional[float] = ...) -> None: ...
+
+class EncoderFallbackEvent(_message.Message):
+    __slots__ = ("rung", "failed", "encoder", "segment", "reason")
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rung: str
+    failed: str
+    encoder: str
+    segment: int
+    reason: str
+    def __init__(self, rung: _Optional[str] = ..., failed: _Optional[str] = ..., encoder: _Optional[str] = ..., segment: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CompleteEvent(_message.Message):
     __slots__ = ("time_to_ready_seconds", "total_seconds", "frames_decoded", "source_frames")

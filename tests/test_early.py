@@ -1,0 +1,155 @@
+"""Early playback: the first rung is listed, and the job READY, once its first segment closes."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import m3u8
+import pytest
+
+from engine import Job, JobEvent, JobState, LadderOptions
+from tests import media
+from tests.conftest import LADDER, options, run_job
+
+
+@dataclass
+class View:
+    """Every playlist the master lists, read at one instant, and what was wrong then."""
+
+    variants: list[str]
+    types: dict[str, str | None]
+    ended: dict[str, bool]
+    starts_at_zero: dict[str, bool]
+    segments: dict[str, int]
+    problems: list[str]
+
+
+def read_view(out: Path) -> View | None:
+    try:
+        master = m3u8.loads((out / "master.m3u8").read_text())
+    except FileNotFoundError:
+        return None
+    view = View([p.uri for p in master.playlists], {}, {}, {}, {}, [])
+    for uri in view.variants + [m.uri for m in master.media if m.uri]:
+        text = (out / uri).read_text()
+        playlist = m3u8.loads(text)
+        view.types[uri] = playlist.playlist_type
+        view.ended[uri] = playlist.is_endlist
+        view.starts_at_zero[uri] = "#EXT-X-START:TIME-OFFSET=0" in text
+        view.segments[uri] = len(playlist.segments)
+        folder = (out / uri).parent
+        if not playlist.segments:
+            view.problems.append(f"{uri} lists no segment")
+        needed = [s.uri for s in playlist.segments] + [m.uri for m in playlist.segment_map]
+        view.problems += [f"{uri}: {n} missing" for n in needed if not (folder / n).is_file()]
+    return view
+
+
+class Watcher:
+    """Reads the output from a thread, as a player polling it would, and keeps each view."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.views: list[View] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.003):
+            view = read_view(self.out)
+            if view is not None and (not self.views or view != self.views[-1]):
+                self.views.append(view)
+
+
+@pytest.fixture(scope="module")
+def early_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return media.make_video(tmp_path_factory.mktemp("early") / "in.mp4", width=640, height=360,
+                            seconds=7.0)
+
+
+def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with Watcher(out) as watcher:
+        run = run_job(early_source, out, options(early_playback=True))
+    assert run.state == JobState.COMPLETE, run.job.error
+    types = [e.type for e in run.events if e.type != "progress"]
+    # READY comes with the first segment, before the first rung is complete.
+    assert types.index("first_segment") < types.index("rung_published")
+    first = next(e for e in run.events if e.type == "first_segment")
+    ready = next(e for e in run.events if e.type == "ready")
+    assert ready.state == JobState.READY and ready.data["early_playback"] is True
+    assert first.data["ready"] is True and first.data["rung"] == "180p"
+    published = next(e for e in run.events if e.type == "rung_published")
+    assert run.job.time_to_ready_s == pytest.approx(first.elapsed_s, abs=0.05)
+    assert first.elapsed_s <= published.elapsed_s
+
+    assert all(view.problems == [] for view in watcher.views), [
+        v.problems for v in watcher.views if v.problems]
+    lead = "180p/index.m3u8"
+    growing = [v for v in watcher.views if v.variants == [lead] and not v.ended[lead]]
+    assert growing, "the first rung was never seen listed while it encoded"
+    for view in growing:
+        assert view.types[lead] == "event" and view.starts_at_zero[lead]
+        assert view.types["audio/index.m3u8"] == "event"
+    counts = [v.segments[lead] for v in growing]
+    assert counts == sorted(counts) and counts[0] >= 1  # segments only ever appended
+    # Once a second rung is listed, every playlist the master lists is VOD.
+    for view in watcher.views:
+        if len(view.variants) > 1:
+            assert set(view.types.values()) == {"vod"}, view.types
+            assert all(view.ended.values())
+    final = read_view(out)
+    assert final is not None
+    assert final.variants == [f"{h}p/index.m3u8" for h in LADDER]
+    assert set(final.types.values()) == {"vod"}
+
+
+def test_a_single_rung_ends_as_a_complete_event_playlist(early_source: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = run_job(early_source, out, options(early_playback=True,
+                                             ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    view = read_view(out)
+    assert view is not None and view.problems == []
+    assert view.types["180p/index.m3u8"] == "event" and view.ended["180p/index.m3u8"]
+    assert view.types["audio/index.m3u8"] == "event" and view.ended["audio/index.m3u8"]
+
+
+def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(early_source: Path,
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    listed = threading.Event()
+
+    def on_event(event: JobEvent) -> None:
+        if event.type == "first_segment":
+            listed.set()
+
+    job = Job(early_source, out, options(early_playback=True), on_event=on_event)
+    job.start()
+    assert listed.wait(60)
+    job.cancel()
+    assert job.wait(10)
+    assert job.state == JobState.CANCELLED
+    view = read_view(out)
+    assert view is not None and view.problems == []
+    assert view.variants == ["180p/index.m3u8"]
+    assert view.ended["180p/index.m3u8"] and view.ended["audio/index.m3u8"]
+    # Nothing unlisted is left in the kept folders, and unlisted rungs are gone.
+    for folder in ("180p", "audio"):
+        playlist = m3u8.loads((out / folder / "index.m3u8").read_text())
+        needed = {"index.m3u8", *(s.uri for s in playlist.segments),
+                  *(m.uri for m in playlist.segment_map)}
+        assert {p.name for p in (out / folder).iterdir()} == needed
+    assert sorted(p.name for p in out.iterdir()) == ["180p", "audio", "master.m3u8",
+                                                     "poster.jpg"]
