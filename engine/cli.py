@@ -122,7 +122,8 @@ def _rung_settings(text: str) -> tuple[int, RungSettings]:
     height, _, pairs = text.partition(":")
     fields: dict[str, Any] = {}
     names = {"preset": ("preset", str), "crf": ("crf", int),
-             "maxrate": ("maxrate_kbps", int), "bufsize": ("bufsize_kbps", int)}
+             "maxrate": ("maxrate_kbps", int), "bufsize": ("bufsize_kbps", int),
+             "lookahead": ("lookahead", int)}
     try:
         for pair in filter(None, pairs.split(",")):
             key, _, value = pair.partition("=")

@@ -162,6 +162,8 @@ def encoder_options(encoder: str, rung: Rung, gop_frames: int) -> dict[str, str]
     if encoder == SOFTWARE_ENCODER:
         params = (f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0"
                   f":vbv-maxrate={maxrate}:vbv-bufsize={bufsize}")
+        if rung.lookahead:
+            params += f":rc-lookahead={rung.lookahead}"
         # forced-idr is an option of FFmpeg's libx264 wrapper, not an x264 parameter: inside
         # x264-params it is rejected ("Error parsing option") and silently not applied.
         return {"preset": rung.preset, "crf": str(rung.crf), "forced-idr": "1",
