@@ -6,6 +6,7 @@ so it is encoded and stored once however many rungs there are.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -14,11 +15,14 @@ import av.audio.frame
 import av.audio.stream
 import av.error
 
-from engine.errors import DecodeError
 from engine.gop import TIMELINE_START
 from engine.segment import HlsWriter, SegmentRecord
 
+log = logging.getLogger(__name__)
+
 AUDIO_FOLDER = "audio"
+#: Samples per AAC frame.
+FRAME_SAMPLES = 1024
 AAC_LC_CODECS = "mp4a.40.2"
 
 
@@ -57,9 +61,15 @@ class AudioEncoder:
         except BaseException:
             self.writer.abort()
             raise
-        self._resampler = av.AudioResampler(format="fltp", layout=self.stream.layout,
-                                            rate=settings.sample_rate, frame_size=1024)
+        self._resampler = self._new_resampler()
+        # Resampled audio is cut into the encoder's frames here rather than by the resampler,
+        # so a new resampler (see push) can take over without a short frame mid-stream, which
+        # the AAC encoder refuses.
+        self._fifo = av.AudioFifo()
+        self._input: tuple[str, str, int] | None = None
         self._next_pts: int | None = None
+        #: Decoded frames that could not be converted and were left out.
+        self.skipped_frames = 0
 
     def push(self, frame: av.audio.frame.AudioFrame, seconds: float) -> None:
         """Encode one decoded frame that starts ``seconds`` after the first video frame."""
@@ -68,14 +78,32 @@ class AudioEncoder:
         if self._next_pts is None:
             self._next_pts = round((TIMELINE_START + Fraction(seconds)) * self.settings.sample_rate)
         frame.pts = None
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
         try:
-            self._encode(self._resampler.resample(frame))
-        except av.error.FFmpegError as exc:
-            raise DecodeError(f"audio could not be converted: {exc}") from exc
+            if shape != self._input:
+                if self._input is not None:
+                    # The source's audio changed sample format, layout or rate part way
+                    # (spliced or damaged streams): a resampler only takes what it was set up
+                    # for, so drain it and go on with a new one.
+                    self._queue(self._resampler.resample(None))
+                    self._resampler = self._new_resampler()
+                self._input = shape
+            self._queue(self._resampler.resample(frame))
+        except (av.error.FFmpegError, ValueError) as exc:
+            # A damaged frame (no channels, a layout that contradicts its channel count) is
+            # skipped like an audio packet that does not decode: audio is laid end to end, so
+            # the rest plays on. A new resampler, as this one may hold a half-converted state.
+            self.skipped_frames += 1
+            log.warning("skipping an audio frame that cannot be converted: %s", exc)
+            self._resampler = self._new_resampler()
+            self._input = None
+            return
+        self._encode(self._frames(final=False))
 
     def close(self) -> EncodedAudio:
         """Flush the encoder and finish the rendition."""
-        self._encode(self._resampler.resample(None))
+        self._queue(self._resampler.resample(None))
+        self._encode(self._frames(final=True))
         self.writer.mux(self.stream.encode(None))
         segments = self.writer.close()
         return EncodedAudio(AUDIO_FOLDER, tuple(segments), AAC_LC_CODECS,
@@ -88,6 +116,25 @@ class AudioEncoder:
 
     def abort(self) -> None:
         self.writer.abort()
+
+    def _new_resampler(self) -> av.AudioResampler:
+        return av.AudioResampler(format="fltp", layout=self.stream.layout,
+                                 rate=self.settings.sample_rate)
+
+    def _queue(self, frames: list[av.audio.frame.AudioFrame]) -> None:
+        for out in frames:
+            out.pts = None  # the FIFO checks timestamps run on; they are set when encoding
+            self._fifo.write(out)
+
+    def _frames(self, final: bool) -> list[av.audio.frame.AudioFrame]:
+        """Whole encoder frames from the FIFO; with ``final``, the short last one too."""
+        size = self.stream.codec_context.frame_size or FRAME_SAMPLES
+        frames = []
+        while (frame := self._fifo.read(size)) is not None:
+            frames.append(frame)
+        if final and (rest := self._fifo.read()) is not None:
+            frames.append(rest)
+        return frames
 
     def _encode(self, frames: list[av.audio.frame.AudioFrame]) -> None:
         for out in frames:

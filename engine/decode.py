@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 import av
 import av.audio.frame
 import av.error
+import av.stream
 import av.video.frame
 import numpy as np
 from av.video.reformatter import VideoReformatter
@@ -69,7 +70,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     video = source.container.streams.video[0]
     time_base = Fraction(video.time_base or Fraction(1, 90000))
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate)
-    audio_index = source.container.streams.audio[0].index if source.container.streams.audio else -1
+    audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     bad = 0
 
@@ -86,7 +87,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
             for frame in _decode_quietly(item):
                 audio(frame)
-    for packet in source.packets:
+    for packet in _packets(source, state):
         if cancel.is_set():
             raise JobCancelledError("cancelled while decoding")
         is_video = packet.stream.index == video.index
@@ -121,6 +122,32 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             f"video frames but holds only {video_packets}")
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base,
                        state.peak_frame_rate())
+
+
+def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]:
+    """The rest of the one demux pass. A demuxer that fails part way (damaged data it cannot
+    skip, an allocation a damaged size field asked for) is a clear InvalidSourceError."""
+    packets = iter(source.packets)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            reason = str(exc.strerror or type(exc).__name__).lower()
+            raise InvalidSourceError(
+                f"source {Path(source.info.path).name!r} could not be read after "
+                f"{state.decoded} frames ({reason})") from exc
+        except IndexError:
+            # PyAV's demuxer raises this for a packet of a stream that appeared part way (an
+            # MPEG-TS program table that changes), and its generator is over. The new stream is
+            # not one of ours: demux on from where it stopped, with the same streams.
+            streams: list[av.stream.Stream] = [source.container.streams.video[0]]
+            if source.audio_stream is not None:
+                streams.append(source.audio_stream)
+            packets = source.container.demux(streams)
+            continue
+        yield packet
 
 
 def _decode_quietly(packet: av.Packet[Any]) -> list[av.audio.frame.AudioFrame]:

@@ -302,6 +302,9 @@ class _LiveJob:
         self.started = False
         #: Set once the terminal event is stored and the manager has let the job go.
         self.ended = threading.Event()
+        #: Set once the engine job has returned: its threads are stopped and its scratch space
+        #: and unpublished files are removed (a moment after its terminal event).
+        self.stopped = threading.Event()
         #: Said in the ``cancelled`` event; set before the job is cancelled.
         self.cancel_reason = CANCELLED_BY_CLIENT
         #: Seconds the job may run (its watchdog's limit); 0: no limit.
@@ -358,6 +361,7 @@ class _LiveJob:
         finally:
             if timer is not None:
                 timer.cancel()
+            self.stopped.set()
         # A terminal event lost in a listener would leave watchers waiting forever.
         self.end("failed", pb.FailedEvent(error=pb.Error(
             code="INTERNAL", message="the job ended without a final event")), pb.FAILED)
@@ -664,7 +668,8 @@ class JobManager:
         else:
             assert live.job is not None
             live.job.cancel()
-            live.ended.wait(CANCEL_WAIT_S)
+            # Stopped, not only ended: Cancel answers once the job's files are cleaned up too.
+            live.stopped.wait(CANCEL_WAIT_S)
         return self.status(job_id)
 
     def watch(self, job_id: str, after: int = 0, buffer: int = WATCH_BUFFER) -> EventStream:

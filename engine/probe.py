@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import av.audio.stream
 import av.codec.hwaccel
 import av.container
 import av.error
@@ -50,7 +51,7 @@ DEFAULT_MAX_DURATION_S = 6 * 3600.0
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """The audio stream Rungs will encode (the first one in the source)."""
+    """The audio stream Rungs will encode (the first one FFmpeg can decode)."""
 
     codec: str
     sample_rate: int
@@ -104,9 +105,12 @@ class OpenSource:
     def __init__(self, container: av.container.InputContainer, info: SourceInfo,
                  packets: Iterator[av.Packet[Any]],
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
-                 packets_read: int) -> None:
+                 packets_read: int, audio_stream: av.audio.stream.AudioStream | None = None,
+                 ) -> None:
         self.container = container
         self.info = info
+        #: The audio stream ``info.audio`` describes, demuxed with the video (None: no audio).
+        self.audio_stream = audio_stream
         self.packets = packets
         self.pending = pending
         #: Video packets already demuxed by the probe.
@@ -200,7 +204,10 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     # The same limit for the decoder that decodes the video: a stream whose size grows past it
     # part way through gets those frames refused (and counted as corrupt), not allocated.
     ctx.options = {**ctx.options, **_decoder_limits(max_pixels)}
-    streams = [stream, *container.streams.audio[:1]]
+    # The first audio stream FFmpeg can decode: PyAV gives the others no codec context.
+    audio_stream = next((a for a in container.streams.audio if a.codec_context is not None),
+                        None)
+    streams = [stream, *([audio_stream] if audio_stream is not None else [])]
     packets = container.demux(streams)
     pending, video_packets = _read_first_frame(packets, stream, name)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
@@ -212,8 +219,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
                     and abs(float(guessed) - float(average)) > 0.01 * float(average))
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
     audio = None
-    if container.streams.audio:
-        a = container.streams.audio[0].codec_context
+    if audio_stream is not None:
+        a = audio_stream.codec_context
         audio = AudioInfo(codec=a.name, sample_rate=a.sample_rate or 0,
                           channels=a.channels or 0, stream_count=len(container.streams.audio))
     pix_fmt = first.format.name
@@ -236,7 +243,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     )
     if info.rotation not in (0, 90, 180, 270):
         raise UnsupportedSourceError(f"source {name!r} is rotated by {info.rotation} degrees")
-    return OpenSource(container, info, packets, pending, video_packets)
+    return OpenSource(container, info, packets, pending, video_packets, audio_stream)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
@@ -263,7 +270,7 @@ def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream
             pending.extend(frames)
             if frames:
                 return pending, video_packets
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, IndexError) as exc:  # IndexError: see decode._packets
         raise InvalidSourceError(
             f"source {name!r} has a video stream that does not decode ({_reason(exc)})"
         ) from exc

@@ -46,10 +46,12 @@ class RungsServer:
     """A gRPC server and the job manager behind it, started and stopped together."""
 
     def __init__(self, server: grpc.Server, manager: JobManager,
-                 health_servicer: health.HealthServicer) -> None:
+                 health_servicer: health.HealthServicer,
+                 executor: futures.ThreadPoolExecutor | None = None) -> None:
         self.grpc_server = server
         self.manager = manager
         self.health = health_servicer
+        self._executor = executor
         self._stopped = False
 
     def start(self) -> None:
@@ -68,6 +70,10 @@ class RungsServer:
         self.manager.shutdown(STOP_JOBS_TIMEOUT_S)
         stopped.wait()
         self.manager.close()
+        # grpc.Server.stop leaves the pool's threads waiting for work forever: a process that
+        # starts and stops servers (tests, embedding) would gather them.
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
 
 def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: Path,
@@ -85,8 +91,8 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
                          max_queue=max_queue, watchdog=watchdog, max_pixels=max_pixels,
                          max_duration_s=max_duration_s)
     try:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
-                                                        thread_name_prefix="rpc"))
+        executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc")
+        server = grpc.server(executor)
         transcoder_pb2_grpc.add_TranscoderServicer_to_server(
             TranscoderService(manager, max_watchers=max(1, workers - RESERVED_FOR_UNARY)),
             server)
@@ -100,7 +106,7 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
     except BaseException:
         manager.close()
         raise
-    return RungsServer(server, manager, health_servicer), port
+    return RungsServer(server, manager, health_servicer, executor), port
 
 
 def _bind(server: grpc.Server, address: str) -> int:

@@ -1,0 +1,114 @@
+"""Seed media and seeded mutations of it, each mutation a JSON-able list of operations so any
+input the fuzzer tries can be rebuilt exactly: ``apply(seed_bytes, ops)``."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from tests import hostile, media
+
+Op = list[Any]
+
+#: Values that make parsers take unusual paths: sizes of 0 and 1, off by one, sign bits, max.
+INTERESTING_32 = (0, 1, 2, 7, 8, 9, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000,
+                  0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
+INTERESTING_8 = (0, 1, 0x7F, 0x80, 0xFF)
+
+
+def _small(path: Path, **kwargs: Any) -> Path:
+    values: dict[str, Any] = {"width": 160, "height": 90, "seconds": 1.0}
+    values.update(kwargs)
+    return media.make_video(path, **values)
+
+
+#: Seed files: (file name, maker). Small (160x90, 1 s) so each run decodes in milliseconds.
+SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
+    ("plain.mp4", lambda p: _small(p)),
+    ("faststart.mp4", lambda p: _small(p, codec_options={"preset": "veryfast", "g": "10"},
+                                       container_options={"movflags": "+faststart"})),
+    ("fragmented.mp4", lambda p: _small(p, container_options={
+        "movflags": "+frag_keyframe+empty_moov+default_base_moof"})),
+    ("rotated.mov", lambda p: _small(p, rotation=90)),
+    ("ten_bit.mp4", lambda p: _small(p, pix_fmt="yuv420p10le", audio=False)),
+    ("plain.mkv", lambda p: _small(p, channels=6, sample_rate=44100)),
+    ("plain.ts", lambda p: _small(p)),
+    ("raw.h264", lambda p: _small(p, audio=False, container_format="h264")),
+    ("vp9.webm", lambda p: _small(p, codec="libvpx-vp9", audio=False,
+                                  codec_options={"deadline": "realtime", "cpu-used": "8"})),
+    ("mpeg4.avi", lambda p: _small(p, codec="mpeg4", audio=False, codec_options={})),
+    ("vfr.mp4", lambda p: media.make_vfr_video(p, width=160, height=90, seconds=1.0)),
+    ("hevc.mp4", lambda p: _small(p, codec="libx265", audio=False, fps=Fraction(25),
+                                  codec_options={"preset": "ultrafast",
+                                                 "x265-params": "log-level=error"})),
+)
+
+
+def make_seeds(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [make(folder / name) for name, make in SEEDS]
+
+
+def mutations(rng: random.Random, data: bytes) -> list[Op]:
+    """One to four operations for ``data``, chosen by ``rng`` (box-aware for MP4 files)."""
+    ops: list[Op] = []
+    size = len(data)
+    boxes = list(hostile.boxes(data)) if data[4:8] in (b"ftyp", b"moov", b"mdat", b"free") \
+        else []
+    for _ in range(rng.choice((1, 1, 2, 2, 3, 4))):
+        kind = rng.choice(("flip", "flip", "byte", "int", "int", "chunk", "insert", "delete",
+                           "dup", "truncate", "box", "box"))
+        at = rng.randrange(max(1, size))
+        if kind == "flip":
+            ops.append(["flip", at, rng.randrange(8)])
+        elif kind == "byte":
+            ops.append(["set", at, bytes([rng.choice(INTERESTING_8)]).hex()])
+        elif kind == "int" or (kind == "box" and not boxes):
+            ops.append(["int", at, 4, rng.choice(INTERESTING_32)])
+        elif kind == "box":
+            box = rng.choice(boxes)
+            field = box.offset if rng.random() < 0.4 else \
+                box.offset + 8 + 4 * rng.randrange(max(1, min(16, (box.size - 8) // 4)))
+            ops.append(["int", field, 4, rng.choice(INTERESTING_32)])
+        elif kind == "chunk":
+            length = rng.randrange(1, 256)
+            ops.append(["set", at, rng.randbytes(length).hex()])
+        elif kind == "insert":
+            ops.append(["insert", at, rng.randbytes(rng.randrange(1, 64)).hex()])
+        elif kind == "delete":
+            ops.append(["delete", at, rng.randrange(1, 512)])
+        elif kind == "dup":
+            ops.append(["dup", at, rng.randrange(1, 2048), rng.randrange(max(1, size))])
+        else:
+            ops.append(["truncate", rng.randrange(max(1, size))])
+    return ops
+
+
+def apply(data: bytes, ops: list[Op]) -> bytes:
+    """``data`` with ``ops`` applied in order (offsets past the end are clamped)."""
+    out = bytearray(data)
+    for op in ops:
+        name, *args = op
+        at = min(int(args[0]), len(out)) if args else 0
+        if name == "flip" and at < len(out):
+            out[at] ^= 1 << int(args[1])
+        elif name == "set":
+            patch = bytes.fromhex(args[1])
+            out[at:at + len(patch)] = patch
+        elif name == "int" and at + 4 <= len(out):
+            struct.pack_into(">I", out, at, int(args[2]))
+        elif name == "insert":
+            out[at:at] = bytes.fromhex(args[1])
+        elif name == "delete":
+            del out[at:at + int(args[1])]
+        elif name == "dup":
+            chunk = bytes(out[at:at + int(args[1])])
+            dest = min(int(args[2]), len(out))
+            out[dest:dest] = chunk
+        elif name == "truncate":
+            del out[at:]
+    return bytes(out)

@@ -1,0 +1,89 @@
+"""The fuzz target, in a process of its own so a crash or a hang in FFmpeg is seen, not suffered.
+
+Reads one JSON request per line on stdin (``{"path": ...}``), answers one JSON line on stdout:
+``{"outcome": "decoded" | "refused" | "bug", ...}``. For each file it runs what Rungs runs on an
+upload before any encoder: :func:`engine.probe.open_source` (with the default limits), then
+:func:`engine.decode.decode_source` for the first ``DECODE_SECONDS`` of video, the audio frames
+going through the real resampler and AAC encoder (:class:`engine.audio.AudioEncoder`).
+
+A :class:`~engine.errors.RungsError` is the expected answer to a bad file ("refused"); any other
+exception is a bug. The address space is capped (``MEMORY_LIMIT``) so a runaway allocation shows
+as a failure instead of taking the machine down.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import threading
+import traceback
+from fractions import Fraction
+from pathlib import Path
+
+import av.audio.frame
+import av.video.frame
+
+from engine.audio import AudioEncoder, AudioSettings
+from engine.decode import decode_source
+from engine.errors import JobCancelledError, RungsError
+from engine.gop import FrameTime, KeyframeSchedule
+from engine.ladder import MAX_FRAME_RATE
+from engine.probe import open_source
+
+DECODE_SECONDS = 2.0
+MEMORY_LIMIT = 3 << 30
+
+
+def examine(path: Path, scratch: Path) -> dict[str, object]:
+    cancel = threading.Event()
+    frames = 0
+    audio_frames = 0
+    try:
+        with open_source(path) as source:
+            schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+            encoder = None
+            if source.info.audio is not None:
+                encoder = AudioEncoder(scratch, Fraction(2), "fmp4", AudioSettings())
+
+            def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
+                nonlocal frames
+                frames += 1
+                assert frame.format.name == "yuv420p", frame.format.name
+                if when.seconds >= DECODE_SECONDS:
+                    cancel.set()  # decode_source stops at its next packet
+
+            def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
+                nonlocal audio_frames
+                audio_frames += 1
+                assert encoder is not None
+                encoder.push(frame, seconds)
+
+            try:
+                decode_source(source, schedule, on_video, on_audio if encoder else None, cancel)
+            except JobCancelledError:
+                pass
+            finally:
+                if encoder is not None:
+                    encoder.abort()
+        return {"outcome": "decoded", "frames": frames, "audio_frames": audio_frames}
+    except RungsError as exc:
+        return {"outcome": "refused", "code": exc.code, "message": exc.message}
+    except Exception as exc:
+        return {"outcome": "bug", "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+
+
+def main() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    for line in sys.stdin:
+        request = json.loads(line)
+        with tempfile.TemporaryDirectory(prefix="rungs-fuzz-") as scratch:
+            answer = examine(Path(request["path"]), Path(scratch))
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1002 @@
+"""A corpus of bad and odd inputs, made at run time (the repository holds no binary fixtures).
+
+:func:`make_corpus` writes every case into one folder (the source root of the tests that use
+it) and returns a :class:`Case` for each, saying what Rungs must do with it:
+
+- ``LADDER``: a complete, playable ladder (:func:`read_ladder` checks what every output must
+  be; ``check`` adds the case's own, e.g. portrait output for a rotated source);
+- ``REFUSED``: a clear error, whose message contains every one of ``words``: exit 2 with one
+  line on stderr from ``rungs transcode``, INVALID_ARGUMENT from the gRPC service.
+
+Media is tiny (at most 320x180 and 2 s, except one real odd-sized 1917x1079 clip of a few
+frames) so the whole corpus runs through the CLI and the service in well under a minute on two
+cores. Sources are made with PyAV (see :mod:`tests.media`) and by editing bytes of generated
+files: MP4 boxes (sample tables, durations, codec tags, cuts at known offsets) and H.264
+parameter sets (huge declared dimensions, no timing information).
+
+Inputs that try to make FFmpeg read other files (an HLS playlist, a concat script, an SDP
+file, a playlist renamed ``.mp4``) point at a named pipe outside the source root (the trap),
+so a test can prove it was never opened.
+
+``RECIPES`` is a static table (test ids are known without making any media); inputs the fuzzer
+(``python -m tests.fuzz``) finds are added to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import os
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import m3u8
+import numpy as np
+
+from tests import media
+
+#: The ladder and segment length every corpus job uses.
+LADDER = (144, 180)
+SEGMENT_SECONDS = 1.0
+#: Size of most corpus sources: at or just above the top rung, so every job is cheap.
+WIDTH, HEIGHT = 320, 180
+
+
+class Expect(enum.Enum):
+    LADDER = "ladder"
+    REFUSED = "refused"
+    #: Either, as long as it is a correct ladder or a clear refusal (inputs the fuzzer found:
+    #: the mutation is replayed on seed bytes a different FFmpeg build may encode otherwise).
+    EITHER = "either"
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a finished ladder holds, as read back from disk by the test (see test_hostile)."""
+
+    out: Path
+    #: (width, height) of each listed rung, lowest first.
+    rungs: list[tuple[int, int]]
+    #: Video frames decoded from the lowest rung's segments.
+    frames: int
+    #: Sample rate and channels of the audio rendition (None without audio).
+    audio: tuple[int, int] | None
+    #: Seconds of video in the lowest rung (sum of EXTINF).
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    #: File name inside the corpus folder.
+    file: str
+    expect: Expect
+    #: Lower-case words the error message must contain (REFUSED cases).
+    words: tuple[str, ...] = ()
+    #: The case's own checks on a finished ladder (LADDER cases); raise AssertionError.
+    check: Callable[[Output], None] | None = None
+    #: What the case is and what Rungs does with it, for people reading a failure.
+    note: str = ""
+    #: The file must never be opened by FFmpeg (a reference outside the source root).
+    traps: tuple[Path, ...] = ()
+
+
+# -- reading a ladder back ----------------------------------------------------------------------
+
+
+def read_ladder(out: Path) -> Output:
+    """Check the finished ladder in ``out`` as a player would see it; describe it."""
+    master = m3u8.load(str(out / "master.m3u8"))
+    assert master.is_variant and master.playlists, "master lists no rung"
+    rungs: list[tuple[int, int]] = []
+    frames: list[int] = []
+    seconds: list[float] = []
+    for variant in master.playlists:
+        width, height = variant.stream_info.resolution
+        count, duration = _check_video(out / variant.uri, (width, height))
+        rungs.append((width, height))
+        frames.append(count)
+        seconds.append(duration)
+    assert rungs == sorted(rungs, key=lambda r: r[0] * r[1]), f"not lowest first: {rungs}"
+    assert len(set(frames)) == 1, f"rungs have different frame counts: {frames}"
+    audio = None
+    for rendition in master.media:
+        if rendition.type == "AUDIO":
+            audio = _check_audio(out / rendition.uri)
+    leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")
+                 or p.name == ".muxer.m3u8"]
+    assert not leftovers, f"temporary files left: {leftovers}"
+    return Output(out, rungs, frames[0], audio, seconds[0])
+
+
+def _segments(playlist_path: Path) -> Iterator[tuple[m3u8.Segment, bytes]]:
+    """Each listed segment with the bytes a player decodes it from (its init segment + it)."""
+    playlist = m3u8.loads(playlist_path.read_text())
+    assert playlist.is_endlist, f"{playlist_path} is not complete"
+    assert playlist.playlist_type in ("vod", "event"), playlist.playlist_type
+    assert playlist.segments, f"{playlist_path} lists no segments"
+    folder = playlist_path.parent
+    for segment in playlist.segments:
+        assert segment.duration > 0, f"{segment.uri}: EXTINF {segment.duration}"
+        init = b""
+        if segment.init_section is not None:
+            init = (folder / segment.init_section.uri).read_bytes()
+        data = (folder / segment.uri).read_bytes()
+        assert data, f"{segment.uri} is empty"
+        yield segment, init + data
+
+
+def _check_video(playlist_path: Path, size: tuple[int, int]) -> tuple[int, float]:
+    frames, seconds = 0, 0.0
+    for segment, blob in _segments(playlist_path):
+        with av.open(io.BytesIO(blob)) as container:
+            decoded = list(container.decode(video=0))
+        assert decoded, f"{segment.uri} holds no frame"
+        for frame in decoded:
+            assert frame.format.name == "yuv420p", frame.format.name
+            assert (frame.width, frame.height) == size, ((frame.width, frame.height), size)
+        frames += len(decoded)
+        seconds += segment.duration
+    return frames, seconds
+
+
+def _check_audio(playlist_path: Path) -> tuple[int, int]:
+    formats = set()
+    for segment, blob in _segments(playlist_path):
+        with av.open(io.BytesIO(blob)) as container:
+            decoded = list(container.decode(audio=0))
+        assert decoded, f"{segment.uri} holds no audio"
+        formats |= {(f.sample_rate, f.layout.nb_channels) for f in decoded}
+    assert len(formats) == 1, formats
+    return formats.pop()
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def video(path: Path, **kwargs: Any) -> Path:
+    """A corpus-sized :func:`tests.media.make_video` (320x180, 1 s, with a tone by default)."""
+    values: dict[str, Any] = {"width": WIDTH, "height": HEIGHT, "seconds": 1.0}
+    values.update(kwargs)
+    return media.make_video(path, **values)
+
+
+def _frames(width: int, height: int, count: int, seed: int = 0) -> Iterator[np.ndarray]:
+    texture = media._texture(width, height, seed)
+    for index in range(count):
+        yield media._picture(texture, index)
+
+
+def write_streams(path: Path, *, video_pts: list[int] | None, time_base: Fraction,
+                  audio: list[tuple[int, int, float, int]] = (),  # type: ignore[assignment]
+                  width: int = WIDTH, height: int = HEIGHT, rate: Fraction = Fraction(30),
+                  container_format: str | None = None,
+                  codec_options: dict[str, str] | None = None) -> Path:
+    """A file with a video stream whose frames have exactly ``video_pts`` (in ``time_base``),
+    and one audio stream per ``(sample_rate, channels, seconds, start_samples)``.
+
+    Packets are interleaved by the muxer (``mux`` buffers and orders them by time)."""
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = None
+        if video_pts is not None:
+            stream = out.add_stream("libx264", rate=rate,
+                                    options=codec_options or {"preset": "veryfast"})
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.time_base = time_base
+        sounds = []
+        for sample_rate, channels, seconds, start in audio:
+            sound = out.add_stream("aac", rate=sample_rate, layout=media._layout(channels))
+            sounds.append((sound, media._tone_frames(seconds, 440.0, sample_rate, channels),
+                           start))
+        for sound, tones, start in sounds:
+            for tone in tones:
+                tone.pts = (tone.pts or 0) + start
+                out.mux(sound.encode(tone))
+            out.mux(sound.encode(None))
+        if stream is not None and video_pts is not None:
+            for pts, image in zip(video_pts, _frames(width, height, len(video_pts)),
+                                  strict=True):
+                picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+                picture.pts, picture.time_base = pts, time_base
+                out.mux(stream.encode(picture))
+            out.mux(stream.encode(None))
+    return path
+
+
+# -- MP4 boxes -------------------------------------------------------------------------------
+
+#: Boxes whose payload is a list of boxes (after the number of bytes given).
+_CONTAINERS = {b"moov": 0, b"trak": 0, b"mdia": 0, b"minf": 0, b"stbl": 0, b"edts": 0,
+               b"dinf": 0, b"udta": 0, b"stsd": 8, b"avc1": 78}
+
+
+@dataclass(frozen=True)
+class Box:
+    kind: bytes
+    offset: int
+    size: int
+    header: int
+
+    @property
+    def payload(self) -> int:
+        return self.offset + self.header
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[Box]:
+    """Every box between ``start`` and ``end``, depth first (children after their parent)."""
+    end = len(data) if end is None else end
+    offset = start
+    while offset + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, offset)
+        header = 8
+        if size == 1:
+            size, header = struct.unpack_from(">Q", data, offset + 8)[0], 16
+        elif size == 0:
+            size = end - offset
+        if size < header:
+            return
+        box = Box(kind, offset, size, header)
+        yield box
+        if kind in _CONTAINERS:
+            yield from boxes(data, box.payload + _CONTAINERS[kind], min(box.end, end))
+        offset += size
+
+
+def find_boxes(data: bytes, kind: bytes) -> list[Box]:
+    return [box for box in boxes(data) if box.kind == kind]
+
+
+def find_box(data: bytes, kind: bytes) -> Box:
+    return find_boxes(data, kind)[0]
+
+
+# -- H.264 parameter sets ----------------------------------------------------------------------
+
+
+class _Bits:
+    """Read and write the bit fields of an H.264 RBSP."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+        self.pos = 0
+        self.out: list[int] = []
+
+    def u(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = (value << 1) | ((self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def put(self, n: int, value: int) -> None:
+        self.out += [(value >> i) & 1 for i in range(n - 1, -1, -1)]
+
+    def put_ue(self, value: int) -> None:
+        value += 1
+        self.put(value.bit_length() - 1, 0)
+        self.put(value.bit_length(), value)
+
+    def copy(self, n: int) -> int:
+        value = self.u(n)
+        self.put(n, value)
+        return value
+
+    def copy_ue(self) -> int:
+        value = self.ue()
+        self.put_ue(value)
+        return value
+
+    def copy_se(self) -> None:
+        self.copy_ue()  # same bits; the sign does not matter for copying
+
+    def written(self) -> bytes:
+        bits = [*self.out, 1]  # rbsp_stop_one_bit
+        bits += [0] * (-len(bits) % 8)
+        return bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits), 8))
+
+
+def _unescape(nal: bytes) -> bytes:
+    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+def _escape(rbsp: bytes) -> bytes:
+    out, zeros = bytearray(), 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def sps_with_size(nal: bytes, size: tuple[int, int] | None) -> bytes:
+    """An SPS NAL unit (header byte included, escaped) without its VUI (so without a frame
+    rate), declaring ``size`` (width, height; multiples of 16) or, with ``None``, its own size.
+
+    Dropping the VUI makes the new SPS short enough to replace the old one in place.
+    """
+    bits = _Bits(_unescape(nal[1:]))
+    profile = bits.copy(8)
+    bits.copy(16)  # constraint flags, level
+    bits.copy_ue()  # seq_parameter_set_id
+    if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
+        if bits.copy_ue() == 3:  # chroma_format_idc
+            bits.copy(1)
+        bits.copy_ue()
+        bits.copy_ue()
+        bits.copy(1)
+        if bits.copy(1):
+            raise ValueError("SPS with scaling matrices")
+    bits.copy_ue()  # log2_max_frame_num_minus4
+    poc_type = bits.copy_ue()
+    if poc_type == 0:
+        bits.copy_ue()
+    elif poc_type == 1:
+        bits.copy(1)
+        bits.copy_se()
+        bits.copy_se()
+        for _ in range(bits.copy_ue()):
+            bits.copy_se()
+    bits.copy_ue()  # max_num_ref_frames
+    bits.copy(1)
+    if size is None:
+        bits.copy_ue()
+        bits.copy_ue()
+    else:
+        bits.ue()
+        bits.ue()
+        bits.put_ue(size[0] // 16 - 1)
+        bits.put_ue(size[1] // 16 - 1)
+    if not bits.copy(1):  # frame_mbs_only_flag
+        bits.copy(1)
+    bits.copy(1)  # direct_8x8_inference_flag
+    if size is None:
+        if bits.copy(1):  # frame_cropping_flag
+            for _ in range(4):
+                bits.copy_ue()
+    else:
+        bits.put(1, 0)  # no cropping
+    bits.put(1, 0)  # no VUI
+    return nal[:1] + _escape(bits.written())
+
+
+def _annexb_nals(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of every NAL unit in an Annex B byte stream (without start codes)."""
+    starts = []
+    index = data.find(b"\x00\x00\x01")
+    while index >= 0:
+        starts.append(index + 3)
+        index = data.find(b"\x00\x00\x01", index + 3)
+    for number, start in enumerate(starts):
+        end = starts[number + 1] - 3 if number + 1 < len(starts) else len(data)
+        while end > start and data[end - 1] == 0:
+            end -= 1
+        yield start, end
+
+
+def rewrite_annexb_sps(data: bytes, size: tuple[int, int] | None) -> bytes:
+    """Every SPS in an Annex B stream (raw .h264, or inside MPEG-TS packets, where each SPS
+    sits whole in one packet) rewritten by :func:`sps_with_size`, padded in place with
+    trailing zero bytes (allowed between NAL units) so nothing else moves."""
+    out = bytearray(data)
+    for start, end in _annexb_nals(data):
+        if data[start] & 0x1F == 7:
+            new = sps_with_size(bytes(data[start:end]), size)
+            if len(new) > end - start:
+                raise ValueError("the new SPS is longer than the old one")
+            out[start:end] = new + bytes(end - start - len(new))
+    return bytes(out)
+
+
+def resize_mp4_sps(data: bytes, width: int, height: int) -> bytes:
+    """The SPS in an MP4's avcC made to declare ``width`` x ``height`` (box sizes kept)."""
+    avcc = find_box(data, b"avcC")
+    body = bytearray(data[avcc.payload:avcc.end])
+    count = body[5] & 0x1F
+    assert count == 1, count
+    length = struct.unpack_from(">H", body, 6)[0]
+    new = sps_with_size(bytes(body[8:8 + length]), (width, height))
+    rest = body[8 + length:]
+    rebuilt = body[:6] + struct.pack(">H", len(new)) + new + rest
+    rebuilt += bytes(len(body) - len(rebuilt))
+    out = bytearray(data)
+    out[avcc.payload:avcc.end] = rebuilt
+    return bytes(out)
+
+
+# -- the generators ------------------------------------------------------------------------------
+
+
+def _faststart(folder: Path, name: str, seconds: float = 2.0) -> Path:
+    return video(folder / name, seconds=seconds, codec_options={"preset": "veryfast", "g": "15"},
+                 container_options={"movflags": "+faststart"})
+
+
+def cut_mid_gop(folder: Path) -> Path:
+    """Index first, then the media cut in the middle of a GOP (an upload that stopped)."""
+    whole = _faststart(folder, ".whole-mid.mp4")
+    data = whole.read_bytes()
+    mdat = find_box(data, b"mdat")
+    path = folder / "cut_mid_gop.mp4"
+    # 60% into the media: past several 0.5 s GOPs, inside one (g=15 at 30 fps).
+    path.write_bytes(data[:mdat.payload + (mdat.size - mdat.header) * 6 // 10])
+    whole.unlink()
+    return path
+
+
+def cut_in_moov(folder: Path) -> Path:
+    """Index first, cut inside the index itself."""
+    whole = _faststart(folder, ".whole-moov.mp4")
+    data = whole.read_bytes()
+    moov = find_box(data, b"moov")
+    path = folder / "cut_in_moov.mp4"
+    path.write_bytes(data[:moov.offset + moov.size // 2])
+    whole.unlink()
+    return path
+
+
+def cut_before_moov(folder: Path) -> Path:
+    """Index last (PyAV's default), cut in the media: the index never arrived."""
+    whole = video(folder / ".whole-end.mp4", seconds=2.0)
+    path = media.make_truncated(whole, folder / "cut_before_moov.mp4", 0.5)
+    whole.unlink()
+    return path
+
+
+def cut_ts(folder: Path) -> Path:
+    """MPEG-TS cut mid-GOP: a stream format has no index, so what arrived is the video."""
+    whole = video(folder / ".whole.ts", seconds=2.0,
+                  codec_options={"preset": "veryfast", "g": "15"})
+    path = media.make_truncated(whole, folder / "cut_ts.ts", 0.6)
+    whole.unlink()
+    return path
+
+
+def corrupt_packets(folder: Path, name: str, share: float, seed: int) -> Path:
+    """Every video sample after the first GOP has a run of bytes overwritten with probability
+    ``share``: damage the decoder must conceal or report, not crash on."""
+    source = video(folder / f".{name}", seconds=2.0,
+                   codec_options={"preset": "veryfast", "g": "30"})
+    data = bytearray(source.read_bytes())
+    rng = random.Random(seed)
+    sizes = _sample_sizes(bytes(data))
+    offset = find_box(bytes(data), b"mdat").payload
+    # Samples are laid out in order in PyAV's MP4s (video and audio interleaved by chunks), so
+    # walk the chunk table for the video track.
+    for index, (start, size) in enumerate(_video_samples(bytes(data), sizes, offset)):
+        if index >= 30 and rng.random() < share and size > 16:
+            at = start + rng.randrange(4, size - 8)
+            length = min(size - (at - start), rng.randrange(8, 64))
+            data[at:at + length] = rng.randbytes(length)
+    path = folder / name
+    path.write_bytes(bytes(data))
+    source.unlink()
+    return path
+
+
+def _sample_sizes(data: bytes) -> list[int]:
+    stsz = find_box(data, b"stsz")  # the first track is the video
+    _, _, count = struct.unpack_from(">III", data, stsz.payload)
+    return list(struct.unpack_from(f">{count}I", data, stsz.payload + 12))
+
+
+def _video_samples(data: bytes, sizes: list[int], mdat: int) -> Iterator[tuple[int, int]]:
+    stco = find_box(data, b"stco")
+    count = struct.unpack_from(">I", data, stco.payload + 4)[0]
+    chunks = struct.unpack_from(f">{count}I", data, stco.payload + 8)
+    stsc = find_box(data, b"stsc")
+    entries = struct.unpack_from(">I", data, stsc.payload + 4)[0]
+    table = [struct.unpack_from(">III", data, stsc.payload + 8 + 12 * i) for i in range(entries)]
+    sample = 0
+    for chunk_index, chunk_offset in enumerate(chunks, start=1):
+        per_chunk = next(n for first, n, _ in reversed(table) if first <= chunk_index)
+        offset = chunk_offset
+        for _ in range(per_chunk):
+            if sample >= len(sizes):
+                return
+            yield offset, sizes[sample]
+            offset += sizes[sample]
+            sample += 1
+
+
+def huge_mp4(folder: Path) -> Path:
+    """H.264 in MP4 whose SPS declares 8192x8192 (67 Mpixel): refused before any frame of that
+    size is allocated (decoding it would take about 100 MB a frame)."""
+    source = video(folder / ".small.mp4", audio=False)
+    path = folder / "huge_dims.mp4"
+    path.write_bytes(resize_mp4_sps(source.read_bytes(), 8192, 8192))
+    source.unlink()
+    return path
+
+
+def huge_ts(folder: Path) -> Path:
+    """The same in MPEG-TS, whose streams are found while reading packets."""
+    source = video(folder / ".small.ts", audio=False)
+    path = folder / "huge_dims.ts"
+    path.write_bytes(rewrite_annexb_sps(source.read_bytes(), (8192, 8192)))
+    source.unlink()
+    return path
+
+
+def huge_h264(folder: Path) -> Path:
+    """The same as a raw H.264 stream (the ``h264`` demuxer is allowed)."""
+    source = video(folder / ".small.h264", audio=False, container_format="h264")
+    path = folder / "huge_dims.h264"
+    path.write_bytes(rewrite_annexb_sps(source.read_bytes(), (8192, 8192)))
+    source.unlink()
+    return path
+
+
+def long_duration(folder: Path) -> Path:
+    """One second of video whose MP4 sample table says each frame lasts 2.6 hours (77 hours in
+    all): headers say so too, and the edit list that would cut it short is gone."""
+    data = bytearray(video(folder / ".short.mp4", audio=False).read_bytes())
+    stts = find_box(bytes(data), b"stts")
+    count = struct.unpack_from(">I", data, stts.payload + 4)[0]
+    timescale = struct.unpack_from(">I", data, find_box(bytes(data), b"mdhd").payload + 12)[0]
+    frames = sum(struct.unpack_from(">I", data, stts.payload + 8 + 8 * i)[0]
+                 for i in range(count))
+    delta = 77 * 3600 * timescale // frames
+    for i in range(count):
+        struct.pack_into(">I", data, stts.payload + 12 + 8 * i, delta)
+    for box in find_boxes(bytes(data), b"edts"):
+        data[box.offset + 4:box.offset + 8] = b"free"
+    # FFmpeg takes the smaller of the sample table's sum and the media header's duration
+    # (all ones means "unknown" there).
+    for kind, at in ((b"mdhd", 16), (b"mvhd", 16), (b"tkhd", 20)):
+        for box in find_boxes(bytes(data), kind):
+            assert data[box.payload] == 0, "a version 1 box"
+            struct.pack_into(">I", data, box.payload + at, 0xFFFFFF00)
+    path = folder / "long_duration.mp4"
+    path.write_bytes(bytes(data))
+    (folder / ".short.mp4").unlink()
+    return path
+
+
+def unknown_codec(folder: Path) -> Path:
+    """The video sample entry renamed to a codec tag nothing decodes."""
+    data = bytearray(video(folder / ".known.mp4", audio=False).read_bytes())
+    entry = find_box(bytes(data), b"avc1")
+    data[entry.offset + 4:entry.offset + 8] = b"zzzz"
+    path = folder / "unknown_codec.mp4"
+    path.write_bytes(bytes(data))
+    (folder / ".known.mp4").unlink()
+    return path
+
+
+def no_samples(folder: Path) -> Path:
+    """A video track that lists no frames at all (every sample table emptied)."""
+    data = bytearray(video(folder / ".full.mp4", audio=False).read_bytes())
+    for kind in (b"stsz", b"stco", b"stsc", b"stts", b"stss", b"ctts"):
+        for box in find_boxes(bytes(data), kind):
+            count_at = box.payload + (8 if kind == b"stsz" else 4)
+            struct.pack_into(">I", data, count_at, 0)
+    path = folder / "no_samples.mp4"
+    path.write_bytes(bytes(data))
+    (folder / ".full.mp4").unlink()
+    return path
+
+
+def still_in_mov(folder: Path) -> Path:
+    """One PNG picture in a QuickTime file: a video container, but a still image."""
+    path = folder / "still_in.mov"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "rgb24"
+        image = next(_frames(WIDTH, HEIGHT, 1))
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def animated_gif(folder: Path) -> Path:
+    path = folder / "animated.gif"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("gif", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 90, "rgb8"
+        for index, image in enumerate(_frames(160, 90, 5)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def jpeg_named_mp4(folder: Path) -> Path:
+    still = media.make_still_image(folder / ".still.jpg", width=WIDTH, height=HEIGHT)
+    path = folder / "photo.mp4"
+    still.rename(path)
+    return path
+
+
+def odd_real_size(folder: Path) -> Path:
+    """1917x1079, a real odd size (4:4:4 H.264 allows odd sizes; 4:2:0 cannot have them)."""
+    return media.make_video(folder / "odd_1917x1079.mp4", width=1917, height=1079,
+                            seconds=0.2, pix_fmt="yuv444p", audio=False,
+                            codec_options={"preset": "ultrafast"})
+
+
+def interlaced(folder: Path) -> Path:
+    return video(folder / "interlaced.mp4",
+                 codec_options={"preset": "veryfast", "x264-params": "interlaced=1:tff=1"})
+
+
+def starts_late(folder: Path) -> Path:
+    """Video and audio whose first timestamps are 3 s in (an edit list in MP4)."""
+    return write_streams(folder / "starts_late.mp4", video_pts=list(range(90, 120)),
+                         time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 3 * 48000)])
+
+
+def jump_forward(folder: Path) -> Path:
+    """Timestamps jump 2 s forward half way (a camera paused)."""
+    pts = [*range(15), *range(75, 90)]
+    return write_streams(folder / "jump_forward.mp4", video_pts=pts, time_base=Fraction(1, 30),
+                         audio=[(48000, 2, 1.0, 0)])
+
+
+def pts_wrap(folder: Path) -> Path:
+    """MPEG-TS whose 33-bit timestamps wrap around half way through."""
+    start = 2**33 - 45000  # 0.5 s before the wrap, in 1/90000 s
+    pts = [start + 3000 * i for i in range(30)]
+    return write_streams(folder / "pts_wrap.ts", video_pts=pts, time_base=Fraction(1, 90000),
+                         audio=[(48000, 2, 1.0, start * 48000 // 90000)])
+
+
+def concatenated_ts(folder: Path) -> Path:
+    """Two recordings' MPEG-TS bytes one after the other: timestamps go back to the start."""
+    first = video(folder / ".first.ts")
+    second = video(folder / ".second.ts", seed=1)
+    path = folder / "concatenated.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    first.unlink()
+    second.unlink()
+    return path
+
+
+def resolution_change(folder: Path) -> Path:
+    """MPEG-TS whose picture size changes half way (320x180, then 256x144)."""
+    first = video(folder / ".big.ts")
+    second = video(folder / ".small.ts", width=256, height=144, seed=1)
+    path = folder / "resolution_change.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    first.unlink()
+    second.unlink()
+    return path
+
+
+def several_audio(folder: Path) -> Path:
+    """Three audio tracks (stereo 48 kHz, 5.1 44.1 kHz, mono 22.05 kHz) with the video."""
+    return write_streams(folder / "several_audio.mkv", video_pts=list(range(30)),
+                         time_base=Fraction(1, 30),
+                         audio=[(48000, 2, 1.0, 0), (44100, 6, 1.0, 0), (22050, 1, 1.0, 0)])
+
+
+def no_frame_rate(folder: Path) -> Path:
+    """Raw H.264 with no timing information at all: no container timestamps, no VUI."""
+    source = video(folder / ".timed.h264", audio=False, container_format="h264")
+    path = folder / "no_frame_rate.h264"
+    path.write_bytes(rewrite_annexb_sps(source.read_bytes(), None))
+    source.unlink()
+    return path
+
+
+def unknown_audio_codec(folder: Path) -> Path:
+    """The audio sample entry renamed to a codec tag nothing decodes: the video goes on alone."""
+    data = bytearray(video(folder / ".with-audio.mp4").read_bytes())
+    entry = find_box(bytes(data), b"mp4a")
+    data[entry.offset + 4:entry.offset + 8] = b"zzzz"
+    # FFmpeg would still find AAC from the elementary stream descriptor inside the entry.
+    descriptor = data.find(b"esds", entry.offset, entry.end)
+    data[descriptor:descriptor + 4] = b"zzzz"
+    path = folder / "unknown_audio_codec.mp4"
+    path.write_bytes(bytes(data))
+    (folder / ".with-audio.mp4").unlink()
+    return path
+
+
+def audio_format_changes(folder: Path) -> Path:
+    """MPEG-TS whose audio changes from 48 kHz stereo to 44.1 kHz 5.1 half way (spliced)."""
+    first = video(folder / ".stereo.ts")
+    second = video(folder / ".surround.ts", sample_rate=44100, channels=6, seed=1)
+    path = folder / "audio_format_changes.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    first.unlink()
+    second.unlink()
+    return path
+
+
+def fuzzed(folder: Path, name: str, seed_file: str, ops: list[Any]) -> Path:
+    """An input the fuzzer found: its seed file, made as the fuzzer makes it, mutated."""
+    from tests.fuzz import mutate  # tests.fuzz imports this module
+
+    seed = dict(mutate.SEEDS)[seed_file](folder / f".seed-{name}{Path(seed_file).suffix}")
+    path = folder / f"{name}{Path(seed_file).suffix}"
+    path.write_bytes(mutate.apply(seed.read_bytes(), ops))
+    seed.unlink()
+    return path
+
+
+def no_frame_rate_mkv(folder: Path) -> Path:
+    """Matroska with irregular millisecond timestamps and no default duration."""
+    durations = [33, 50, 17, 41, 33, 66, 25, 33, 45, 33] * 3
+    pts = [sum(durations[:i]) for i in range(len(durations))]
+    return write_streams(folder / "no_frame_rate.mkv", video_pts=pts,
+                         time_base=Fraction(1, 1000), audio=[(48000, 2, 1.0, 0)])
+
+
+# -- references outside the source root ----------------------------------------------------------
+
+
+def hls_playlist(folder: Path, name: str, target: Path) -> Path:
+    path = folder / name
+    path.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"
+                    f"#EXTINF:2.0,\n{target}\n#EXTINF:2.0,\nfile://{target}\n#EXT-X-ENDLIST\n")
+    return path
+
+
+def concat_script(folder: Path, target: Path) -> Path:
+    path = folder / "concat.ffconcat"
+    path.write_text(f"ffconcat version 1.0\nfile '{target}'\nfile 'file:{target}'\n")
+    return path
+
+
+def sdp_file(folder: Path, target: Path) -> Path:
+    path = folder / "session.sdp"
+    # An SDP file makes FFmpeg open network sockets; a=x-... lines carry a path for good measure.
+    path.write_text("v=0\no=- 0 0 IN IP4 127.0.0.1\ns=Rungs\nc=IN IP4 127.0.0.1\nt=0 0\n"
+                    f"a=tool:{target}\nm=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n")
+    return path
+
+
+# -- the corpus ----------------------------------------------------------------------------------
+
+
+def _dims(expected: list[tuple[int, int]]) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        assert output.rungs == expected, output.rungs
+    return check
+
+
+def _audio(rate: int = 48000, channels: int = 2) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        assert output.audio == (rate, channels), output.audio
+    return check
+
+
+def _no_audio(output: Output) -> None:
+    assert output.audio is None, output.audio
+
+
+def _frames_at_least(count: int) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        assert output.frames >= count, output.frames
+    return check
+
+
+def _seconds_at_least(seconds: float) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        assert output.seconds >= seconds, output.seconds
+    return check
+
+
+def _all(*checks: Callable[[Output], None]) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        for each in checks:
+            each(output)
+    return check
+
+
+LANDSCAPE = [(256, 144), (320, 180)]
+PORTRAIT = [(144, 256), (180, 320)]
+R, L, E = Expect.REFUSED, Expect.LADDER, Expect.EITHER
+Maker = Callable[[Path, Path], Path]
+"""Writes a case's file into the corpus folder (first argument) and returns its path; the
+second argument is the trap: a named pipe outside the source root."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    make: Maker
+    expect: Expect
+    words: tuple[str, ...] = ()
+    check: Callable[[Output], None] | None = None
+    note: str = ""
+    #: The file references the trap.
+    trapped: bool = False
+
+
+def _empty(folder: Path, trap: Path) -> Path:
+    path = folder / "empty.mp4"
+    path.write_bytes(b"")
+    return path
+
+
+def _fps(label: str, fps: Fraction) -> Recipe:
+    return Recipe(f"fps_{label}",
+                  lambda d, _: video(d / f"fps_{label.replace('.', '_')}.mp4", fps=fps), L,
+                  check=_frames_at_least(round(float(fps)) - 1))
+
+
+def _rotated(degrees: int) -> Recipe:
+    return Recipe(f"rotated_{degrees}",
+                  lambda d, _: video(d / f"rotated_{degrees}.mp4", rotation=degrees), L,
+                  check=_dims(LANDSCAPE if degrees == 180 else PORTRAIT))
+
+
+#: Every case, in a fixed order. Names are test ids; files are unique within the corpus.
+RECIPES: tuple[Recipe, ...] = (
+    # Not media at all.
+    Recipe("empty", _empty, R, ("empty",)),
+    Recipe("random_bytes", lambda d, _: media.make_random_bytes(d / "random.mp4"), R,
+           ("not a video",)),
+    Recipe("text_named_mp4", lambda d, _: media.make_text_file(d / "notes.mp4"), R,
+           ("not a video",)),
+    Recipe("jpeg_named_mp4", lambda d, _: jpeg_named_mp4(d), R, ("not a video",),
+           note="the image demuxers are not on the allow-list"),
+    Recipe("still_png", lambda d, _: media.make_still_image(d / "still.png", width=WIDTH,
+                                                            height=HEIGHT), R, ("not a video",)),
+    Recipe("still_in_mov", lambda d, _: still_in_mov(d), R, ("still image",)),
+    Recipe("animated_gif", lambda d, _: animated_gif(d), R, ("not a video",),
+           note="GIF is not on the demuxer allow-list"),
+    Recipe("audio_only", lambda d, _: media.make_audio_only(d / "audio_only.m4a", seconds=1.0),
+           R, ("no video stream",)),
+    # Cut off and damaged.
+    Recipe("cut_mid_gop", lambda d, _: cut_mid_gop(d), R, ("truncated",),
+           note="index first: the index promises frames that never arrived (found at the end "
+                "of decoding, so the service fails the job rather than refusing the request)"),
+    Recipe("cut_in_moov", lambda d, _: cut_in_moov(d), R, ("no decodable frame",)),
+    Recipe("cut_before_moov", lambda d, _: cut_before_moov(d), R, ("not a video",)),
+    Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
+           note="no index in MPEG-TS: the frames that arrived make the video"),
+    Recipe("corrupt_packets",
+           lambda d, _: corrupt_packets(d, "corrupt_packets.mp4", 0.15, 1), L,
+           check=_frames_at_least(55),
+           note="decoding goes on: the decoder conceals damaged frames, packets it cannot "
+                "decode are skipped (more than 20% of them fails the job: DECODE_FAILED)"),
+    Recipe("corrupt_everything",
+           lambda d, _: corrupt_packets(d, "corrupt_everything.mp4", 1.0, 2), L,
+           check=_frames_at_least(30),
+           note="every frame after the first GOP damaged: still concealed, still a ladder"),
+    Recipe("unknown_codec", lambda d, _: unknown_codec(d), R, ("codec",)),
+    Recipe("no_samples", lambda d, _: no_samples(d), R, ("no decodable frame",)),
+    # Limits.
+    Recipe("huge_dims_mp4", lambda d, _: huge_mp4(d), R, ("8192x8192", "above the limit")),
+    Recipe("huge_dims_ts", lambda d, _: huge_ts(d), R, ("8192x8192", "above the limit")),
+    Recipe("huge_dims_h264", lambda d, _: huge_h264(d), R, ("8192x8192", "above the limit")),
+    Recipe("long_duration", lambda d, _: long_duration(d), R, ("above the limit",)),
+    # Odd but valid: every one gives a ladder.
+    Recipe("one_frame", lambda d, _: video(d / "one_frame.mp4", seconds=1 / 30), L,
+           check=_all(_dims(LANDSCAPE), _frames_at_least(1))),
+    Recipe("shorter_than_a_segment", lambda d, _: video(d / "short.mp4", seconds=0.4), L,
+           check=_frames_at_least(12)),
+    Recipe("odd_319x179",
+           lambda d, _: media.make_video(d / "odd_319x179.mkv", width=319, height=179,
+                                         seconds=1.0, pix_fmt="yuv444p"), L,
+           check=_dims([(256, 144)]), note="179 is below the 180 rung: one rung"),
+    Recipe("odd_1917x1079", lambda d, _: odd_real_size(d), L, check=_dims(LANDSCAPE)),
+    Recipe("ten_bit", lambda d, _: video(d / "ten_bit.mp4", pix_fmt="yuv420p10le"), L,
+           check=_dims(LANDSCAPE)),
+    Recipe("yuv422", lambda d, _: video(d / "yuv422.mp4", pix_fmt="yuv422p"), L),
+    Recipe("yuv422_ten_bit", lambda d, _: video(d / "yuv422_10.mkv", pix_fmt="yuv422p10le"), L),
+    Recipe("interlaced", lambda d, _: interlaced(d), L, check=_dims(LANDSCAPE),
+           note="coded as interlaced fields; encoded as progressive frames (no deinterlacing)"),
+    _rotated(90),
+    _rotated(180),
+    _rotated(270),
+    Recipe("vfr", lambda d, _: media.make_vfr_video(d / "vfr.mp4", width=WIDTH, height=HEIGHT,
+                                                    seconds=1.5), L),
+    _fps("23.976", Fraction(24000, 1001)),
+    _fps("29.97", Fraction(30000, 1001)),
+    _fps("59.94", Fraction(60000, 1001)),
+    Recipe("audio_5_1", lambda d, _: video(d / "audio_5_1.mp4", channels=6), L, check=_audio(),
+           note="downmixed to stereo"),
+    Recipe("audio_44k", lambda d, _: video(d / "audio_44k.mp4", sample_rate=44100), L,
+           check=_audio(), note="resampled to 48 kHz"),
+    Recipe("several_audio", lambda d, _: several_audio(d), L, check=_audio(),
+           note="the first audio track is used"),
+    Recipe("audio_longer",
+           lambda d, _: write_streams(d / "audio_longer.mp4", video_pts=list(range(30)),
+                                      time_base=Fraction(1, 30), audio=[(48000, 2, 2.5, 0)]),
+           L, check=_audio()),
+    Recipe("audio_shorter",
+           lambda d, _: write_streams(d / "audio_shorter.mp4", video_pts=list(range(45)),
+                                      time_base=Fraction(1, 30), audio=[(48000, 2, 0.3, 0)]),
+           L, check=_audio()),
+    Recipe("no_audio", lambda d, _: video(d / "no_audio.mp4", audio=False), L, check=_no_audio),
+    Recipe("starts_late", lambda d, _: starts_late(d), L, check=_frames_at_least(30)),
+    Recipe("jump_forward", lambda d, _: jump_forward(d), L,
+           check=_all(_frames_at_least(30), _seconds_at_least(2.4)),
+           note="the gap is kept (it is real time); the last frame is repeated at each segment "
+                "start inside it, so no segment is longer than the segment length"),
+    Recipe("pts_wrap", lambda d, _: pts_wrap(d), L, check=_frames_at_least(30)),
+    Recipe("concatenated_ts", lambda d, _: concatenated_ts(d), L,
+           check=_all(_frames_at_least(60), _seconds_at_least(1.9)),
+           note="timestamps go back to the start half way; the second part follows the first"),
+    Recipe("resolution_change", lambda d, _: resolution_change(d), L,
+           check=_frames_at_least(60), note="later frames are scaled to the first frame's size"),
+    Recipe("no_frame_rate_h264", lambda d, _: no_frame_rate(d), L, check=_frames_at_least(30),
+           note="FFmpeg's raw H.264 reader assumes 25 fps"),
+    Recipe("no_frame_rate_mkv", lambda d, _: no_frame_rate_mkv(d), L,
+           check=_frames_at_least(30)),
+    Recipe("mpegts", lambda d, _: video(d / "plain.ts"), L, check=_dims(LANDSCAPE)),
+    Recipe("colon_in_name", lambda d, _: video(d / "clip:1.mp4"), L, check=_dims(LANDSCAPE),
+           note="a relative name that looks like an FFmpeg protocol prefix"),
+    Recipe("unknown_audio_codec", lambda d, _: unknown_audio_codec(d), L, check=_no_audio,
+           note="found by the fuzzer: the probe failed on an audio stream with no decoder"),
+    Recipe("audio_format_changes", lambda d, _: audio_format_changes(d), L, check=_audio(),
+           note="found by the fuzzer: the resampler refused frames of a new format"),
+    Recipe("audio_all_before_video",
+           lambda d, _: write_streams(d / "audio_before_video.mp4",
+                                      video_pts=list(range(90, 120)),
+                                      time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
+           L, check=_no_audio,
+           note="every audio frame is before the first picture, so none is kept"),
+    # Found by ``python -m tests.fuzz`` (seed 1); each failed with a traceback before its fix.
+    Recipe("fuzz_ts_new_stream",
+           lambda d, _: fuzzed(d, "fuzz_ts_new_stream", "plain.ts", [
+               ["int", 30819, 4, 4294967295], ["flip", 36474, 6], ["flip", 35769, 0],
+               ["int", 5481, 4, 8]]), E,
+           note="a stream appearing part way made PyAV's demuxer raise IndexError"),
+    Recipe("fuzz_mkv_audio_format",
+           lambda d, _: fuzzed(d, "fuzz_mkv_audio_format", "plain.mkv",
+                               [["set", 53615, "7f"], ["int", 52772, 4, 8]]), E,
+           note="the audio resampler refused a frame of another format"),
+    Recipe("fuzz_mov_bad_audio_frame",
+           lambda d, _: fuzzed(d, "fuzz_mov_bad_audio_frame", "rotated.mov",
+                               [["int", 27856, 4, 128], ["flip", 23728, 1]]), E,
+           note="an audio frame the resampler cannot convert failed the whole job"),
+    Recipe("fuzz_mp4_audio_without_decoder",
+           lambda d, _: fuzzed(d, "fuzz_mp4_audio_without_decoder", "plain.mp4",
+                               [["int", 27361, 4, 128], ["int", 27526, 4, 32768]]), E,
+           note="the probe failed on an audio stream FFmpeg has no decoder for"),
+    # Sources that try to make FFmpeg read files outside the source root.
+    Recipe("hls_playlist", lambda d, trap: hls_playlist(d, "playlist.m3u8", trap), R,
+           ("not a video",), trapped=True),
+    Recipe("hls_playlist_named_mp4", lambda d, trap: hls_playlist(d, "playlist.mp4", trap), R,
+           ("not a video",), trapped=True),
+    Recipe("concat_script", lambda d, trap: concat_script(d, trap), R, ("not a video",),
+           trapped=True),
+    Recipe("sdp_file", lambda d, trap: sdp_file(d, trap), R, ("not a video",), trapped=True),
+)
+
+
+def make_corpus(folder: Path, outside: Path,
+                recipes: tuple[Recipe, ...] = RECIPES) -> list[Case]:
+    """Write every case into ``folder`` and the trap (a named pipe) into ``outside``, a
+    directory outside the source root; returns the cases in the order of ``recipes``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(parents=True, exist_ok=True)
+    # Whoever opens a named pipe for reading blocks until a writer comes, so a test can see any
+    # open of it (see test_hostile), and a source that follows it hangs rather than passes.
+    trap = outside / "secret.mp4"
+    if not trap.exists():
+        os.mkfifo(trap)
+    cases = []
+    for recipe in recipes:
+        path = recipe.make(folder, trap)
+        assert path.parent == folder, path
+        cases.append(Case(recipe.name, path.name, recipe.expect, recipe.words, recipe.check,
+                          recipe.note, (trap,) if recipe.trapped else ()))
+    names = [case.file for case in cases]
+    assert len(set(names)) == len(names), "two cases share a file"
+    return cases
