@@ -1,0 +1,266 @@
+"""``python -m bench``: run the systems interleaved, take medians, check the targets, report.
+
+Progress goes to stderr; the table and the targets check to stdout (or, with ``--json``, the
+whole result document); ``bench/results/latest.json`` and ``bench/results/timeline.png`` are
+written every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+
+from bench import chart, commands, machine, quality, report, sources
+from bench.outputs import settings_differences, x264_settings
+from bench.systems import RUNGS, SYSTEMS, BenchError, Setup, SystemRun, run_system
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_SOURCE, FULL_SOURCE, LONG_SOURCE = "4k4", "4k10", "4k60"
+QUICK_NOTE = ("quick mode: a 4 s 4K source, 1 round per system (a single sample, not a median); "
+              "run without --quick for medians over 3 rounds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Rungs runs from a copy of engine/ taken now, so every round measures the same engine even
+    # if the working tree changes meanwhile (kept outside the repository, removed at the end).
+    with tempfile.TemporaryDirectory(prefix="rungs-bench-engine-") as snapshot:
+        try:
+            doc, runs, checks = _bench(args, machine.snapshot_engine(Path(snapshot)))
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+    results: Path = args.results
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    rung_names = [rung["rung"] for rung in doc["settings"]["ladder"]]
+    chart_path = chart.draw({name: report.median_run(runs[name]) for name in SYSTEMS}, rung_names,
+                            results / "timeline.png", _title(doc, args.quick))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_text(doc, rung_names, checks, chart_path)
+    return 0
+
+
+def _bench(args: argparse.Namespace, engine_dir: Path,
+           ) -> tuple[dict[str, Any], dict[str, list[SystemRun]], list[report.Target]]:
+    """Run everything; the result document, the runs, and the targets check."""
+    started = time.monotonic()
+    rounds = args.rounds or (1 if args.quick else 3)
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    source = sources.resolve(args.source or (QUICK_SOURCE if args.quick else FULL_SOURCE),
+                             args.results / "cache")
+    setup = Setup(source=source, rungs=commands.plan(source.path, args.segment_seconds),
+                  segment_seconds=args.segment_seconds, ffmpeg=ffmpeg,
+                  ffmpeg_thread_type=(None if args.ffmpeg_thread_type == "frame"
+                                      else args.ffmpeg_thread_type),
+                  rungs_args=tuple(args.rungs_args), work_dir=args.results / "work" / "main",
+                  rungs_cwd=engine_dir)
+    rung_names = [plan.name for plan in setup.rungs]
+    _log(f"source {source.name}: {source.width}x{source.height} {source.frame_rate:g} fps "
+         f"{source.duration_s:g} s, {source.frames} frames; rungs {', '.join(rung_names)}; "
+         f"{rounds} round(s) of {', '.join(SYSTEMS)}")
+    if args.quick:
+        _log(QUICK_NOTE)
+    sources.warm_page_cache(source.path)
+    engine_used = machine.engine_fingerprint(engine_dir)
+    doc: dict[str, Any] = {"machine": machine.describe(ffmpeg), "source": source.to_dict()}
+
+    runs = _interleaved(setup, rounds, quality_pass=not args.no_quality)
+    summaries = {name: {**report.medians(runs[name]), **report.quality_medians(runs[name]),
+                        "rounds": [run.to_dict() for run in runs[name]]}
+                 for name in SYSTEMS}
+    rss_name = args.rss_source or "none"
+    rss_check = None if rss_name == "none" else _rss_check(args, rss_name, setup, summaries)
+    checks = report.targets(summaries, rung_names[0], rss_check)
+    changed = machine.engine_fingerprint() != engine_used
+    if changed:
+        _log("note: engine/ changed while the benchmark ran; every round used the copy taken "
+             "at the start")
+    doc["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc.update({
+        "engine": {**engine_used, "working_tree_changed_during_run": changed},
+        "settings": _settings(args, setup, rounds),
+        "systems": summaries,
+        "ratios": {f"rungs_vs_{name}": report.ratios(summaries, name)
+                   for name in SYSTEMS if name != RUNGS},
+        "x264_settings_check": _settings_check(runs, rung_names),
+        "rss_check": rss_check,
+        "targets": [t.to_dict() for t in checks],
+        "note": QUICK_NOTE if args.quick else f"medians of {rounds} interleaved rounds",
+        "bench_wall_s": round(time.monotonic() - started, 1),
+    })
+    return doc, runs, checks
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_SOURCE} source, 1 round (under 3 minutes on 2 cores)")
+    parser.add_argument("--source", help=f"a file, or one of {', '.join(sources.PRESETS)} "
+                                         f"(default {FULL_SOURCE}; {QUICK_SOURCE} with --quick)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="interleaved rounds (default 3; 1 with --quick)")
+    parser.add_argument("--rss-source",
+                        help=f"also run Rungs alone once on this source (e.g. {LONG_SOURCE}) to "
+                             "check peak RSS against the long-source targets; adds about 6-7 "
+                             "minutes for 4k60 on 2 cores (default: none)")
+    parser.add_argument("--segment-seconds", type=float, default=4.0)
+    parser.add_argument("--ffmpeg-thread-type", choices=("frame", "slice"), default="frame",
+                        help="libx264 threading of the ffmpeg baselines: frame (ffmpeg's "
+                             "default) or slice (what PyAV, hence Rungs, uses)")
+    parser.add_argument("--rungs-args", type=shlex.split,
+                        default=list(commands.DEFAULT_RUNGS_ARGS),
+                        help="extra arguments for rungs transcode (default %(default)s)")
+    parser.add_argument("--no-quality", action="store_true", help="skip PSNR and SSIM")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where latest.json, timeline.png, cache/ and work/ go")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result document instead of the table")
+    return parser
+
+
+def _interleaved(setup: Setup, rounds: int, quality_pass: bool) -> dict[str, list[SystemRun]]:
+    """A B C A B C ...: machine drift hits every system alike. Quality is measured after each
+    run, outside its timed window."""
+    runs: dict[str, list[SystemRun]] = {name: [] for name in SYSTEMS}
+    for index in range(rounds):
+        for name in SYSTEMS:
+            run = run_system(name, setup)
+            runs[name].append(run)
+            _log(f"round {index + 1}/{rounds} {name:19} playable {run.time_to_playable_s:6.2f} s"
+                 f"  total {run.total_s:6.2f} s  cpu {run.cpu_s:6.1f} s"
+                 f"  peak RSS {run.peak_rss_bytes / 1e6:5.0f} MB"
+                 f"  frames decoded {run.frames_decoded}")
+            if quality_pass:
+                _quality(setup, run)
+    return runs
+
+
+def _quality(setup: Setup, run: SystemRun) -> None:
+    """PSNR and SSIM of every rung of ``run`` against the scaled source."""
+    for plan in setup.rungs:
+        measured = quality.measure(setup.ffmpeg, run.out_dir / plan.name / commands.PLAYLIST,
+                                   setup.source.path, plan.rung.width, plan.rung.height,
+                                   setup.work_dir / "quality" / run.system / plan.name)
+        expected = setup.source.frames
+        if measured.frames != expected:
+            _log(f"warning: {run.system} {plan.name}: quality compared {measured.frames} frames,"
+                 f" expected {expected}")
+        run.psnr_db[plan.name], run.ssim[plan.name] = measured.psnr_db, measured.ssim
+    _log(f"        {'quality':19} " + "  ".join(
+        f"{rung} {run.psnr_db[rung]:.2f} dB / {run.ssim[rung]:.4f}" for rung in run.psnr_db))
+
+
+def _rss_check(args: argparse.Namespace, name: str, main: Setup,
+               summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rungs alone, once, on the long source: is its peak RSS flat in the source's length?"""
+    source = sources.resolve(name, args.results / "cache")
+    setup = Setup(source=source, rungs=commands.plan(source.path, main.segment_seconds),
+                  segment_seconds=main.segment_seconds, ffmpeg=main.ffmpeg,
+                  ffmpeg_thread_type=main.ffmpeg_thread_type, rungs_args=main.rungs_args,
+                  work_dir=args.results / "work" / "rss", rungs_cwd=main.rungs_cwd)
+    _log(f"peak-RSS run: rungs alone on {source.name} ({source.duration_s:g} s, "
+         f"{source.frames} frames)")
+    sources.warm_page_cache(source.path)
+    run = run_system(RUNGS, setup)
+    _log(f"peak-RSS run: peak RSS {run.peak_rss_bytes / 1e6:.0f} MB, total {run.total_s:.1f} s")
+    return {"source": source.name, "source_detail": source.to_dict(),
+            "short_source": main.source.name,
+            "short_source_peak_rss_bytes": summaries[RUNGS]["peak_rss_bytes"],
+            **run.figures(), "run": run.to_dict()}
+
+
+def _settings_check(runs: dict[str, list[SystemRun]], rung_names: list[str]) -> dict[str, Any]:
+    """The x264 settings each system's streams carry, and any difference from Rungs'
+    (threading aside)."""
+    result: dict[str, Any] = {}
+    for rung in rung_names:
+        ours = x264_settings(runs[RUNGS][-1].out_dir / rung)
+        result[rung] = {
+            "threading": {name: {k: v for k, v in x264_settings(runs[name][-1].out_dir / rung)
+                                 .items() if k in ("threads", "sliced_threads")}
+                          for name in SYSTEMS},
+            "differences": {name: settings_differences(
+                ours, x264_settings(runs[name][-1].out_dir / rung))
+                for name in SYSTEMS if name != RUNGS},
+        }
+    return result
+
+
+def _settings(args: argparse.Namespace, setup: Setup, rounds: int) -> dict[str, Any]:
+    return {
+        "quick": args.quick, "rounds": rounds, "order": list(SYSTEMS),
+        "segment_seconds": setup.segment_seconds,
+        "ffmpeg_thread_type": args.ffmpeg_thread_type, "rungs_args": list(setup.rungs_args),
+        "ladder": [{"rung": p.name, "width": p.rung.width, "height": p.rung.height,
+                    "preset": p.rung.preset, "crf": p.rung.crf,
+                    "maxrate_kbps": p.rung.maxrate_kbps, "bufsize_kbps": p.rung.bufsize_kbps,
+                    "x264": p.x264} for p in setup.rungs],
+    }
+
+
+def _print_text(doc: dict[str, Any], rung_names: list[str], checks: list[report.Target],
+                chart_path: Path) -> None:
+    source, settings, summaries = doc["source"], doc["settings"], doc["systems"]
+    print(f"source: {source['name']} {source['width']}x{source['height']} "
+          f"{source['frame_rate']:g} fps {source['duration_s']:g} s ({source['frames']} frames)")
+    print(f"machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, load average "
+          f"{doc['machine']['load_average'][0]} at the start, "
+          f"{doc['machine']['load_average_end'][0]} at the end; "
+          f"ffmpeg {doc['machine']['ffmpeg_cli']}")
+    print(f"{doc['note']}; ffmpeg libx264 threads: {settings['ffmpeg_thread_type']}; "
+          f"rungs args: {' '.join(settings['rungs_args'])}")
+    print()
+    print(report.table(summaries, rung_names))
+    print()
+    print(_playable_note(summaries, rung_names[0]))
+    print()
+    print(report.targets_text(checks))
+    for rung, check in doc["x264_settings_check"].items():
+        for name, differences in check["differences"].items():
+            if differences:
+                print(f"note: {name} {rung} x264 settings differ from Rungs': {differences}")
+    print()
+    print(f"wrote {chart_path.parent / 'latest.json'} and {chart_path} "
+          f"(benchmark took {doc['bench_wall_s']:.0f} s)")
+
+
+def _playable_note(summaries: dict[str, dict[str, Any]], first_rung: str) -> str:
+    """What "playable" means for each system, with the comparable times beside it."""
+    rounds = summaries[RUNGS]["rounds"]
+    early = any(r.get("early_playback") for r in rounds)
+    complete = statistics.median(r["first_rung_complete_s"] for r in rounds)
+    segments = {name: [r["first_segment_s"] for r in summaries[name]["rounds"]
+                       if r.get("first_segment_s") is not None]
+                for name in SYSTEMS if name != RUNGS}
+    shown = ", ".join(f"{name} {statistics.median(v):.2f} s" for name, v in segments.items() if v)
+    what = ("its first segment (early playback, EVENT playlist)" if early
+            else f"the whole {first_rung} rung")
+    return (f"playable: rungs READY = {what}; rungs' {first_rung} rung complete at "
+            f"{complete:.2f} s (median). ffmpeg playable = {first_rung} and audio playlists hold "
+            f"ENDLIST; its first {first_rung} segment appeared at: {shown or 'n/a'}.")
+
+
+def _title(doc: dict[str, Any], quick: bool) -> str:
+    source = doc["source"]
+    what = "quick: 1 round" if quick else f"median of {doc['settings']['rounds']} rounds"
+    return (f"{source['name']}: {source['width']}x{source['height']}, {source['duration_s']:g} s,"
+            f" {what}; "
+            "each bar runs from the start of a rung's work to when it was complete")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

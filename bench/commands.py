@@ -1,0 +1,130 @@
+"""The command lines of the three systems, built from the engine's own settings. Pure functions.
+
+Every x264 setting comes from :func:`engine.hwaccel.encoder_options` for the rungs
+:func:`engine.ladder.plan_ladder` plans for the source, and the HLS muxer options mirror
+:mod:`engine.segment`, so the ffmpeg baselines differ from Rungs in architecture only.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
+from engine.ladder import MAX_FRAME_RATE, Rung, plan_ladder
+from engine.probe import open_source
+
+#: What Rungs is asked for: the same encoder as the baselines, and software decoding as the
+#: ffmpeg CLI does (``--hwaccel auto`` would also spend time probing devices).
+DEFAULT_RUNGS_ARGS = ("--encoder", SOFTWARE_ENCODER, "--hwaccel", "none")
+AUDIO_FOLDER = "audio"
+PLAYLIST = "index.m3u8"
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    """One rung as both Rungs and the baselines encode it."""
+
+    rung: Rung
+    #: libx264 options exactly as the engine passes them (preset, crf, forced-idr, x264-params).
+    x264: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.rung.name
+
+
+def plan(source: Path, segment_seconds: float) -> list[RungPlan]:
+    """The rungs Rungs will encode for ``source``, lowest first, with their x264 options."""
+    with open_source(source) as opened:
+        rungs = plan_ladder(opened.info)
+    gop = gop_frames(segment_seconds)
+    return [RungPlan(r, encoder_options(SOFTWARE_ENCODER, r, gop)) for r in rungs]
+
+
+def gop_frames(segment_seconds: float) -> int:
+    """The GOP length the engine gives x264 (as in :func:`engine.rung.encode_rung`)."""
+    segment = Fraction(segment_seconds).limit_denominator(1000)
+    return 2 * math.ceil(segment * MAX_FRAME_RATE)
+
+
+def rungs_command(source: Path, out_dir: Path, segment_seconds: float,
+                  extra: tuple[str, ...] = DEFAULT_RUNGS_ARGS) -> list[str]:
+    """Rungs through its command line, one JSON event per line on stdout."""
+    return [sys.executable, "-m", "engine.cli", "transcode", str(source), str(out_dir),
+            "--json", "--overwrite", "--segment-seconds", f"{segment_seconds:g}", *extra]
+
+
+def ffmpeg_all_at_once(ffmpeg: str, source: Path, rungs: list[RungPlan], out_dir: Path,
+                       segment_seconds: float, has_audio: bool, thread_type: str | None,
+                       source_fps: float) -> list[str]:
+    """One process: decode once, split, scale and encode every rung, audio once."""
+    labels = [f"v{plan.name}" for plan in rungs]
+    pre = _frame_rate_cap(source_fps)
+    graph = f"[0:v]{pre}split={len(rungs)}" + "".join(f"[s{i}]" for i in range(len(rungs)))
+    for index, (plan, label) in enumerate(zip(rungs, labels, strict=True)):
+        graph += f";[s{index}]{scale_filter(plan.rung)}[{label}]"
+    argv = [*_input(ffmpeg, source), "-filter_complex", graph]
+    for plan, label in zip(rungs, labels, strict=True):
+        argv += ["-map", f"[{label}]", *video_codec(plan, segment_seconds, thread_type), "-an",
+                 *hls_output(out_dir / plan.name, segment_seconds)]
+    if has_audio:
+        argv += audio_output(out_dir / AUDIO_FOLDER, segment_seconds)
+    return argv
+
+
+def ffmpeg_one_rung(ffmpeg: str, source: Path, plan: RungPlan, out_dir: Path,
+                    segment_seconds: float, with_audio: bool, thread_type: str | None,
+                    source_fps: float) -> list[str]:
+    """One process for one rung (and, for the first rung, the audio): a decode of its own."""
+    graph = f"[0:v]{_frame_rate_cap(source_fps)}{scale_filter(plan.rung)}[v]"
+    argv = [*_input(ffmpeg, source), "-filter_complex", graph,
+            "-map", "[v]", *video_codec(plan, segment_seconds, thread_type), "-an",
+            *hls_output(out_dir / plan.name, segment_seconds)]
+    if with_audio:
+        argv += audio_output(out_dir / AUDIO_FOLDER, segment_seconds)
+    return argv
+
+
+def scale_filter(rung: Rung) -> str:
+    """The engine's scaler: swscale AREA to the rung's size, 8-bit 4:2:0."""
+    return f"scale={rung.width}:{rung.height}:flags=area,format=yuv420p"
+
+
+def video_codec(plan: RungPlan, segment_seconds: float, thread_type: str | None) -> list[str]:
+    """libx264 with the engine's options, IDR frames forced at every segment start by time."""
+    argv = ["-c:v", SOFTWARE_ENCODER]
+    if thread_type:
+        argv += ["-thread_type", thread_type]
+    for key, value in plan.x264.items():
+        argv += [f"-{key}", value]
+    return [*argv, "-force_key_frames", f"expr:gte(t,n_forced*{segment_seconds:g})"]
+
+
+def audio_output(folder: Path, segment_seconds: float) -> list[str]:
+    """AAC-LC 128 kbit/s, 48 kHz stereo: the engine's :class:`~engine.audio.AudioSettings`."""
+    return ["-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2",
+            *hls_output(folder, segment_seconds)]
+
+
+def hls_output(folder: Path, segment_seconds: float) -> list[str]:
+    """FFmpeg's HLS muxer with :class:`engine.segment.HlsWriter`'s options (fMP4)."""
+    return ["-f", "hls", "-hls_time", f"{segment_seconds:g}", "-hls_playlist_type", "vod",
+            "-hls_list_size", "0", "-hls_segment_type", "fmp4",
+            "-hls_fmp4_init_filename", "init.mp4",
+            "-hls_flags", "temp_file+independent_segments",
+            "-hls_segment_filename", str(folder / "seg_%05d.m4s"), str(folder / PLAYLIST)]
+
+
+def _input(ffmpeg: str, source: Path) -> list[str]:
+    # Verbose logging makes ffmpeg print "N frames decoded" per input stream at the end.
+    return [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-y", "-loglevel", "level+verbose",
+            "-i", str(source)]
+
+
+def _frame_rate_cap(source_fps: float) -> str:
+    """The engine drops frames above 60 fps; so do the baselines."""
+    return f"fps={MAX_FRAME_RATE}," if source_fps > float(MAX_FRAME_RATE) + 0.01 else ""

@@ -1,0 +1,201 @@
+"""Medians over rounds, Rungs / ffmpeg ratios, the targets check, and the stdout table."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.systems import ALL_AT_ONCE, PER_RUNG, RUNGS, SystemRun
+
+#: The figures of the table, in order, with how to show them.
+FIGURES = ("time_to_playable_s", "total_s", "cpu_s", "peak_rss_bytes", "frames_decoded",
+           "source_frames", "bytes_written")
+#: Peak RSS limit for the 60 s 4K source.
+RSS_LIMIT_BYTES = 1_500_000_000
+#: "Flat": the long source's peak RSS at most this many times the short one's.
+RSS_FLAT_RATIO = 1.10
+PSNR_TOLERANCE_DB = 0.1
+
+
+def median_run(runs: Sequence[SystemRun]) -> SystemRun:
+    """The round whose total is the median (the one the timeline chart shows)."""
+    ordered = sorted(runs, key=lambda r: r.total_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def medians(runs: Sequence[SystemRun]) -> dict[str, float]:
+    """The median of every figure over the rounds."""
+    values = [run.figures() for run in runs]
+    result: dict[str, float] = {}
+    for name in FIGURES:
+        middle = statistics.median(v[name] for v in values)
+        result[name] = round(middle, 3) if name.endswith("_s") else int(middle)
+    return result
+
+
+def quality_medians(runs: Sequence[SystemRun]) -> dict[str, Any]:
+    """Median PSNR and SSIM per rung over the rounds, and their range (x264 with VBV and
+    several threads is not deterministic, so the same command gives slightly different
+    streams)."""
+    result: dict[str, Any] = {}
+    for metric in ("psnr_db", "ssim"):
+        per_rung: dict[str, list[float]] = {}
+        for run in runs:
+            for rung, value in getattr(run, metric).items():
+                per_rung.setdefault(rung, []).append(value)
+        if per_rung:
+            result[metric] = {r: round(statistics.median(v), 4) for r, v in per_rung.items()}
+            result[f"{metric}_range"] = {r: [min(v), max(v)] for r, v in per_rung.items()}
+    return result
+
+
+def ratios(systems: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """Rungs / ``baseline`` for every figure, PSNR and SSIM per rung included."""
+    ours, theirs = systems[RUNGS], systems[baseline]
+    out: dict[str, Any] = {name: _ratio(ours[name], theirs[name]) for name in FIGURES}
+    for metric in ("psnr_db", "ssim"):
+        out[metric] = {rung: _ratio(value, theirs.get(metric, {}).get(rung))
+                       for rung, value in ours.get(metric, {}).items()}
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal: ``value`` compared with ``limit``; ``passed`` is None when not measured."""
+
+    name: str
+    value: float | None
+    limit: float | None
+    passed: bool | None
+    detail: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "MISS", None: "SKIP"}[self.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def targets(systems: dict[str, dict[str, Any]], first_rung: str,
+            rss_check: dict[str, Any] | None) -> list[Target]:
+    """The goals Rungs is held to, checked against the measured medians."""
+    ours, once, per_rung = systems[RUNGS], systems[ALL_AT_ONCE], systems[PER_RUNG]
+    ttp, total = ours["time_to_playable_s"], ours["total_s"]
+    checks = [
+        _at_most("time to playable <= 0.1 x ffmpeg all-at-once total", ttp,
+                 0.1 * once["total_s"], "s"),
+        _at_most(f"time to playable <= 1.1 x ffmpeg {first_rung}-only pass", ttp,
+                 1.1 * per_rung["time_to_playable_s"], "s"),
+        _at_most("total <= 1.0 x ffmpeg all-at-once total", total, once["total_s"], "s"),
+        _at_most("total <= 0.9 x ffmpeg per-rung total", total, 0.9 * per_rung["total_s"], "s"),
+    ]
+    decoded = ours["frames_decoded"] / ours["source_frames"] if ours["source_frames"] else 0.0
+    checks.append(Target("frames decoded = 1.00 x source", round(decoded, 4), 1.0,
+                         decoded == 1.0, f"{ours['frames_decoded']} / {ours['source_frames']}"))
+    checks += _rss_targets(ours, rss_check)
+    for rung, psnr in ours.get("psnr_db", {}).items():
+        best = max(once.get("psnr_db", {}).get(rung, -math.inf),
+                   per_rung.get("psnr_db", {}).get(rung, -math.inf))
+        if math.isinf(best):
+            checks.append(Target(f"PSNR {rung} >= ffmpeg's - 0.1 dB", psnr, None, None,
+                                 "no ffmpeg figure"))
+            continue
+        checks.append(_at_least(f"PSNR {rung} >= ffmpeg's - 0.1 dB", psnr,
+                                best - PSNR_TOLERANCE_DB, "dB"))
+    if not ours.get("psnr_db"):
+        checks.append(Target("PSNR of each rung >= ffmpeg's - 0.1 dB", None, None, None,
+                             "quality not measured (--no-quality)"))
+    return checks
+
+
+def _rss_targets(ours: dict[str, Any], rss_check: dict[str, Any] | None) -> list[Target]:
+    name_limit = "peak RSS <= 1.5 GB on the 60 s 4K source"
+    name_flat = f"peak RSS flat, long vs short source (<= {RSS_FLAT_RATIO:.2f} x)"
+    if rss_check is None:
+        why = "no long-source run (--rss-source)"
+        return [Target(name_limit, None, RSS_LIMIT_BYTES, None, why),
+                Target(name_flat, None, RSS_FLAT_RATIO, None, why)]
+    long_peak = rss_check["peak_rss_bytes"]
+    short_peak = ours["peak_rss_bytes"]
+    flat = long_peak / short_peak if short_peak else math.inf
+    label = f"{rss_check['source']} vs {rss_check['short_source']}"
+    return [
+        Target(name_limit.replace("the 60 s 4K source", rss_check["source"]), long_peak,
+               RSS_LIMIT_BYTES, long_peak <= RSS_LIMIT_BYTES,
+               f"{_mb(long_peak)} vs {_mb(RSS_LIMIT_BYTES)}"),
+        Target(name_flat, round(flat, 3), RSS_FLAT_RATIO, flat <= RSS_FLAT_RATIO,
+               f"{label}: {_mb(long_peak)} vs {_mb(short_peak)}"),
+    ]
+
+
+def _at_most(name: str, value: float, limit: float, unit: str) -> Target:
+    return Target(name, round(value, 3), round(limit, 3), value <= limit,
+                  f"{value:.2f} {unit} vs limit {limit:.2f} {unit}")
+
+
+def _at_least(name: str, value: float, limit: float, unit: str) -> Target:
+    return Target(name, round(value, 3), round(limit, 3), value >= limit,
+                  f"{value:.2f} {unit} vs floor {limit:.2f} {unit}")
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return round(ours / theirs, 3)
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def table(systems: dict[str, dict[str, Any]], rung_names: Sequence[str]) -> str:
+    """Medians per system and the Rungs / ffmpeg ratios, one line per figure."""
+    header = ("figure", "rungs", "ffmpeg 1 proc", "ffmpeg per rung", "R/1proc", "R/per-rung")
+    rows: list[tuple[str, ...]] = []
+    for name in FIGURES:
+        rows.append(_row(name, [systems[s][name] for s in (RUNGS, ALL_AT_ONCE, PER_RUNG)]))
+    for metric in ("psnr_db", "ssim"):
+        for rung in rung_names:
+            values = [systems[s].get(metric, {}).get(rung) for s in (RUNGS, ALL_AT_ONCE,
+                                                                     PER_RUNG)]
+            rows.append(_row(f"{metric} {rung}", values))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                       for i, cell in enumerate(row)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def targets_text(checks: Sequence[Target]) -> str:
+    return "\n".join(f"{t.verdict:4}  {t.name}  ({t.detail})" for t in checks)
+
+
+def _row(name: str, values: list[Any]) -> tuple[str, ...]:
+    ours = values[0]
+    cells = [_show(name, v) for v in values]
+    return (name, *cells, *(_show_ratio(_ratio(ours, other)) for other in values[1:]))
+
+
+def _show(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name.endswith("_bytes") or name == "bytes_written":
+        return _mb(value)
+    if name.endswith("_s"):
+        return f"{value:.2f} s"
+    if name.startswith("psnr"):
+        return f"{value:.2f} dB"
+    if name.startswith("ssim"):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _show_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:,.0f} MB"

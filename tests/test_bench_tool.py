@@ -1,0 +1,114 @@
+"""The benchmark tool's own logic (``bench/``): fast, no media, part of the default run."""
+
+from __future__ import annotations
+
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from bench import commands, report
+from bench.measure import run_measured
+from bench.outputs import settings_differences, x264_settings
+from bench.systems import ALL_AT_ONCE, PER_RUNG, RUNGS
+from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
+from engine.ladder import Rung, default_settings
+
+
+def plan(short_side: int, width: int) -> commands.RungPlan:
+    settings = default_settings(short_side)
+    assert settings.preset and settings.crf is not None and settings.maxrate_kbps
+    rung = Rung(f"{short_side}p", width, short_side, Fraction(30), settings.preset, settings.crf,
+                settings.maxrate_kbps, settings.bufsize_kbps or 2 * settings.maxrate_kbps)
+    return commands.RungPlan(rung, encoder_options(SOFTWARE_ENCODER, rung,
+                                                   commands.gop_frames(4.0)))
+
+
+def test_all_at_once_uses_the_engine_settings(tmp_path: Path) -> None:
+    plans = [plan(720, 1280), plan(1080, 1920)]
+    argv = commands.ffmpeg_all_at_once("ffmpeg", tmp_path / "in.mp4", plans, tmp_path, 4.0,
+                                       True, None, 30.0)
+    graph = argv[argv.index("-filter_complex") + 1]
+    assert graph.startswith("[0:v]split=2[s0][s1]")
+    assert "scale=1280:720:flags=area" in graph and "scale=1920:1080:flags=area" in graph
+    assert argv.count("-force_key_frames") == 2
+    assert "expr:gte(t,n_forced*4)" in argv
+    assert argv.count("-x264-params") == 2
+    assert plans[0].x264["x264-params"] in argv
+    assert "keyint=480:min-keyint=480:scenecut=0" in plans[0].x264["x264-params"]
+    assert argv[argv.index("-b:a") + 1] == "128k"
+    assert argv.count("-f") == 3  # two rungs and the audio, each its own HLS output
+    assert "-thread_type" not in argv
+
+
+def test_one_rung_has_its_own_decode_and_optional_audio(tmp_path: Path) -> None:
+    argv = commands.ffmpeg_one_rung("ffmpeg", tmp_path / "in.mp4", plan(1080, 1920), tmp_path,
+                                    2.0, False, "slice", 120.0)
+    assert argv.count("-i") == 1 and "-b:a" not in argv
+    assert argv[argv.index("-thread_type") + 1] == "slice"
+    assert argv[argv.index("-filter_complex") + 1].startswith("[0:v]fps=60,scale=1920:1080")
+    assert "expr:gte(t,n_forced*2)" in argv
+
+
+def summaries(**rungs: Any) -> dict[str, dict[str, Any]]:
+    base = {"time_to_playable_s": 2.0, "total_s": 40.0, "cpu_s": 80.0,
+            "peak_rss_bytes": 1_000_000_000, "frames_decoded": 300, "source_frames": 300,
+            "bytes_written": 1, "psnr_db": {"720p": 40.0}, "ssim": {"720p": 0.99}}
+    return {RUNGS: {**base, **rungs},
+            ALL_AT_ONCE: {**base, "time_to_playable_s": 50.0, "total_s": 50.0},
+            PER_RUNG: {**base, "time_to_playable_s": 2.0, "total_s": 60.0, "frames_decoded": 900}}
+
+
+def test_targets_pass_miss_and_skip() -> None:
+    checks = {t.name: t for t in report.targets(summaries(), "720p", None)}
+    assert checks["time to playable <= 0.1 x ffmpeg all-at-once total"].passed is True
+    assert checks["time to playable <= 1.1 x ffmpeg 720p-only pass"].passed is True
+    assert checks["total <= 0.9 x ffmpeg per-rung total"].passed is True
+    assert checks["frames decoded = 1.00 x source"].passed is True
+    assert checks["PSNR 720p >= ffmpeg's - 0.1 dB"].passed is True
+    assert checks["peak RSS <= 1.5 GB on the 60 s 4K source"].verdict == "SKIP"
+
+    worse = summaries(total_s=55.0, frames_decoded=600, psnr_db={"720p": 39.8})
+    rss = {"source": "4k60", "short_source": "4k10", "peak_rss_bytes": 1_600_000_000}
+    checks = {t.name: t for t in report.targets(worse, "720p", rss)}
+    assert checks["total <= 1.0 x ffmpeg all-at-once total"].verdict == "MISS"
+    assert checks["frames decoded = 1.00 x source"].verdict == "MISS"
+    assert checks["PSNR 720p >= ffmpeg's - 0.1 dB"].verdict == "MISS"
+    assert checks["peak RSS <= 1.5 GB on 4k60"].verdict == "MISS"
+    flat = next(t for name, t in checks.items() if name.startswith("peak RSS flat"))
+    assert flat.verdict == "MISS" and flat.value == 1.6
+
+
+def test_table_has_a_ratio_per_figure() -> None:
+    text = report.table(summaries(), ["720p"])
+    assert "time_to_playable_s" in text and "psnr_db 720p" in text
+    line = next(row for row in text.splitlines() if row.startswith("total_s"))
+    assert line.split()[-2:] == ["0.80", "0.67"]
+
+
+def test_run_measured_times_lines_and_playlists(tmp_path: Path) -> None:
+    playlist = tmp_path / "index.m3u8"
+    script = (f"import pathlib, time; print('one', flush=True); time.sleep(0.2); "
+              f"pathlib.Path({str(playlist)!r}).write_text('#EXTM3U\\n#EXT-X-ENDLIST\\n'); "
+              f"x = bytearray(50_000_000); print('two')")
+    run = run_measured([sys.executable, "-c", script], stderr_path=tmp_path / "err.log",
+                       read_stdout=True, watch={"rung": playlist}, appear={"file": playlist})
+    assert run.returncode == 0
+    assert [line for _, line in run.lines] == ["one", "two"]
+    assert run.lines[0][0] < run.endlist_s["rung"] <= run.wall_s
+    assert run.appeared_s["file"] <= run.wall_s
+    assert run.peak_rss_bytes >= 50_000_000
+    assert run.cpu_s > 0
+
+
+def test_x264_settings_read_back(tmp_path: Path) -> None:
+    folder = tmp_path / "720p"
+    folder.mkdir()
+    (folder / "seg_00000.m4s").write_bytes(
+        b"\x00\x01x264 - core 165 - H.264/MPEG-4 AVC codec - Copyleft 2003-2025 - "
+        b"http://www.videolan.org/x264.html - options: cabac=0 threads=2 keyint=480 crf=25.0"
+        b"\x00\x80")
+    settings = x264_settings(folder)
+    assert settings == {"cabac": "0", "threads": "2", "keyint": "480", "crf": "25.0"}
+    assert settings_differences(settings, {**settings, "threads": "3"}) == {}
+    assert settings_differences(settings, {**settings, "crf": "23.0"}) == {"crf": "25.0 vs 23.0"}
