@@ -115,7 +115,7 @@ def submit_command(args: argparse.Namespace) -> int:
     def call(stub: Any) -> int:
         job: pb.Job = stub.Transcode(request, timeout=RPC_TIMEOUT_S)
         if args.json:
-            _print_json(_job_json(job))
+            _print_json(job_json(job))
         else:
             print(f"job {job.id} {pb.JobState.Name(job.state)}: {job.source} -> {job.output}")
         if not args.watch:
@@ -158,7 +158,7 @@ def jobs_command(args: argparse.Namespace) -> int:
                 timeout=RPC_TIMEOUT_S)
             for job in page.jobs:
                 if args.json:
-                    _print_json(_job_json(job))
+                    _print_json(job_json(job))
                 else:
                     print(f"{job.id:<16}  {pb.JobState.Name(job.state):<9}  "
                           f"{_local_time(job, 'created_at'):<19}  {job.source} -> {job.output}")
@@ -194,14 +194,14 @@ def _with_stub(args: argparse.Namespace, call: Callable[[Any], int]) -> int:
 
 def _follow(stub: Any, job_id: str, after: int, as_json: bool) -> int:
     """Print a job's events until its terminal one; the exit code its end deserves."""
-    lines = None if as_json else _EventLines(sys.stdout)
+    lines = None if as_json else EventLines(sys.stdout)
     last: pb.JobEvent | None = None
     events: Iterable[pb.JobEvent] = stub.Watch(pb.WatchRequest(job_id=job_id,
                                                                after_sequence=after))
     for event in events:
         last = event
         if lines is None:
-            _print_json(_event_json(event))
+            _print_json(event_json(event))
         else:
             lines(event)
     if lines is not None:
@@ -219,8 +219,9 @@ def _follow(stub: Any, job_id: str, after: int, as_json: bool) -> int:
     return EXIT_CANCELLED if last_state == pb.CANCELLED else EXIT_FAILED
 
 
-class _EventLines:
-    """A line per milestone; on a terminal, a progress line that rewrites itself."""
+class EventLines:
+    """Prints job events: a line per milestone; on a terminal, a progress line that rewrites
+    itself."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -274,7 +275,7 @@ def _describe(event: pb.JobEvent) -> str:
 
 def _show_job(job: pb.Job, as_json: bool) -> None:
     if as_json:
-        _print_json(_job_json(job))
+        _print_json(job_json(job))
     else:
         _print_job(job)
 
@@ -322,11 +323,12 @@ def _message_json(message: Message) -> dict[str, Any]:
                          always_print_fields_with_no_presence=True)
 
 
-def _job_json(job: pb.Job) -> dict[str, Any]:
+def job_json(job: pb.Job) -> dict[str, Any]:
+    """The job as ``rungs status --json`` prints it (and the HTTP status JSON)."""
     return {"type": "job", **_message_json(job)}
 
 
-def _event_json(event: pb.JobEvent) -> dict[str, Any]:
+def event_json(event: pb.JobEvent) -> dict[str, Any]:
     """The event flattened like ``rungs transcode --json``'s: ``type`` then the fields."""
     body = _message_json(event)
     kind = event.WhichOneof("kind") or ""

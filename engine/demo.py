@@ -1,4 +1,10 @@
-"""``make demo``: transcode a generated 4K sample progressively and print the timeline."""
+"""``make demo``: transcode a generated 4K sample progressively, print the timeline, and serve a
+player page where the video plays while it upgrades.
+
+The job runs in the gRPC service's engine (in this process) with its HTTP server on
+``--http-port`` (another free port if that one is taken); the page loops the video, so each rung
+can be seen arriving while it plays.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import main as rungs_main
+from engine.client import EventLines
+from engine.errors import RungsError
+from engine.rpc import transcoder_pb2 as pb
 from engine.sample import make_sample
+from engine.server import RungsServer, create_server
+from engine.store import StoreVersionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size", default="3840x2160")
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                        help="keep serving the player this long after the job ends")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     sample = args.out / f"sample-{args.size}-{args.seconds:g}s.mp4"
@@ -24,11 +37,50 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         make_sample(sample, width=width, height=height, seconds=args.seconds)
         print(f"generated in {time.monotonic() - started:.1f} s")
-    hls = args.out / "hls"
-    code = rungs_main(["transcode", str(sample), str(hls), "--overwrite"])
-    if code == 0:
-        print(f"master playlist: {hls / 'master.m3u8'}")
-    return code
+    try:
+        server = _server(args.out, args.http_port)
+    except (RungsError, StoreVersionError, OSError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    server.start()
+    try:
+        return _run(server, sample.name, args.linger)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        server.stop()
+
+
+def _server(out: Path, http_port: int) -> RungsServer:
+    def server(port: int) -> RungsServer:
+        return create_server("127.0.0.1:0", data_dir=out / "data", source_root=out,
+                             output_root=out, http_port=port)[0]
+
+    try:
+        return server(http_port)
+    except OSError:  # the port is taken: any free one will do
+        return server(0)
+
+
+def _run(server: RungsServer, sample: str, linger: float) -> int:
+    manager = server.manager
+    job = manager.submit(pb.TranscodeRequest(source=sample, output="hls",
+                                             options=pb.TranscodeOptions(overwrite=True)))
+    print(f"watch it play and upgrade: http://127.0.0.1:{server.http_port}/jobs/{job.id}?loop=1",
+          flush=True)
+    lines = EventLines(sys.stdout)
+    last: pb.JobEvent | None = None
+    for event in manager.watch(job.id):
+        lines(event)
+        last = event
+    lines.close()
+    if last is None or not last.HasField("complete"):
+        return 130 if last is not None and last.state == pb.CANCELLED else 1
+    print(f"master playlist: {manager.roots.output / 'hls' / 'master.m3u8'}")
+    if linger > 0:
+        print(f"serving the player for {linger:g} s more (Ctrl-C stops)", flush=True)
+        time.sleep(linger)
+    return 0
 
 
 if __name__ == "__main__":

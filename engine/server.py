@@ -27,6 +27,7 @@ from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
 from engine.rpc import transcoder_pb2_grpc
 from engine.service import SERVICE_NAME, TranscoderService
 from engine.store import StoreVersionError
+from engine.web import DEFAULT_HLS_JS, WebServer
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,25 @@ class RungsServer:
 
     def __init__(self, server: grpc.Server, manager: JobManager,
                  health_servicer: health.HealthServicer,
-                 executor: futures.ThreadPoolExecutor | None = None) -> None:
+                 executor: futures.ThreadPoolExecutor | None = None,
+                 web: WebServer | None = None) -> None:
         self.grpc_server = server
         self.manager = manager
         self.health = health_servicer
+        #: The HTTP server (outputs, player, progress), when one was asked for.
+        self.web = web
         self._executor = executor
         self._stopped = False
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.web is None else self.web.port
 
     def start(self) -> None:
         self.manager.start()
         self.grpc_server.start()
+        if self.web is not None:
+            self.web.start()
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Refuse new RPCs, cancel every job, let RPCs in flight finish (``grace`` seconds at
@@ -69,6 +79,8 @@ class RungsServer:
         # Cancelling ends the jobs with terminal events, which end every Watch stream.
         self.manager.shutdown(STOP_JOBS_TIMEOUT_S)
         stopped.wait()
+        if self.web is not None:
+            self.web.stop()
         self.manager.close()
         # grpc.Server.stop leaves the pool's threads waiting for work forever: a process that
         # starts and stops servers (tests, embedding) would gather them.
@@ -80,9 +92,12 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
                   output_root: Path, max_jobs: int = 1, max_queue: int = 16,
                   workers: int = DEFAULT_WORKERS, watchdog: Watchdog | None = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS,
-                  max_duration_s: float = DEFAULT_MAX_DURATION_S) -> tuple[RungsServer, int]:
+                  max_duration_s: float = DEFAULT_MAX_DURATION_S,
+                  http_port: int | None = None,
+                  hls_js: Path = DEFAULT_HLS_JS) -> tuple[RungsServer, int]:
     """Build a server listening on ``address`` (port 0: any free port); returns it, not yet
-    started, and the port it bound.
+    started, and the port it bound. With ``http_port`` (0: any free port) it also serves the
+    outputs, a player page and progress over HTTP on the same host (:mod:`engine.web`).
 
     Raises :class:`RungsError` for a data directory in use or roots that cannot be used, and
     :class:`OSError` when ``address`` cannot be bound.
@@ -103,10 +118,19 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = _bind(server, address)
+        web = None
+        if http_port is not None:
+            web = WebServer(manager, _host(address), http_port, hls_js)
     except BaseException:
         manager.close()
         raise
-    return RungsServer(server, manager, health_servicer, executor), port
+    return RungsServer(server, manager, health_servicer, executor, web), port
+
+
+def _host(address: str) -> str:
+    """The host part of ``HOST:PORT`` (``[::1]:PORT`` too), for the HTTP server to listen on."""
+    host = address.rpartition(":")[0]
+    return host.strip("[]") or "127.0.0.1"
 
 
 def _bind(server: grpc.Server, address: str) -> int:
@@ -151,6 +175,10 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument("--max-source-seconds", type=_positive_float,
                        default=DEFAULT_MAX_DURATION_S,
                        help="refuse longer sources (default %(default)s)")
+    serve.add_argument("--http-port", type=_port, default=None, metavar="PORT",
+                       help="also serve the outputs, a player page per job (/jobs/ID) and "
+                            "progress over HTTP on this port, on the --listen host")
+    serve.add_argument("--hls-js", type=Path, default=DEFAULT_HLS_JS, help=argparse.SUPPRESS)
     serve.set_defaults(run=serve_command)
 
 
@@ -164,7 +192,8 @@ def serve_command(args: argparse.Namespace) -> int:
             args.listen, data_dir=args.data_dir, source_root=args.source_root,
             output_root=args.output_root, max_jobs=args.max_jobs, max_queue=args.max_queue,
             workers=args.workers, watchdog=Watchdog(fixed_s=args.job_timeout),
-            max_pixels=args.max_pixels, max_duration_s=args.max_source_seconds)
+            max_pixels=args.max_pixels, max_duration_s=args.max_source_seconds,
+            http_port=args.http_port, hls_js=args.hls_js)
     except (RungsError, StoreVersionError, OSError) as exc:
         print(f"rungs: {exc}", file=sys.stderr)
         return 2
@@ -179,6 +208,9 @@ def serve_command(args: argparse.Namespace) -> int:
     host = args.listen.rpartition(":")[0]
     # Printed once listening: scripts (and tests) read the port from this line.
     print(f"rungs: listening on {host}:{port}", file=sys.stderr, flush=True)
+    if server.http_port is not None:
+        print(f"rungs: player and outputs on http://{host}:{server.http_port}/", file=sys.stderr,
+              flush=True)
     while not stop.wait(60):  # a timeout keeps the main thread responsive to signals
         pass
     log.info("stopping: cancelling jobs")
@@ -198,6 +230,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0 to 65535), not {value}")
     return value
 
 

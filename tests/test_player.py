@@ -1,0 +1,189 @@
+"""The player in a real browser: Debian's Chromium, driven by Playwright, against a real server
+on loopback (gRPC for the Transcode call, HTTP for the page, the outputs and the progress).
+
+One job per segment type, under CDP network emulation of 100 ms latency and 20 Mbit/s: the
+page is opened right after Transcode, starts playing at READY (the first rung's first segment,
+an EVENT playlist), and moves to the higher rung when it is published, while it plays. The
+source is 12 s of 1080p with a 440 Hz tone and the ladder 360p + 720p: on two cores the 720p rung
+is published about 6 s after the call, halfway through playback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from engine.rpc import transcoder_pb2 as pb
+from engine.rpc import transcoder_pb2_grpc
+from engine.server import RungsServer, create_server
+from engine.web import DEFAULT_HLS_JS
+from tests import media
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: The flags this machine's closed network and a headless root session need.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+#: CDP network emulation: 100 ms latency, 20 Mbit/s both ways.
+NETWORK = {"offline": False, "latency": 100, "downloadThroughput": 20e6 / 8,
+           "uploadThroughput": 20e6 / 8}
+SOURCE_SECONDS = 12
+#: The most playback an upgrade may cost, in seconds.
+MAX_UPGRADE_LOSS_S = 0.1
+
+
+def _require_browser() -> None:
+    missing = [str(p) for p in (CHROMIUM, DEFAULT_HLS_JS) if not p.exists()]
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package")
+    if missing:
+        reason = f"browser tests need {', '.join(missing)} (make test installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # CI runs make test, which installs them: missing is a bug
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RungsServer, Any, Path]]:
+    _require_browser()
+    base = tmp_path_factory.mktemp("player")
+    source = base / "src"
+    source.mkdir()
+    media.make_video(source / "talk.mp4", width=1920, height=1080, seconds=SOURCE_SECONDS,
+                     tone_hz=440.0)
+    rungs, port = create_server("127.0.0.1:0", data_dir=base / "data", source_root=source,
+                                output_root=base / "out", http_port=0)
+    rungs.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield rungs, transcoder_pb2_grpc.TranscoderStub(channel), base
+    channel.close()
+    rungs.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Playwright gives each launch a new, empty user-data directory.
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS,
+                                              headless=True)
+        yield launched
+        launched.close()
+
+
+def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]:
+    """Open a fresh context, start the job with ``start()``, open its page, play to the end.
+
+    Returns what the page measured (``window.rungs``) and the epoch ms of the Transcode call.
+    """
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        cdp = context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", NETWORK)
+        called = time.time() * 1000
+        job = start()
+        page.goto(url_of(job))
+        page.wait_for_function("window.rungs && (window.rungs.ended || "
+                               "window.rungs.errors.some(e => e.fatal))", timeout=120_000)
+        measured: dict[str, Any] = page.evaluate(
+            "() => { const r = Object.assign({}, window.rungs); delete r.hls; return r; }")
+        return measured, called
+    finally:
+        context.close()
+
+
+def _loss(measured: dict[str, Any], since: float, until: float) -> float:
+    """Seconds of playback lost between two epoch-ms instants: clock time minus media time."""
+    samples = measured["samples"]
+    first = min(samples, key=lambda s: abs(s["at"] - since))
+    last = min(samples, key=lambda s: abs(s["at"] - until))
+    assert last["at"] - first["at"] > 1000, "too few samples around the upgrade"
+    return float((last["at"] - first["at"]) / 1000 - (last["currentTime"] - first["currentTime"]))
+
+
+@pytest.mark.parametrize("segment_type", [pb.FMP4, pb.MPEGTS], ids=["fmp4", "mpegts"])
+def test_plays_early_and_upgrades_without_interruption(
+        server: tuple[RungsServer, Any, Path], browser: Any, segment_type: int) -> None:
+    rungs, stub, _ = server
+    name = pb.SegmentType.Name(segment_type).lower()
+
+    def start() -> pb.Job:
+        job: pb.Job = stub.Transcode(pb.TranscodeRequest(
+            source="talk.mp4", output=name,
+            options=pb.TranscodeOptions(ladder=[360, 720], segment_seconds=2,
+                                        segment_type=segment_type)), timeout=30)
+        return job
+
+    def url_of(job: pb.Job) -> str:
+        return f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}"
+
+    measured, called = _play(browser, url_of, start)
+    events = [e["type"] for e in measured["events"] if e["type"] != "progress"]
+    print(f"\n[{name}] events: {events}")
+
+    assert not [e for e in measured["errors"] if e["fatal"]], measured["errors"]
+    assert measured["ended"], "playback never reached the end"
+    assert events[-1] == "complete"
+
+    # Early playback: the first media playlist the player loaded was a growing EVENT playlist,
+    # playback started at 0 (not at the live edge), and that playlist ended cleanly (ENDLIST).
+    loads = measured["levelLoads"]
+    assert loads[0]["type"] == "EVENT" and loads[0]["live"], loads
+    assert any(load["level"] == 0 and not load["live"] for load in loads), loads
+    assert measured["firstCurrentTime"] < 1.0, measured["firstCurrentTime"]
+    first_frame_s = (measured["firstFrameAt"] - called) / 1000
+
+    # Sound: the tone reached the speakers (a WebAudio analyser on the element).
+    assert measured["maxRms"] > 0.05, measured["maxRms"]
+
+    # The upgrade: one, while playing, to a larger picture, at no cost to playback.
+    assert len(measured["upgrades"]) == 1, measured["upgrades"]
+    upgrade = measured["upgrades"][0]
+    assert 0 < upgrade["currentTime"] < SOURCE_SECONDS - 2, upgrade
+    sizes = [(s["width"], s["height"]) for s in measured["sizes"]]
+    assert sizes[0] == (640, 360) and sizes[-1] == (1280, 720), sizes
+    assert upgrade["onScreenAt"] is not None, "the 720p picture never reached the screen"
+    loss = _loss(measured, upgrade["at"], upgrade["onScreenAt"] + 1000)
+    published_at = next(e["receivedAt"] for e in measured["events"]
+                        if e["type"] == "rung_published" and e["rung"] == "720p")
+    on_screen_s = (upgrade["onScreenAt"] - published_at) / 1000
+    stalled = sum(s["seconds"] for s in measured["stalls"])
+    print(f"[{name}] first advancing frame {first_frame_s:.2f} s after Transcode; upgrade at "
+          f"{upgrade['currentTime']:.2f} s of media, 720p on screen {on_screen_s:.2f} s after it "
+          f"was published, playback lost {loss * 1000:.0f} ms; stalls {stalled:.2f} s")
+    assert loss <= MAX_UPGRADE_LOSS_S, f"the upgrade cost {loss * 1000:.0f} ms of playback"
+    assert first_frame_s < 15, first_frame_s
+
+
+def test_a_finished_job_plays_every_rung_from_the_start(
+        server: tuple[RungsServer, Any, Path], browser: Any) -> None:
+    """A page opened after the job ended replays its history, loads the full master once and
+    needs no upgrade."""
+    rungs, stub, base = server
+    job = stub.Transcode(pb.TranscodeRequest(
+        source="talk.mp4", output="done",
+        options=pb.TranscodeOptions(ladder=[360, 720], segment_seconds=4)), timeout=30)
+    for event in stub.Watch(pb.WatchRequest(job_id=job.id), timeout=120):
+        final = event.state
+    assert final == pb.COMPLETE
+
+    measured, _ = _play(browser, lambda _: f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}",
+                        lambda: job)
+    assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]]
+    assert measured["upgrades"] == []
+    assert {load["type"] for load in measured["levelLoads"]} == {"VOD"}
+    assert measured["maxRms"] > 0.05
+    shutil.rmtree(base / "out" / "done")

@@ -1,0 +1,200 @@
+"""``rungs serve --http-port``: the outputs, the player page and the progress stream over real
+HTTP on loopback (raw requests through http.client, so paths reach the server as sent)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import m3u8
+import pytest
+
+from engine.rpc import transcoder_pb2 as pb
+from engine.rpc import transcoder_pb2_grpc
+from engine.server import RungsServer, create_server
+from engine.web import DEFAULT_HLS_JS
+from tests import media
+
+
+@dataclass
+class Served:
+    server: RungsServer
+    stub: Any
+    output: Path
+    jobs: dict[str, pb.Job]
+
+    def get(self, path: str, headers: dict[str, str] | None = None,
+            method: str = "GET") -> tuple[http.client.HTTPResponse, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=30)
+        try:
+            connection.request(method, path, headers=headers or {})
+            response = connection.getresponse()
+            return response, response.read()
+        finally:
+            connection.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    base = tmp_path_factory.mktemp("web")
+    source, output = base / "src", base / "out"
+    source.mkdir()
+    output.mkdir()
+    media.make_video(source / "clip.mp4", width=640, height=360, seconds=4)
+    (base / "secret.txt").write_text("not for the web\n")
+    (output / "escape").symlink_to(base)
+    (output / "notes.txt").write_text("not an output\n")
+    media.make_video(output / "upload.mp4", width=64, height=64, seconds=1)
+    server, port = create_server("127.0.0.1:0", data_dir=base / "data", source_root=source,
+                                 output_root=output, http_port=0)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = transcoder_pb2_grpc.TranscoderStub(channel)
+    jobs = {}
+    for name, kind in (("fmp4", pb.FMP4), ("mpegts", pb.MPEGTS)):
+        job = stub.Transcode(pb.TranscodeRequest(
+            source="clip.mp4", output=name,
+            options=pb.TranscodeOptions(ladder=[180, 360], segment_seconds=2, segment_type=kind)),
+            timeout=30)
+        list(stub.Watch(pb.WatchRequest(job_id=job.id), timeout=60))
+        jobs[name] = stub.Status(pb.StatusRequest(job_id=job.id), timeout=10)
+        assert jobs[name].state == pb.COMPLETE
+    yield Served(server, stub, output, jobs)
+    channel.close()
+    server.stop(grace=1)
+
+
+def test_playlists_are_never_cached_and_match_the_files(served: Served) -> None:
+    master_path = served.jobs["fmp4"].master_playlist
+    response, body = served.get(f"/out/{master_path}")
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "application/vnd.apple.mpegurl"
+    assert response.getheader("Cache-Control") == "no-store"
+    assert body == (served.output / master_path).read_bytes()
+    master = m3u8.loads(body.decode())
+    assert [p.stream_info.resolution for p in master.playlists] == [(320, 180), (640, 360)]
+    response, body = served.get(f"/out/fmp4/{master.playlists[0].uri}")
+    assert response.status == 200 and response.getheader("Cache-Control") == "no-store"
+    assert m3u8.loads(body.decode()).is_endlist
+
+
+@pytest.mark.parametrize(("job", "path", "content_type"), [
+    ("fmp4", "360p/init.mp4", "video/mp4"),
+    ("fmp4", "360p/seg_00000.m4s", "video/iso.segment"),
+    ("mpegts", "360p/seg_00000.ts", "video/mp2t"),
+    ("fmp4", "poster.jpg", "image/jpeg"),
+])
+def test_media_files_have_their_type_and_segments_are_immutable(
+        served: Served, job: str, path: str, content_type: str) -> None:
+    response, body = served.get(f"/out/{job}/{path}")
+    assert response.status == 200
+    assert response.getheader("Content-Type") == content_type
+    assert body == (served.output / job / path).read_bytes()
+    assert response.getheader("Accept-Ranges") == "bytes"
+    if path != "poster.jpg":
+        assert response.getheader("Cache-Control") == "public, max-age=31536000, immutable"
+
+
+def test_byte_ranges(served: Served) -> None:
+    path = "fmp4/360p/seg_00001.m4s"
+    data = (served.output / path).read_bytes()
+    size = len(data)
+    for header, start, end in (("bytes=10-99", 10, 99), ("bytes=100-", 100, size - 1),
+                               ("bytes=-50", size - 50, size - 1),
+                               (f"bytes=0-{size * 2}", 0, size - 1)):
+        response, body = served.get(f"/out/{path}", {"Range": header})
+        assert response.status == 206, header
+        assert response.getheader("Content-Range") == f"bytes {start}-{end}/{size}"
+        assert body == data[start:end + 1], header
+    response, body = served.get(f"/out/{path}", {"Range": f"bytes={size}-"})
+    assert response.status == 416 and response.getheader("Content-Range") == f"bytes */{size}"
+    # Several ranges at once: the whole file is a valid answer.
+    response, body = served.get(f"/out/{path}", {"Range": "bytes=0-1,5-6"})
+    assert response.status == 200 and body == data
+
+
+def test_head_sends_headers_only(served: Served) -> None:
+    path = "fmp4/180p/seg_00000.m4s"
+    response, body = served.get(f"/out/{path}", method="HEAD")
+    assert response.status == 200 and body == b""
+    assert int(response.getheader("Content-Length") or -1) == (served.output / path).stat().st_size
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/out/../secret.txt", 403),
+    ("/out/%2e%2e/secret.txt", 403),
+    ("/out/fmp4/%2E%2E/%2E%2E/secret.txt", 403),
+    ("/out/fmp4%2f..%2f..%2fsecret.txt", 403),
+    ("/out/./fmp4/master.m3u8", 403),
+    ("/out/escape/secret.txt", 403),            # a symlink out of the output root
+    ("/out/fmp4/master.m3u8%00.jpg", 403),
+    ("/out/notes.txt", 404),                    # inside, but not an output file
+    ("/out/upload.mp4", 404),                   # a video, but not one a job wrote
+    ("/out/fmp4/360p/.muxer.m3u8", 404),        # the muxer's own scratch playlist
+    ("/out/fmp4", 404),                         # a directory
+    ("/out/fmp4/360p/seg_99999.m4s", 404),
+    ("/out/%252e%252e/secret.txt", 404),        # decoded once only: a name, not a '..'
+    ("/etc/passwd", 404),
+    ("/jobs/../../etc/passwd", 404),
+])
+def test_nothing_outside_the_output_root_is_served(served: Served, path: str,
+                                                   status: int) -> None:
+    response, body = served.get(path)
+    assert response.status == status, (path, body)
+    assert b"not for the web" not in body
+
+
+def test_job_pages_and_status(served: Served) -> None:
+    job = served.jobs["fmp4"]
+    response, body = served.get(f"/jobs/{job.id}")
+    assert response.status == 200 and response.getheader("Content-Type", "").startswith("text/html")
+    page = body.decode()
+    assert f'data-job="{job.id}"' in page
+    assert '<script src="/hls.js">' in page and '<script src="/player.js">' in page
+    response, body = served.get("/player.js")
+    assert response.status == 200 and b"transferMedia" in body
+    if DEFAULT_HLS_JS.exists():
+        response, body = served.get("/hls.js")
+        assert response.status == 200 and body == DEFAULT_HLS_JS.read_bytes()
+    response, body = served.get(f"/api/jobs/{job.id}")
+    status = json.loads(body)
+    assert response.status == 200 and status["id"] == job.id and status["state"] == "COMPLETE"
+    assert status["master_playlist"] == job.master_playlist
+    response, body = served.get("/")
+    assert response.status == 200 and job.id.encode() in body
+    for unknown in ("/jobs/0123456789abcdef", "/api/jobs/nothing", "/api/jobs/0000/events"):
+        assert served.get(unknown)[0].status == 404, unknown
+
+
+def _sse(body: bytes) -> list[tuple[str, str, str]]:
+    """(event, id, data) of each message of a server-sent event stream."""
+    messages = []
+    for block in body.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        messages.append((fields.get("event", "message"), fields.get("id", ""), fields["data"]))
+    return messages
+
+
+def test_progress_stream_bridges_watch_and_resumes(served: Served) -> None:
+    job = served.jobs["mpegts"]
+    watched = list(served.stub.Watch(pb.WatchRequest(job_id=job.id), timeout=30))
+    response, body = served.get(f"/api/jobs/{job.id}/events")
+    assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+    messages = _sse(body)
+    assert messages[-1][0] == "end"
+    events = [json.loads(data) for kind, _, data in messages if kind == "message"]
+    assert [int(i) for _, i, _ in messages[:-1]] == [e.sequence for e in watched]
+    assert [e["type"] for e in events] == [e.WhichOneof("kind") for e in watched]
+    assert events[-1]["type"] == "complete" and events[-1]["state"] == "COMPLETE"
+    # An EventSource reconnecting sends the last id it had; a page may also ask with ?after=.
+    for headers, query, first in (({"Last-Event-ID": "3"}, "", 4), ({}, "?after=5", 6)):
+        response, body = served.get(f"/api/jobs/{job.id}/events{query}", headers)
+        ids = [int(i) for kind, i, _ in _sse(body) if kind == "message"]
+        assert ids == list(range(first, watched[-1].sequence + 1))
