@@ -236,9 +236,14 @@ class Job:
             self._fail(exc)
             if not isinstance(exc, Exception):
                 raise
+            _drop_tracebacks(exc)  # see the finally clause
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+            # A finished job keeps its errors, not the frames they were raised in: those hold
+            # the encoders (x264's threads) and, through the fan-out, the decoder.
+            for error in (*self._rung_errors(), self.error):
+                _drop_tracebacks(error)
         return self.state
 
     def _run_pipeline(self, source: OpenSource, rungs: list[Rung], encoder: str, scratch: Path,
@@ -466,7 +471,14 @@ class Job:
     def _remove_unpublished(self) -> None:
         """Delete what no playlist lists, so nothing half-written is left behind. A rung listed
         early keeps the segments its (now ended) playlist lists."""
-        listed = self._publisher.end_early() if self._publisher is not None else []
+        listed: list[str] = []
+        if self._publisher is not None:
+            try:
+                listed = self._publisher.end_early()
+            except OutputWriteError as exc:
+                # The disk that failed the job cannot take the ended playlists either.
+                log.warning("cannot end the early playlists, withdrawing the master: %s", exc)
+                self._publisher.withdraw()
         published = [s for s in self.rungs if s.state == "PUBLISHED" or s.rung.name in listed]
         for status in self.rungs:
             if status.rung.name in listed:
@@ -505,6 +517,16 @@ def _remove_unlisted(folder: Path) -> None:
     for path in folder.iterdir():
         if path.name not in needed:
             path.unlink(missing_ok=True)
+
+
+def _drop_tracebacks(error: BaseException | None) -> None:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        if error.__cause__ is not None:
+            _drop_tracebacks(error.__cause__)
+        error = error.__context__
 
 
 def _unexpected(exc: BaseException) -> RungsError:

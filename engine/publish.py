@@ -151,6 +151,14 @@ class Publisher:
                 self._write_event(folder, segments, ended=True)
             return list(self._event)
 
+    def withdraw(self) -> None:
+        """Take the master down (an unlink needs no disk space): for when the early-listed
+        playlists cannot be ended, so nothing lists a playlist that will never end."""
+        with self._lock:
+            self.master_path.unlink(missing_ok=True)
+            self.variants = []
+            self._event = {}
+
     def _codecs(self, video: str) -> str:
         return video + (f",{self._audio.codecs}" if self._audio else "")
 

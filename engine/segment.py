@@ -5,6 +5,11 @@ multiple of the segment length, which is exactly where the keyframe schedule put
 segment boundaries are identical across rungs. It writes each segment under a temporary name and
 renames it when complete. Its own playlist is only read back for the measured segment durations;
 the playlists players see are written by :mod:`engine.publish`.
+
+The muxer ignores a failed write of a segment (a full disk: ENOSPC, EFBIG) and renames and lists
+the truncated file all the same, so every file it writes goes through :class:`_CheckedFile`,
+which keeps the error: once one is kept, the writer reports no segment as complete and its next
+call raises :class:`~engine.errors.OutputWriteError`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import av
 import av.container
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 _MUXER_PLAYLIST = ".muxer.m3u8"
 INIT_SEGMENT = "init.mp4"
 SEGMENT_TYPES = ("fmp4", "mpegts")
+_AVIO_FLAG_WRITE = 2
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,12 @@ class HlsWriter:
         self.init_uri = init_name if segment_type == "fmp4" else None
         if self.init_uri:
             options["hls_fmp4_init_filename"] = self.init_uri
+        #: The first write that failed, in any file of this rendition.
+        self.write_error: OSError | None = None
         try:
             self.container: av.container.OutputContainer = av.open(
-                str(directory / _MUXER_PLAYLIST), "w", format="hls", options=options)
+                str(directory / _MUXER_PLAYLIST), "w", format="hls", options=options,
+                io_open=self._open)
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputWriteError(f"cannot write segments in {directory}: {exc}") from exc
 
@@ -85,6 +94,7 @@ class HlsWriter:
             self.container.mux(packets)
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputWriteError(f"writing segments in {self.directory} failed: {exc}") from exc
+        self._check_writes()
 
     def close(self) -> list[SegmentRecord]:
         """Finish the last segment and return every segment, measured on disk."""
@@ -98,13 +108,29 @@ class HlsWriter:
 
     def closed_segments(self) -> list[SegmentRecord]:
         """The segments complete on disk so far (the muxer lists a segment once it is renamed
-        into place; it replaces its playlist atomically, so reading it from any thread is safe)."""
+        into place; it replaces its playlist atomically, so reading it from any thread is safe).
+
+        Raises :class:`OutputWriteError` once any write failed: the muxer lists a truncated
+        segment as if it were complete.
+        """
         try:
             playlist = m3u8.loads((self.directory / _MUXER_PLAYLIST).read_text())
         except FileNotFoundError:
+            playlist = None
+        # After the read: a failed write is kept before the muxer lists the segment it truncated.
+        self._check_writes()
+        if playlist is None:
             return []
         return [SegmentRecord(s.uri, float(s.duration), (self.directory / s.uri).stat().st_size,
                               self.init_uri) for s in playlist.segments]
+
+    def _open(self, url: str, flags: int, options: dict[str, str]) -> _CheckedFile:
+        return _CheckedFile(self, url, "wb" if flags & _AVIO_FLAG_WRITE else "rb")
+
+    def _check_writes(self) -> None:
+        if self.write_error is not None:
+            reason = self.write_error.strerror or str(self.write_error)
+            raise OutputWriteError(f"writing segments in {self.directory} failed: {reason}")
 
     def abort(self) -> None:
         """Close after a failure; never raises."""
@@ -112,6 +138,41 @@ class HlsWriter:
             self.container.close()
         except Exception as exc:  # already unwinding from the real error
             log.debug("closing %s after a failure: %s", self.directory, exc)
+
+
+class _CheckedFile:
+    """A file the HLS muxer writes through PyAV's ``io_open``, keeping the first failed write on
+    its writer. The error is not raised to FFmpeg, which would ignore it (and PyAV print it):
+    the writer raises it at its next call."""
+
+    def __init__(self, writer: HlsWriter, path: str, mode: str) -> None:
+        self._writer = writer
+        # PyAV closes it through close(), when the muxer is done with the file.
+        self._file: IO[bytes] = open(path, mode)  # noqa: SIM115
+
+    def write(self, data: bytes) -> int:
+        if self._writer.write_error is None:
+            try:
+                return self._file.write(data)
+            except OSError as exc:
+                self._writer.write_error = exc
+        return len(data)  # the rendition has failed: what is written now no longer matters
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        try:
+            self._file.close()  # flushes: a full disk can fail here too
+        except OSError as exc:
+            if self._writer.write_error is None:
+                self._writer.write_error = exc
 
 
 def avc1_codecs(extradata: bytes) -> str:

@@ -352,17 +352,6 @@ def test_a_reader_at_50_hz_never_sees_a_partial_or_broken_state(
 # -- a full disk ----------------------------------------------------------------------------------
 
 
-#: Found by the tests below; fixes belong to files others own (see the README's "Limits").
-SEGMENTS_TRUNCATED = (
-    "engine/segment.py: FFmpeg's HLS muxer ignores failed writes of segment files (EFBIG, "
-    "ENOSPC): the segment is left truncated on disk, listed as complete, and the job COMPLETES")
-CLEANUP_RAISES = (
-    "engine/job.py: on a full disk Job._fail's cleanup (Publisher.end_early rewriting the EVENT "
-    "playlists) raises OutputWriteError, so Job.run raises: no terminal event (the service "
-    "reports INTERNAL 'the job ended without a final event') and unlisted files stay")
-
-
-@pytest.mark.xfail(strict=True, reason=SEGMENTS_TRUNCATED)
 def test_cli_on_a_full_disk_fails_cleanly(sources: Path, tmp_path: Path) -> None:
     """RLIMIT_FSIZE makes every write past 64 KiB fail with EFBIG, as a full disk fails with
     ENOSPC: the job fails with a clear reason, the scratch space is freed, nothing is left."""
@@ -438,7 +427,6 @@ def _run(stub: Any, source: str, output: str) -> pb.Job:
     return status
 
 
-@pytest.mark.xfail(strict=False, reason=f"{CLEANUP_RAISES}; {SEGMENTS_TRUNCATED}")
 def test_server_on_a_full_disk_fails_the_job_and_keeps_serving(
         sources: Path, tmp_path: Path, small_disk: Path) -> None:
     with in_process(sources, small_disk, tmp_path / "data", max_jobs=1) as running:
@@ -450,8 +438,9 @@ def test_server_on_a_full_disk_fails_the_job_and_keeps_serving(
         assert scratch_freed(running.data / "scratch")
         assert leftovers(small_disk) == []
         if (small_disk / "long" / "master.m3u8").exists():
-            read_ladder(small_disk / "long")
-        # The space the failed job held is freed, so the next job fits.
+            read_ladder(small_disk / "long")  # what was listed early was ended, and plays
+        # The failed job keeps only what it listed; once that is cleared the next job fits.
+        shutil.rmtree(small_disk / "long")
         ok = _run(running.stub, "short.mp4", "short")
         assert ok.state == pb.COMPLETE, ok.error
         read_ladder(small_disk / "short")
@@ -593,10 +582,6 @@ def test_cancel_at_every_stage_is_quick_and_leaks_nothing(
     assert_released(before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/job.py keeps the rung threads' exceptions in Job._results after the job ends; "
-    "their tracebacks hold the encoders (x264 threads) and, through the fan-out, the decoder "
-    "(FFmpeg frame threads and buffers) until the Job is dropped and a full GC runs"))
 def test_a_finished_job_holds_no_codec_threads(sources: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     started = threading.Event()
