@@ -8,8 +8,10 @@ reader sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -105,8 +107,15 @@ class Publisher:
             return True
 
     def set_audio(self, audio: EncodedAudio) -> None:
-        """Publish the complete audio rendition (before any rung lists it, or ended)."""
+        """Publish the complete audio rendition (before any rung lists it, or ended).
+
+        A rendition without a segment (every audio frame came before the first picture, so none
+        was kept) is not published: the rungs are listed video-only.
+        """
         with self._lock:
+            if not audio.segments:
+                self._drop_audio(audio)
+                return
             self._target = max(self._target, target_duration(audio.segments))
             self._audio = audio
             self._audio_complete = True
@@ -150,6 +159,17 @@ class Publisher:
             for folder, segments in self._event.items():
                 self._write_event(folder, segments, ended=True)
             return list(self._event)
+
+    def _drop_audio(self, audio: EncodedAudio) -> None:
+        self._audio = None
+        self._audio_complete = True
+        self._event.pop(audio.folder, None)
+        if self.variants:  # listed early with the (empty) audio group: list them without it
+            variants = [dataclasses.replace(v, codecs=v.codecs.replace(f",{audio.codecs}", ""))
+                        for v in self.variants]
+            self.variants = variants
+            self._write_master(variants[0])
+        shutil.rmtree(self.out_dir / audio.folder, ignore_errors=True)
 
     def withdraw(self) -> None:
         """Take the master down (an unlink needs no disk space): for when the early-listed

@@ -194,13 +194,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
 
 RECIPES = {recipe.name: recipe for recipe in hostile.RECIPES}
-#: Cases that show a bug in a file this suite's authors do not own; each is reported, and the
-#: xfail is strict so the test says so the moment the bug is fixed.
-KNOWN_BUGS = {
-    "audio_all_before_video": (
-        "engine/job.py + engine/publish.py: a source whose audio all precedes the first picture "
-        "gets an audio rendition with no segments, and the master lists it"),
-}
+#: Cases that show a bug not fixed yet; each is reported, and the xfail is strict so the test
+#: says so the moment the bug is fixed.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params() -> list[Any]:
