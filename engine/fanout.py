@@ -137,6 +137,8 @@ class FrameCache:
         self._spill_slots = 0
         self._spill_path = scratch_dir / "frames.spill"
         self._spill_fd: int | None = None
+        #: The decode thread's staging buffer, for frames whose planes have line padding.
+        self._spill_buffer: np.ndarray | None = None
         self._entries: dict[int, _Entry] = {}
         self._next_index = 0
         self._end: _End | None = None
@@ -152,9 +154,7 @@ class FrameCache:
             self._copy_in(frame, self._slots[slot])
         else:
             assert spill is not None
-            buffer = np.empty(self.frame_bytes, np.uint8)
-            self._copy_in(frame, buffer)
-            os.pwrite(self._spill_file(), buffer.data, spill * self.frame_bytes)
+            self._write_spill(frame, spill * self.frame_bytes)
         with self._cond:
             self._entries[self._next_index] = _Entry(time, self.readers, slot, spill)
             self._next_index += 1
@@ -182,8 +182,7 @@ class FrameCache:
                 frame = self._frame_from(self._slots[entry.slot])
             else:
                 assert entry.spill is not None
-                os.preadv(self._spill_file(), [buffer.data], entry.spill * self.frame_bytes)
-                frame = self._frame_from(buffer)
+                frame = self._read_spill(entry.spill * self.frame_bytes, buffer)
             self._release(index)
             yield frame, entry.time
             index += 1
@@ -244,6 +243,34 @@ class FrameCache:
         assert self._spill_fd is not None, "opened by the first spilled frame"
         return self._spill_fd
 
+    def _write_spill(self, frame: av.video.frame.VideoFrame, offset: int) -> None:
+        """Write a frame to its spill slot: straight from its planes when they have no line
+        padding (a 4K frame then costs no copy and no allocation on the decode thread)."""
+        planes = self._unpadded(frame)
+        if planes is None:
+            if self._spill_buffer is None:
+                self._spill_buffer = np.empty(self.frame_bytes, np.uint8)
+            self._copy_in(frame, self._spill_buffer)
+            planes = [self._spill_buffer.data]
+        _write_all(self._spill_file(), planes, offset)
+
+    def _read_spill(self, offset: int, buffer: np.ndarray) -> av.video.frame.VideoFrame:
+        """A frame from its spill slot, read into the new frame's planes when it can be."""
+        frame = av.video.frame.VideoFrame(self.width, self.height, PIXEL_FORMAT)
+        planes = self._unpadded(frame)
+        if planes is not None:
+            _read_all(self._spill_file(), planes, offset)
+            return frame
+        _read_all(self._spill_file(), [buffer.data], offset)
+        return self._frame_from(buffer)
+
+    def _unpadded(self, frame: av.video.frame.VideoFrame) -> list[memoryview] | None:
+        planes = frame.planes
+        if any(p.line_size != p.width for p in planes):
+            return None
+        return [memoryview(p).cast("B")[:size] for p, size in
+                zip(planes, self._plane_sizes, strict=True)]
+
     def _copy_in(self, frame: av.video.frame.VideoFrame, buffer: np.ndarray) -> None:
         offset = 0
         for plane, size in zip(frame.planes, self._plane_sizes, strict=True):
@@ -259,6 +286,34 @@ class FrameCache:
             view[:] = buffer[offset:offset + size].reshape(view.shape)
             offset += size
         return frame
+
+
+def _write_all(fd: int, buffers: list[memoryview], offset: int) -> None:
+    # pwritev may write less than asked (a signal, a huge request): go on from where it stopped.
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        views = _advance(views, written)
+
+
+def _read_all(fd: int, buffers: list[memoryview], offset: int) -> None:
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        read = os.preadv(fd, views, offset)
+        if read == 0:
+            raise OSError(f"spill file ends before offset {offset}")
+        offset += read
+        views = _advance(views, read)
+
+
+def _advance(views: list[memoryview], done: int) -> list[memoryview]:
+    while views and done >= len(views[0]):
+        done -= len(views[0])
+        views = views[1:]
+    if views and done:
+        views = [views[0][done:], *views[1:]]
+    return views
 
 
 @dataclass

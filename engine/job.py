@@ -28,6 +28,7 @@ from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
 from engine.decode import DecodeStats, decode_source
 from engine.errors import (
     InvalidOptionsError,
+    InvalidSourceError,
     JobCancelledError,
     OutputExistsError,
     OutputWriteError,
@@ -76,8 +77,9 @@ class TranscodeOptions:
     #: device type such as ``cuda``.
     hwaccel: str = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
-    #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk.
-    cache_bytes: int = 1 << 30
+    #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk (see
+    #: engine.fanout: a spilled frame costs about what a pooled one does).
+    cache_bytes: int = 256 << 20
     #: Where the spill file goes (a temporary directory inside it, removed at the end).
     scratch_dir: Path | None = None
     #: Replace the contents of a non-empty output directory.
@@ -437,7 +439,9 @@ class Job:
         rung_errors = [r for r in self._rung_errors() if not isinstance(r, JobCancelledError)]
         if isinstance(exc, JobCancelledError) and rung_errors:
             exc = rung_errors[0]
-        self._remove_unpublished()
+        # A source found invalid part way (an index promising frames the file does not hold)
+        # is refused like one found invalid at the start: nothing of it stays published.
+        self._remove_unpublished(withdraw=isinstance(exc, InvalidSourceError))
         self.total_s = self._elapsed()
         if isinstance(exc, JobCancelledError) and self._cancel_requested:
             self._set_state(JobState.CANCELLED, "cancelled", {"code": exc.code,
@@ -468,26 +472,30 @@ class Job:
         except OSError as exc:
             raise OutputWriteError(f"cannot create output directory {str(out)!r}: {exc}") from exc
 
-    def _remove_unpublished(self) -> None:
+    def _remove_unpublished(self, withdraw: bool = False) -> None:
         """Delete what no playlist lists, so nothing half-written is left behind. A rung listed
-        early keeps the segments its (now ended) playlist lists."""
-        listed: list[str] = []
-        if self._publisher is not None:
+        early keeps the segments its (now ended) playlist lists; with ``withdraw``, nothing is
+        kept."""
+        listed: list[str] = []  # rendition folders whose early playlists were ended
+        if self._publisher is not None and not withdraw:
             try:
                 listed = self._publisher.end_early()
             except OutputWriteError as exc:
                 # The disk that failed the job cannot take the ended playlists either.
                 log.warning("cannot end the early playlists, withdrawing the master: %s", exc)
-                self._publisher.withdraw()
-        published = [s for s in self.rungs if s.state == "PUBLISHED" or s.rung.name in listed]
+                withdraw = True
+        if self._publisher is not None and withdraw:
+            self._publisher.withdraw()
+        kept = {s.rung.name for s in self.rungs
+                if s.rung.name in listed or (s.state == "PUBLISHED" and not withdraw)}
         for status in self.rungs:
             if status.rung.name in listed:
                 _remove_unlisted(self.out_dir / status.rung.name)
-            elif status.state != "PUBLISHED":
+            elif status.rung.name not in kept:
                 shutil.rmtree(self.out_dir / status.rung.name, ignore_errors=True)
         if AUDIO_FOLDER in listed:
             _remove_unlisted(self.out_dir / AUDIO_FOLDER)
-        if not published:
+        if not kept:
             shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
             (self.out_dir / POSTER).unlink(missing_ok=True)
 
