@@ -22,6 +22,7 @@ the same process; it never writes anything.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -126,6 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, which players rely on for segment after segment
     server: _HTTPServer
     server_version = "rungs"
+    #: Seconds a connection may sit idle, or a client leave a write unread, before it is closed.
+    timeout = 60
 
     def do_GET(self) -> None:
         self._route(head=False)
@@ -163,8 +166,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, "not found")
         except JobNotFoundError as exc:
             self._error(HTTPStatus.NOT_FOUND, exc.message)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away; nothing to answer
+        except OSError:
+            # The client went away, or stopped reading for longer than ``timeout``.
+            self.close_connection = True
+        except Exception:  # a bug: answered 500, logged, and the server goes on
+            log.exception("HTTP %s %s failed", self.command, self.path)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
     def _job(self, job_id: str) -> pb.Job:
         if not _JOB_ID.fullmatch(job_id):
@@ -181,13 +190,18 @@ class _Handler(BaseHTTPRequestHandler):
         if "\0" in relative or any(part in ("..", ".") for part in parts):
             self._error(HTTPStatus.FORBIDDEN, "forbidden")
             return
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root):  # a symlink leading out
+        try:
+            path = (root / relative).resolve()
+            is_file = path.is_file()
+        except (OSError, RuntimeError):  # a name too long, a symlink loop
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        if not path.is_relative_to(root):  # an absolute path, or a symlink leading out
             self._error(HTTPStatus.FORBIDDEN, "forbidden")
             return
         kind = next(((content_type, cache) for name, content_type, cache in _OUTPUT_FILES
                      if name.fullmatch(path.name)), None)
-        if kind is None or not path.is_file():
+        if kind is None or not is_file:
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
         self._file(path, *kind, head)

@@ -132,6 +132,8 @@ def test_head_sends_headers_only(served: Served) -> None:
     ("/out/fmp4%2f..%2f..%2fsecret.txt", 403),
     ("/out/./fmp4/master.m3u8", 403),
     ("/out/escape/secret.txt", 403),            # a symlink out of the output root
+    ("/out//etc/passwd", 403),                  # an absolute path
+    ("/out/" + "x" * 5000 + "/master.m3u8", 404),  # a name the system refuses
     ("/out/fmp4/master.m3u8%00.jpg", 403),
     ("/out/notes.txt", 404),                    # inside, but not an output file
     ("/out/upload.mp4", 404),                   # a video, but not one a job wrote
