@@ -7,6 +7,7 @@ moment it and every rung below it are complete. The first publication makes the 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -363,8 +364,7 @@ class Job:
         try:
             results[index] = encode_rung(
                 status.rung, status.encoder, fanout.reader(index), self.out_dir,
-                EncodeSettings(settings.segment_seconds, settings.segment_type,
-                               settings.time_base, settings.rotation, nice),
+                dataclasses.replace(settings, nice=nice, frame_threads=index > 0),
                 self._stop, status.progress, fallback_encoder(status.encoder),
                 self._on_fallback, early)
         except BaseException as exc:  # handed to the job thread

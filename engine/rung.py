@@ -21,7 +21,7 @@ from av.video.frame import PictureType
 from engine.errors import EncoderError, JobCancelledError
 from engine.fanout import Item
 from engine.gop import TIMELINE_START, FrameTime
-from engine.hwaccel import encoder_options
+from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung
 from engine.scale import Scaler
 from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
@@ -61,6 +61,10 @@ class EncodeSettings:
     rotation: int
     #: Added to the rung thread's nice value (Linux: per thread); 0 leaves it alone.
     nice: int = 0
+    #: libx264 with frame threads (throughput) rather than PyAV's slice threads (latency to the
+    #: first packet). The rungs behind the first use them: on the 4 s 4K sample their job took
+    #: 8% less time (33.4 vs 36.4 s) and 5% less CPU, for about 330 MB more peak RSS.
+    frame_threads: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ class _Output:
             stream.codec_context.time_base = settings.time_base
             gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
             stream.codec_context.options = encoder_options(encoder, rung, gop)
+            if settings.frame_threads and encoder == SOFTWARE_ENCODER:
+                stream.codec_context.thread_type = "FRAME"
         except BaseException:
             self.writer.abort()
             raise
