@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,6 +122,14 @@ class _HTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up between requests is routine, not worth a traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("HTTP client %s: %s", client_address, error)
+        else:
+            log.error("HTTP request from %s failed", client_address, exc_info=error)
 
 
 class _Handler(BaseHTTPRequestHandler):

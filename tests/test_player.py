@@ -4,8 +4,8 @@ on loopback (gRPC for the Transcode call, HTTP for the page, the outputs and the
 One job per segment type, under CDP network emulation of 100 ms latency and 20 Mbit/s: the
 page is opened right after Transcode, starts playing at READY (the first rung's first segment,
 an EVENT playlist), and moves to the higher rung when it is published, while it plays. The
-source is 12 s of 1080p with a 440 Hz tone and the ladder 360p + 720p: on two cores the 720p rung
-is published about 6 s after the call, halfway through playback.
+source is 18 s of 1080p with a 440 Hz tone and the ladder 360p + 720p: on two cores the 720p rung
+is published about 6 to 9 s after the call, well before playback ends.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 #: CDP network emulation: 100 ms latency, 20 Mbit/s both ways.
 NETWORK = {"offline": False, "latency": 100, "downloadThroughput": 20e6 / 8,
            "uploadThroughput": 20e6 / 8}
-SOURCE_SECONDS = 12
+#: Long enough that playback outlasts the 720p encode even on a loaded machine.
+SOURCE_SECONDS = 18
 #: The most playback an upgrade may cost, in seconds.
 MAX_UPGRADE_LOSS_S = 0.1
 
