@@ -265,6 +265,7 @@ class FrameCache:
         return self._frame_from(buffer)
 
     def _unpadded(self, frame: av.video.frame.VideoFrame) -> list[memoryview] | None:
+        """Byte views of the frame's planes, or None when a plane has line padding."""
         planes = frame.planes
         if any(p.line_size != p.width for p in planes):
             return None
@@ -290,7 +291,7 @@ class FrameCache:
 
 def _write_all(fd: int, buffers: list[memoryview], offset: int) -> None:
     # pwritev may write less than asked (a signal, a huge request): go on from where it stopped.
-    views = [memoryview(b).cast("B") for b in buffers]
+    views = buffers
     while views:
         written = os.pwritev(fd, views, offset)
         offset += written
@@ -298,7 +299,7 @@ def _write_all(fd: int, buffers: list[memoryview], offset: int) -> None:
 
 
 def _read_all(fd: int, buffers: list[memoryview], offset: int) -> None:
-    views = [memoryview(b).cast("B") for b in buffers]
+    views = buffers
     while views:
         read = os.preadv(fd, views, offset)
         if read == 0:

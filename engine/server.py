@@ -105,7 +105,11 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
     manager = JobManager(data_dir, source_root, output_root, max_jobs=max_jobs,
                          max_queue=max_queue, watchdog=watchdog, max_pixels=max_pixels,
                          max_duration_s=max_duration_s)
+    web = None
     try:
+        if http_port is not None:
+            # First: a taken HTTP port then fails before any gRPC port is bound.
+            web = WebServer(manager, _host(address), http_port, hls_js)
         executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc")
         server = grpc.server(executor)
         transcoder_pb2_grpc.add_TranscoderServicer_to_server(
@@ -118,10 +122,9 @@ def create_server(address: str = "127.0.0.1:0", *, data_dir: Path, source_root: 
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = _bind(server, address)
-        web = None
-        if http_port is not None:
-            web = WebServer(manager, _host(address), http_port, hls_js)
     except BaseException:
+        if web is not None:
+            web.stop()
         manager.close()
         raise
     return RungsServer(server, manager, health_servicer, executor, web), port

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,3 +201,17 @@ def test_progress_stream_bridges_watch_and_resumes(served: Served) -> None:
         response, body = served.get(f"/api/jobs/{job.id}/events{query}", headers)
         ids = [int(i) for kind, i, _ in _sse(body) if kind == "message"]
         assert ids == list(range(first, watched[-1].sequence + 1))
+
+
+def test_a_taken_http_port_is_refused_and_releases_the_data_dir(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            create_server("127.0.0.1:0", data_dir=tmp_path / "data", source_root=tmp_path,
+                          output_root=tmp_path / "out", http_port=taken.getsockname()[1])
+    # The failed attempt left the data directory unlocked: the next server can use it.
+    server, _ = create_server("127.0.0.1:0", data_dir=tmp_path / "data", source_root=tmp_path,
+                              output_root=tmp_path / "out", http_port=0)
+    server.start()
+    server.stop(grace=0)
