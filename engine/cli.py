@@ -97,6 +97,9 @@ def add_transcode_options(parser: argparse.ArgumentParser) -> None:
                         help="list the first rung (and be READY) once its first segment closes")
     parser.add_argument("--cache-mb", type=int, default=256,
                         help="memory for frames waiting for slower rungs (default %(default)s)")
+    parser.add_argument("--spill-mb", type=int, default=None,
+                        help="disk for frames beyond --cache-mb (default: half the free space "
+                             "of the scratch directory)")
     parser.add_argument("--scratch-dir", type=Path, default=None)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the contents of a non-empty output directory")
@@ -113,6 +116,7 @@ def options_from_args(args: argparse.Namespace) -> TranscodeOptions:
         hwaccel=args.hwaccel,
         early_playback=args.early_playback,
         cache_bytes=args.cache_mb << 20,
+        spill_bytes=None if args.spill_mb is None else args.spill_mb << 20,
         scratch_dir=args.scratch_dir,
         overwrite=args.overwrite,
     )

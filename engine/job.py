@@ -81,6 +81,10 @@ class TranscodeOptions:
     #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk (see
     #: engine.fanout: a spilled frame costs about what a pooled one does).
     cache_bytes: int = 256 << 20
+    #: Disk for decoded frames beyond ``cache_bytes``; None: half the scratch directory's free
+    #: space when the job starts. With the whole source fitting, the slower rungs encode one
+    #: after another (see engine.fanout); otherwise all at once, the decoder waiting for them.
+    spill_bytes: int | None = None
     #: Where the spill file goes (a temporary directory inside it, removed at the end).
     scratch_dir: Path | None = None
     #: Replace the contents of a non-empty output directory.
@@ -102,8 +106,8 @@ class TranscodeOptions:
             raise InvalidOptionsError(
                 f"segment type must be one of {', '.join(SEGMENT_TYPES)}, "
                 f"got {self.segment_type!r}")
-        if self.cache_bytes < 0:
-            raise InvalidOptionsError("cache size must not be negative")
+        if self.cache_bytes < 0 or (self.spill_bytes or 0) < 0:
+            raise InvalidOptionsError("cache and spill sizes must not be negative")
 
 
 @dataclass(frozen=True)
@@ -256,8 +260,11 @@ class Job:
         schedule = KeyframeSchedule(segment, MAX_FRAME_RATE)
         self.source_frames = info.declared_frames
         self._frames_total = info.declared_frames or round(info.duration_s * float(info.frame_rate))
+        spill = self.options.spill_bytes
+        if spill is None:
+            spill = shutil.disk_usage(scratch).free // 2
         fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
-                        self._stop)
+                        self._stop, spill)
         results = self._results = [None] * len(rungs)
         stream = source.container.streams.video[0]
         settings = EncodeSettings(segment, self.options.segment_type,

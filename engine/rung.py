@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -97,6 +98,11 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     """
     if settings.nice:
         lower_thread_priority(settings.nice)
+    # A rung waiting for its turn (engine.fanout) opens its encoder only when its frames come.
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is not None:
+        frames = itertools.chain([first], frames)
     progress.started_at = time.monotonic()
     scaler = Scaler(rung.width, rung.height, settings.rotation)
     start = round(TIMELINE_START / settings.time_base)

@@ -512,7 +512,7 @@ def test_spilled_frames_read_back_equal(tmp_path: Path, width: int, height: int)
     readers."""
     from engine.gop import FrameTime
 
-    cache = engine.fanout.FrameCache(2, width, height, 0, tmp_path, threading.Event())
+    cache = engine.fanout.FrameCache(2, width, height, 0, tmp_path, threading.Event(), 1 << 30)
     rng = np.random.default_rng(1)
     sent = []
     for index in range(5):
@@ -533,6 +533,129 @@ def test_spilled_frames_read_back_equal(tmp_path: Path, width: int, height: int)
                 np.testing.assert_array_equal(plane, want)
     cache.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def _noise_frames(count: int, width: int, height: int) -> list[av.VideoFrame]:
+    rng = np.random.default_rng(2)
+    frames = []
+    for _ in range(count):
+        frame = av.VideoFrame(width, height, "yuv420p")
+        for plane in frame.planes:
+            view = engine.fanout.plane_array(plane)
+            view[:] = rng.integers(0, 255, view.shape, dtype=np.uint8)
+        frames.append(frame)
+    return frames
+
+
+def _time(index: int) -> Any:
+    from engine.gop import FrameTime
+    return FrameTime(index, index, Fraction(index, 30), 0, index == 0)
+
+
+def _read_in_thread(cache: engine.fanout.FrameCache, reader: int, log: list[tuple[int, int]],
+                    delay: float = 0.0) -> threading.Thread:
+    def read() -> None:
+        for _, when in cache.frames(reader):
+            log.append((reader, when.index))
+            time.sleep(delay)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_slower_rungs_take_turns_when_the_source_fits(tmp_path: Path) -> None:
+    """With room for every frame, the second cached reader gets its first frame only after the
+    first has taken the last one, and the decoder never waits."""
+    frames = _noise_frames(6, 64, 48)
+    cache = engine.fanout.FrameCache(2, 64, 48, 2 * 64 * 48 * 3 // 2, tmp_path,
+                                     threading.Event(), 1 << 20)
+    log: list[tuple[int, int]] = []
+    readers = [_read_in_thread(cache, reader, log, delay=0.01) for reader in (1, 0)]
+    for index, frame in enumerate(frames):
+        cache.put(frame, _time(index))
+    cache.finish()
+    for thread in readers:
+        thread.join(10)
+    assert log == [(0, i) for i in range(6)] + [(1, i) for i in range(6)]
+    assert not cache.stats.readers_at_once
+    assert cache.stats.frames_in_memory == 2 and cache.stats.frames_spilled == 4
+    cache.close()
+
+
+def test_spill_budget_bounds_the_disk_and_readers_go_at_once(tmp_path: Path) -> None:
+    """A source longer than memory and disk budgets together: the decoder waits for the readers,
+    which stop taking turns; the scratch file never holds more than its budget and every frame
+    comes back intact to both readers."""
+    width, height = 64, 48
+    frame_bytes = width * height * 3 // 2
+    frames = _noise_frames(20, width, height)
+    sent = [[engine.fanout.plane_array(p).copy() for p in f.planes] for f in frames]
+    cache = engine.fanout.FrameCache(2, width, height, frame_bytes, tmp_path, threading.Event(),
+                                     3 * frame_bytes)
+    got: dict[int, list[list[np.ndarray]]] = {0: [], 1: []}
+
+    def read(reader: int) -> None:
+        for frame, _ in cache.frames(reader):
+            got[reader].append([engine.fanout.plane_array(p).copy() for p in frame.planes])
+
+    threads = [threading.Thread(target=read, args=(r,), daemon=True) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for index, frame in enumerate(frames):
+        cache.put(frame, _time(index))
+    cache.finish()
+    for thread in threads:
+        thread.join(10)
+    assert cache.stats.readers_at_once
+    assert cache.stats.peak_spill_bytes <= 3 * frame_bytes
+    assert (tmp_path / "frames.spill").stat().st_size <= 3 * frame_bytes
+    for reader in (0, 1):
+        assert len(got[reader]) == len(sent)
+        for planes, expected in zip(got[reader], sent, strict=True):
+            for plane, want in zip(planes, expected, strict=True):
+                np.testing.assert_array_equal(plane, want)
+    cache.close()
+
+
+def test_cancel_reaches_a_decoder_waiting_for_room(tmp_path: Path) -> None:
+    """Budgets full and no reader taking frames: put waits, and a cancel ends the wait."""
+    cancel = threading.Event()
+    cache = engine.fanout.FrameCache(1, 64, 48, 0, tmp_path, cancel, 64 * 48 * 3 // 2)
+    frames = _noise_frames(2, 64, 48)
+    cache.put(frames[0], _time(0))
+    errors: list[BaseException] = []
+
+    def put_second() -> None:
+        try:
+            cache.put(frames[1], _time(1))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=put_second, daemon=True)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive(), "put should wait for a free slot"
+    cancel.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert [type(e) for e in errors] == [engine.fanout.JobCancelledError]
+    cache.close()
+
+
+def test_job_with_a_tiny_spill_budget_completes(tmp_path: Path, source_video: Path,
+                                                source_frames: int) -> None:
+    """The whole pipeline with room for two frames beyond memory: the rungs go at once, paced
+    by the slowest, and every rung still gets every frame."""
+    one_frame = 640 * 360 * 3 // 2
+    run = run_job(source_video, tmp_path / "out",
+                  options(cache_bytes=one_frame, spill_bytes=2 * one_frame,
+                          scratch_dir=scratch_dir(tmp_path)))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert run.job.summary()["frames_decoded"] == source_frames
+    for folder in variant_dirs(run.out):
+        indices = [media.frame_index(f) for f in decode_rendition(folder)]
+        assert indices == list(range(source_frames)), folder.name
 
 
 def test_frames_spill_to_disk_and_come_back_intact(
@@ -584,6 +707,7 @@ def test_encoder_takes_every_option_it_is_given(tmp_path: Path) -> None:
     ({"segment_seconds": 0.5}, "segment length"),
     ({"segment_type": "dash"}, "segment type"),
     ({"cache_bytes": -1}, "cache"),
+    ({"spill_bytes": -1}, "spill"),
     ({"encoder": "h265_magic"}, "encoder"),
     ({"ladder": LadderOptions(heights=(4,))}, "heights"),
 ])
@@ -731,7 +855,8 @@ def test_cancel_while_decoding(tmp_path: Path, long_source: Path,
     scratch = scratch_dir(tmp_path)
     job, events = _started_job(long_source, out, options(scratch_dir=scratch))
     deadline = time.monotonic() + 30
-    while not job.rungs or job.rungs[-1].progress.frames_done < 10:
+    # The second rung is the first to read from the frame cache; the third waits its turn.
+    while not job.rungs or job.rungs[1].progress.frames_done < 10:
         assert time.monotonic() < deadline, "the job never got going"
         assert not job.state.terminal, job.error
         time.sleep(0.01)

@@ -140,7 +140,7 @@ def test_frame_cache(benchmark: Any, frames: list[av.video.frame.VideoFrame], tm
     (steady state); ``spill`` has no memory budget, so every frame goes through the scratch
     file (in the page cache: no fsync)."""
     budget = CACHE_FRAMES * WIDTH * HEIGHT * 3 // 2 if where == "memory" else 0
-    cache = FrameCache(1, WIDTH, HEIGHT, budget, tmp_path, threading.Event())
+    cache = FrameCache(1, WIDTH, HEIGHT, budget, tmp_path, threading.Event(), 1 << 30)
     reader = cache.frames(0)
 
     def put_get() -> int:
