@@ -95,7 +95,7 @@ def add_transcode_options(parser: argparse.ArgumentParser) -> None:
                         help="decode on a hardware device (auto: only if it really works here)")
     parser.add_argument("--early-playback", action=argparse.BooleanOptionalAction, default=True,
                         help="list the first rung (and be READY) once its first segment closes")
-    parser.add_argument("--cache-mb", type=int, default=256,
+    parser.add_argument("--cache-mb", type=int, default=64,
                         help="memory for frames waiting for slower rungs (default %(default)s)")
     parser.add_argument("--spill-mb", type=int, default=None,
                         help="disk for frames beyond --cache-mb (default: half the free space "

@@ -12,12 +12,13 @@ is written and read with direct I/O (``O_DIRECT``) where the file system allows 
 through the page cache cost 1.3 to 4 s of kernel CPU here, directly 0.1 s (and 0.8 s of waiting),
 which is what kept the first rung of a 4K job at a third of its speed.
 
-The slower rungs take their turns: each starts once the one before it has taken every frame, so
-only one of them encodes at a time. On two cores, three x264 encoders at once cost about a
-quarter more CPU than the same encodes one after another (the ffmpeg CLI measured both ways), and
-only one large encoder is in memory at a time. That needs the whole source in the cache; when the
-disk budget runs out first, the decoder waits for room and every rung goes at once instead, so a
-long source never fills the disk.
+The slower rungs take their turns: the first starts once the decoder is done, each next one once
+the one before it has taken every frame, so the first rung has the machine to itself and only one
+encoder works at a time. On two cores, three x264 encoders at once cost about a quarter more CPU
+than the same encodes one after another (the ffmpeg CLI measured both ways), and only one large
+encoder is in memory at a time. That needs the whole source in the cache; when the disk budget
+runs out first, the decoder waits for room and every rung goes at once instead, so a long source
+never fills the disk.
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class FrameCache:
 
     Frames live in pooled memory slots up to ``budget_bytes``, then in reused slots of one scratch
     file up to ``spill_budget_bytes``; with both full, :meth:`put` waits for a slot to be freed.
-    Readers each take every frame in order; a slot is reused once all have taken it. Reader ``n``
-    starts once reader ``n - 1`` has taken every frame, or as soon as the cache is full.
+    Readers each take every frame in order; a slot is reused once all have taken it. Reader 0
+    starts once every frame is in, reader ``n`` once reader ``n - 1`` has taken every frame; all
+    of them start as soon as the cache is full.
     """
 
     def __init__(self, readers: int, width: int, height: int, budget_bytes: int,
@@ -224,7 +226,8 @@ class FrameCache:
 
     def _wait_turn(self, reader: int) -> None:
         with self._cond:
-            while reader > self._readers_done and not self.stats.readers_at_once:
+            while ((self._end is None or reader > self._readers_done)
+                   and not self.stats.readers_at_once):
                 self._check_cancel()
                 self._cond.wait(_POLL_S)
 

@@ -79,8 +79,8 @@ class TranscodeOptions:
     hwaccel: str = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
     #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk (see
-    #: engine.fanout: a spilled frame costs about what a pooled one does).
-    cache_bytes: int = 256 << 20
+    #: engine.fanout: with direct I/O a spilled frame costs little more than a pooled one).
+    cache_bytes: int = 64 << 20
     #: Disk for decoded frames beyond ``cache_bytes``; None: half the scratch directory's free
     #: space when the job starts. With the whole source fitting, the slower rungs encode one
     #: after another (see engine.fanout); otherwise all at once, the decoder waiting for them.

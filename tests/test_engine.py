@@ -565,8 +565,8 @@ def _read_in_thread(cache: engine.fanout.FrameCache, reader: int, log: list[tupl
 
 
 def test_slower_rungs_take_turns_when_the_source_fits(tmp_path: Path) -> None:
-    """With room for every frame, the second cached reader gets its first frame only after the
-    first has taken the last one, and the decoder never waits."""
+    """With room for every frame, the first cached reader starts once the decoder is done, the
+    second only after the first has taken the last frame, and the decoder never waits."""
     frames = _noise_frames(6, 64, 48)
     cache = engine.fanout.FrameCache(2, 64, 48, 2 * 64 * 48 * 3 // 2, tmp_path,
                                      threading.Event(), 1 << 20)
@@ -574,10 +574,12 @@ def test_slower_rungs_take_turns_when_the_source_fits(tmp_path: Path) -> None:
     readers = [_read_in_thread(cache, reader, log, delay=0.01) for reader in (1, 0)]
     for index, frame in enumerate(frames):
         cache.put(frame, _time(index))
+    time.sleep(0.2)  # a reader that did not wait for the decoder would start now
+    log.append((-1, -1))
     cache.finish()
     for thread in readers:
         thread.join(10)
-    assert log == [(0, i) for i in range(6)] + [(1, i) for i in range(6)]
+    assert log == [(-1, -1)] + [(0, i) for i in range(6)] + [(1, i) for i in range(6)]
     assert not cache.stats.readers_at_once
     assert cache.stats.frames_in_memory == 2 and cache.stats.frames_spilled == 4
     cache.close()
@@ -855,8 +857,8 @@ def test_cancel_while_decoding(tmp_path: Path, long_source: Path,
     scratch = scratch_dir(tmp_path)
     job, events = _started_job(long_source, out, options(scratch_dir=scratch))
     deadline = time.monotonic() + 30
-    # The second rung is the first to read from the frame cache; the third waits its turn.
-    while not job.rungs or job.rungs[1].progress.frames_done < 10:
+    # The first rung runs while the source decodes (the others wait for the decoder to finish).
+    while not job.rungs or job.rungs[0].progress.frames_done < 10:
         assert time.monotonic() < deadline, "the job never got going"
         assert not job.state.terminal, job.error
         time.sleep(0.01)
