@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any
 
 import imageio_ffmpeg
 
-from bench import chart, commands, machine, quality, report, sources
+from bench import chart, commands, floor, machine, quality, report, sources
 from bench.outputs import settings_differences, x264_settings
 from bench.systems import RUNGS, SYSTEMS, BenchError, Setup, SystemRun, run_system
 
@@ -77,13 +78,26 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
     engine_used = machine.engine_fingerprint(engine_dir)
     doc: dict[str, Any] = {"machine": machine.describe(ffmpeg), "source": source.to_dict()}
 
-    runs = _interleaved(setup, rounds, quality_pass=not args.no_quality)
+    floor_raw = None
+    if args.no_floor:
+        _log("no floor (--no-floor)")
+    elif floor.raw_size(setup) > floor.MAX_RAW_BYTES:
+        _log(f"no floor: the raw frames would take {floor.raw_size(setup) / 1e9:.1f} GB")
+    else:
+        _log("floor: decoding the source once into raw frames ...")
+        floor_raw = floor.prepare(setup, setup.work_dir / "floor-raw")
+    try:
+        runs, floor_runs = _interleaved(setup, rounds, not args.no_quality, floor_raw)
+    finally:
+        if floor_raw is not None:
+            shutil.rmtree(floor_raw.parent, ignore_errors=True)
+    floor_summary = floor.summary(floor_runs) if floor_runs else None
     summaries = {name: {**report.medians(runs[name]), **report.quality_medians(runs[name]),
                         "rounds": [run.to_dict() for run in runs[name]]}
                  for name in SYSTEMS}
     rss_name = args.rss_source or "none"
     rss_check = None if rss_name == "none" else _rss_check(args, rss_name, setup, summaries)
-    checks = report.targets(summaries, rung_names[0], rss_check)
+    checks = report.targets(summaries, rung_names[0], rss_check, floor_summary)
     changed = machine.engine_fingerprint() != engine_used
     if changed:
         _log("note: engine/ changed while the benchmark ran; every round used the copy taken "
@@ -97,6 +111,7 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
                    for name in SYSTEMS if name != RUNGS},
         "x264_settings_check": _settings_check(runs, rung_names),
         "rss_check": rss_check,
+        "floor": floor_summary,
         "targets": [t.to_dict() for t in checks],
         "note": QUICK_NOTE if args.quick else f"medians of {rounds} interleaved rounds",
         "bench_wall_s": round(time.monotonic() - started, 1),
@@ -125,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                         default=list(commands.DEFAULT_RUNGS_ARGS),
                         help="extra arguments for rungs transcode (default %(default)s)")
     parser.add_argument("--no-quality", action="store_true", help="skip PSNR and SSIM")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the floor (one decode and each encode from raw frames, "
+                             "timed alone)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where latest.json, timeline.png, cache/ and work/ go")
     parser.add_argument("--json", action="store_true",
@@ -132,10 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interleaved(setup: Setup, rounds: int, quality_pass: bool) -> dict[str, list[SystemRun]]:
-    """A B C A B C ...: machine drift hits every system alike. Quality is measured after each
-    run, outside its timed window."""
+def _interleaved(setup: Setup, rounds: int, quality_pass: bool, floor_raw: Path | None,
+                 ) -> tuple[dict[str, list[SystemRun]], list[floor.FloorRun]]:
+    """A B C (floor) A B C (floor) ...: machine drift hits every system alike. Quality is
+    measured after each run, outside its timed window."""
     runs: dict[str, list[SystemRun]] = {name: [] for name in SYSTEMS}
+    floor_runs: list[floor.FloorRun] = []
     for index in range(rounds):
         for name in SYSTEMS:
             run = run_system(name, setup)
@@ -146,7 +166,14 @@ def _interleaved(setup: Setup, rounds: int, quality_pass: bool) -> dict[str, lis
                  f"  frames decoded {run.frames_decoded}")
             if quality_pass:
                 _quality(setup, run)
-    return runs
+        if floor_raw is not None:
+            floor_run = floor.run(setup, floor_raw, setup.work_dir / "floor")
+            floor_runs.append(floor_run)
+            _log(f"round {index + 1}/{rounds} {'floor':19} decode {floor_run.decode_s:5.2f} s"
+                 f"  encodes " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                            floor_run.encode_s.items())
+                 + f"  cpu {floor_run.cpu_s:6.1f} s")
+    return runs, floor_runs
 
 
 def _quality(setup: Setup, run: SystemRun) -> None:
@@ -229,6 +256,8 @@ def _print_text(doc: dict[str, Any], rung_names: list[str], checks: list[report.
     print(_playable_note(summaries, rung_names[0]))
     print()
     print(report.targets_text(checks))
+    if doc["floor"] is not None:
+        print(report.floor_text(doc["floor"], summaries))
     for rung, check in doc["x264_settings_check"].items():
         for name, differences in check["differences"].items():
             if differences:

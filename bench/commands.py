@@ -89,6 +89,28 @@ def ffmpeg_one_rung(ffmpeg: str, source: Path, plan: RungPlan, out_dir: Path,
     return argv
 
 
+def decode_only(ffmpeg: str, source: Path) -> list[str]:
+    """Decode the source's video and throw the frames away: what one decode costs."""
+    return [*_input(ffmpeg, source), "-map", "0:v:0", "-f", "null", "-"]
+
+
+def raw_frames(ffmpeg: str, source: Path, raw: Path, source_fps: float) -> list[str]:
+    """Decode the source's video once into a file of raw 8-bit 4:2:0 frames."""
+    return [*_input(ffmpeg, source), "-map", "0:v:0", "-vf", f"{_frame_rate_cap(source_fps)}"
+            "format=yuv420p", "-f", "rawvideo", str(raw)]
+
+
+def encode_only(ffmpeg: str, raw: Path, width: int, height: int, frame_rate: float,
+                plan: RungPlan, out_dir: Path, segment_seconds: float,
+                thread_type: str | None) -> list[str]:
+    """One rung from raw decoded frames: the encoder's (and scaler's) own cost, no decode."""
+    rate = min(frame_rate, float(MAX_FRAME_RATE))
+    return [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-y", "-f", "rawvideo",
+            "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-r", f"{rate:g}", "-i", str(raw),
+            "-vf", scale_filter(plan.rung), *video_codec(plan, segment_seconds, thread_type),
+            *hls_output(out_dir / plan.name, segment_seconds)]
+
+
 def scale_filter(rung: Rung) -> str:
     """The engine's scaler: swscale AREA to the rung's size, 8-bit 4:2:0."""
     return f"scale={rung.width}:{rung.height}:flags=area,format=yuv420p"

@@ -111,7 +111,7 @@ def run_rungs(setup: Setup, out: Path) -> SystemRun:
     hls = out / "hls"
     argv = commands.rungs_command(setup.source.path, hls, setup.segment_seconds,
                                   setup.rungs_args)
-    run = _checked(run_measured(argv, stderr_path=out / "stderr.log", read_stdout=True,
+    run = checked(run_measured(argv, stderr_path=out / "stderr.log", read_stdout=True,
                                 cwd=setup.rungs_cwd))
     events = [(t, json.loads(line)) for t, line in run.lines if line.startswith("{")]
     first = {e["type"]: t for t, e in reversed(events)}
@@ -148,7 +148,7 @@ def run_all_at_once(setup: Setup, out: Path) -> SystemRun:
     argv = commands.ffmpeg_all_at_once(setup.ffmpeg, source.path, setup.rungs, hls,
                                        setup.segment_seconds, source.has_audio,
                                        setup.ffmpeg_thread_type, source.frame_rate)
-    run = _checked(run_measured(argv, stderr_path=out / "stderr.log",
+    run = checked(run_measured(argv, stderr_path=out / "stderr.log",
                                 watch=_playlists(hls, setup, setup.rungs),
                                 appear=_first_segment(hls, setup.rungs[0])))
     audio = run.endlist_s.get(AUDIO_FOLDER, 0.0)
@@ -176,7 +176,7 @@ def run_per_rung(setup: Setup, out: Path) -> SystemRun:
         argv = commands.ffmpeg_one_rung(setup.ffmpeg, source.path, plan, hls,
                                         setup.segment_seconds, with_audio,
                                         setup.ffmpeg_thread_type, source.frame_rate)
-        run = _checked(run_measured(argv, stderr_path=out / f"stderr-{plan.name}.log",
+        run = checked(run_measured(argv, stderr_path=out / f"stderr-{plan.name}.log",
                                     watch=_playlists(hls, setup, [plan], with_audio),
                                     appear=_first_segment(hls, plan) if index == 0 else None))
         origin = origin or run.started_at
@@ -218,7 +218,8 @@ def _first_segment(out: Path, plan: RungPlan) -> dict[str, Path]:
     return {FIRST_SEGMENT: out / plan.name / "seg_00000.m4s"}
 
 
-def _checked(run: ProcessRun) -> ProcessRun:
+def checked(run: ProcessRun) -> ProcessRun:
+    """``run``, if it exited 0."""
     if run.returncode != 0:
         raise BenchError(f"{run.argv[0]} exited with {run.returncode}:\n{run.stderr_tail()}")
     return run

@@ -112,3 +112,42 @@ def test_x264_settings_read_back(tmp_path: Path) -> None:
     assert settings == {"cabac": "0", "threads": "2", "keyint": "480", "crf": "25.0"}
     assert settings_differences(settings, {**settings, "threads": "3"}) == {}
     assert settings_differences(settings, {**settings, "crf": "23.0"}) == {"crf": "25.0 vs 23.0"}
+
+
+def test_floor_decodes_once_and_encodes_each_rung_from_raw_frames(tmp_path: Path) -> None:
+    """A real floor round on a tiny source: the raw file holds every frame, each rung's
+    playlist from raw frames decodes to every frame, and the bound is the CPU over the cores."""
+    import av
+    import imageio_ffmpeg
+
+    from bench import floor, sources
+    from bench.systems import Setup
+    from tests import media
+
+    source = sources.describe("tiny", media.make_video(tmp_path / "tiny.mp4", width=320,
+                                                       height=180, seconds=1.0),
+                              generated=False)
+    setup = Setup(source=source, rungs=[plan(180, 320), plan(90, 160)], segment_seconds=1.0,
+                  ffmpeg=imageio_ffmpeg.get_ffmpeg_exe(), ffmpeg_thread_type=None,
+                  rungs_args=(), work_dir=tmp_path / "work")
+    raw = floor.prepare(setup, tmp_path / "raw")
+    assert raw.stat().st_size == floor.raw_size(setup) == source.frames * 320 * 180 * 3 // 2
+    run = floor.run(setup, raw, tmp_path / "floor")
+    assert set(run.encode_s) == {"180p", "90p"} and run.decode_cpu_s > 0
+    for name, size in (("180p", (320, 180)), ("90p", (160, 90))):
+        with av.open(str(tmp_path / "floor" / name / commands.PLAYLIST)) as played:
+            frames = [(f.width, f.height) for f in played.decode(video=0)]
+        assert frames == [size] * source.frames
+    summary = floor.summary([run])
+    assert summary["cpu_s"] == round(run.cpu_s, 3)
+    assert summary["bound_total_s"] == round(run.cpu_s / summary["cores"], 3)
+    text = report.floor_text(summary, summaries())
+    assert "no one-decode system" in text and f"{summary['bound_total_s']:.2f} s" in text
+
+
+def test_total_targets_say_whether_the_floor_leaves_them_reachable() -> None:
+    floor = {"bound_total_s": 52.0}  # limits: 50 s (all at once), 0.9 x 60 s (per rung)
+    checks = {t.name: t for t in report.targets(summaries(), "720p", None, floor)}
+    assert checks["total <= 1.0 x ffmpeg all-at-once total"].detail.endswith(
+        "floor bound 52.00 s: out of reach on this machine")
+    assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(": reachable")
