@@ -507,9 +507,8 @@ def test_poster_skips_a_black_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("width", "height"), [(640, 360), (1917, 1079)],
                          ids=["unpadded", "padded"])
 def test_spilled_frames_read_back_equal(tmp_path: Path, width: int, height: int) -> None:
-    """Every frame spills (no memory budget): planes without line padding go to disk and back
-    without a staging copy, padded ones through one; both come back pixel for pixel, for two
-    readers."""
+    """Every frame spills (no memory budget), through the block-aligned buffers direct I/O needs:
+    frames with and without line padding come back pixel for pixel, for two readers."""
     from engine.gop import FrameTime
 
     cache = engine.fanout.FrameCache(2, width, height, 0, tmp_path, threading.Event(), 1 << 30)
