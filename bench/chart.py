@@ -40,6 +40,8 @@ def draw(runs: Mapping[str, SystemRun], rung_names: Sequence[str], path: Path,
             labels.append(f"{_LABELS.get(system, system)}  {rung}")
             y += 1
         bottom = y - 1
+        ax.plot(run.time_to_first_segment_s, top, marker="v", color="black", markersize=7,
+                zorder=5, label="first segment" if first else "_nolegend_")
         ax.plot(run.time_to_playable_s, top, marker="*", color="gold", markeredgecolor="black",
                 markersize=15, zorder=5,
                 label="job playable" if first else "_nolegend_")

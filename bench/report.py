@@ -11,8 +11,8 @@ from typing import Any
 from bench.systems import ALL_AT_ONCE, PER_RUNG, RUNGS, SystemRun
 
 #: The figures of the table, in order, with how to show them.
-FIGURES = ("time_to_playable_s", "total_s", "cpu_s", "peak_rss_bytes", "frames_decoded",
-           "source_frames", "bytes_written")
+FIGURES = ("time_to_playable_s", "time_to_first_segment_s", "total_s", "cpu_s", "peak_rss_bytes",
+           "frames_decoded", "source_frames", "bytes_written")
 #: Peak RSS limit for the 60 s 4K source.
 RSS_LIMIT_BYTES = 1_500_000_000
 #: "Flat": the long source's peak RSS at most this many times the short one's.

@@ -51,7 +51,8 @@ def test_one_rung_has_its_own_decode_and_optional_audio(tmp_path: Path) -> None:
 
 
 def summaries(**rungs: Any) -> dict[str, dict[str, Any]]:
-    base = {"time_to_playable_s": 2.0, "total_s": 40.0, "cpu_s": 80.0,
+    base = {"time_to_playable_s": 2.0, "time_to_first_segment_s": 1.0, "total_s": 40.0,
+            "cpu_s": 80.0,
             "peak_rss_bytes": 1_000_000_000, "frames_decoded": 300, "source_frames": 300,
             "bytes_written": 1, "psnr_db": {"720p": 40.0}, "ssim": {"720p": 0.99}}
     return {RUNGS: {**base, **rungs},
@@ -151,3 +152,29 @@ def test_total_targets_say_whether_the_floor_leaves_them_reachable() -> None:
     assert checks["total <= 1.0 x ffmpeg all-at-once total"].detail.endswith(
         "floor bound 52.00 s: out of reach on this machine")
     assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(": reachable")
+
+
+def test_the_whole_harness_runs_and_writes_its_results(tmp_path: Path) -> None:
+    """``python -m bench`` end to end on a tiny source with audio: every system runs, the
+    result document has every figure the issue names, the chart is a PNG."""
+    import json
+
+    from bench import cli
+    from tests import media
+
+    source = media.make_video(tmp_path / "tiny.mp4", width=320, height=180, seconds=2.0)
+    results = tmp_path / "results"
+    assert cli.main(["--source", str(source), "--rounds", "1", "--results", str(results),
+                     "--segment-seconds", "1"]) == 0
+    doc = json.loads((results / "latest.json").read_text())
+    assert set(doc["systems"]) == {RUNGS, ALL_AT_ONCE, PER_RUNG}
+    for name, system in doc["systems"].items():
+        for figure in report.FIGURES:
+            assert system[figure] > 0, (name, figure)
+        assert 0 < system["time_to_first_segment_s"] <= system["time_to_playable_s"]
+        assert system["time_to_playable_s"] <= system["total_s"] + 0.5
+        assert system["psnr_db"]["180p"] > 30 and 0.9 < system["ssim"]["180p"] <= 1
+    assert doc["systems"][RUNGS]["frames_decoded"] == doc["systems"][RUNGS]["source_frames"] == 60
+    assert doc["floor"]["bound_total_s"] > 0
+    assert {t["verdict"] for t in doc["targets"]} <= {"PASS", "MISS", "SKIP"}
+    assert (results / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
