@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -98,13 +99,23 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     """
     if settings.nice:
         lower_thread_priority(settings.nice)
+    scaler = Scaler(rung.width, rung.height, settings.rotation)
+    with _ScaledAhead(frames, scaler, settings.nice, cancel, rung.name) as scaled:
+        return _encode_scaled(rung, encoder, iter(scaled), out_dir, settings, cancel, progress,
+                              fallback, on_fallback, on_segment)
+
+
+def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
+                   settings: EncodeSettings, cancel: threading.Event, progress: RungProgress,
+                   fallback: str | None,
+                   on_fallback: Callable[[Fallback], None] | None,
+                   on_segment: Callable[[list[SegmentRecord], str], None] | None,
+                   ) -> EncodedRung:
     # A rung waiting for its turn (engine.fanout) opens its encoder only when its frames come.
-    frames = iter(frames)
     first = next(frames, None)
     if first is not None:
         frames = itertools.chain([first], frames)
     progress.started_at = time.monotonic()
-    scaler = Scaler(rung.width, rung.height, settings.rotation)
     start = round(TIMELINE_START / settings.time_base)
     closed: list[SegmentRecord] = []
 
@@ -116,10 +127,9 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     codecs: list[str] = []
     replay: _Replay | None = _Replay() if fallback else None
     try:
-        for frame, when in frames:
+        for out, when in frames:
             if cancel.is_set():
                 raise JobCancelledError(f"{rung.name} cancelled")
-            out = scaler.scale(frame)
             out.pts = start + when.pts
             out.time_base = settings.time_base
             out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
@@ -150,6 +160,77 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
         codecs=max(codecs, key=_profile_and_level), frames=progress.frames_done,
         encode_seconds=time.monotonic() - progress.started_at,
     )
+
+
+class _ScaledAhead:
+    """Scales a rung's frames on a thread of its own, a few frames ahead of its encoder.
+
+    Taking a cached frame back (read from disk, for the later rungs) and scaling it cost about
+    as much as handing it to x264; done on the encoding thread, x264's own threads waited for
+    each frame. This thread alone uses ``scaler`` (see engine.scale). A rung that fails ends
+    the job, so leaving with an error sets ``cancel``, which also wakes a reader waiting for
+    frames (engine.fanout), before the thread is joined.
+    """
+
+    DEPTH = 2
+
+    def __init__(self, frames: Iterator[Item], scaler: Scaler, nice: int,
+                 cancel: threading.Event, name: str) -> None:
+        self._frames = frames
+        self._scaler = scaler
+        self._nice = nice
+        self._cancel = cancel
+        self._queue: queue.Queue[Item | _Done] = queue.Queue(self.DEPTH)
+        self._left = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"scale-{name}", daemon=True)
+
+    def __enter__(self) -> _ScaledAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            self._cancel.set()
+        self._left.set()
+        self._thread.join()
+
+    def __iter__(self) -> Iterator[Item]:
+        while not isinstance(item := self._queue.get(), _Done):
+            yield item
+        if item.error is not None:
+            raise item.error
+
+    def _run(self) -> None:
+        if self._nice:
+            lower_thread_priority(self._nice)
+        try:
+            for frame, when in self._frames:
+                if not self._put((self._scaler.scale(frame), when)):
+                    return
+            self._put(_Done())
+        except BaseException as exc:  # raised in the encoding thread
+            self._put(_Done(exc))
+
+    def _put(self, item: Item | _Done) -> bool:
+        """Queue ``item``; False once the encoding thread has left."""
+        while not self._left.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+@dataclass(frozen=True)
+class _Done:
+    """The end of a rung's frames, or the error that ended them."""
+
+    error: BaseException | None = None
+
+
+#: How often a thread waiting to hand on a frame checks whether it should stop.
+_POLL_S = 0.1
 
 
 def _profile_and_level(codecs: str) -> tuple[int, int]:
