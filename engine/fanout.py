@@ -198,6 +198,7 @@ class FrameCache:
         failed = None
         if self._writer is not None:
             failed = self._writer.close()
+            self._writer = None  # and its buffers
         with self._cond:
             self._end = _End(error or failed)
             self._cond.notify_all()
@@ -266,7 +267,10 @@ class FrameCache:
             if entry.readers_left:
                 return
             del self._entries[index]
-            if entry.slot is not None:
+            if entry.slot is not None and self._end is not None:
+                # No frame will come for this slot again: free its memory for the encoders.
+                self._slots[entry.slot] = _NO_SLOT
+            elif entry.slot is not None:
                 self._free_slots.append(entry.slot)
             elif entry.spill is not None:
                 self._free_spill.append(entry.spill)
@@ -402,6 +406,9 @@ class _SpillWriter:
             finally:
                 self._free.put(buffer)
 
+
+#: What stands in the pool for a slot freed once the decoder is done.
+_NO_SLOT = np.empty(0, np.uint8)
 
 #: Direct I/O wants buffers, offsets and sizes in whole blocks of the device (512 or 4096 bytes).
 _BLOCK = 4096

@@ -39,6 +39,7 @@ from engine.fanout import FanOut
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
+from engine.memory import map_large_blocks
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
 from engine.publish import MEDIA, POSTER, Publisher
@@ -215,6 +216,7 @@ class Job:
             if self.state.terminal:
                 return self.state  # cancelled before it started
             self._started = time.monotonic()
+        map_large_blocks()
         threads: list[threading.Thread] = []
         scratch: Path | None = None
         publisher = self._publisher = Publisher(self.out_dir, self.options.segment_seconds)
@@ -266,9 +268,9 @@ class Job:
         fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
                         self._stop, spill)
         results = self._results = [None] * len(rungs)
-        stream = source.container.streams.video[0]
-        settings = EncodeSettings(segment, self.options.segment_type,
-                                  Fraction(stream.time_base or Fraction(1, 90000)), info.rotation)
+        time_base = source.container.streams.video[0].time_base or Fraction(1, 90000)
+        settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),
+                                  info.rotation)
         audio = None
         if info.audio is not None:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
@@ -297,6 +299,7 @@ class Job:
                     audio.abort()
                 raise
             fanout.finish()
+            source.close()  # the decoder's threads and frames are not needed any more
             self._frames_total = self.decode_stats.frames_kept
             self.source_frames = info.declared_frames or self.decode_stats.video_packets
             if audio is not None:

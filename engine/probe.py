@@ -107,7 +107,7 @@ class OpenSource:
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
                  packets_read: int, audio_stream: av.audio.stream.AudioStream | None = None,
                  ) -> None:
-        self.container = container
+        self._container: av.container.InputContainer | None = container
         self.info = info
         #: The audio stream ``info.audio`` describes, demuxed with the video (None: no audio).
         self.audio_stream = audio_stream
@@ -116,6 +116,12 @@ class OpenSource:
         #: Video packets already demuxed by the probe.
         self.video_packets_read = packets_read
 
+    @property
+    def container(self) -> av.container.InputContainer:
+        if self._container is None:
+            raise ValueError("the source is closed")
+        return self._container
+
     def __enter__(self) -> OpenSource:
         return self
 
@@ -123,7 +129,16 @@ class OpenSource:
         self.close()
 
     def close(self) -> None:
-        self.container.close()
+        """Close the container and let go of it: its decoders live as long as anything holds
+        their streams, so this ends their threads and frees their frame pools (a job closes
+        its source as soon as decoding is done). Closing twice does nothing."""
+        if self._container is None:
+            return
+        self._container.close()
+        self._container = None
+        self.audio_stream = None
+        self.packets = iter(())
+        self.pending = []
 
 
 def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
