@@ -13,7 +13,7 @@ through the page cache cost 1.3 to 4 s of kernel CPU here, directly 0.1 s (and 0
 which is what kept the first rung of a 4K job at a third of its speed.
 
 The slower rungs take their turns: the first starts once the decoder is done, each next one once
-the one before it has taken every frame, so the first rung has the machine to itself and only one
+the one before it has closed its encoder, so the first rung has the machine to itself and only one
 encoder works at a time. On two cores, three x264 encoders at once cost about a quarter more CPU
 than the same encodes one after another (the ffmpeg CLI measured both ways), and only one large
 encoder is in memory at a time. That needs the whole source in the cache; when the disk budget
@@ -23,11 +23,13 @@ never fills the disk.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,6 +105,11 @@ class FanOut:
         assert self.cache is not None
         return self.cache.frames(rung_index - 1)
 
+    def done(self, rung_index: int) -> None:
+        """Rung ``rung_index`` has closed its encoder (or failed): the next rung's turn."""
+        if rung_index and self.cache is not None:
+            self.cache.done(rung_index - 1)
+
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
@@ -144,8 +151,8 @@ class FrameCache:
     Frames live in pooled memory slots up to ``budget_bytes``, then in reused slots of one scratch
     file up to ``spill_budget_bytes``; with both full, :meth:`put` waits for a slot to be freed.
     Readers each take every frame in order; a slot is reused once all have taken it. Reader 0
-    starts once every frame is in, reader ``n`` once reader ``n - 1`` has taken every frame; all
-    of them start as soon as the cache is full.
+    starts once every frame is in, reader ``n`` once reader ``n - 1`` is :meth:`done`; all of
+    them start as soon as the cache is full.
     """
 
     def __init__(self, readers: int, width: int, height: int, budget_bytes: int,
@@ -209,22 +216,29 @@ class FrameCache:
         """Every frame, in order, for one reader; each reader has its own read buffer."""
         self._wait_turn(reader)
         buffer = _aligned(self._slot_bytes)
+        frames = _FrameRing(self.width, self.height)
         index = 0
         while True:
             entry = self._wait_for(index)
             if entry is None:
-                with self._cond:
-                    self._readers_done += 1
-                    self._cond.notify_all()
                 return
+            frame = frames.take()
             if entry.slot is not None:
-                frame = self._frame_from(self._slots[entry.slot])
+                self._copy_out(self._slots[entry.slot], frame)
             else:
                 assert entry.spill is not None
-                frame = self._read_spill(entry.spill * self._slot_bytes, buffer)
+                _transfer(_read_at, self._spill_file(), buffer, entry.spill * self._slot_bytes)
+                self._copy_out(buffer, frame)
             self._release(index)
             yield frame, entry.time
             index += 1
+
+    def done(self, reader: int) -> None:
+        """``reader`` is finished with its frames (its encoder closed): the next one's turn.
+        Passing the turn only then keeps two large encoders out of memory at once."""
+        with self._cond:
+            self._readers_done = max(self._readers_done, reader + 1)
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Free the memory and delete the scratch file."""
@@ -330,11 +344,6 @@ class FrameCache:
                 self.stats.frames_spilled += 1
             self._cond.notify_all()
 
-    def _read_spill(self, offset: int, buffer: np.ndarray) -> av.video.frame.VideoFrame:
-        """A frame from its spill slot, through the reader's aligned ``buffer``."""
-        _transfer(_read_at, self._spill_file(), buffer, offset)
-        return self._frame_from(buffer)
-
     def _copy_in(self, frame: av.video.frame.VideoFrame, buffer: np.ndarray) -> None:
         offset = 0
         for plane, size in zip(frame.planes, self._plane_sizes, strict=True):
@@ -342,14 +351,45 @@ class FrameCache:
             buffer[offset:offset + size].reshape(view.shape)[:] = view
             offset += size
 
-    def _frame_from(self, buffer: np.ndarray) -> av.video.frame.VideoFrame:
-        frame = av.video.frame.VideoFrame(self.width, self.height, PIXEL_FORMAT)
+    def _copy_out(self, buffer: np.ndarray, frame: av.video.frame.VideoFrame) -> None:
         offset = 0
         for plane, size in zip(frame.planes, self._plane_sizes, strict=True):
             view = plane_array(plane)
             view[:] = buffer[offset:offset + size].reshape(view.shape)
             offset += size
+
+
+class _FrameRing:
+    """The frames one reader hands out, each used again once nothing else holds it.
+
+    A new 4K frame is a fresh 12 MiB mapping (engine.memory): faulting its pages in cost 6 ms
+    more per frame than copying into a frame used before. Only this ring holding a frame means
+    the encoder is done with it (an encoder keeping its buffer instead gets a copy from
+    ``make_writable``).
+    """
+
+    #: Frames kept for reuse; more are in flight only when a reader runs far ahead.
+    SIZE = 8
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._frames: collections.deque[av.video.frame.VideoFrame] = collections.deque()
+
+    def take(self) -> av.video.frame.VideoFrame:
+        """A frame to fill: the oldest one handed out if it is free again, else a new one."""
+        if self._frames and sys.getrefcount(self._frames[0]) == _ONLY_HELD_HERE:
+            frame = self._frames.popleft()
+            frame.make_writable()
+        else:
+            frame = av.video.frame.VideoFrame(self.width, self.height, PIXEL_FORMAT)
+            if len(self._frames) == self.SIZE:
+                self._frames.popleft()  # still in use: forget it
+        self._frames.append(frame)
         return frame
+
+
+#: ``sys.getrefcount`` of a frame only the ring holds: the ring's reference and the call's.
+_ONLY_HELD_HERE = 2
 
 
 class _SpillWriter:

@@ -39,7 +39,7 @@ from engine.fanout import FanOut
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
-from engine.memory import map_large_blocks
+from engine.memory import map_large_blocks, trim
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
 from engine.publish import MEDIA, POSTER, Publisher
@@ -300,6 +300,7 @@ class Job:
                 raise
             fanout.finish()
             source.close()  # the decoder's threads and frames are not needed any more
+            trim()
             self._frames_total = self.decode_stats.frames_kept
             self.source_frames = info.declared_frames or self.decode_stats.video_packets
             if audio is not None:
@@ -380,6 +381,8 @@ class Job:
         except BaseException as exc:  # handed to the job thread
             results[index] = exc
             self._stop.set()
+        trim()  # what the encoder freed, before the next rung opens its own
+        fanout.done(index)
 
     def _on_fallback(self, fallback: Fallback) -> None:
         for status in self.rungs:
