@@ -27,17 +27,22 @@ _M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, if it is glibc (musl and others have no such tunables)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
+@functools.cache
 def map_large_blocks() -> bool:
     """Fix glibc's mmap threshold for this process (once); False where it is not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    libc = _glibc()
+    if libc is None:
         return False
-    if not hasattr(libc, "gnu_get_libc_version"):
-        return False  # musl and others: mallopt is not glibc's, or not there
-    done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     if not done:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused")
     return done
@@ -45,6 +50,6 @@ def map_large_blocks() -> bool:
 
 def trim() -> None:
     """Hand the free memory in every heap back to the system (glibc's malloc_trim)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if hasattr(libc, "malloc_trim"):
+    libc = _glibc()
+    if libc is not None:
         libc.malloc_trim(0)
