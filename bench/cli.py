@@ -22,7 +22,17 @@ import imageio_ffmpeg
 
 from bench import chart, commands, floor, machine, quality, report, sources
 from bench.outputs import settings_differences, x264_settings
-from bench.systems import RUNGS, SYSTEMS, BenchError, Setup, SystemRun, run_system
+from bench.service import Service
+from bench.systems import (
+    BASELINES,
+    RUNGS,
+    RUNGS_GRPC,
+    SYSTEMS,
+    BenchError,
+    Setup,
+    SystemRun,
+    run_system,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_SOURCE, FULL_SOURCE, LONG_SOURCE = "4k4", "4k10", "4k60"
@@ -86,7 +96,9 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
         _log("floor: decoding the source once into raw frames ...")
         floor_raw = floor.prepare(setup, setup.work_dir / "floor-raw")
     try:
-        runs, floor_runs = _interleaved(setup, rounds, not args.no_quality, floor_raw)
+        with Service(setup, setup.work_dir / RUNGS_GRPC) as service:
+            runs, floor_runs = _interleaved(setup, rounds, not args.no_quality, floor_raw,
+                                            service)
     finally:
         if floor_raw is not None:
             shutil.rmtree(floor_raw.parent, ignore_errors=True)
@@ -106,8 +118,7 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
         "engine": {**engine_used, "working_tree_changed_during_run": changed},
         "settings": _settings(args, setup, rounds),
         "systems": summaries,
-        "ratios": {f"rungs_vs_{name}": report.ratios(summaries, name)
-                   for name in SYSTEMS if name != RUNGS},
+        "ratios": {f"rungs_vs_{name}": report.ratios(summaries, name) for name in BASELINES},
         "x264_settings_check": _settings_check(runs, rung_names),
         "rss_check": rss_check,
         "floor": floor_summary,
@@ -150,21 +161,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _interleaved(setup: Setup, rounds: int, quality_pass: bool, floor_raw: Path | None,
-                 ) -> tuple[dict[str, list[SystemRun]], list[floor.FloorRun]]:
-    """A B C (floor) A B C (floor) ...: machine drift hits every system alike. Quality is
-    measured after each run, outside its timed window."""
+                 service: Service) -> tuple[dict[str, list[SystemRun]], list[floor.FloorRun]]:
+    """A B C D (floor) A B C D (floor) ...: machine drift hits every system alike. Quality is
+    measured after each run, outside its timed window (not for the gRPC runs: the same engine
+    as Rungs' own run, with the same settings)."""
     runs: dict[str, list[SystemRun]] = {name: [] for name in SYSTEMS}
     floor_runs: list[floor.FloorRun] = []
     for index in range(rounds):
         for name in SYSTEMS:
-            run = run_system(name, setup)
+            run = service.run() if name == RUNGS_GRPC else run_system(name, setup)
             runs[name].append(run)
             _log(f"round {index + 1}/{rounds} {name:19} first segment "
                  f"{run.time_to_first_segment_s:6.2f} s  playable {run.time_to_playable_s:6.2f} s"
                  f"  total {run.total_s:6.2f} s  cpu {run.cpu_s:6.1f} s"
                  f"  peak RSS {run.peak_rss_bytes / 1e6:5.0f} MB"
                  f"  frames decoded {run.frames_decoded}")
-            if quality_pass:
+            if quality_pass and name != RUNGS_GRPC:
                 _quality(setup, run)
         if floor_raw is not None:
             floor_run = floor.run(setup, floor_raw, setup.work_dir / "floor")
@@ -275,7 +287,9 @@ def _playable_note(summaries: dict[str, dict[str, Any]], first_rung: str) -> str
     return (f"time_to_playable_s: the whole {first_rung} rung complete and listed in a master "
             f"playlist (ffmpeg: its {first_rung} and audio playlists hold ENDLIST). "
             f"time_to_first_segment_s: the first {first_rung} segment; rungs {rungs_first}, "
-            "ffmpeg when the file appears.")
+            "ffmpeg when the file appears. Times from the process start; rungs_grpc's from the "
+            "Transcode call to a server already running (its CPU and peak RSS are the "
+            "server's during the job).")
 
 
 def _title(doc: dict[str, Any], quick: bool) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench.systems import ALL_AT_ONCE, PER_RUNG, RUNGS, SystemRun
+from bench.systems import ALL_AT_ONCE, BASELINES, PER_RUNG, RUNGS, RUNGS_GRPC, SystemRun
 
 #: The figures of the table, in order, with how to show them.
 FIGURES = ("time_to_playable_s", "time_to_first_segment_s", "total_s", "cpu_s", "peak_rss_bytes",
@@ -97,6 +97,11 @@ def targets(systems: dict[str, dict[str, Any]], first_rung: str,
         _bounded(_at_most("total <= 0.9 x ffmpeg per-rung total", total,
                           0.9 * per_rung["total_s"], "s"), floor),
     ]
+    service = systems.get(RUNGS_GRPC)
+    if service is not None:
+        checks.append(_at_most(f"via gRPC: time to playable <= 1.1 x ffmpeg {first_rung}-only "
+                               "pass", service["time_to_playable_s"],
+                               1.1 * per_rung["time_to_playable_s"], "s"))
     decoded = ours["frames_decoded"] / ours["source_frames"] if ours["source_frames"] else 0.0
     checks.append(Target("frames decoded = 1.00 x source", round(decoded, 4), 1.0,
                          decoded == 1.0, f"{ours['frames_decoded']} / {ours['source_frames']}"))
@@ -176,15 +181,19 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
 
 def table(systems: dict[str, dict[str, Any]], rung_names: Sequence[str]) -> str:
     """Medians per system and the Rungs / ffmpeg ratios, one line per figure."""
-    header = ("figure", "rungs", "ffmpeg 1 proc", "ffmpeg per rung", "R/1proc", "R/per-rung")
+    shown = [name for name in (RUNGS, RUNGS_GRPC, *BASELINES) if name in systems]
+    labels = {RUNGS: "rungs", RUNGS_GRPC: "rungs gRPC", ALL_AT_ONCE: "ffmpeg 1 proc",
+              PER_RUNG: "ffmpeg per rung"}
+    header = ("figure", *(labels[name] for name in shown), "R/1proc", "R/per-rung")
     rows: list[tuple[str, ...]] = []
     for name in FIGURES:
-        rows.append(_row(name, [systems[s][name] for s in (RUNGS, ALL_AT_ONCE, PER_RUNG)]))
+        rows.append(_row(name, [systems[s][name] for s in shown],
+                         [systems[s][name] for s in BASELINES]))
     for metric in ("psnr_db", "ssim"):
         for rung in rung_names:
-            values = [systems[s].get(metric, {}).get(rung) for s in (RUNGS, ALL_AT_ONCE,
-                                                                     PER_RUNG)]
-            rows.append(_row(f"{metric} {rung}", values))
+            rows.append(_row(f"{metric} {rung}",
+                             [systems[s].get(metric, {}).get(rung) for s in shown],
+                             [systems[s].get(metric, {}).get(rung) for s in BASELINES]))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
                        for i, cell in enumerate(row)) for row in [header, *rows]]
@@ -196,10 +205,10 @@ def targets_text(checks: Sequence[Target]) -> str:
     return "\n".join(f"{t.verdict:4}  {t.name}  ({t.detail})" for t in checks)
 
 
-def _row(name: str, values: list[Any]) -> tuple[str, ...]:
-    ours = values[0]
+def _row(name: str, values: list[Any], baselines: list[Any]) -> tuple[str, ...]:
+    """The figure for each system shown, then Rungs' (the first) over each baseline's."""
     cells = [_show(name, v) for v in values]
-    return (name, *cells, *(_show_ratio(_ratio(ours, other)) for other in values[1:]))
+    return (name, *cells, *(_show_ratio(_ratio(values[0], other)) for other in baselines))
 
 
 def _show(name: str, value: Any) -> str:

@@ -18,10 +18,14 @@ from bench.outputs import bytes_written
 from bench.sources import Source
 
 RUNGS = "rungs"
+#: Rungs through its gRPC service (bench.service), timed from the Transcode call.
+RUNGS_GRPC = "rungs_grpc"
 ALL_AT_ONCE = "ffmpeg_all_at_once"
 PER_RUNG = "ffmpeg_per_rung"
 #: Run in this order in every round.
-SYSTEMS = (RUNGS, ALL_AT_ONCE, PER_RUNG)
+SYSTEMS = (RUNGS, RUNGS_GRPC, ALL_AT_ONCE, PER_RUNG)
+#: What Rungs is compared with.
+BASELINES = (ALL_AT_ONCE, PER_RUNG)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIRST_SEGMENT = "first_segment"
 
@@ -97,7 +101,8 @@ class SystemRun:
 
 
 def run_system(name: str, setup: Setup) -> SystemRun:
-    """Run system ``name`` once into a fresh ``work_dir/<name>``."""
+    """Run system ``name`` (a process of its own: not ``RUNGS_GRPC``) once into a fresh
+    ``work_dir/<name>``."""
     runner: dict[str, Callable[[Setup, Path], SystemRun]] = {
         RUNGS: run_rungs, ALL_AT_ONCE: run_all_at_once, PER_RUNG: run_per_rung}
     out = setup.work_dir / name
