@@ -88,8 +88,8 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
     doc: dict[str, Any] = {"machine": machine.describe(ffmpeg), "source": source.to_dict()}
 
     floor_raw = None
-    if args.no_floor:
-        _log("no floor (--no-floor)")
+    if args.no_floor or (args.quick and not args.floor):
+        _log("no floor (--no-floor, or --quick without --floor)")
     elif floor.raw_size(setup) > floor.MAX_RAW_BYTES:
         _log(f"no floor: the raw frames would take {floor.raw_size(setup) / 1e9:.1f} GB")
     else:
@@ -153,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the floor (one decode and each encode from raw frames, "
                              "timed alone)")
+    parser.add_argument("--floor", action="store_true",
+                        help="run the floor in --quick mode too (it adds about 40 s)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where latest.json, timeline.png, cache/ and work/ go")
     parser.add_argument("--json", action="store_true",
