@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # after choosing the backend
 from bench.systems import SystemRun
 
 _COLOURS = ("#4c9be8", "#f0a030", "#d04a4a", "#58b368", "#9467bd")
-_LABELS = {"rungs": "Rungs", "ffmpeg_all_at_once": "ffmpeg, one process",
+_LABELS = {"rungs": "Rungs", "rungs_grpc": "Rungs via gRPC",
+           "ffmpeg_all_at_once": "ffmpeg, one process",
            "ffmpeg_per_rung": "ffmpeg, one process per rung"}
 
 
@@ -56,7 +57,7 @@ def draw(runs: Mapping[str, SystemRun], rung_names: Sequence[str], path: Path,
     ax.set_xlabel("seconds since the job started")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=7, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -95,7 +95,7 @@ def summary(runs: Sequence[FloorRun]) -> dict[str, Any]:
         "encode_s": {name: round(statistics.median(r.encode_s[name] for r in runs), 3)
                      for name in runs[0].encode_s},
         "cores": cores,
-        #: No one-decode system with these encoders finishes sooner on this machine.
+        #: No one-decode system running one encoder at a time finishes sooner on this machine.
         "bound_total_s": round(cpu / cores, 3),
         "rounds": [r.to_dict() for r in runs],
     }

@@ -143,14 +143,14 @@ def test_floor_decodes_once_and_encodes_each_rung_from_raw_frames(tmp_path: Path
     assert summary["cpu_s"] == round(run.cpu_s, 3)
     assert summary["bound_total_s"] == round(run.cpu_s / summary["cores"], 3)
     text = report.floor_text(summary, summaries())
-    assert "no one-decode system" in text and f"{summary['bound_total_s']:.2f} s" in text
+    assert "one encoder at a time" in text and f"{summary['bound_total_s']:.2f} s" in text
 
 
 def test_total_targets_say_whether_the_floor_leaves_them_reachable() -> None:
     floor = {"bound_total_s": 52.0}  # limits: 50 s (all at once), 0.9 x 60 s (per rung)
     checks = {t.name: t for t in report.targets(summaries(), "720p", None, floor)}
     assert checks["total <= 1.0 x ffmpeg all-at-once total"].detail.endswith(
-        "floor bound 52.00 s: out of reach on this machine")
+        "the floor's bound 52.00 s: out of reach")
     assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(": reachable")
 
 
