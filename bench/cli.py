@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="interleaved rounds (default 3; 1 with --quick)")
     parser.add_argument("--rss-source",
                         help=f"also run Rungs alone once on this source (e.g. {LONG_SOURCE}) to "
-                             "check peak RSS against the long-source targets; adds about 6-7 "
+                             "check peak RSS against the long-source targets; adds about 12 "
                              "minutes for 4k60 on 2 cores (default: none)")
     parser.add_argument("--segment-seconds", type=float, default=4.0)
     parser.add_argument("--ffmpeg-thread-type", choices=("frame", "slice"), default="frame",
