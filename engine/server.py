@@ -41,6 +41,8 @@ STOP_GRACE_S = 5.0
 #: Seconds cancelled jobs get to end when the server stops; one still running after that is
 #: left to the next start, which marks it INTERRUPTED.
 STOP_JOBS_TIMEOUT_S = 30.0
+#: How often the main thread of ``rungs serve`` wakes to run signal handlers.
+SIGNAL_POLL_S = 0.25
 
 
 class RungsServer:
@@ -214,7 +216,10 @@ def serve_command(args: argparse.Namespace) -> int:
     if server.http_port is not None:
         print(f"rungs: player and outputs on http://{host}:{server.http_port}/", file=sys.stderr,
               flush=True)
-    while not stop.wait(60):  # a timeout keeps the main thread responsive to signals
+    # The kernel hands a process signal to any of its threads; Python runs the handler on the
+    # main thread only when that thread wakes. Waking often bounds the delay: with one long
+    # wait a SIGTERM that landed on another thread was handled up to a minute late.
+    while not stop.wait(SIGNAL_POLL_S):
         pass
     log.info("stopping: cancelling jobs")
     server.stop()
