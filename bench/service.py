@@ -8,6 +8,7 @@ of the job itself (frames decoded) come from its COMPLETE event.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ class Service:
     def __init__(self, setup: Setup, folder: Path) -> None:
         self.setup = setup
         self.folder = folder
+        # A fresh data directory and output root: job names start again at job-1.
+        shutil.rmtree(folder, ignore_errors=True)
         self.outputs = folder / "out"
         self.outputs.mkdir(parents=True, exist_ok=True)
         self.log = folder / "server.log"
@@ -69,11 +72,15 @@ class Service:
         cpu_before = _cpu_seconds(process)
         sampler = _PeakRss(process)
         started = time.monotonic()
-        job = self.stub.Transcode(pb.TranscodeRequest(
-            source=self.setup.source.path.name, output=name,
-            options=pb.TranscodeOptions(encoder="libx264",
-                                        segment_seconds=self.setup.segment_seconds)),
-            timeout=60)
+        try:
+            job = self.stub.Transcode(pb.TranscodeRequest(
+                source=self.setup.source.path.name, output=name,
+                options=pb.TranscodeOptions(encoder="libx264",
+                                            segment_seconds=self.setup.segment_seconds)),
+                timeout=60)
+        except grpc.RpcError as exc:
+            raise BenchError(f"rungs via gRPC refused the job: {exc.code().name}: "
+                             f"{exc.details()}") from exc
         times: dict[str, float] = {}
         published: dict[str, float] = {}
         complete: pb.CompleteEvent | None = None
