@@ -516,8 +516,11 @@ class Job:
         return time.monotonic() - self._started if self._started else 0.0
 
     def _set_state(self, state: JobState, event: str, data: Mapping[str, Any]) -> None:
-        self.state = state
-        self._emit(event, data)
+        # Under the event lock, so that no other event (a progress tick) carries the new state
+        # before its own event does: a listener takes the first terminal state for the end.
+        with self._emit_lock:
+            self.state = state
+            self._emit(event, data)
 
     def _emit(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         with self._emit_lock:

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import engine.fanout
+import engine.job
 from engine import (
     InvalidOptionsError,
     InvalidSourceError,
@@ -239,6 +240,28 @@ def test_rungs_are_published_lowest_first(shared_run: JobRun) -> None:
     types = [e.type for e in shared_run.events]
     assert types.index("ready") == types.index("rung_published") + 1
     assert types[-1] == "complete"
+
+
+def test_a_new_state_arrives_with_its_own_event(tmp_path: Path, source_video: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No event announces a state before that state's own event: a progress tick racing the
+    end once carried COMPLETE first, and the service, taking it for the end, dropped the
+    complete event. The ticker spins here, holding the event lock as much as it can."""
+    monkeypatch.setattr(engine.job, "PROGRESS_HZ", 1e6)
+
+    def slow_progress(event: JobEvent) -> None:
+        if event.type == "progress":
+            time.sleep(0.001)
+
+    for attempt in range(3):
+        run = run_job(source_video, tmp_path / f"out{attempt}",
+                      options(ladder=LadderOptions(heights=(180,))), on_event=slow_progress)
+        assert run.state == JobState.COMPLETE, run.job.error
+        states = [JobState.QUEUED, *(e.state for e in run.events)]
+        changes = [e for before, e in zip(states, run.events, strict=False) if e.state != before]
+        assert [(e.type, e.state) for e in changes] == [
+            ("running", JobState.RUNNING), ("ready", JobState.READY),
+            ("complete", JobState.COMPLETE)]
 
 
 def test_master_is_valid_at_every_instant(shared_run: JobRun) -> None:
