@@ -1,10 +1,13 @@
 """``python -m bench``: Rungs against the ffmpeg CLI on the same source, same encoder settings.
 
-Three systems run interleaved (A B C A B C ...) for several rounds, each in its own process so
-wall time, CPU seconds and peak RSS are measured the same way for all of them:
+Four systems run interleaved (A B C D A B C D ...) for several rounds, each in its own process
+so wall time, CPU seconds and peak RSS are measured the same way for all of them:
 
 ``rungs``
-    the engine through its command line (``python -m engine.cli transcode --json``).
+    the engine API in a subprocess that has done its imports (:mod:`bench.engine_api`), timed
+    from the call.
+``rungs_grpc``
+    the gRPC service: one warm ``rungs serve``, a Transcode call a round (:mod:`bench.service`).
 ``ffmpeg_all_at_once``
     one ffmpeg process: one decode, a split filter, three libx264 encodes writing HLS.
 ``ffmpeg_per_rung``

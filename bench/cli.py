@@ -289,9 +289,10 @@ def _playable_note(summaries: dict[str, dict[str, Any]], first_rung: str) -> str
     return (f"time_to_playable_s: the whole {first_rung} rung complete and listed in a master "
             f"playlist (ffmpeg: its {first_rung} and audio playlists hold ENDLIST). "
             f"time_to_first_segment_s: the first {first_rung} segment; rungs {rungs_first}, "
-            "ffmpeg when the file appears. Times from the process start; rungs_grpc's from the "
-            "Transcode call to a server already running (its CPU and peak RSS are the "
-            "server's during the job).")
+            "ffmpeg when the file appears. ffmpeg's times are from its process start; rungs' "
+            "from the engine API call in a process that has done its imports (CPU seconds from "
+            "then); rungs_grpc's from the Transcode call to a server already running (its CPU "
+            "and peak RSS are the server's during the job).")
 
 
 def _title(doc: dict[str, Any], quick: bool) -> str:

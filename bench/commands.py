@@ -21,6 +21,7 @@ from engine.probe import open_source
 #: ffmpeg CLI does (``--hwaccel auto`` would also spend time probing devices).
 DEFAULT_RUNGS_ARGS = ("--encoder", SOFTWARE_ENCODER, "--hwaccel", "none")
 AUDIO_FOLDER = "audio"
+ENGINE_API_WORKER = Path(__file__).with_name("engine_api.py")
 PLAYLIST = "index.m3u8"
 
 
@@ -53,8 +54,11 @@ def gop_frames(segment_seconds: float) -> int:
 
 def rungs_command(source: Path, out_dir: Path, segment_seconds: float,
                   extra: tuple[str, ...] = DEFAULT_RUNGS_ARGS) -> list[str]:
-    """Rungs through its command line, one JSON event per line on stdout."""
-    return [sys.executable, "-m", "engine.cli", "transcode", str(source), str(out_dir),
+    """Rungs through its engine API (:mod:`bench.engine_api`), started on a line on stdin once
+    its imports are done; one JSON event per line on stdout. The worker runs by path from the
+    working directory, so that ``engine`` is the copy there."""
+    worker = f"import runpy; runpy.run_path({str(ENGINE_API_WORKER)!r}, run_name='__main__')"
+    return [sys.executable, "-c", worker, str(source), str(out_dir),
             "--json", "--overwrite", "--segment-seconds", f"{segment_seconds:g}", *extra]
 
 

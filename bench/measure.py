@@ -58,21 +58,28 @@ class ProcessRun:
 def run_measured(argv: Sequence[str], *, stderr_path: Path, read_stdout: bool = False,
                  watch: Mapping[str, Path] | None = None,
                  appear: Mapping[str, Path] | None = None, cwd: Path | None = None,
-                 ) -> ProcessRun:
+                 start_after: str | None = None) -> ProcessRun:
     """Run ``argv`` to the end and measure it (never raises for a non-zero exit).
 
     ``watch`` names playlists to time ``#EXT-X-ENDLIST`` in; ``appear`` names files to time the
-    appearance of (segments are renamed into place when complete).
+    appearance of (segments are renamed into place when complete). With ``start_after`` (and
+    ``read_stdout``), the clock starts once the process has printed that line, and a line is
+    written to its stdin to tell it so: times and CPU seconds are counted from then.
     """
     watch = dict(watch or {})
     stderr_path.parent.mkdir(parents=True, exist_ok=True)
     lines: list[tuple[float, str]] = []
     with stderr_path.open("wb") as stderr:
         started = time.monotonic()
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(list(argv),
+                                stdin=subprocess.PIPE if start_after else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if read_stdout else subprocess.DEVNULL,
-                                stderr=stderr, cwd=cwd, text=read_stdout,
-                                bufsize=1 if read_stdout else -1)
+                                stderr=stderr, cwd=cwd, text=True, bufsize=1)
+        cpu_before = 0.0
+        if start_after is not None:
+            cpu_before = _wait_for_line(proc, start_after)
+            started = time.monotonic()
+            _tell_start(proc)
         sampler = _Sampler(proc.pid, started, watch, dict(appear or {}))
         sampler.start()
         reader = None
@@ -104,11 +111,33 @@ def run_measured(argv: Sequence[str], *, stderr_path: Path, read_stdout: bool = 
     kernel_peak = usage.ru_maxrss * 1024  # kilobytes on Linux
     return ProcessRun(
         argv=list(argv), returncode=proc.returncode, wall_s=ended - started,
-        cpu_s=usage.ru_utime + usage.ru_stime,
+        cpu_s=usage.ru_utime + usage.ru_stime - cpu_before,
         peak_rss_bytes=max(kernel_peak, sampler.peak_rss), sampled_peak_rss_bytes=sampler.peak_rss,
         kernel_peak_rss_bytes=kernel_peak, lines=lines, endlist_s=dict(sampler.endlist_s),
         appeared_s=dict(sampler.appeared_s), started_at=started, stderr_path=stderr_path,
     )
+
+
+def _wait_for_line(proc: subprocess.Popen[str], expected: str) -> float:
+    """Read stdout up to the line ``expected`` (or its end); the process's CPU seconds then."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.rstrip("\n") == expected:
+            break
+    try:
+        times = psutil.Process(proc.pid).cpu_times()
+    except psutil.Error:  # it ended before saying it: its exit status tells why
+        return 0.0
+    return float(times.user + times.system)
+
+
+def _tell_start(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # it ended already: its exit status tells why
+        try:
+            proc.stdin.write("start\n")
+        finally:
+            proc.stdin.close()
 
 
 def _read_lines(stream: IO[str], started: float, lines: list[tuple[float, str]]) -> None:

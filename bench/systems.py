@@ -13,6 +13,7 @@ from typing import Any
 
 from bench import commands
 from bench.commands import AUDIO_FOLDER, PLAYLIST, RungPlan
+from bench.engine_api import LOADED
 from bench.measure import ProcessRun, run_measured
 from bench.outputs import bytes_written
 from bench.sources import Source
@@ -116,12 +117,13 @@ def run_system(name: str, setup: Setup) -> SystemRun:
 
 
 def run_rungs(setup: Setup, out: Path) -> SystemRun:
-    """Rungs in a subprocess; times are when its JSON events arrive, from the process start."""
+    """Rungs through its engine API in a subprocess whose imports are done; times are when its
+    JSON events arrive, from the moment it is told to start the job."""
     hls = out / "hls"
     argv = commands.rungs_command(setup.source.path, hls, setup.segment_seconds,
                                   setup.rungs_args)
     run = checked(run_measured(argv, stderr_path=out / "stderr.log", read_stdout=True,
-                                cwd=setup.rungs_cwd))
+                                cwd=setup.rungs_cwd, start_after=LOADED))
     events = [(t, json.loads(line)) for t, line in run.lines if line.startswith("{")]
     first = {e["type"]: t for t, e in reversed(events)}
     summary = next(e for _, e in reversed(events) if e["type"] == "summary")
@@ -140,8 +142,8 @@ def run_rungs(setup: Setup, out: Path) -> SystemRun:
         rungs={plan.name: RungTimes(started, published[plan.name]) for plan in setup.rungs},
         out_dir=hls,
         details={
-            # The engine's own clock starts when the job runs, after interpreter start-up.
-            "startup_s": round(started, 3),
+            # From the call to the job's running event (the source opened and probed).
+            "running_s": round(started, 3),
             # READY on the first segment (an EVENT playlist) rather than the whole first rung.
             "early_playback": bool(ready.get("early_playback", False)),
             "ready_s": round(first["ready"], 3),

@@ -102,6 +102,23 @@ def test_run_measured_times_lines_and_playlists(tmp_path: Path) -> None:
     assert run.cpu_s > 0
 
 
+def test_run_measured_starts_the_clock_on_a_line(tmp_path: Path) -> None:
+    """A warm process: it busies itself for 0.5 s before saying it is ready, then waits for the
+    start line; what it did before counts neither in its times nor in its CPU seconds."""
+    script = ("import sys, time\n"
+              "end = time.process_time() + 0.5\n"
+              "while time.process_time() < end: pass\n"
+              "print('loaded', flush=True)\n"
+              "print('got', sys.stdin.readline().strip(), flush=True)\n"
+              "time.sleep(0.2)\n")
+    run = run_measured([sys.executable, "-c", script], stderr_path=tmp_path / "err.log",
+                       read_stdout=True, start_after="loaded")
+    assert run.returncode == 0
+    assert [line for _, line in run.lines] == ["got start"]
+    assert 0.2 <= run.wall_s < 1.0
+    assert run.cpu_s < 0.3
+
+
 def test_x264_settings_read_back(tmp_path: Path) -> None:
     folder = tmp_path / "720p"
     folder.mkdir()
