@@ -159,6 +159,7 @@ def test_floor_decodes_once_and_encodes_each_rung_from_raw_frames(tmp_path: Path
     summary = floor.summary([run])
     assert summary["cpu_s"] == round(run.cpu_s, 3)
     assert summary["bound_total_s"] == round(run.cpu_s / summary["cores"], 3)
+    assert summary["encoders_alone_s"] == round(sum(run.encode_s.values()), 3)
     text = report.floor_text(summary, summaries())
     assert "one encoder at a time" in text and f"{summary['bound_total_s']:.2f} s" in text
 
@@ -169,6 +170,11 @@ def test_total_targets_say_whether_the_floor_leaves_them_reachable() -> None:
     assert checks["total <= 1.0 x ffmpeg all-at-once total"].detail.endswith(
         "the floor's bound 52.00 s: out of reach")
     assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(": reachable")
+    # An encoder alone does not fill the cores: its own times end to end bound the total too.
+    floor["encoders_alone_s"] = 55.0
+    checks = {t.name: t for t in report.targets(summaries(), "720p", None, floor)}
+    assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(
+        "the floor's bound 55.00 s: out of reach")
 
 
 def test_the_whole_harness_runs_and_writes_its_results(tmp_path: Path) -> None:
