@@ -95,6 +95,9 @@ def add_transcode_options(parser: argparse.ArgumentParser) -> None:
                         help="decode on a hardware device (auto: only if it really works here)")
     parser.add_argument("--early-playback", action=argparse.BooleanOptionalAction, default=True,
                         help="list the first rung (and be READY) once its first segment closes")
+    parser.add_argument("--rungs-at-once", action="store_true",
+                        help="encode the slower rungs at the same time once decoding is done: "
+                             "sooner in total, but every rung's encoder in memory at once")
     parser.add_argument("--cache-mb", type=int, default=64,
                         help="memory for frames waiting for slower rungs (default %(default)s)")
     parser.add_argument("--spill-mb", type=int, default=None,
@@ -115,6 +118,7 @@ def options_from_args(args: argparse.Namespace) -> TranscodeOptions:
         encoder=args.encoder,
         hwaccel=args.hwaccel,
         early_playback=args.early_playback,
+        rungs_at_once=args.rungs_at_once,
         cache_bytes=args.cache_mb << 20,
         spill_bytes=None if args.spill_mb is None else args.spill_mb << 20,
         scratch_dir=args.scratch_dir,

@@ -14,11 +14,12 @@ which is what kept the first rung of a 4K job at a third of its speed.
 
 The slower rungs take their turns: the first starts once the decoder is done, each next one once
 the one before it has closed its encoder, so the first rung has the machine to itself and only one
-encoder works at a time. On two cores, three x264 encoders at once cost about a quarter more CPU
-than the same encodes one after another (the ffmpeg CLI measured both ways), and only one large
-encoder is in memory at a time. That needs the whole source in the cache; when the disk budget
-runs out first, the decoder waits for room and every rung goes at once instead, so a long source
-never fills the disk.
+large encoder is in memory at a time. Measured on 10 s of 4K on two cores: 1080p and 2160p
+encoding at once finished 6-7% sooner, with less CPU (each x264 alone leaves about a twentieth
+of the cores idle, which the other fills), but peaked at 1.77 GB instead of 1.40 GB. So taking
+turns is the default and going at once an option (``take_turns=False``). Taking turns needs the
+whole source in the cache; when the disk budget runs out first, the decoder waits for room and
+every rung goes at once instead, so a long source never fills the disk.
 """
 
 from __future__ import annotations
@@ -73,11 +74,12 @@ class FanOut:
     """Distributes frames from the decode thread to ``rungs`` reader threads."""
 
     def __init__(self, rungs: int, width: int, height: int, budget_bytes: int,
-                 scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int) -> None:
+                 scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int,
+                 take_turns: bool = True) -> None:
         self.cancel = cancel
         self._lead: queue.Queue[Item | _End] = queue.Queue(LEAD_QUEUE_FRAMES)
         self.cache = (FrameCache(rungs - 1, width, height, budget_bytes, scratch_dir, cancel,
-                                 spill_budget_bytes)
+                                 spill_budget_bytes, take_turns)
                       if rungs > 1 else None)
 
     def put(self, frame: av.video.frame.VideoFrame, time: FrameTime) -> None:
@@ -151,13 +153,16 @@ class FrameCache:
     Frames live in pooled memory slots up to ``budget_bytes``, then in reused slots of one scratch
     file up to ``spill_budget_bytes``; with both full, :meth:`put` waits for a slot to be freed.
     Readers each take every frame in order; a slot is reused once all have taken it. Reader 0
-    starts once every frame is in, reader ``n`` once reader ``n - 1`` is :meth:`done`; all of
-    them start as soon as the cache is full.
+    starts once every frame is in, reader ``n`` once reader ``n - 1`` is :meth:`done` (without
+    ``take_turns``, all of them once every frame is in); all of them start as soon as the cache
+    is full.
     """
 
     def __init__(self, readers: int, width: int, height: int, budget_bytes: int,
-                 scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int) -> None:
+                 scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int,
+                 take_turns: bool = True) -> None:
         self.readers = readers
+        self.take_turns = take_turns
         self.width, self.height = width, height
         chroma = ((width + 1) // 2) * ((height + 1) // 2)
         self._plane_sizes = (width * height, chroma, chroma)
@@ -254,7 +259,7 @@ class FrameCache:
 
     def _wait_turn(self, reader: int) -> None:
         with self._cond:
-            while ((self._end is None or reader > self._readers_done)
+            while ((self._end is None or (self.take_turns and reader > self._readers_done))
                    and not self.stats.readers_at_once):
                 self._check_cancel()
                 self._cond.wait(_POLL_S)
@@ -395,13 +400,15 @@ _ONLY_HELD_HERE = 2
 class _SpillWriter:
     """Writes spilled frames on a thread of its own, so the decoder never waits for the disk.
 
-    The decode thread copies a frame into one of two block-aligned buffers and goes back to
-    decoding while this thread writes the other one out. A direct write returns only once the
-    device has the data (about 7 ms for a 4K frame on this project's disk), which the decoder
-    used to wait out for every spilled frame.
+    The decode thread copies a frame into a free block-aligned buffer and goes back to decoding
+    while this thread writes the full ones out. A direct write returns only once the device has
+    the data (about 7 ms for a 4K frame on this project's disk, 764 MB/s, but it varies), which
+    the decoder used to wait out for every spilled frame. With two buffers the decoder still
+    waited 0.04 to 1.07 s over 10 s of 4K (3 runs), with eight never (3 runs); they cost 100 MB
+    of 4K buffers while decoding, when memory is at its lowest.
     """
 
-    BUFFERS = 2
+    BUFFERS = 8
 
     def __init__(self, fd: int, slot_bytes: int) -> None:
         self._fd = fd

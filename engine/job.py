@@ -95,6 +95,11 @@ class TranscodeOptions:
     early_playback: bool = True
     #: How much lower later rungs' threads run than the first rung's (nice increment).
     background_nice: int = 19
+    #: Encode the slower rungs at the same time once decoding is done, instead of one after
+    #: another: sooner in total (10 s of 4K on two cores: 6-7%), but with every rung's encoder
+    #: in memory at once (there: 1.77 GB at the peak instead of 1.40 GB). Each higher rung runs
+    #: at a lower priority than the one below it, so they still finish lowest first.
+    rungs_at_once: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_duration_s: float = DEFAULT_MAX_DURATION_S
 
@@ -266,7 +271,7 @@ class Job:
         if spill is None:
             spill = shutil.disk_usage(scratch).free // 2
         fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
-                        self._stop, spill)
+                        self._stop, spill, take_turns=not self.options.rungs_at_once)
         results = self._results = [None] * len(rungs)
         time_base = source.container.streams.video[0].time_base or Fraction(1, 90000)
         settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),
@@ -280,7 +285,8 @@ class Job:
                  if self.options.early_playback else None)
         try:
             for index, status in enumerate(self.rungs):
-                nice = self.options.background_nice if index else 0
+                nice = rung_nice(index, len(self.rungs), self.options.background_nice,
+                                 self.options.rungs_at_once)
                 thread = threading.Thread(
                     target=self._rung_thread, name=f"rung-{status.rung.name}", daemon=True,
                     args=(index, fanout, settings, nice, results, early if index == 0 else None))
@@ -531,6 +537,17 @@ class Job:
                     self.on_event(event)
                 except Exception:  # a listener must not break the job
                     log.exception("event listener failed")
+
+
+def rung_nice(index: int, rungs: int, background: int, at_once: bool) -> int:
+    """The nice increment of rung ``index`` of ``rungs``: the first at normal priority, the
+    slower ones ``background`` lower; encoding at once, each a step lower than the one below
+    it, up to ``background`` for the highest."""
+    if index == 0:
+        return 0
+    if not at_once or rungs < 3:
+        return background
+    return round(background * index / (rungs - 1))
 
 
 def _remove_unlisted(folder: Path) -> None:

@@ -49,6 +49,16 @@ def test_json_prints_one_event_per_line_and_a_summary(small_source: Path, tmp_pa
     assert result.stderr == ""
 
 
+def test_rungs_at_once_still_publish_lowest_first(small_source: Path, tmp_path: Path) -> None:
+    result = run_cli("transcode", small_source, tmp_path / "out", "--ladder", "180,270,360",
+                     "--json", "--rungs-at-once")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["rung"] for e in events if e["type"] == "rung_published"] == [
+        "180p", "270p", "360p"]
+    assert events[-1]["frames_decoded"] == events[-1]["source_frames"] == 90
+
+
 def test_timeline_on_a_terminal_names_each_milestone(small_source: Path, tmp_path: Path) -> None:
     result = run_cli("transcode", small_source, tmp_path / "out", "--ladder", "180,360")
     assert result.returncode == 0, result.stderr

@@ -615,6 +615,48 @@ def test_slower_rungs_take_turns_when_the_source_fits(tmp_path: Path) -> None:
     cache.close()
 
 
+def test_slower_rungs_go_at_once_when_asked(tmp_path: Path) -> None:
+    """Without turns, every cached reader starts once the decoder is done, none waiting for
+    another to finish."""
+    frames = _noise_frames(6, 64, 48)
+    cache = engine.fanout.FrameCache(2, 64, 48, 2 * 64 * 48 * 3 // 2, tmp_path,
+                                     threading.Event(), 1 << 20, take_turns=False)
+    log: list[tuple[int, int]] = []
+    readers = [_read_in_thread(cache, reader, log, delay=0.05) for reader in (1, 0)]
+    for index, frame in enumerate(frames):
+        cache.put(frame, _time(index))
+    time.sleep(0.2)
+    log.append((-1, -1))
+    cache.finish()
+    for thread in readers:
+        thread.join(10)
+    assert log[0] == (-1, -1)
+    for reader in (0, 1):
+        assert [i for r, i in log if r == reader] == list(range(6))
+    # Both had started before either had read half its frames.
+    first_of = {reader: log.index((reader, 0)) for reader in (0, 1)}
+    assert max(first_of.values()) < min(log.index((reader, 3)) for reader in (0, 1))
+    cache.close()
+
+
+def test_job_with_rungs_at_once_publishes_every_rung_lowest_first(
+        tmp_path: Path, source_video: Path, source_frames: int) -> None:
+    run = run_job(source_video, tmp_path / "out", options(rungs_at_once=True))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert [e.data["rung"] for e in run.of_type("rung_published")] == RUNG_NAMES
+    assert run.job.summary()["frames_decoded"] == source_frames
+    for folder in variant_dirs(run.out):
+        indices = [media.frame_index(f) for f in decode_rendition(folder)]
+        assert indices == list(range(source_frames)), folder.name
+
+
+def test_rungs_at_once_run_each_a_step_lower_in_priority() -> None:
+    assert [engine.job.rung_nice(i, 3, 19, at_once=False) for i in range(3)] == [0, 19, 19]
+    assert [engine.job.rung_nice(i, 3, 19, at_once=True) for i in range(3)] == [0, 10, 19]
+    assert [engine.job.rung_nice(i, 4, 19, at_once=True) for i in range(4)] == [0, 6, 13, 19]
+    assert [engine.job.rung_nice(i, 2, 19, at_once=True) for i in range(2)] == [0, 19]
+
+
 def test_spill_budget_bounds_the_disk_and_readers_go_at_once(tmp_path: Path) -> None:
     """A source longer than memory and disk budgets together: the decoder waits for the readers,
     which stop taking turns; the scratch file never holds more than its budget and every frame
