@@ -15,8 +15,8 @@ which is what kept the first rung of a 4K job at a third of its speed.
 The slower rungs take their turns: the first starts once the decoder is done, each next one once
 the one before it has closed its encoder, so the first rung has the machine to itself and only one
 large encoder is in memory at a time. Measured on 10 s of 4K on two cores: 1080p and 2160p
-encoding at once finished 6-7% sooner, with less CPU (each x264 alone leaves about a twentieth
-of the cores idle, which the other fills), but peaked at 1.77 GB instead of 1.40 GB. So taking
+encoding at once finished 1-7% sooner (each x264 alone leaves about a twentieth of the cores
+idle, which the other fills), but peaked at 1.77 GB instead of 1.40 GB. So taking
 turns is the default and going at once an option (``take_turns=False``). Taking turns needs the
 whole source in the cache; when the disk budget runs out first, the decoder waits for room and
 every rung goes at once instead, so a long source never fills the disk.

@@ -96,7 +96,7 @@ class TranscodeOptions:
     #: How much lower later rungs' threads run than the first rung's (nice increment).
     background_nice: int = 19
     #: Encode the slower rungs at the same time once decoding is done, instead of one after
-    #: another: sooner in total (10 s of 4K on two cores: 6-7%), but with every rung's encoder
+    #: another: sooner in total (10 s of 4K on two cores: 1-7%), but with every rung's encoder
     #: in memory at once (there: 1.77 GB at the peak instead of 1.40 GB). Each higher rung runs
     #: at a lower priority than the one below it, so they still finish lowest first.
     rungs_at_once: bool = False
