@@ -3,9 +3,10 @@
 A service that embeds the engine imports it once, long before a user's upload arrives, so the
 benchmark times the job from the call, not from interpreter start-up (about 0.6 s here: 0.36 s
 to the engine's ``running`` event from a cold ``rungs transcode``, of which imports 0.26 s).
-Run as ``python -m bench.engine_api ARGS...`` with the arguments of ``rungs transcode``: it
-imports the engine, prints :data:`LOADED` on stdout, waits for a line on stdin, then runs the
-job in this process through the command line's own code, one JSON event per line on stdout.
+Run by path (:func:`bench.commands.rungs_command`, so that ``engine`` is the copy in the working
+directory) with the arguments of ``rungs transcode``: it imports the engine, prints
+:data:`LOADED` on stdout, waits for a line on stdin, then runs the job in this process through
+the command line's own code, one JSON event per line on stdout.
 """
 
 from __future__ import annotations

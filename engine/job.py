@@ -545,7 +545,7 @@ def rung_nice(index: int, rungs: int, background: int, at_once: bool) -> int:
     it, up to ``background`` for the highest."""
     if index == 0:
         return 0
-    if not at_once or rungs < 3:
+    if not at_once:
         return background
     return round(background * index / (rungs - 1))
 
