@@ -564,6 +564,35 @@ def test_spilled_frames_read_back_equal(tmp_path: Path, width: int, height: int)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_spilled_frames_give_their_disk_back_once_every_reader_has_them(tmp_path: Path) -> None:
+    """Once the decoder is done, a spilled frame the last reader has taken frees its blocks of
+    the scratch file at once, not when the file is deleted at the end."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x" * (1 << 20))
+    with probe.open("r+b") as handle:
+        if not engine.fanout._punch_hole(handle.fileno(), 0, 1 << 20):
+            pytest.skip("this file system cannot punch holes")
+    probe.unlink()
+    width, height = 640, 360
+    cache = engine.fanout.FrameCache(2, width, height, 0, tmp_path, threading.Event(), 1 << 30)
+    for index, frame in enumerate(_noise_frames(6, width, height)):
+        cache.put(frame, _time(index))
+    cache.finish()
+    (spill,) = tmp_path.iterdir()
+    full = spill.stat().st_blocks * 512
+    assert full >= 6 * cache.frame_bytes
+    taken = [when.index for _, when in cache.frames(0)]
+    cache.done(0)
+    assert spill.stat().st_blocks * 512 == full  # reader 1 has yet to take them all
+    for _, when in cache.frames(1):
+        if when.index == 2:
+            assert spill.stat().st_blocks * 512 <= full - 2 * cache.frame_bytes
+    assert taken == list(range(6))
+    assert spill.stat().st_blocks == 0
+    cache.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def _noise_frames(count: int, width: int, height: int) -> list[av.VideoFrame]:
     rng = np.random.default_rng(2)
     frames = []
