@@ -106,14 +106,12 @@ def raw_frames(ffmpeg: str, source: Path, raw: Path, source_fps: float) -> list[
 
 def encode_only(ffmpeg: str, raw: Path, width: int, height: int, frame_rate: float,
                 plan: RungPlan, out_dir: Path, segment_seconds: float,
-                thread_type: str | None, threads: int = 0) -> list[str]:
-    """One rung from raw decoded frames: the encoder's (and scaler's) own cost, no decode;
-    ``threads`` x264 threads (0: x264's own count)."""
+                thread_type: str | None) -> list[str]:
+    """One rung from raw decoded frames: the encoder's (and scaler's) own cost, no decode."""
     rate = min(frame_rate, float(MAX_FRAME_RATE))
     return [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-y", "-f", "rawvideo",
             "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-r", f"{rate:g}", "-i", str(raw),
             "-vf", scale_filter(plan.rung), *video_codec(plan, segment_seconds, thread_type),
-            *(["-threads", str(threads)] if threads else []),
             *hls_output(out_dir / plan.name, segment_seconds)]
 
 

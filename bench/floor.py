@@ -2,8 +2,7 @@
 
 Each round, the ffmpeg CLI decodes the source and throws the frames away (the cost of one
 decode), then encodes each rung from raw decoded frames (decoded once before the rounds and read
-from the page cache), one after another, with the baselines' settings and as many x264 threads
-as the engine gives each rung (:func:`engine.job.rung_threads`). A system that decodes
+from the page cache), one after another, with the baselines' settings. A system that decodes
 once and encodes every rung with these encoders does at least this much work: its total time
 can be no lower than this CPU time spread perfectly over every core. That bound is what the
 targets are weighed against.
@@ -22,7 +21,6 @@ from typing import Any
 from bench import commands
 from bench.measure import ProcessRun, run_measured
 from bench.systems import Setup, checked
-from engine.job import rung_threads
 
 #: Raw frames larger than this are not written (60 s of 4K would be 22 GB): no floor then.
 MAX_RAW_BYTES = 8 << 30
@@ -76,13 +74,11 @@ def run(setup: Setup, raw: Path, out: Path) -> FloorRun:
     decode = _run(commands.decode_only(setup.ffmpeg, source.path), out / "decode.log")
     walls: dict[str, float] = {}
     cpus: dict[str, float] = {}
-    for index, plan in enumerate(setup.rungs):
+    for plan in setup.rungs:
         (out / plan.name).mkdir(parents=True)
-        # As many x264 threads as the engine gives the rung, so the floor bounds its encoders.
-        threads = rung_threads(index, len(setup.rungs), at_once=False)
         encode = _run(commands.encode_only(setup.ffmpeg, raw, source.width, source.height,
                                            source.frame_rate, plan, out, setup.segment_seconds,
-                                           setup.ffmpeg_thread_type, threads),
+                                           setup.ffmpeg_thread_type),
                       out / f"{plan.name}.log")
         walls[plan.name], cpus[plan.name] = encode.wall_s, encode.cpu_s
     return FloorRun(decode.wall_s, decode.cpu_s, walls, cpus)

@@ -11,7 +11,6 @@ import dataclasses
 import enum
 import functools
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -382,9 +381,7 @@ class Job:
         try:
             results[index] = encode_rung(
                 status.rung, status.encoder, fanout.reader(index), self.out_dir,
-                dataclasses.replace(settings, nice=nice, frame_threads=index > 0,
-                                    threads=rung_threads(index, len(self.rungs),
-                                                         self.options.rungs_at_once)),
+                dataclasses.replace(settings, nice=nice, frame_threads=index > 0),
                 self._stop, status.progress, fallback_encoder(status.encoder),
                 self._on_fallback, early)
         except BaseException as exc:  # handed to the job thread
@@ -551,30 +548,6 @@ def rung_nice(index: int, rungs: int, background: int, at_once: bool) -> int:
     if not at_once:
         return background
     return round(background * index / (rungs - 1))
-
-
-def rung_threads(index: int, rungs: int, at_once: bool) -> int:
-    """x264 frame threads for rung ``index`` of ``rungs``; 0 leaves it to x264 (1.5 per core).
-
-    Encoding alone, x264's own count leaves cores idle (1.85 to 1.92 of 2 busy here). Three per
-    core fill them, and each thread holds frames in flight, which only the largest rung cannot
-    afford: its encoder sets the job's peak memory. Measured on 10 s of 4K on two cores: 1080p
-    with 6 threads took 7% less time than with x264's 3 (18.6 and 19.5 s against 20.5 and
-    20.7 s), its peak 65 MB higher and still half the 2160p rung's; 2160p with 6 kept 1.96
-    cores busy instead of 1.91, but peaked 290 MB higher, over the 1.5 GB target. The first
-    rung keeps slice threads (engine.rung.EncodeSettings), and rungs encoding at once keep the
-    cores busy between them.
-    """
-    if at_once or index in (0, rungs - 1):
-        return 0
-    return 3 * available_cores()
-
-
-def available_cores() -> int:
-    """The cores this process may run on (fewer than the machine's in a container or taskset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _remove_unlisted(folder: Path) -> None:

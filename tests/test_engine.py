@@ -686,26 +686,6 @@ def test_rungs_at_once_run_each_a_step_lower_in_priority() -> None:
     assert [engine.job.rung_nice(i, 2, 19, at_once=True) for i in range(2)] == [0, 19]
 
 
-def _x264_options(rung_dir: Path) -> dict[str, str]:
-    """The options x264 wrote into the first segment (its SEI: "x264 - core ... options: ...")."""
-    head = sorted(rung_dir.glob("seg_*"))[0].read_bytes()[:1 << 16]
-    match = re.search(rb"x264 - core .*?options: ([^\x00]*)", head)
-    assert match is not None, rung_dir
-    return dict(pair.split("=", 1) for pair in match.group(1).decode().split() if "=" in pair)
-
-
-def test_the_middle_rung_gets_three_frame_threads_per_core(shared_run: JobRun) -> None:
-    """The first rung keeps slice threads; a rung between it and the largest, encoding alone,
-    gets three frame threads per core; the largest keeps x264's own count (1.5 per core)."""
-    cores = engine.job.available_cores()
-    first, middle, largest = (_x264_options(folder) for folder in variant_dirs(shared_run.out))
-    assert first["sliced_threads"] == "1"
-    assert middle["sliced_threads"] == "0" and middle["threads"] == str(3 * cores)
-    assert largest["sliced_threads"] == "0" and largest["threads"] == str(max(1, cores * 3 // 2))
-    assert [engine.job.rung_threads(i, 3, at_once=False) for i in range(3)] == [0, 3 * cores, 0]
-    assert [engine.job.rung_threads(i, 3, at_once=True) for i in range(3)] == [0, 0, 0]
-
-
 def test_spill_budget_bounds_the_disk_and_readers_go_at_once(tmp_path: Path) -> None:
     """A source longer than memory and disk budgets together: the decoder waits for the readers,
     which stop taking turns; the scratch file never holds more than its budget and every frame
