@@ -528,7 +528,7 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 def _fallocate() -> Callable[[int, int, int, int], int] | None:
     """The C library's ``fallocate``, where there is one (Linux)."""
     try:
-        call = ctypes.CDLL(None, use_errno=True).fallocate
+        call = ctypes.CDLL(None).fallocate
     except (AttributeError, OSError):
         return None
     call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
