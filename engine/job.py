@@ -43,7 +43,14 @@ from engine.memory import map_large_blocks, trim
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
 from engine.publish import MEDIA, POSTER, Publisher
-from engine.rung import EncodedRung, EncodeSettings, Fallback, RungProgress, encode_rung
+from engine.rung import (
+    EncodedRung,
+    EncodeSettings,
+    Fallback,
+    RungProgress,
+    encode_rung,
+    encoder_threads,
+)
 from engine.segment import SEGMENT_TYPES, SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -285,11 +292,14 @@ class Job:
                  if self.options.early_playback else None)
         try:
             for index, status in enumerate(self.rungs):
-                nice = rung_nice(index, len(self.rungs), self.options.background_nice,
-                                 self.options.rungs_at_once)
+                rung_settings = dataclasses.replace(
+                    settings,
+                    nice=rung_nice(index, len(self.rungs), self.options.background_nice,
+                                   self.options.rungs_at_once),
+                    threads=encoder_threads(index == 0, status.rung, info.width * info.height))
                 thread = threading.Thread(
                     target=self._rung_thread, name=f"rung-{status.rung.name}", daemon=True,
-                    args=(index, fanout, settings, nice, results, early if index == 0 else None))
+                    args=(index, fanout, rung_settings, results, early if index == 0 else None))
                 threads.append(thread)
                 thread.start()
             ticker = threading.Thread(target=self._progress_ticker, name="progress", daemon=True)
@@ -373,15 +383,14 @@ class Job:
             self._set_state(JobState.READY, "ready",
                             {"master": master, "rung": rung.name, "early_playback": True})
 
-    def _rung_thread(self, index: int, fanout: FanOut, settings: EncodeSettings, nice: int,
+    def _rung_thread(self, index: int, fanout: FanOut, settings: EncodeSettings,
                      results: list[EncodedRung | BaseException | None],
                      early: Callable[[list[SegmentRecord], str], None] | None) -> None:
         status = self.rungs[index]
         status.state = "ENCODING"
         try:
             results[index] = encode_rung(
-                status.rung, status.encoder, fanout.reader(index), self.out_dir,
-                dataclasses.replace(settings, nice=nice, frame_threads=index > 0),
+                status.rung, status.encoder, fanout.reader(index), self.out_dir, settings,
                 self._stop, status.progress, fallback_encoder(status.encoder),
                 self._on_fallback, early)
         except BaseException as exc:  # handed to the job thread

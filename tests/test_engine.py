@@ -8,6 +8,7 @@ checked against ffmpeg's own auto-rotation. The main 3-rung job runs once per se
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -685,6 +686,34 @@ def test_rungs_at_once_run_each_a_step_lower_in_priority() -> None:
     assert [engine.job.rung_nice(i, 3, 19, at_once=True) for i in range(3)] == [0, 10, 19]
     assert [engine.job.rung_nice(i, 4, 19, at_once=True) for i in range(4)] == [0, 6, 13, 19]
     assert [engine.job.rung_nice(i, 2, 19, at_once=True) for i in range(2)] == [0, 19]
+
+
+def slices_per_picture(folder: Path) -> set[int]:
+    """How many slices the coded pictures of a rung have (its NAL units of type 1 and 5)."""
+    counts = set()
+    with av.open(io.BytesIO(whole_rendition(folder))) as container:
+        for packet in container.demux(video=0):
+            data, at, slices = bytes(packet), 0, 0
+            while at + 4 <= len(data):  # MP4 samples: NAL units with 4-byte sizes
+                size = int.from_bytes(data[at:at + 4], "big")
+                slices += data[at + 4] & 0x1F in (1, 5)
+                at += 4 + size
+            if packet.size:
+                counts.add(slices)
+    return counts
+
+
+def test_a_first_rung_far_smaller_than_the_source_is_encoded_whole_on_one_thread(
+        shared_run: JobRun, tmp_path: Path, source_video: Path) -> None:
+    """Slices cost quality: the first rung uses them only when one x264 thread might not keep
+    up with the decoder, as when it is the source's own size; later rungs use frame threads."""
+    assert all(slices_per_picture(folder) == {1} for folder in variant_dirs(shared_run.out))
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("x264 cuts no slices on one core")
+    run = run_job(source_video, tmp_path / "out", options(
+        ladder=LadderOptions(heights=(360,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert min(slices_per_picture(tmp_path / "out" / "360p")) > 1
 
 
 def test_spill_budget_bounds_the_disk_and_readers_go_at_once(tmp_path: Path) -> None:
