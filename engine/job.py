@@ -282,7 +282,8 @@ class Job:
         results = self._results = [None] * len(rungs)
         time_base = source.container.streams.video[0].time_base or Fraction(1, 90000)
         settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),
-                                  info.rotation)
+                                  info.rotation, colour=info.colour)
+        publisher.video_range = info.colour.video_range
         audio = None
         if info.audio is not None:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,

@@ -31,6 +31,8 @@ class Variant:
     width: int
     height: int
     frame_rate: Fraction
+    #: HLS VIDEO-RANGE: SDR, or PQ / HLG for high dynamic range.
+    video_range: str = "SDR"
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -
             f"RESOLUTION={v.width}x{v.height}",
             f"FRAME-RATE={float(v.frame_rate):.3f}",
         ]
+        if v.video_range != "SDR":  # RFC 8216bis 4.4.6.2: absent means SDR
+            attributes.append(f"VIDEO-RANGE={v.video_range}")
         if audio is not None:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import av.container
 import av.error
 import av.video.codeccontext
 import av.video.frame
+from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 
 from engine.errors import InvalidSourceError, UnsupportedSourceError
 
@@ -60,6 +61,46 @@ class AudioInfo:
     stream_count: int
 
 
+#: FFmpeg's code for "unspecified" in each colour field below (ISO/IEC 23091-2 numbering).
+UNSPECIFIED = 2
+#: Matrices a YUV picture can have (not RGB's 0, which is converted to YUV on decode).
+_MATRICES = frozenset((1, 4, 5, 6, 7, 9, 10))
+_PRIMARIES = frozenset(int(p) for p in ColorPrimaries)
+_TRANSFERS = frozenset(int(t) for t in ColorTrc)
+#: HLS VIDEO-RANGE of the high-dynamic-range transfer functions (others are SDR).
+_HDR_RANGES = {int(ColorTrc.SMPTE2084): "PQ", int(ColorTrc.ARIB_STD_B67): "HLG"}
+
+
+@dataclass(frozen=True)
+class Colour:
+    """How a source's sample values are meant to be shown. Scaling keeps the matrix, primaries
+    and transfer, so every rung is tagged with the source's; full-range samples (as some phones
+    record) are scaled into video range, which is what players assume when a tag is missing."""
+
+    full_range: bool = False
+    matrix: int = UNSPECIFIED
+    primaries: int = UNSPECIFIED
+    transfer: int = UNSPECIFIED
+
+    @property
+    def video_range(self) -> str:
+        """HLS ``VIDEO-RANGE``: ``PQ`` or ``HLG`` for HDR transfer functions, else ``SDR``."""
+        return _HDR_RANGES.get(self.transfer, "SDR")
+
+    @classmethod
+    def of(cls, frame: av.video.frame.VideoFrame) -> Colour:
+        """The colour description of a decoded frame; values H.264 cannot carry read as
+        unspecified."""
+        def known(value: int, allowed: frozenset[int]) -> int:
+            return value if value in allowed else UNSPECIFIED
+
+        return cls(
+            full_range=frame.color_range == ColorRange.JPEG or frame.format.name.startswith("yuvj"),
+            matrix=known(frame.colorspace, _MATRICES),
+            primaries=known(frame.color_primaries, _PRIMARIES),
+            transfer=known(frame.color_trc, _TRANSFERS))
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What the rest of the pipeline needs to know about a source."""
@@ -84,6 +125,7 @@ class SourceInfo:
     audio: AudioInfo | None
     #: ``software`` or the hardware device type that decodes the video.
     decoder: str = "software"
+    colour: Colour = field(default_factory=Colour)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -255,6 +297,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         declared_frames=stream.frames,
         audio=audio,
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
+        colour=Colour.of(first),
     )
     if info.rotation not in (0, 90, 180, 270):
         raise UnsupportedSourceError(f"source {name!r} is rotated by {info.rotation} degrees")

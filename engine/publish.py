@@ -67,6 +67,8 @@ class Publisher:
     def __init__(self, out_dir: Path, segment_seconds: float) -> None:
         self.out_dir = out_dir
         self.variants: list[Variant] = []
+        #: The rungs' HLS VIDEO-RANGE (the source's), set before the first is published.
+        self.video_range = "SDR"
         self._audio: EncodedAudio | None = None
         # Fixed from the start: an EVENT playlist's target duration must not change.
         self._target = max(1, round(segment_seconds))
@@ -103,7 +105,7 @@ class Publisher:
             self._write_master(Variant(
                 uri=f"{rung.name}/{MEDIA}", bandwidth=max(peak, math.ceil(ceiling)),
                 average_bandwidth=average, codecs=self._codecs(codecs), width=rung.width,
-                height=rung.height, frame_rate=frame_rate))
+                height=rung.height, frame_rate=frame_rate, video_range=self.video_range))
             return True
 
     def set_audio(self, audio: EncodedAudio) -> None:
@@ -146,7 +148,7 @@ class Publisher:
             variant = Variant(
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
-                height=encoded.rung.height, frame_rate=frame_rate,
+                height=encoded.rung.height, frame_rate=frame_rate, video_range=self.video_range,
             )
             self._write_master(variant)
             return variant

@@ -11,21 +11,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av.error
+import av.video.codeccontext
 import av.video.frame
 import av.video.stream
 from av.video.frame import PictureType
+from av.video.reformatter import ColorRange
 
 from engine.errors import EncoderError, JobCancelledError
 from engine.fanout import Item
 from engine.gop import TIMELINE_START, FrameTime
 from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung
+from engine.probe import Colour
 from engine.scale import Scaler
 from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
 
@@ -95,6 +98,8 @@ class EncodeSettings:
     rotation: int
     #: Added to the rung thread's nice value (Linux: per thread); 0 leaves it alone.
     nice: int = 0
+    #: The source's colour description, which every rung is tagged with.
+    colour: Colour = field(default_factory=Colour)
     #: How libx264 uses the cores (see :func:`encoder_threads`).
     threads: EncoderThreads = EncoderThreads.SLICES
 
@@ -129,7 +134,8 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     """
     if settings.nice:
         lower_thread_priority(settings.nice)
-    scaler = Scaler(rung.width, rung.height, settings.rotation)
+    scaler = Scaler(rung.width, rung.height, settings.rotation,
+                    full_range=settings.colour.full_range)
     with _ScaledAhead(frames, scaler, settings.nice, cancel, rung.name) as scaled:
         return _encode_scaled(rung, encoder, iter(scaled), out_dir, settings, cancel, progress,
                               fallback, on_fallback, on_segment)
@@ -295,6 +301,7 @@ class _Output:
             stream.codec_context.time_base = settings.time_base
             gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
             stream.codec_context.options = encoder_options(encoder, rung, gop)
+            _tag_colour(stream.codec_context, settings.colour)
             if encoder == SOFTWARE_ENCODER:
                 if settings.threads is EncoderThreads.FRAMES:
                     stream.codec_context.thread_type = "FRAME"
@@ -416,6 +423,15 @@ def _encode(stream: av.video.stream.VideoStream, frame: av.video.frame.VideoFram
         return stream.encode(frame)
     except av.error.FFmpegError as exc:
         raise EncoderError(f"encoder {encoder} failed: {exc}") from exc
+
+
+def _tag_colour(context: av.video.codeccontext.VideoCodecContext, colour: Colour) -> None:
+    """Write the source's colour description into the encoded stream (the scaler has made
+    its samples video range)."""
+    context.color_range = ColorRange.MPEG
+    context.colorspace = colour.matrix
+    context.color_primaries = colour.primaries
+    context.color_trc = colour.transfer
 
 
 def lower_thread_priority(nice: int) -> None:

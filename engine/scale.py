@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import av.video.frame
 import numpy as np
-from av.video.reformatter import Interpolation, VideoReformatter
+from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
 from engine.decode import PIXEL_FORMAT
 
@@ -17,14 +17,21 @@ INTERPOLATION = Interpolation.AREA
 
 
 class Scaler:
-    """Frames in at the source's coded size, frames out at ``width`` x ``height``, upright."""
+    """Frames in at the source's coded size, frames out at ``width`` x ``height``, upright.
+
+    With ``full_range``, the frames coming in hold full-range samples (whatever they are
+    tagged: the frame cache's are not) and the frames going out video-range ones.
+    """
 
     def __init__(self, width: int, height: int, rotation: int, pixel_format: str = PIXEL_FORMAT,
-                 ) -> None:
+                 full_range: bool = False) -> None:
         self.width = width
         self.height = height
         self.rotation = rotation
         self.pixel_format = pixel_format
+        self._ranges: dict[str, ColorRange] = (
+            {"src_color_range": ColorRange.JPEG, "dst_color_range": ColorRange.MPEG}
+            if full_range else {})
         self._reformatter = VideoReformatter()
 
     def scale(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
@@ -32,7 +39,8 @@ class Scaler:
         sideways = self.rotation in (90, 270)
         width, height = (self.height, self.width) if sideways else (self.width, self.height)
         out = self._reformatter.reformat(frame, width=width, height=height,
-                                         format=self.pixel_format, interpolation=INTERPOLATION)
+                                         format=self.pixel_format, interpolation=INTERPOLATION,
+                                         **self._ranges)
         if self.rotation == 0:
             return out
         return rotate(out, self.rotation)

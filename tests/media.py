@@ -320,6 +320,51 @@ def make_black_start_video(path: str | Path, black_seconds: float = 0.5, **kwarg
     return make_video(path, black_seconds=black_seconds, **kwargs)
 
 
+def make_luma_ramp(
+    path: str | Path,
+    *,
+    full_range: bool,
+    matrix: int = 2,
+    primaries: int = 2,
+    transfer: int = 2,
+    pix_fmt: str = "yuv420p",
+    width: int = 320,
+    height: int = 180,
+    frames: int = 15,
+) -> Path:
+    """Write a grey ramp, luma from the lowest sample value on the left to the highest on the
+    right, tagged with the given colour description (FFmpeg's codes, 2: unspecified).
+
+    The samples are written as they are, not converted from RGB, so a reader can check what a
+    transcoder did to the range: with ``full_range`` they span 0-255, otherwise 16-235 (times 4
+    for a 10-bit ``pix_fmt``), and the column ``x`` holds ``low + (high - low) * x / (width -
+    1)``.
+    """
+    path = Path(path)
+    deep = pix_fmt.endswith("10le")
+    low, high = (0, 255) if full_range else (16, 235)
+    scale, dtype = (4, np.uint16) if deep else (1, np.uint8)
+    ramp = np.round(np.linspace(low, high, width) * scale).astype(dtype)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={"preset": "veryfast", "crf": "10"})
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        context = video.codec_context
+        context.color_range = 2 if full_range else 1
+        context.colorspace, context.color_primaries, context.color_trc = (
+            matrix, primaries, transfer)
+        for index in range(frames):
+            frame = av.VideoFrame(width, height, pix_fmt)
+            for number, plane in enumerate(frame.planes):
+                rows = np.frombuffer(memoryview(plane), dtype).reshape(
+                    -1, plane.line_size // dtype().itemsize)[: plane.height, : plane.width]
+                rows[:] = ramp if number == 0 else 128 * scale
+            frame.pts = index
+            frame.color_range = context.color_range
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
 def make_audio_only(
     path: str | Path,
     seconds: float = 2.0,

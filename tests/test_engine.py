@@ -487,6 +487,47 @@ def test_source_without_audio(tmp_path: Path) -> None:
             assert not container.streams.audio
 
 
+def colour_of(folder: Path) -> tuple[int, int, int, int, np.ndarray]:
+    """(range, matrix, primaries, transfer) of a rung's first decoded frame, and its luma."""
+    frame = decode_rendition(folder)[0]
+    luma = np.frombuffer(memoryview(frame.planes[0]), np.uint8).reshape(
+        -1, frame.planes[0].line_size)[: frame.height, : frame.width]
+    return frame.color_range, frame.colorspace, frame.color_primaries, frame.color_trc, luma
+
+
+def test_full_range_source_is_scaled_into_video_range_and_keeps_its_colour_tags(
+        tmp_path: Path) -> None:
+    """Phones often record full-range BT.601: each rung (one scaled, one at the source's size)
+    holds video-range samples, tagged as such and with the source's matrix, primaries and
+    transfer, so players show the source's levels and colours."""
+    source = media.make_luma_ramp(tmp_path / "full.mp4", full_range=True, matrix=5,
+                                  primaries=5, transfer=6)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    for folder in variant_dirs(run.out):
+        colour_range, matrix, primaries, transfer, luma = colour_of(folder)
+        assert (colour_range, matrix, primaries, transfer) == (1, 5, 5, 6), folder.name
+        columns = luma.mean(axis=0)
+        # The source's 0 and 255 become 16 and 235; its middle grey 128 becomes 126.
+        assert abs(columns[0] - 16) <= 3 and abs(columns[-1] - 235) <= 3, folder.name
+        assert abs(columns[len(columns) // 2] - 126) <= 3, folder.name
+    assert "VIDEO-RANGE" not in (run.out / "master.m3u8").read_text()
+
+
+def test_hdr_source_keeps_its_transfer_and_the_master_says_pq(tmp_path: Path) -> None:
+    source = media.make_luma_ramp(tmp_path / "pq.mp4", full_range=False, matrix=9,
+                                  primaries=9, transfer=16, pix_fmt="yuv420p10le")
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    master = master_of(run.out)
+    assert [p.stream_info.video_range for p in master.playlists] == ["PQ", "PQ"]
+    for folder in variant_dirs(run.out):
+        colour_range, matrix, primaries, transfer, luma = colour_of(folder)
+        assert (colour_range, matrix, primaries, transfer) == (1, 9, 9, 16), folder.name
+        columns = luma.mean(axis=0)  # 10-bit video range to 8-bit video range
+        assert abs(columns[0] - 16) <= 3 and abs(columns[-1] - 235) <= 3, folder.name
+
+
 def test_mpegts_segments(tmp_path: Path, source_video: Path, source_frames: int) -> None:
     run = run_job(source_video, tmp_path / "out",
                   options(segment_type="mpegts",

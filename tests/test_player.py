@@ -169,22 +169,43 @@ def test_plays_early_and_upgrades_without_interruption(
     assert first_frame_s < 15, first_frame_s
 
 
+def _play_finished(rungs: RungsServer, stub: Any, browser: Any,
+                   request: pb.TranscodeRequest) -> dict[str, Any]:
+    """Run a job to COMPLETE, then play its page to the end without a fatal error."""
+    job = stub.Transcode(request, timeout=30)
+    for event in stub.Watch(pb.WatchRequest(job_id=job.id), timeout=120):
+        final = event.state
+    assert final == pb.COMPLETE
+    measured, _ = _play(browser, lambda _: f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}",
+                        lambda: job)
+    assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]]
+    return measured
+
+
 def test_a_finished_job_plays_every_rung_from_the_start(
         server: tuple[RungsServer, Any, Path], browser: Any) -> None:
     """A page opened after the job ended replays its history, loads the full master once and
     needs no upgrade."""
     rungs, stub, base = server
-    job = stub.Transcode(pb.TranscodeRequest(
+    measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
         source="talk.mp4", output="done",
-        options=pb.TranscodeOptions(ladder=[360, 720], segment_seconds=4)), timeout=30)
-    for event in stub.Watch(pb.WatchRequest(job_id=job.id), timeout=120):
-        final = event.state
-    assert final == pb.COMPLETE
-
-    measured, _ = _play(browser, lambda _: f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}",
-                        lambda: job)
-    assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]]
+        options=pb.TranscodeOptions(ladder=[360, 720], segment_seconds=4)))
     assert measured["upgrades"] == []
     assert {load["type"] for load in measured["levelLoads"]} == {"VOD"}
     assert measured["maxRms"] > 0.05
     shutil.rmtree(base / "out" / "done")
+
+
+def test_an_hdr_ladder_plays_on_an_sdr_screen(
+        server: tuple[RungsServer, Any, Path], browser: Any) -> None:
+    """A PQ source's rungs (8-bit H.264 tagged PQ, listed with VIDEO-RANGE=PQ) play to the end:
+    hls.js drops levels by their video range only when a page asks it to."""
+    rungs, stub, base = server
+    media.make_luma_ramp(base / "src" / "pq.mp4", full_range=False, matrix=9, primaries=9,
+                         transfer=16, pix_fmt="yuv420p10le", frames=120)
+    measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
+        source="pq.mp4", output="pq",
+        options=pb.TranscodeOptions(ladder=[90, 180], segment_seconds=2)))
+    assert (base / "out" / "pq" / "master.m3u8").read_text().count("VIDEO-RANGE=PQ") == 2
+    assert measured["levelLoads"]
+    shutil.rmtree(base / "out" / "pq")
