@@ -89,8 +89,8 @@ class Colour:
 
     @classmethod
     def of(cls, frame: av.video.frame.VideoFrame) -> Colour:
-        """The colour description of a decoded frame; values H.264 cannot carry read as
-        unspecified."""
+        """The colour description of a decoded frame; values PyAV does not know, and an RGB
+        matrix (decoding converts RGB to YUV), read as unspecified."""
         def known(value: int, allowed: frozenset[int]) -> int:
             return value if value in allowed else UNSPECIFIED
 
