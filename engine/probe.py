@@ -65,6 +65,8 @@ class AudioInfo:
 UNSPECIFIED = 2
 #: Matrices a YUV picture can have (not RGB's 0, which is converted to YUV on decode).
 _MATRICES = frozenset((1, 4, 5, 6, 7, 9, 10))
+#: The matrix FFmpeg's scaler converts RGB to YUV with when given none: BT.601 (SMPTE 170M).
+_RGB_TO_YUV_MATRIX = 6
 _PRIMARIES = frozenset(int(p) for p in ColorPrimaries)
 _TRANSFERS = frozenset(int(t) for t in ColorTrc)
 #: HLS VIDEO-RANGE of the high-dynamic-range transfer functions (others are SDR).
@@ -89,14 +91,16 @@ class Colour:
 
     @classmethod
     def of(cls, frame: av.video.frame.VideoFrame) -> Colour:
-        """The colour description of a decoded frame; values PyAV does not know, and an RGB
-        matrix (decoding converts RGB to YUV), read as unspecified."""
+        """The colour description of a decoded frame, values PyAV does not know read as
+        unspecified. An RGB source is converted to YUV on decode, with the BT.601 matrix, so
+        that is its rungs' matrix (left untagged, a player would take HD for BT.709)."""
         def known(value: int, allowed: frozenset[int]) -> int:
             return value if value in allowed else UNSPECIFIED
 
         return cls(
             full_range=frame.color_range == ColorRange.JPEG or frame.format.name.startswith("yuvj"),
-            matrix=known(frame.colorspace, _MATRICES),
+            matrix=(_RGB_TO_YUV_MATRIX if frame.format.is_rgb
+                    else known(frame.colorspace, _MATRICES)),
             primaries=known(frame.color_primaries, _PRIMARIES),
             transfer=known(frame.color_trc, _TRANSFERS))
 

@@ -365,6 +365,25 @@ def make_luma_ramp(
     return path
 
 
+def make_rgb_bars(path: str | Path, colours: Sequence[tuple[int, int, int]], *,
+                  width: int = 320, height: int = 180, frames: int = 15) -> Path:
+    """Write an RGB video (PNG frames in MOV, as screen recorders make): vertical bars of
+    ``colours``, left to right."""
+    path = Path(path)
+    image = np.zeros((height, width, 3), np.uint8)
+    for index, colour in enumerate(colours):
+        image[:, index * width // len(colours):(index + 1) * width // len(colours)] = colour
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("png", rate=30)
+        video.width, video.height, video.pix_fmt = width, height, "rgb24"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
 def make_audio_only(
     path: str | Path,
     seconds: float = 2.0,

@@ -528,6 +528,22 @@ def test_hdr_source_keeps_its_transfer_and_the_master_says_pq(tmp_path: Path) ->
         assert abs(columns[0] - 16) <= 3 and abs(columns[-1] - 235) <= 3, folder.name
 
 
+def test_rgb_source_is_tagged_with_the_matrix_it_was_converted_with(tmp_path: Path) -> None:
+    """Decoding turns RGB (screen recordings) into BT.601 YUV: the rung says so, and read back
+    with that matrix shows the source's colours."""
+    colours = [(200, 30, 30), (30, 200, 60)]
+    source = media.make_rgb_bars(tmp_path / "screen.mov", colours)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    frame = decode_rendition(run.out / "180p")[0]
+    assert (frame.color_range, frame.colorspace) == (1, 6)
+    rgb = frame.reformat(format="rgb24", src_colorspace="ITU601",
+                         src_color_range="MPEG").to_ndarray()
+    for index, colour in enumerate(colours):
+        centre = rgb[frame.height // 2, (2 * index + 1) * frame.width // 4].astype(int)
+        assert np.abs(centre - colour).max() <= 4, (centre, colour)
+
+
 def test_mpegts_segments(tmp_path: Path, source_video: Path, source_frames: int) -> None:
     run = run_job(source_video, tmp_path / "out",
                   options(segment_type="mpegts",
