@@ -77,9 +77,9 @@ def encoder_threads(lead: bool, rung: Rung, source_pixels: int) -> EncoderThread
     time (33.4 vs 36.4 s) and 5% less CPU than with slices, for about 330 MB more peak RSS. The
     first rung keeps up with the decoder it runs beside on one thread when it is an ultrafast
     encode of at most half the source's pixels: on 10 s of 4K on two cores, time to playable
-    5.45 vs 5.39 s with slices and from 1080p 3.10 vs 3.11 s (medians of 6 and 4), and the
-    720p PSNR rose from 18.47 / 18.53 dB (slices, two runs) to 18.57. From a 720p source one
-    thread was 7% slower (2.78 vs 2.60 s), so there it keeps slices.
+    was 5.45 s on one thread vs 5.39 s with slices, from 1080p 3.10 vs 3.11 s (medians of 6
+    and 4), and the 720p PSNR rose from 18.47 / 18.53 dB (slices, two runs) to 18.57. From a
+    720p source one thread was 7% slower (2.78 vs 2.60 s), so there it keeps slices.
     """
     if not lead:
         return EncoderThreads.FRAMES

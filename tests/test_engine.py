@@ -488,10 +488,10 @@ def test_source_without_audio(tmp_path: Path) -> None:
 
 
 def colour_of(folder: Path) -> tuple[int, int, int, int, np.ndarray]:
-    """(range, matrix, primaries, transfer) of a rung's first decoded frame, and its luma."""
+    """(range, matrix, primaries, transfer) of a rung's first decoded frame, and its luma
+    samples as stored (not converted, as ``gray`` would)."""
     frame = decode_rendition(folder)[0]
-    luma = np.frombuffer(memoryview(frame.planes[0]), np.uint8).reshape(
-        -1, frame.planes[0].line_size)[: frame.height, : frame.width]
+    luma = engine.fanout.plane_array(frame.planes[0])
     return frame.color_range, frame.colorspace, frame.color_primaries, frame.color_trc, luma
 
 
