@@ -21,6 +21,7 @@ import av.audio.frame
 import av.error
 import av.stream
 import av.video.frame
+import av.video.stream
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
@@ -72,6 +73,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate)
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
+    # The furthest point of the video timeline any packet reached (in ``time_base``).
+    video_end = 0
     bad = 0
 
     def audio(frame: av.audio.frame.AudioFrame) -> None:
@@ -82,6 +85,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     # Video first: the first video frame sets the time origin the audio is placed against.
     for item in source.pending:
         if isinstance(item, av.video.frame.VideoFrame):
+            if item.pts is not None:
+                video_end = max(video_end, item.pts + max(0, item.duration or 0))
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
@@ -93,6 +98,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         is_video = packet.stream.index == video.index
         if is_video and packet.size:
             video_packets += 1
+            if packet.pts is not None:
+                video_end = max(video_end, packet.pts + max(0, packet.duration or 0))
         try:
             frames = packet.decode()
         except av.error.FFmpegError as exc:
@@ -112,16 +119,34 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                 audio(decoded)
     if state.decoded == 0:
         raise DecodeError("source has no decodable video frame")
-    declared = source.info.declared_frames
-    # An MP4 whose index comes first (faststart) still opens when its end was cut off, and the
-    # demuxer just stops early: without this check a cut-off upload "completes" as a shorter
-    # video. A 1% allowance covers headers that count a frame or two more than the file holds.
-    if declared and video_packets < declared - declared // 100:
-        raise InvalidSourceError(
-            f"source {Path(source.info.path).name!r} is truncated: it declares {declared} "
-            f"video frames but holds only {video_packets}")
+    _check_complete(source, video, video_packets, video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base,
                        state.peak_frame_rate())
+
+
+def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, packets: int,
+                    end: int) -> None:
+    """Raise :class:`InvalidSourceError` for a source that holds less video than it declares.
+
+    An MP4 whose index comes first (faststart) still opens when its end was cut off, and the
+    demuxer just stops early: without this check a cut-off upload "completes" as a shorter
+    video. Fewer frames than declared is not enough to tell: a 1% allowance covers headers
+    that count a frame or two more than the file holds, and an AVI counts the empty chunks it
+    writes for dropped frames (capture cards, cameras, the ffmpeg CLI's AVI muxer) although
+    they hold no picture, so a file whose packets reach the end of its declared duration is
+    whole however many it holds.
+    """
+    declared = source.info.declared_frames
+    if not declared or packets >= declared - declared // 100:
+        return
+    if video.duration and packets:
+        start = video.start_time or 0
+        frame = video.duration / declared
+        if end + max(2 * frame, video.duration / 100) >= start + video.duration:
+            return
+    raise InvalidSourceError(
+        f"source {Path(source.info.path).name!r} is truncated: it declares {declared} "
+        f"video frames but holds only {packets}")
 
 
 def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]:

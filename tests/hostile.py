@@ -460,6 +460,24 @@ def cut_before_moov(folder: Path) -> Path:
     return path
 
 
+def cut_avi(folder: Path) -> Path:
+    """AVI cut in the media: its header still counts every frame, its index never arrived."""
+    whole = write_streams(folder / ".whole.avi", video_pts=list(range(60)),
+                          time_base=Fraction(1, 30), audio=[(48000, 2, 2.0, 0)],
+                          codec_options={"preset": "veryfast", "g": "15"})
+    path = media.make_truncated(whole, folder / "cut_avi.avi", 0.6)
+    whole.unlink()
+    return path
+
+
+def avi_dropped_frame(folder: Path) -> Path:
+    """AVI with a dropped frame: the muxer writes an empty chunk for it, which the header
+    counts as a frame (as capture cards, cameras and the ffmpeg CLI's AVIs have)."""
+    return write_streams(folder / "dropped_frame.avi", video_pts=[0, *range(2, 30)],
+                         time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)],
+                         codec_options={"preset": "veryfast"})
+
+
 def cut_ts(folder: Path) -> Path:
     """MPEG-TS cut mid-GOP: a stream format has no index, so what arrived is the video."""
     whole = video(folder / ".whole.ts", seconds=2.0,
@@ -866,6 +884,7 @@ RECIPES: tuple[Recipe, ...] = (
                 "of decoding, so the service fails the job rather than refusing the request)"),
     Recipe("cut_in_moov", lambda d, _: cut_in_moov(d), R, ("no decodable frame",)),
     Recipe("cut_before_moov", lambda d, _: cut_before_moov(d), R, ("not a video",)),
+    Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
     Recipe("corrupt_packets",
@@ -924,6 +943,9 @@ RECIPES: tuple[Recipe, ...] = (
            L, check=_audio()),
     Recipe("no_audio", lambda d, _: video(d / "no_audio.mp4", audio=False), L, check=_no_audio),
     Recipe("starts_late", lambda d, _: starts_late(d), L, check=_frames_at_least(30)),
+    Recipe("avi_dropped_frame", lambda d, _: avi_dropped_frame(d), L,
+           check=_frames_at_least(29),
+           note="the empty chunk of a dropped frame counts in the header, holds no picture"),
     Recipe("jump_forward", lambda d, _: jump_forward(d), L,
            check=_all(_frames_at_least(30), _seconds_at_least(2.4)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
