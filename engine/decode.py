@@ -1,7 +1,8 @@
 """The one decode pass over the source: video frames and audio frames out, each exactly once.
 
-Frames leave this stage as 8-bit 4:2:0 (``yuv420p``) at the source's coded size, with ``pts``
-relative to the first video frame and the segment they open or belong to. Converting 10-bit,
+Frames leave this stage progressive (see engine.deinterlace), as 8-bit 4:2:0 (``yuv420p``) at
+the source's coded size, with ``pts`` relative to the first video frame and the segment they
+open or belong to. Converting 10-bit,
 4:2:2 or hardware (nv12) frames here, once, means every rung downstream reads one format.
 """
 
@@ -25,6 +26,7 @@ import av.video.stream
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from engine.deinterlace import Deinterlacer
 from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
@@ -70,7 +72,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream."""
     video = source.container.streams.video[0]
     time_base = Fraction(video.time_base or Fraction(1, 90000))
-    state = _VideoState(schedule, time_base, on_video, source.info.frame_rate)
+    state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
+                        video.codec_context.field_order)
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``).
@@ -117,6 +120,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                 state.push(decoded)
             elif isinstance(decoded, av.audio.frame.AudioFrame):
                 audio(decoded)
+    state.finish()
     if state.decoded == 0:
         raise DecodeError("source has no decodable video frame")
     _check_complete(source, video, video_packets, video_end)
@@ -186,7 +190,7 @@ class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
-                 frame_rate: Fraction = Fraction(30)) -> None:
+                 frame_rate: Fraction = Fraction(30), field_order: int = 0) -> None:
         self.schedule = schedule
         self.time_base = time_base
         self.sink = sink
@@ -199,6 +203,7 @@ class _VideoState:
         # Intervals longer than this are gaps, not the frame rate.
         self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
         self._converter = VideoReformatter()
+        self._deinterlacer = Deinterlacer(time_base, field_order)
         self._size: tuple[int, int] | None = None
         self._last_kept: int | None = None
         self._last_frame: av.video.frame.VideoFrame | None = None
@@ -214,6 +219,15 @@ class _VideoState:
 
     def push(self, frame: av.video.frame.VideoFrame) -> None:
         self.decoded += 1
+        for ready in self._deinterlacer.push(frame):
+            self._place(ready)
+
+    def finish(self) -> None:
+        """Pass on the frames still held back (by the deinterlacer)."""
+        for ready in self._deinterlacer.flush():
+            self._place(ready)
+
+    def _place(self, frame: av.video.frame.VideoFrame) -> None:
         pts = self._relative_pts(frame)
         self._fill_gap(pts)
         placed = self.schedule.place(pts, self.time_base, max(0, frame.duration or 0))

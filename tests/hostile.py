@@ -918,7 +918,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("yuv422", lambda d, _: video(d / "yuv422.mp4", pix_fmt="yuv422p"), L),
     Recipe("yuv422_ten_bit", lambda d, _: video(d / "yuv422_10.mkv", pix_fmt="yuv422p10le"), L),
     Recipe("interlaced", lambda d, _: interlaced(d), L, check=_dims(LANDSCAPE),
-           note="coded as interlaced fields; encoded as progressive frames (no deinterlacing)"),
+           note="coded as interlaced fields; deinterlaced (bwdif, one frame per frame)"),
     _rotated(90),
     _rotated(180),
     _rotated(270),

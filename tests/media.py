@@ -365,6 +365,47 @@ def make_luma_ramp(
     return path
 
 
+def make_interlaced_bar(path: str | Path, *, top_field_first: bool = True, width: int = 320,
+                        height: int = 180, frames: int = 20, speed: int = 6) -> Path:
+    """Write interlaced H.264 (x264, MBAFF) of a bright vertical bar moving right ``speed``
+    pixels per field on a flat grey background, as a camcorder films it: each frame's two
+    fields are taken half a frame interval apart, the first one (top or bottom) earlier.
+
+    A progressive picture of it has no vertical detail at all, so any difference between
+    neighbouring lines in a decoded frame is combing (see :func:`comb`).
+    """
+    path = Path(path)
+    order = "tff=1" if top_field_first else "bff=1"
+    rows = np.arange(height)[:, None]
+    first_field = rows % 2 == (0 if top_field_first else 1)
+    columns = np.arange(width)[None, :]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={
+            "preset": "veryfast", "crf": "12", "x264-params": f"interlaced=1:{order}"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            early = (columns >= 2 * index * speed) & (columns < 2 * index * speed + 24)
+            late = (columns >= (2 * index + 1) * speed) & (columns < (2 * index + 1) * speed + 24)
+            bar = np.where(first_field, early, late)
+            luma = np.where(bar, 220, 60).astype(np.uint8)
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for number, plane in enumerate(frame.planes):
+                view = np.frombuffer(memoryview(plane), np.uint8).reshape(
+                    -1, plane.line_size)[: plane.height, : plane.width]
+                view[:] = luma if number == 0 else 128
+            frame.pts = index
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+def comb(luma: np.ndarray) -> float:
+    """How much a picture's lines alternate: the mean distance of each line from the average
+    of the lines above and below it (0 for a picture without vertical detail)."""
+    rows = luma.astype(np.float64)
+    return float(np.abs(rows[1:-1] - (rows[:-2] + rows[2:]) / 2).mean())
+
+
 def make_rgb_bars(path: str | Path, colours: Sequence[tuple[int, int, int]], *,
                   width: int = 320, height: int = 180, frames: int = 15) -> Path:
     """Write an RGB video (PNG frames in MOV, as screen recorders make): vertical bars of

@@ -528,6 +528,32 @@ def test_hdr_source_keeps_its_transfer_and_the_master_says_pq(tmp_path: Path) ->
         assert abs(columns[0] - 16) <= 3 and abs(columns[-1] - 235) <= 3, folder.name
 
 
+@pytest.mark.parametrize("top_field_first", [True, False], ids=["tff", "bff"])
+def test_interlaced_source_is_deinterlaced(tmp_path: Path, top_field_first: bool) -> None:
+    """Camcorder and broadcast video is interlaced: each rung (one at the source's size, one
+    scaled) is progressive, without the combs a moving edge shows when the fields are encoded
+    together, keeps every frame, and shows each frame as its first field saw it (the bar
+    moves on evenly, not back and forth by half a frame)."""
+    source = media.make_interlaced_bar(tmp_path / "interlaced.mp4",
+                                       top_field_first=top_field_first)
+    with av.open(str(source)) as container:
+        decoded = list(container.decode(video=0))
+    assert all(frame.interlaced_frame for frame in decoded)
+    source_comb = np.median([media.comb(frame.to_ndarray()[:180]) for frame in decoded[1:-1]])
+    assert source_comb > 3  # the combs are there to be removed
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    for folder in variant_dirs(run.out):
+        frames = decode_rendition(folder)
+        assert len(frames) == len(decoded), folder.name
+        combs = [media.comb(frame.to_ndarray()[: frame.height]) for frame in frames[1:-1]]
+        assert np.median(combs) < source_comb / 8, (folder.name, source_comb, combs)
+    lefts = [int(np.argmax(frame.to_ndarray()[90] > 140)) for frame in decode_rendition(
+        run.out / "180p")]
+    # make_interlaced_bar's default speed: 6 pixels a field, the first field of frame i at 12 i.
+    assert lefts[:10] == [12 * index for index in range(10)], lefts
+
+
 def test_rgb_source_is_tagged_with_the_matrix_it_was_converted_with(tmp_path: Path) -> None:
     """Decoding turns RGB (screen recordings) into BT.601 YUV: the rung says so, and read back
     with that matrix shows the source's colours."""
