@@ -70,7 +70,7 @@ AudioSink = Callable[[av.audio.frame.AudioFrame, float], None]
 def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: VideoSink,
                   on_audio: AudioSink | None, cancel: threading.Event) -> DecodeStats:
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream."""
-    video = source.container.streams.video[0]
+    video = source.video_stream
     time_base = Fraction(video.time_base or Fraction(1, 90000))
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
                         video.codec_context.field_order)
@@ -171,7 +171,7 @@ def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]
             # PyAV's demuxer raises this for a packet of a stream that appeared part way (an
             # MPEG-TS program table that changes), and its generator is over. The new stream is
             # not one of ours: demux on from where it stopped, with the same streams.
-            streams: list[av.stream.Stream] = [source.container.streams.video[0]]
+            streams: list[av.stream.Stream] = [source.video_stream]
             if source.audio_stream is not None:
                 streams.append(source.audio_stream)
             packets = source.container.demux(streams)

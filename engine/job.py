@@ -280,7 +280,7 @@ class Job:
         fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
                         self._stop, spill, take_turns=not self.options.rungs_at_once)
         results = self._results = [None] * len(rungs)
-        time_base = source.container.streams.video[0].time_base or Fraction(1, 90000)
+        time_base = source.video_stream.time_base or Fraction(1, 90000)
         settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),
                                   info.rotation, colour=info.colour)
         publisher.video_range = info.colour.video_range

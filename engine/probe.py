@@ -23,6 +23,7 @@ import av.audio.stream
 import av.codec.hwaccel
 import av.container
 import av.error
+import av.stream
 import av.video.codeccontext
 import av.video.frame
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
@@ -149,12 +150,14 @@ class OpenSource:
     """
 
     def __init__(self, container: av.container.InputContainer, info: SourceInfo,
+                 video_stream: av.video.stream.VideoStream,
                  packets: Iterator[av.Packet[Any]],
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
                  packets_read: int, audio_stream: av.audio.stream.AudioStream | None = None,
                  ) -> None:
         self._container: av.container.InputContainer | None = container
         self.info = info
+        self._video_stream: av.video.stream.VideoStream | None = video_stream
         #: The audio stream ``info.audio`` describes, demuxed with the video (None: no audio).
         self.audio_stream = audio_stream
         self.packets = packets
@@ -167,6 +170,13 @@ class OpenSource:
         if self._container is None:
             raise ValueError("the source is closed")
         return self._container
+
+    @property
+    def video_stream(self) -> av.video.stream.VideoStream:
+        """The video stream ``info`` describes."""
+        if self._video_stream is None:
+            raise ValueError("the source is closed")
+        return self._video_stream
 
     def __enter__(self) -> OpenSource:
         return self
@@ -182,6 +192,7 @@ class OpenSource:
             return
         self._container.close()
         self._container = None
+        self._video_stream = None
         self.audio_stream = None
         self.packets = iter(())
         self.pending = []
@@ -240,9 +251,11 @@ def _reason(exc: BaseException) -> str:
 def _describe(container: av.container.InputContainer, path: str, max_pixels: int,
               max_duration_s: float, hwaccel: str | None) -> OpenSource:
     name = Path(path).name
-    if not container.streams.video:
+    stream = _video_stream(container)
+    if stream is None and container.streams.video:
+        raise InvalidSourceError(f"source {name!r} has no video stream, only a cover picture")
+    if stream is None:
         raise InvalidSourceError(f"source {name!r} has no video stream")
-    stream = container.streams.video[0]
     # PyAV gives no codec context at all for a codec FFmpeg has no decoder for.
     ctx: av.video.codeccontext.VideoCodecContext | None = stream.codec_context
     if ctx is None or ctx.codec is None or not ctx.codec.name:
@@ -305,7 +318,14 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     )
     if info.rotation not in (0, 90, 180, 270):
         raise UnsupportedSourceError(f"source {name!r} is rotated by {info.rotation} degrees")
-    return OpenSource(container, info, packets, pending, video_packets, audio_stream)
+    return OpenSource(container, info, stream, packets, pending, video_packets, audio_stream)
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is not a cover picture (FFmpeg shows an MP4's or MP3's
+    cover art, a Matroska image attachment, as a one-picture video stream)."""
+    return next((stream for stream in container.streams.video
+                 if not stream.disposition & av.stream.Disposition.attached_pic), None)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

@@ -878,6 +878,9 @@ RECIPES: tuple[Recipe, ...] = (
            note="GIF is not on the demuxer allow-list"),
     Recipe("audio_only", lambda d, _: media.make_audio_only(d / "audio_only.m4a", seconds=1.0),
            R, ("no video stream",)),
+    Recipe("audio_with_cover",
+           lambda d, _: media.make_audio_only(d / "song.mp4", seconds=1.0, cover=True), R,
+           ("only a cover picture",), note="FFmpeg shows album art as a one-picture video"),
     # Cut off and damaged.
     Recipe("cut_mid_gop", lambda d, _: cut_mid_gop(d), R, ("truncated",),
            note="index first: the index promises frames that never arrived (found at the end "

@@ -433,14 +433,24 @@ def make_audio_only(
     sample_rate: int = 48000,
     channels: int = 2,
     codec: str = "aac",
+    cover: bool = False,
 ) -> Path:
-    """Write an audio-only file (a sine tone); ``.m4a``/``.mp4`` with AAC by default."""
+    """Write an audio-only file (a sine tone); ``.m4a``/``.mp4`` with AAC by default; with
+    ``cover``, a cover picture too (a JPEG, as music files carry album art)."""
     path = Path(path)
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=sample_rate, layout=_layout(channels))
+        picture = out.add_stream("mjpeg", rate=1) if cover else None
+        if picture is not None:
+            picture.width, picture.height, picture.pix_fmt = 64, 64, "yuvj420p"
+            picture.disposition = av.stream.Disposition.attached_pic
         for frame in _tone_frames(seconds, tone_hz, sample_rate, channels):
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
+        if picture is not None:
+            image = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 200, np.uint8), "rgb24")
+            out.mux(picture.encode(image.reformat(format="yuvj420p")))
+            out.mux(picture.encode(None))
     return path
 
 
