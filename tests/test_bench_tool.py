@@ -80,6 +80,16 @@ def test_targets_pass_miss_and_skip() -> None:
     assert flat.verdict == "MISS" and flat.value == 1.6
 
 
+def test_targets_give_each_round_s_ratio() -> None:
+    """The time targets say how each round's two runs compared, and the median of that."""
+    systems = summaries()
+    for name, totals in (("rungs", (80.0, 95.0, 81.0)), ("ffmpeg_all_at_once", (79.0, 80.0, 82.0))):
+        systems[name]["rounds"] = [{"total_s": t, "time_to_playable_s": 5.0} for t in totals]
+    checks = {t.name: t for t in report.targets(systems, "720p", None)}
+    detail = checks["total <= 1.0 x ffmpeg all-at-once total"].detail
+    assert "round by round 1.01, 1.19, 0.99 (median 1.01)" in detail, detail
+
+
 def test_table_has_a_ratio_per_figure() -> None:
     text = report.table(summaries(), ["720p"])
     assert "time_to_playable_s" in text and "psnr_db 720p" in text
