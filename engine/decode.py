@@ -2,8 +2,8 @@
 
 Frames leave this stage progressive (see engine.deinterlace), as 8-bit 4:2:0 (``yuv420p``) at
 the source's coded size, with ``pts`` relative to the first video frame and the segment they
-open or belong to. Converting 10-bit,
-4:2:2 or hardware (nv12) frames here, once, means every rung downstream reads one format.
+open or belong to. Converting 10-bit, 4:2:2 or hardware (nv12) frames here, once, means every
+rung downstream reads one format.
 """
 
 from __future__ import annotations
