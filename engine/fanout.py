@@ -12,9 +12,10 @@ is written and read with direct I/O (``O_DIRECT``) where the file system allows 
 through the page cache cost 1.3 to 4 s of kernel CPU here, directly 0.1 s (and 0.8 s of waiting),
 which is what kept the first rung of a 4K job at a third of its speed.
 
-The slower rungs take their turns: the first starts once the decoder is done, each next one once
-the one before it has closed its encoder, so the first rung has the machine to itself and only one
-large encoder is in memory at a time. Measured on 10 s of 4K on two cores: 1080p and 2160p
+The slower rungs take their turns: the first starts once the decoder is done and every spilled
+frame is written (the first rung does not wait for the disk), each next one once the one before
+it has closed its encoder, so the first rung has the machine to itself and only one large
+encoder is in memory at a time. Measured on 10 s of 4K on two cores: 1080p and 2160p
 encoding at once finished 1-7% sooner (each x264 alone leaves about a twentieth of the cores
 idle, which the other fills), but peaked at 1.77 GB instead of 1.40 GB. So taking
 turns is the default and going at once an option (``take_turns=False``). Taking turns needs the
@@ -92,16 +93,12 @@ class FanOut:
         self._put_lead((frame, time))
 
     def finish(self, error: BaseException | None = None) -> None:
-        """No more frames; readers end (raising ``error`` if given) after the last one. A failed
-        spill write is raised here, and ends the readers too."""
-        try:
-            if self.cache is not None:
-                self.cache.finish(error)
-        except Exception as failed:
-            error = failed
-            raise
-        finally:
-            self._put_lead(_End(error), force=error is not None)
+        """No more frames; readers end (raising ``error`` if given) after the last one. The
+        first rung's end does not wait for the spilled frames to be written: its time to
+        playable is not the disk's; a failed write ends the slower rungs' readers."""
+        if self.cache is not None:
+            self.cache.finish(error, wait=False)
+        self._put_lead(_End(error), force=error is not None)
 
     def reader(self, rung_index: int) -> Iterator[Item]:
         """The frames for rung ``rung_index`` (0 is the first rung)."""
@@ -208,18 +205,27 @@ class FrameCache:
             self._copy_in(frame, buffer)
             writer.write(buffer, spill * self._slot_bytes, lambda: self._add(index, entry))
 
-    def finish(self, error: BaseException | None = None) -> None:
-        """No more frames, once every spilled one is written; raises a failed write (which the
-        readers then raise too) unless ``error`` already ends them."""
+    def finish(self, error: BaseException | None = None, wait: bool = True) -> None:
+        """No more frames. The readers have them all once every spilled one is written: with
+        ``wait``, this waits for that and raises a failed write (which the readers then raise
+        too) unless ``error`` already ends them; without, the writes go on behind and a failed
+        one ends the readers with it."""
+        if self._writer is not None and error is None and not wait:
+            self._writer.finish(self._end_frames)
+            return
         failed = None
         if self._writer is not None:
             failed = self._writer.close()
             self._writer = None  # and its buffers
-        with self._cond:
-            self._end = _End(error or failed)
-            self._cond.notify_all()
+        self._end_frames(error or failed)
         if failed is not None and error is None:
             raise failed
+
+    def _end_frames(self, error: BaseException | None) -> None:
+        with self._cond:
+            if self._end is None:
+                self._end = _End(error)
+            self._cond.notify_all()
 
     def frames(self, reader: int) -> Iterator[Item]:
         """Every frame, in order, for one reader; each reader has its own read buffer."""
@@ -275,9 +281,9 @@ class FrameCache:
     def _wait_for(self, index: int) -> _Entry | None:
         with self._cond:
             while index not in self._entries:
+                if self._end is not None and self._end.error is not None:
+                    raise self._end.error  # a failed write never adds its frame
                 if self._end is not None and index >= self._next_index:
-                    if self._end.error is not None:
-                        raise self._end.error
                     return None
                 self._check_cancel()
                 self._cond.wait(_POLL_S)
@@ -410,32 +416,51 @@ _ONLY_HELD_HERE = 2
 
 
 class _SpillWriter:
-    """Writes spilled frames on a thread of its own, so the decoder never waits for the disk.
+    """Writes spilled frames on a thread of its own, so the decoder does not wait for the disk.
 
     The decode thread copies a frame into a free block-aligned buffer and goes back to decoding
     while this thread writes the full ones out. A direct write returns only once the device has
     the data (about 7 ms for a 4K frame on this project's disk, 764 MB/s, but it varies), which
     the decoder used to wait out for every spilled frame. With two buffers the decoder still
-    waited 0.04 to 1.07 s over 10 s of 4K (3 runs), with eight never (3 runs); they cost 100 MB
-    of 4K buffers while decoding, when memory is at its lowest.
+    waited 0.04 to 1.07 s over 10 s of 4K (3 runs), with eight never (3 runs) while the cores
+    were the bottleneck. But 10 s of 4K is 3.7 GB of frames, which this project's disk takes
+    3.3 to 3.7 s to write directly (1.0-1.1 GB/s), while in a fast spell of the machine the
+    ffmpeg CLI's 720p-only pass took 2.6-2.9 s: eight buffers held the decoder, and so the
+    first rung, to the disk's pace. So buffers are taken as needed, the most recently freed
+    first, up to ``BUFFER_BYTES``: while decoding, when memory is at its lowest (0.45 GB for
+    4K), they let the writes fall behind and catch up after the decoder is done, and a job
+    whose disk keeps up touches only a few. With the disk held to 400 MB/s, time to playable
+    for 10 s of 4K went from 9.41 to 7.66 s (medians of 3 and 2), its first phase peaking at
+    1.15 GB, below the 2160p encoder's 1.35 GB.
     """
 
-    BUFFERS = 8
+    BUFFER_BYTES = 768 << 20
+    #: At least this many, whatever the frame size.
+    MIN_BUFFERS = 8
 
     def __init__(self, fd: int, slot_bytes: int) -> None:
         self._fd = fd
-        self._free: queue.Queue[np.ndarray] = queue.Queue()
-        for _ in range(self.BUFFERS):
-            self._free.put(_aligned(slot_bytes))
-        self._work: queue.Queue[tuple[np.ndarray, int, Callable[[], None]] | None] = queue.Queue()
+        self._slot_bytes = slot_bytes
+        self._max_buffers = max(self.MIN_BUFFERS, self.BUFFER_BYTES // slot_bytes)
+        self._buffers = 0
+        self._free: queue.LifoQueue[np.ndarray] = queue.LifoQueue()
+        self._work: queue.Queue[_Write | _Finish | None] = queue.Queue()
         self._error: Exception | None = None
         self._thread: threading.Thread | None = threading.Thread(
             target=self._run, name="spill-writer", daemon=True)
         self._thread.start()
 
     def buffer(self) -> np.ndarray:
-        """A buffer to copy the next frame into; raises the first failed write."""
-        buffer = self._free.get()
+        """A buffer to copy the next frame into (one thread only); raises the first failed
+        write."""
+        try:
+            buffer = self._free.get_nowait()
+        except queue.Empty:
+            if self._buffers < self._max_buffers:
+                self._buffers += 1
+                buffer = _aligned(self._slot_bytes)
+            else:
+                buffer = self._free.get()
         if self._error is not None:
             self._free.put(buffer)
             raise self._error
@@ -443,7 +468,12 @@ class _SpillWriter:
 
     def write(self, buffer: np.ndarray, offset: int, done: Callable[[], None]) -> None:
         """Write ``buffer`` at ``offset``, then call ``done`` (on the writer's thread)."""
-        self._work.put((buffer, offset, done))
+        self._work.put(_Write(buffer, offset, done))
+
+    def finish(self, done: Callable[[Exception | None], None]) -> None:
+        """No more writes: once every one is made, call ``done`` with the first failed one
+        (or None) on the writer's thread, let go of the buffers and end the thread."""
+        self._work.put(_Finish(done))
 
     def close(self) -> Exception | None:
         """Wait for every write and end the thread; the first failed write, if any."""
@@ -454,16 +484,31 @@ class _SpillWriter:
         return self._error
 
     def _run(self) -> None:
-        while (item := self._work.get()) is not None:
-            buffer, offset, done = item
+        while isinstance(item := self._work.get(), _Write):
             try:
                 if self._error is None:
-                    _transfer(_write_at, self._fd, buffer, offset)
-                    done()
+                    _transfer(_write_at, self._fd, item.buffer, item.offset)
+                    item.done()
             except Exception as exc:  # raised in the decode thread by its next put or finish
                 self._error = exc
             finally:
-                self._free.put(buffer)
+                self._free.put(item.buffer)
+        if isinstance(item, _Finish):
+            while not self._free.empty():  # the memory back before the slower rungs start
+                self._free.get_nowait()
+            item.done(self._error)
+
+
+@dataclass(frozen=True)
+class _Write:
+    buffer: np.ndarray
+    offset: int
+    done: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class _Finish:
+    done: Callable[[Exception | None], None]
 
 
 #: What stands in the pool for a slot freed once the decoder is done.

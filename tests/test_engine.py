@@ -678,6 +678,60 @@ def test_spilled_frames_give_their_disk_back_once_every_reader_has_them(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def _slow_disk(monkeypatch: pytest.MonkeyPatch, seconds: float,
+               fail: bool = False) -> list[int]:
+    """Make every spill write take ``seconds`` (and fail, with ``fail``); the offsets written
+    are appended to the list returned as each write ends."""
+    written: list[int] = []
+    write = engine.fanout._write_at
+
+    def slow(fd: int, view: memoryview, offset: int) -> int:
+        time.sleep(seconds)
+        if fail:
+            raise OSError(28, "No space left on device")
+        count = write(fd, view, offset)
+        written.append(offset)
+        return count
+
+    monkeypatch.setattr(engine.fanout, "_write_at", slow)
+    return written
+
+
+def test_the_first_rung_ends_without_waiting_for_the_spilled_frames(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder finishing ends the first rung's frames at once: a disk slower than the
+    decoder holds back only the slower rungs, which still get every frame intact."""
+    written = _slow_disk(monkeypatch, 0.2)
+    frames = _noise_frames(5, 320, 180)
+    sent = [[engine.fanout.plane_array(p).copy() for p in frame.planes] for frame in frames]
+    fanout = engine.fanout.FanOut(2, 320, 180, 0, tmp_path, threading.Event(), 1 << 30)
+    for index, frame in enumerate(frames):
+        fanout.put(frame, _time(index))
+    fanout.finish()
+    assert [when.index for _, when in fanout.reader(0)] == list(range(5))
+    assert len(written) < 5  # the first rung's frames all came before the disk had them all
+    got = [[engine.fanout.plane_array(p).copy() for p in frame.planes]
+           for frame, _ in fanout.reader(1)]
+    assert len(written) == 5
+    for planes, expected in zip(got, sent, strict=True):
+        for plane, want in zip(planes, expected, strict=True):
+            np.testing.assert_array_equal(plane, want)
+    fanout.close()
+
+
+def test_a_failed_spill_write_ends_the_slower_rungs_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_disk(monkeypatch, 0.05, fail=True)
+    fanout = engine.fanout.FanOut(2, 320, 180, 0, tmp_path, threading.Event(), 1 << 30)
+    for index, frame in enumerate(_noise_frames(3, 320, 180)):
+        fanout.put(frame, _time(index))
+    fanout.finish()
+    assert len(list(fanout.reader(0))) == 3
+    with pytest.raises(OSError, match="No space left"):
+        list(fanout.reader(1))
+    fanout.close()
+
+
 def _noise_frames(count: int, width: int, height: int) -> list[av.VideoFrame]:
     rng = np.random.default_rng(2)
     frames = []
