@@ -42,6 +42,7 @@ def parity(field_order: int) -> str:
         return "bff"
     return "auto"
 
+
 Frame = av.video.frame.VideoFrame
 
 
@@ -68,9 +69,8 @@ class Deinterlacer:
         ready: list[Frame] = []
         if self._graph is not None and shape != self._shape:
             ready = self.flush()  # a spliced stream changed size: a filter for the new one
-        if self._graph is None and (self._failed or not frame.interlaced_frame):
-            return [*ready, frame]
-        if self._graph is None and not self._open(frame, shape):
+        if self._graph is None and (self._failed or not frame.interlaced_frame
+                                    or not self._open(frame, shape)):
             return [*ready, frame]
         assert self._graph is not None
         self._graph.vpush(frame)
