@@ -282,13 +282,13 @@ class Job:
         results = self._results = [None] * len(rungs)
         time_base = source.video_stream.time_base or Fraction(1, 90000)
         settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),
-                                  info.rotation, colour=info.colour)
+                                  info.orientation, colour=info.colour)
         publisher.video_range = info.colour.video_range
         audio = None
         if info.audio is not None:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
                                  self.options.audio)
-        poster = PosterPicker(rungs[0], info.rotation, info.duration_s)
+        poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
         early = (functools.partial(self._lead_segment_closed, publisher, audio)
                  if self.options.early_playback else None)
         try:

@@ -11,12 +11,13 @@ exposed on frames. The open container and that frame are handed on to the decode
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import av.audio.stream
@@ -26,6 +27,9 @@ import av.error
 import av.stream
 import av.video.codeccontext
 import av.video.frame
+import numpy as np
+from av.sidedata.sidedata import SideDataContainer
+from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 
 from engine.errors import InvalidSourceError, UnsupportedSourceError
@@ -107,6 +111,47 @@ class Colour:
 
 
 @dataclass(frozen=True)
+class Orientation:
+    """How a player turns the coded picture to show it: by ``clockwise`` degrees (0, 90, 180 or
+    270), then, if ``mirrored``, flipped left to right.
+
+    Some front cameras and editing apps keep a mirror in the display matrix instead of in the
+    pixels. FFmpeg's rotation angle (``VideoFrame.rotation``) reads such a matrix as a turn, a
+    mirrored picture as an upside-down one, so the matrix itself is read here; the result is
+    what the ffmpeg CLI's auto-rotation shows (checked against it for all eight).
+    """
+
+    clockwise: int = 0
+    mirrored: bool = False
+
+    @property
+    def sideways(self) -> bool:
+        """Turned a quarter: the picture is shown with its width and height swapped."""
+        return self.clockwise in (90, 270)
+
+    @classmethod
+    def of(cls, frame: av.video.frame.VideoFrame, name: str) -> Orientation:
+        """What the display matrix on ``frame`` asks for (upright without one). Raises
+        :class:`UnsupportedSourceError` for a turn that is not a multiple of 90 degrees."""
+        # (PyAV's stubs type ``side_data`` as a dict of motion vectors only.)
+        sides = cast(SideDataContainer, frame.side_data)
+        if SideDataType.DISPLAYMATRIX not in sides:
+            return cls()
+        side = bytes(sides[SideDataType.DISPLAYMATRIX])
+        # The matrix [a b u; c d v; x y w] of libavutil/display.h, a to d in 16.16 fixed point.
+        a, b, _, c, d = np.frombuffer(side, "=i4")[:5].tolist()
+        # A mirror turns the matrix's orientation over; taking it out leaves a turn.
+        mirrored = a * d - b * c < 0
+        if mirrored:
+            a = -a
+        turn = math.degrees(math.atan2(b, a)) % 360  # av_display_rotation_get's, clockwise
+        quarters = round(turn / 90)
+        if abs(turn - 90 * quarters) > 1:  # the ffmpeg CLI's tolerance too
+            raise UnsupportedSourceError(f"source {name!r} is rotated by {turn:.0f} degrees")
+        return cls(90 * quarters % 360, mirrored)
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     """What the rest of the pipeline needs to know about a source."""
 
@@ -117,8 +162,8 @@ class SourceInfo:
     width: int
     height: int
     sample_aspect_ratio: Fraction
-    #: Clockwise degrees (0, 90, 180, 270) a player turns the picture to show it upright.
-    rotation: int
+    #: How a player turns the picture to show it upright.
+    orientation: Orientation
     #: Average frame rate of the video stream.
     frame_rate: Fraction
     variable_frame_rate: bool
@@ -136,7 +181,7 @@ class SourceInfo:
     def display_size(self) -> tuple[int, int]:
         """Width and height as shown to a viewer: sample aspect ratio and rotation applied."""
         width = round(self.width * self.sample_aspect_ratio)
-        if self.rotation in (90, 270):
+        if self.orientation.sideways:
             return self.height, width
         return width, self.height
 
@@ -305,7 +350,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         width=first.width,
         height=first.height,
         sample_aspect_ratio=Fraction(sar) if sar and sar > 0 else Fraction(1),
-        rotation=(-round(first.rotation)) % 360 if first.rotation else 0,
+        orientation=Orientation.of(first, name),
         frame_rate=frame_rate,
         variable_frame_rate=variable,
         duration_s=duration_s,
@@ -316,8 +361,6 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
     )
-    if info.rotation not in (0, 90, 180, 270):
-        raise UnsupportedSourceError(f"source {name!r} is rotated by {info.rotation} degrees")
     return OpenSource(container, info, stream, packets, pending, video_packets, audio_stream)
 
 

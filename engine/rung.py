@@ -28,7 +28,7 @@ from engine.fanout import Item
 from engine.gop import TIMELINE_START, FrameTime
 from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung
-from engine.probe import Colour
+from engine.probe import Colour, Orientation
 from engine.scale import Scaler
 from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
 
@@ -95,7 +95,7 @@ class EncodeSettings:
     segment_seconds: Fraction
     segment_type: str
     time_base: Fraction
-    rotation: int
+    orientation: Orientation
     #: Added to the rung thread's nice value (Linux: per thread); 0 leaves it alone.
     nice: int = 0
     #: The source's colour description, which every rung is tagged with.
@@ -134,7 +134,7 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     """
     if settings.nice:
         lower_thread_priority(settings.nice)
-    scaler = Scaler(rung.width, rung.height, settings.rotation,
+    scaler = Scaler(rung.width, rung.height, settings.orientation,
                     full_range=settings.colour.full_range)
     with _ScaledAhead(frames, scaler, settings.nice, cancel, rung.name) as scaled:
         return _encode_scaled(rung, encoder, iter(scaled), out_dir, settings, cancel, progress,

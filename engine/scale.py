@@ -1,4 +1,4 @@
-"""Scale a decoded frame to a rung's size and turn it upright.
+"""Scale a decoded frame to a rung's size and turn it upright (unmirrored).
 
 Every user (each rung thread, the poster) owns its own :class:`Scaler`: one shared reformatter
 used from two threads crashed the interpreter on this project's machines.
@@ -11,6 +11,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
 from engine.decode import PIXEL_FORMAT
+from engine.probe import Orientation
 
 #: AREA keeps detail when shrinking 4K to 720p and is about twice as fast as BICUBIC here.
 INTERPOLATION = Interpolation.AREA
@@ -23,11 +24,11 @@ class Scaler:
     tagged: the frame cache's are not) and the frames going out video-range ones.
     """
 
-    def __init__(self, width: int, height: int, rotation: int, pixel_format: str = PIXEL_FORMAT,
-                 full_range: bool = False) -> None:
+    def __init__(self, width: int, height: int, orientation: Orientation,
+                 pixel_format: str = PIXEL_FORMAT, full_range: bool = False) -> None:
         self.width = width
         self.height = height
-        self.rotation = rotation
+        self.orientation = orientation
         self.pixel_format = pixel_format
         self._ranges: dict[str, ColorRange] = (
             {"src_color_range": ColorRange.JPEG, "dst_color_range": ColorRange.MPEG}
@@ -36,19 +37,22 @@ class Scaler:
 
     def scale(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
         """A frame of the target size (the input itself when nothing needs doing)."""
-        sideways = self.rotation in (90, 270)
+        sideways = self.orientation.sideways
         width, height = (self.height, self.width) if sideways else (self.width, self.height)
         out = self._reformatter.reformat(frame, width=width, height=height,
                                          format=self.pixel_format, interpolation=INTERPOLATION,
                                          **self._ranges)
-        if self.rotation == 0:
+        if self.orientation == Orientation():
             return out
-        return rotate(out, self.rotation)
+        return orient(out, self.orientation)
 
 
-def rotate(frame: av.video.frame.VideoFrame, clockwise: int) -> av.video.frame.VideoFrame:
-    """Turn a planar 8-bit frame by 90, 180 or 270 degrees clockwise."""
-    planes = [np.rot90(plane_array(p), k=-clockwise // 90) for p in frame.planes]
+def orient(frame: av.video.frame.VideoFrame,
+           orientation: Orientation) -> av.video.frame.VideoFrame:
+    """A planar 8-bit frame turned and mirrored as ``orientation`` says."""
+    planes = [np.rot90(plane_array(p), k=-orientation.clockwise // 90) for p in frame.planes]
+    if orientation.mirrored:
+        planes = [plane[:, ::-1] for plane in planes]
     height, width = planes[0].shape
     out = av.video.frame.VideoFrame(width, height, frame.format.name)
     for plane, data in zip(out.planes, planes, strict=True):

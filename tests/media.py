@@ -28,7 +28,7 @@ Rotation (display matrix) with PyAV 18
     **-90**. To display the picture, rotate the coded image counter-clockwise by ``rotation``
     degrees (ffmpeg's auto-rotation does exactly that); |rotation| == 90 means portrait for a
     landscape-coded picture. A phone held upright typically records ``rotation == -90``. The raw
-    3x3 matrix (needed only to see flips) is
+    3x3 matrix (needed to see flips: ``rotation`` reads a left-right mirror as -180) is
     ``numpy.frombuffer(bytes(frame.side_data[av.sidedata.sidedata.Type.DISPLAYMATRIX]), "<i4")``.
 """
 
@@ -158,6 +158,7 @@ def _write_video(
     container_format: str | None = None,
     container_options: Mapping[str, str] | None = None,
     rotation: int = 0,
+    mirrored: bool = False,
     seed: int = 0,
 ) -> Path:
     """Encode one frame per entry of ``durations`` (in ``time_base`` ticks), plus a tone.
@@ -175,8 +176,8 @@ def _write_video(
         video = out.add_stream(codec, rate=rate, options=options)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.codec_context.time_base = time_base
-        if rotation % 360:
-            video.set_display_rotation(rotation)
+        if rotation % 360 or mirrored:
+            video.set_display_rotation(rotation, hflip=mirrored)
         sound = out.add_stream("aac", rate=sample_rate, layout=_layout(channels)) if audio else None
         tones = _tone_frames(seconds, tone_hz, sample_rate, channels) if audio else iter(())
         pending = next(tones, None)
@@ -220,6 +221,7 @@ def make_video(
     container_format: str | None = None,
     container_options: Mapping[str, str] | None = None,
     rotation: int = 0,
+    mirrored: bool = False,
     black_seconds: float = 0.0,
     seed: int = 0,
 ) -> Path:
@@ -230,8 +232,8 @@ def make_video(
     ``codec_options`` replaces the default fast preset (libx264: ``preset=veryfast``), e.g.
     ``{"g": "48", "bf": "0"}``. ``container_format`` overrides the muxer guessed from the suffix
     (``.mp4``, ``.mov``, ``.mkv``, ``.ts`` ...); ``container_options`` go to the muxer, e.g.
-    ``{"movflags": "+faststart"}``. ``rotation`` and ``black_seconds``: see
-    :func:`make_rotated_video` and :func:`make_black_start_video`.
+    ``{"movflags": "+faststart"}``. ``rotation``, ``mirrored`` and ``black_seconds``:
+    see :func:`make_rotated_video` and :func:`make_black_start_video`.
     """
     fps = Fraction(fps)
     frames = round(seconds * fps)
@@ -253,6 +255,7 @@ def make_video(
         container_format=container_format,
         container_options=container_options,
         rotation=rotation,
+        mirrored=mirrored,
         seed=seed,
     )
 
@@ -298,17 +301,20 @@ def make_vfr_video(
     )
 
 
-def make_rotated_video(path: str | Path, rotation: int, **kwargs: Any) -> Path:
+def make_rotated_video(path: str | Path, rotation: int, mirrored: bool = False,
+                       **kwargs: Any) -> Path:
     """Write a landscape-coded video (640x360 by default) carrying a display-matrix rotation.
 
-    ``rotation`` is 90, 180 or 270 degrees counter-clockwise (``ffmpeg -display_rotation``'s
-    convention); players show 90 and 270 as portrait. The coded frames stay landscape. Read it
-    back with ``VideoFrame.rotation`` on a decoded frame, which gives 90, -180 and -90
-    respectively (see the module docstring). Other keyword arguments go to :func:`make_video`.
+    ``rotation`` is 0, 90, 180 or 270 degrees counter-clockwise (``ffmpeg -display_rotation``'s
+    convention); players show 90 and 270 as portrait. With ``mirrored``, the matrix also flips
+    the picture left to right (``ffmpeg -display_hflip``), as some front cameras record it.
+    The coded frames stay landscape. Read it back with ``VideoFrame.rotation`` on a decoded
+    frame, which gives 90, -180 and -90 for the unmirrored turns (see the module docstring).
+    Other keyword arguments go to :func:`make_video`.
     """
     if rotation % 90:
         raise ValueError(f"rotation must be a multiple of 90, not {rotation}")
-    return make_video(path, rotation=rotation, **kwargs)
+    return make_video(path, rotation=rotation, mirrored=mirrored, **kwargs)
 
 
 def make_black_start_video(path: str | Path, black_seconds: float = 0.5, **kwargs: Any) -> Path:

@@ -374,10 +374,13 @@ def test_poster(shared_run: JobRun) -> None:
 # -- jobs of their own ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rotation", [90, 180, 270])
-def test_rotated_source_is_upright(tmp_path: Path, rotation: int) -> None:
-    source = media.make_rotated_video(tmp_path / "rotated.mp4", rotation, seconds=1.0,
-                                      audio=False)
+@pytest.mark.parametrize(("rotation", "mirrored"), [
+    (90, False), (180, False), (270, False),
+    # A display matrix that also mirrors: FFmpeg's rotation angle reads the first as upside down.
+    (0, True), (90, True), (180, True), (270, True)])
+def test_rotated_source_is_upright(tmp_path: Path, rotation: int, mirrored: bool) -> None:
+    source = media.make_rotated_video(tmp_path / "rotated.mp4", rotation, mirrored,
+                                      seconds=1.0, audio=False)
     run = run_job(source, tmp_path / "out")
     assert run.state == JobState.COMPLETE, run.job.error
     sideways = rotation in (90, 270)
@@ -389,9 +392,9 @@ def test_rotated_source_is_upright(tmp_path: Path, rotation: int) -> None:
         ours = gray(frame)
         reference = ffmpeg_first_frame(source, frame.width, frame.height)
         upright = np.abs(ours - reference).mean()
-        upside_down = np.abs(np.rot90(ours, 2) - reference).mean()
         assert upright < 6, (folder.name, upright)
-        assert upside_down > 3 * upright, (folder.name, upright, upside_down)
+        for wrong in (np.rot90(ours, 2), ours[:, ::-1]):  # upside down, mirrored
+            assert np.abs(wrong - reference).mean() > 3 * upright, folder.name
     resolutions = [p.stream_info.resolution for p in master_of(run.out).playlists]
     assert all((w < h) == sideways for w, h in resolutions)
 
