@@ -110,6 +110,10 @@ class Colour:
             transfer=known(frame.color_trc, _TRANSFERS))
 
 
+#: Nine 32-bit integers; side data of another size is not one.
+_DISPLAY_MATRIX_BYTES = 36
+
+
 @dataclass(frozen=True)
 class Orientation:
     """How a player turns the coded picture to show it: by ``clockwise`` degrees (0, 90, 180 or
@@ -135,9 +139,10 @@ class Orientation:
         :class:`UnsupportedSourceError` for a turn that is not a multiple of 90 degrees."""
         # (PyAV's stubs type ``side_data`` as a dict of motion vectors only.)
         sides = cast(SideDataContainer, frame.side_data)
-        if SideDataType.DISPLAYMATRIX not in sides:
+        side = (bytes(sides[SideDataType.DISPLAYMATRIX])
+                if SideDataType.DISPLAYMATRIX in sides else b"")
+        if len(side) != _DISPLAY_MATRIX_BYTES:
             return cls()
-        side = bytes(sides[SideDataType.DISPLAYMATRIX])
         # The matrix [a b u; c d v; x y w] of libavutil/display.h, a to d in 16.16 fixed point.
         a, b, _, c, d = np.frombuffer(side, "=i4")[:5].tolist()
         # A mirror turns the matrix's orientation over; taking it out leaves a turn.
