@@ -31,6 +31,7 @@ from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import OpenSource
+from engine.stall import DecoderWatch
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
-            for frame in _decode_quietly(item):
+            for frame in _decode_quietly(item, source.watch):
                 audio(frame)
     for packet in _packets(source, state):
         if cancel.is_set():
@@ -104,7 +105,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             if packet.pts is not None:
                 video_end = max(video_end, packet.pts + max(0, packet.duration or 0))
         try:
-            frames = packet.decode()
+            with source.watch.call():
+                frames = packet.decode()
         except av.error.FFmpegError as exc:
             if not is_video:
                 continue
@@ -179,9 +181,11 @@ def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]
         yield packet
 
 
-def _decode_quietly(packet: av.Packet[Any]) -> list[av.audio.frame.AudioFrame]:
+def _decode_quietly(packet: av.Packet[Any],
+                    watch: DecoderWatch) -> list[av.audio.frame.AudioFrame]:
     try:
-        return packet.decode()  # type: ignore[return-value]
+        with watch.call():
+            return packet.decode()  # type: ignore[return-value]
     except av.error.FFmpegError:
         return []
 

@@ -52,11 +52,14 @@ from engine.rung import (
     encoder_threads,
 )
 from engine.segment import SEGMENT_TYPES, SegmentRecord
+from engine.stall import DecoderWatch, run_watched
 
 log = logging.getLogger(__name__)
 
 #: Progress events per second while the job runs.
 PROGRESS_HZ = 4
+#: How long a job whose decoder is stuck waits for each of its other threads to stop.
+_ABANDON_JOIN_S = 10.0
 
 
 class JobState(enum.StrEnum):
@@ -188,6 +191,10 @@ class Job:
         self._emit_lock = threading.RLock()
         self._started = 0.0
         self._thread: threading.Thread | None = None
+        #: The pipeline's threads (the rungs', the progress ticker), joined when it ends.
+        self._threads: list[threading.Thread] = []
+        self._scratch: Path | None = None
+        self._watch = DecoderWatch()
         self._emit("queued")
 
     # -- control ------------------------------------------------------------------------------
@@ -222,15 +229,29 @@ class Job:
     # -- the pipeline -------------------------------------------------------------------------
 
     def run(self) -> JobState:
-        """Run the whole job in the calling thread; returns the final state (never raises
-        :class:`RungsError`: a failure is the FAILED state and ``error``)."""
+        """Run the whole job; returns the final state (never raises :class:`RungsError`: a
+        failure is the FAILED state and ``error``).
+
+        The job's own thread does the work while this one waits for it, watching the decoder:
+        one stuck inside FFmpeg ends the job FAILED here, and the stuck thread is left behind
+        (see engine.stall). Waiting in Python also lets the main thread take signals.
+        """
         with self._emit_lock:
             if self.state.terminal:
                 return self.state  # cancelled before it started
             self._started = time.monotonic()
+        try:
+            return run_watched(self._run, self._watch, self.source.name)
+        except InvalidSourceError as exc:  # only the watch raises: _run ends every failure
+            self._abandon(exc)
+            return self.state
+        except BaseException:  # a KeyboardInterrupt while waiting: the job's thread stops too
+            self.cancel()
+            raise
+
+    def _run(self) -> JobState:
         map_large_blocks()
-        threads: list[threading.Thread] = []
-        scratch: Path | None = None
+        threads = self._threads
         publisher = self._publisher = Publisher(self.out_dir, self.options.segment_seconds)
         try:
             self.options.check()
@@ -240,13 +261,14 @@ class Job:
             decoder = choose_decoder(self.options.hwaccel)
             with open_source(self.source, max_pixels=self.options.max_pixels,
                              max_duration_s=self.options.max_duration_s,
-                             hwaccel=decoder) as source:
+                             hwaccel=decoder, watch=self._watch) as source:
                 self.decoder = source.info.decoder
                 rungs = plan_ladder(source.info, self.options.ladder)
                 encoder = choose_encoder(self.options.encoder)
                 self.rungs = [RungStatus(r, encoder) for r in rungs]
                 self._prepare_output()
-                scratch = Path(tempfile.mkdtemp(prefix="rungs-", dir=self.options.scratch_dir))
+                scratch = self._scratch = Path(tempfile.mkdtemp(prefix="rungs-",
+                                                                dir=self.options.scratch_dir))
                 self._run_pipeline(source, rungs, encoder, scratch, publisher, threads)
             self.total_s = self._elapsed()
             self._set_state(JobState.COMPLETE, "complete", self.summary())
@@ -259,8 +281,8 @@ class Job:
                 raise
             _drop_tracebacks(exc)  # see the finally clause
         finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
             # A finished job keeps its errors, not the frames they were raised in: those hold
             # the encoders (x264's threads) and, through the fan-out, the decoder.
             for error in (*self._rung_errors(), self.error):
@@ -464,7 +486,23 @@ class Job:
             ],
         }
 
+    def _abandon(self, exc: InvalidSourceError) -> None:
+        """The job's thread is stuck in the decoder: end the job from this one. The rungs'
+        threads stop as they do for any failure; the stuck thread keeps the source (closing it
+        would wait for the decoder too)."""
+        log.error("%s; leaving its thread behind", exc.message)
+        self._stop.set()
+        self._ticker_stop.set()
+        for thread in list(self._threads):
+            thread.join(_ABANDON_JOIN_S)
+        self._fail(exc)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        _drop_tracebacks(exc)
+
     def _fail(self, exc: BaseException) -> None:
+        if self.state.terminal:
+            return  # ended already: by the watch, while this thread was stuck in the decoder
         rung_errors = [r for r in self._rung_errors() if not isinstance(r, JobCancelledError)]
         if isinstance(exc, JobCancelledError) and rung_errors:
             exc = rung_errors[0]
@@ -535,6 +573,8 @@ class Job:
         # Under the event lock, so that no other event (a progress tick) carries the new state
         # before its own event does: a listener takes the first terminal state for the end.
         with self._emit_lock:
+            if self.state.terminal:
+                return  # a job ends once (a thread left stuck in the decoder may come back)
             self.state = state
             self._emit(event, data)
 

@@ -53,6 +53,7 @@ from engine.job import Job, JobEvent, JobState, TranscodeOptions
 from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, plan_ladder
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, open_source
 from engine.rpc import transcoder_pb2 as pb
+from engine.stall import DecoderWatch, run_watched
 from engine.store import TERMINAL_STATES, JobStore, StoredJob
 
 log = logging.getLogger(__name__)
@@ -615,11 +616,17 @@ class JobManager:
         output = self.roots.output_dir(request.output)
         options, effective = self._options(request.options)
         self._check_output(output, options.overwrite)
-        # A quick probe (the first frame), so a non-video is refused here, not by a FAILED job.
-        with open_source(source, max_pixels=options.max_pixels,
-                         max_duration_s=options.max_duration_s) as opened:
-            plan_ladder(opened.info, options.ladder)
-            time_limit = self.watchdog.limit(opened.info.duration_s)
+        # A quick probe (the first frame), so a non-video is refused here, not by a FAILED job;
+        # watched, so a decoder stuck on it does not keep this call for ever (engine.stall).
+        watch = DecoderWatch()
+
+        def probe() -> float:
+            with open_source(source, max_pixels=options.max_pixels,
+                             max_duration_s=options.max_duration_s, watch=watch) as opened:
+                plan_ladder(opened.info, options.ladder)
+                return self.watchdog.limit(opened.info.duration_s)
+
+        time_limit = run_watched(probe, watch, source.name)
         with self._cond:
             self._check_open()
             # Checked again under the lock: a concurrent retry may have won the race.

@@ -33,6 +33,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 
 from engine.errors import InvalidSourceError, UnsupportedSourceError
+from engine.stall import DecoderWatch
 
 #: Demuxers for real video containers. Anything else (hls, concat, sdp, image2, ...) is refused.
 ALLOWED_DEMUXERS = (
@@ -204,7 +205,7 @@ class OpenSource:
                  packets: Iterator[av.Packet[Any]],
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
                  packets_read: int, audio_stream: av.audio.stream.AudioStream | None = None,
-                 ) -> None:
+                 watch: DecoderWatch | None = None) -> None:
         self._container: av.container.InputContainer | None = container
         self.info = info
         self._video_stream: av.video.stream.VideoStream | None = video_stream
@@ -214,6 +215,8 @@ class OpenSource:
         self.pending = pending
         #: Video packets already demuxed by the probe.
         self.video_packets_read = packets_read
+        #: Marks every call into the decoders (see engine.stall).
+        self.watch = watch or DecoderWatch()
 
     @property
     def container(self) -> av.container.InputContainer:
@@ -250,12 +253,13 @@ class OpenSource:
 
 def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 max_duration_s: float = DEFAULT_MAX_DURATION_S,
-                hwaccel: str | None = None) -> OpenSource:
+                hwaccel: str | None = None, watch: DecoderWatch | None = None) -> OpenSource:
     """Open ``path``, check it is a decodable video within limits, and describe it.
 
     ``hwaccel`` names a hardware device type to decode on (see :mod:`engine.hwaccel`); FFmpeg
     falls back to software for streams the device cannot decode, and ``SourceInfo.decoder``
-    says which ran.
+    says which ran. ``watch`` marks the calls into the decoders, from the probe's first frame
+    on (see :func:`engine.stall.run_watched`).
 
     Raises :class:`InvalidSourceError` (or its subclass :class:`UnsupportedSourceError`) with a
     message naming the problem.
@@ -281,7 +285,8 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
             f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
         ) from exc
     try:
-        return _describe(container, str(source), max_pixels, max_duration_s, hwaccel)
+        return _describe(container, str(source), max_pixels, max_duration_s, hwaccel,
+                         watch or DecoderWatch())
     except BaseException:
         container.close()
         raise
@@ -299,7 +304,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _describe(container: av.container.InputContainer, path: str, max_pixels: int,
-              max_duration_s: float, hwaccel: str | None) -> OpenSource:
+              max_duration_s: float, hwaccel: str | None, watch: DecoderWatch) -> OpenSource:
     name = Path(path).name
     stream = _video_stream(container)
     if stream is None and container.streams.video:
@@ -333,7 +338,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
                         None)
     streams = [stream, *([audio_stream] if audio_stream is not None else [])]
     packets = container.demux(streams)
-    pending, video_packets = _read_first_frame(packets, stream, name)
+    pending, video_packets = _read_first_frame(packets, stream, name, watch)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
 
     average = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -366,7 +371,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
     )
-    return OpenSource(container, info, stream, packets, pending, video_packets, audio_stream)
+    return OpenSource(container, info, stream, packets, pending, video_packets, audio_stream,
+                      watch)
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
@@ -385,7 +391,8 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 
 def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream.VideoStream,
-                      name: str) -> tuple[list[av.video.frame.VideoFrame | av.Packet[Any]], int]:
+                      name: str, watch: DecoderWatch,
+                      ) -> tuple[list[av.video.frame.VideoFrame | av.Packet[Any]], int]:
     """Demux until the first video frame decodes; keep everything read on the way, in order."""
     pending: list[av.video.frame.VideoFrame | av.Packet[Any]] = []
     video_packets = 0
@@ -396,7 +403,8 @@ def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream
                 continue
             if packet.size:
                 video_packets += 1
-            frames = packet.decode()
+            with watch.call():
+                frames = packet.decode()
             pending.extend(frames)
             if frames:
                 return pending, video_packets

@@ -998,6 +998,13 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: fuzzed(d, "fuzz_mp4_audio_without_decoder", "plain.mp4",
                                [["int", 27361, 4, 128], ["int", 27526, 4, 32768]]), E,
            note="the probe failed on an audio stream FFmpeg has no decoder for"),
+    # Found by ``python -m tests.fuzz --seed 77``: the job never ended and ignored signals.
+    Recipe("fuzz_hevc_decoder_deadlock",
+           lambda d, _: fuzzed(d, "fuzz_hevc_decoder_deadlock", "hevc.mp4",
+                               [["int", 7656, 4, 2], ["flip", 8836, 5]]), R,
+           ("stopped decoding",),
+           note="FFmpeg's frame-threaded HEVC decoder deadlocks on it (the ffmpeg CLI's too); "
+                "ended after engine.stall.STALL_S"),
     # Sources that try to make FFmpeg read files outside the source root.
     Recipe("hls_playlist", lambda d, trap: hls_playlist(d, "playlist.m3u8", trap), R,
            ("not a video",), trapped=True),
