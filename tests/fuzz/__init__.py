@@ -118,7 +118,7 @@ class _Worker:
 
 
 def run(seconds: float, seed: int = 1, workers: int = 2, out: Path | None = None,
-        timeout: float = 10.0, iterations: int | None = None) -> Report:
+        timeout: float = 20.0, iterations: int | None = None) -> Report:
     """Fuzz for ``seconds`` (or ``iterations`` inputs, whichever ends first)."""
     report = Report()
     lock = threading.Lock()

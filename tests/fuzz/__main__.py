@@ -14,8 +14,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long to fuzz")
     parser.add_argument("--seed", type=int, default=1, help="the run's seed")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds an input may take before it counts as a hang")
+    parser.add_argument("--timeout", type=float, default=20.0,
+                        help="seconds an input may take before it counts as a hang (above "
+                             "engine.stall.STALL_S, after which a stuck decoder is a refusal)")
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"),
                         help="findings go to OUT/findings (default %(default)s)")
     args = parser.parse_args()

@@ -31,48 +31,55 @@ from engine.errors import JobCancelledError, RungsError
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import open_source
+from engine.stall import DecoderWatch, run_watched
 
 DECODE_SECONDS = 2.0
 MEMORY_LIMIT = 3 << 30
 
 
 def examine(path: Path, scratch: Path) -> dict[str, object]:
-    cancel = threading.Event()
-    frames = 0
-    audio_frames = 0
+    """One file's outcome, with the decoder watched as a job watches it (engine.stall)."""
+    watch = DecoderWatch()
     try:
-        with open_source(path) as source:
-            schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
-            encoder = None
-            if source.info.audio is not None:
-                encoder = AudioEncoder(scratch, Fraction(2), "fmp4", AudioSettings())
-
-            def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
-                nonlocal frames
-                frames += 1
-                assert frame.format.name == "yuv420p", frame.format.name
-                if when.seconds >= DECODE_SECONDS:
-                    cancel.set()  # decode_source stops at its next packet
-
-            def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
-                nonlocal audio_frames
-                audio_frames += 1
-                assert encoder is not None
-                encoder.push(frame, seconds)
-
-            try:
-                decode_source(source, schedule, on_video, on_audio if encoder else None, cancel)
-            except JobCancelledError:
-                pass
-            finally:
-                if encoder is not None:
-                    encoder.abort()
-        return {"outcome": "decoded", "frames": frames, "audio_frames": audio_frames}
+        return run_watched(lambda: _decode(path, scratch, watch), watch, path.name)
     except RungsError as exc:
         return {"outcome": "refused", "code": exc.code, "message": exc.message}
     except Exception as exc:
         return {"outcome": "bug", "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}
+
+
+def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]:
+    cancel = threading.Event()
+    frames = 0
+    audio_frames = 0
+    with open_source(path, watch=watch) as source:
+        schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+        encoder = None
+        if source.info.audio is not None:
+            encoder = AudioEncoder(scratch, Fraction(2), "fmp4", AudioSettings())
+
+        def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
+            nonlocal frames
+            frames += 1
+            assert frame.format.name == "yuv420p", frame.format.name
+            if when.seconds >= DECODE_SECONDS:
+                cancel.set()  # decode_source stops at its next packet
+
+        def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
+            nonlocal audio_frames
+            audio_frames += 1
+            assert encoder is not None
+            encoder.push(frame, seconds)
+
+        try:
+            decode_source(source, schedule, on_video, on_audio if encoder else None, cancel)
+        except JobCancelledError:
+            pass
+        finally:
+            if encoder is not None:
+                encoder.abort()
+    return {"outcome": "decoded", "frames": frames, "audio_frames": audio_frames}
 
 
 def main() -> None:
