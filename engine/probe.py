@@ -11,6 +11,7 @@ exposed on frames. The open container and that frame are handed on to the decode
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Iterator
@@ -249,6 +250,11 @@ class OpenSource:
         self.audio_stream = None
         self.packets = iter(())
         self.pending = []
+        # The probe's first frame is in a reference cycle with the side-data container PyAV
+        # keeps on it (read for its display matrix), and until the cyclic collector came round
+        # it kept the decoder's memory: on 4 s of 4K the 1080p and 2160p phases peaked 70-100
+        # MB higher. A collection here takes about 13 ms.
+        gc.collect()
 
 
 def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -7,6 +7,7 @@ checked against ffmpeg's own auto-rotation. The main 3-rung job runs once per se
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import re
@@ -39,6 +40,7 @@ from engine import (
     RungSettings,
 )
 from engine.gop import TIMELINE_START
+from engine.probe import open_source
 from tests import media
 from tests.conftest import (
     LADDER,
@@ -397,6 +399,23 @@ def test_rotated_source_is_upright(tmp_path: Path, rotation: int, mirrored: bool
             assert np.abs(wrong - reference).mean() > 3 * upright, folder.name
     resolutions = [p.stream_info.resolution for p in master_of(run.out).playlists]
     assert all((w < h) == sideways for w, h in resolutions)
+
+
+def test_closing_a_source_lets_go_of_the_probed_frame(tmp_path: Path) -> None:
+    """Reading the first frame's display matrix puts it in a reference cycle (PyAV keeps a
+    side-data container on the frame that points back at it); left to the cyclic collector,
+    it kept the decoder's memory through the later rungs."""
+    source = media.make_rotated_video(tmp_path / "rotated.mp4", 90, seconds=0.5, audio=False)
+
+    def frames() -> int:
+        return sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+
+    gc.collect()
+    before = frames()
+    opened = open_source(source)
+    assert frames() > before
+    opened.close()
+    assert frames() == before
 
 
 def test_source_below_the_ladder_gets_one_rung_at_its_size(tmp_path: Path) -> None:
