@@ -205,8 +205,8 @@ class OpenSource:
                  video_stream: av.video.stream.VideoStream,
                  packets: Iterator[av.Packet[Any]],
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
-                 packets_read: int, audio_stream: av.audio.stream.AudioStream | None = None,
-                 watch: DecoderWatch | None = None) -> None:
+                 packets_read: int, audio_stream: av.audio.stream.AudioStream | None,
+                 watch: DecoderWatch) -> None:
         self._container: av.container.InputContainer | None = container
         self.info = info
         self._video_stream: av.video.stream.VideoStream | None = video_stream
@@ -217,7 +217,7 @@ class OpenSource:
         #: Video packets already demuxed by the probe.
         self.video_packets_read = packets_read
         #: Marks every call into the decoders (see engine.stall).
-        self.watch = watch or DecoderWatch()
+        self.watch = watch
 
     @property
     def container(self) -> av.container.InputContainer:
