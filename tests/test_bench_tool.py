@@ -187,6 +187,30 @@ def test_total_targets_say_whether_the_floor_leaves_them_reachable() -> None:
         "the floor's bound 55.00 s: out of reach")
 
 
+def test_per_rung_target_says_what_share_of_the_cores_it_needs() -> None:
+    """Decoding once saves two decodes: the per-rung run's CPU less two of the floor's decodes,
+    over the cores times 0.9 x its total, is the share a one-decode system must keep busy."""
+    systems = summaries()
+    systems[PER_RUNG]["rounds"] = [{"cpu_s": 113.0, "total_s": 60.0},
+                                   {"cpu_s": 98.0, "total_s": 50.0}]
+    systems[ALL_AT_ONCE]["rounds"] = [{"cpu_s": 99.0, "total_s": 50.0},
+                                      {"cpu_s": 98.0, "total_s": 50.0}]
+    systems[RUNGS]["rounds"] = [{"cpu_s": 70.0, "total_s": 40.0}]
+    floor = {"bound_total_s": 40.0, "cores": 2,
+             "rounds": [{"decode_cpu_s": 4.0}, {"decode_cpu_s": 4.0}]}
+    checks = {t.name: t for t in report.targets(systems, "720p", None, floor)}
+    detail = checks["total <= 0.9 x ffmpeg per-rung total"].detail
+    # (113 - 8) / (2 x 0.9 x 60) = 97.2%, (98 - 8) / (2 x 0.9 x 50) = 100.0%
+    assert "round by round 97.2%, 100.0%" in detail, detail
+    assert "keep 98.6% of the 2 cores busy" in detail, detail
+    assert "the busiest system in this run kept 98.5% (ffmpeg_all_at_once)" in detail, detail
+    assert "more than there is" not in detail
+    floor["rounds"] = [{"decode_cpu_s": 1.0}, {"decode_cpu_s": 1.0}]  # more work left
+    detail = report.targets(systems, "720p", None, floor)[3].detail
+    assert detail.endswith("more than there is; the busiest system in this run kept 98.5% "
+                           "(ffmpeg_all_at_once)"), detail
+
+
 def test_the_whole_harness_runs_and_writes_its_results(tmp_path: Path) -> None:
     """``python -m bench`` end to end on a tiny source with audio, twice into the same folder:
     every system runs, the result document has every figure the issue names, the chart is a
