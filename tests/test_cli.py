@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -57,6 +60,43 @@ def test_rungs_at_once_still_publish_lowest_first(small_source: Path, tmp_path: 
     assert [e["rung"] for e in events if e["type"] == "rung_published"] == [
         "180p", "270p", "360p"]
     assert events[-1]["frames_decoded"] == events[-1]["source_frames"] == 90
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_kill_9_leaves_no_frames_in_the_scratch_dir(tmp_path: Path) -> None:
+    """A killed process cleans nothing up: the frame cache's scratch file has no name from the
+    moment it is open, so the file system takes it back when the process dies."""
+    source = media.make_video(tmp_path / "in.mp4", seconds=8.0)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [*RUNGS, "transcode", str(source), str(tmp_path / "out"), "--ladder", "180,360",
+         "--cache-mb", "0", "--scratch-dir", str(scratch), "--json"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        spill = None
+        for _ in process.stdout:
+            spill = next((link for link in _open_files(process.pid) if "frames.spill" in link),
+                         None)
+            if spill is not None:
+                break
+        assert spill is not None, "the job ended before it spilled a frame"
+        assert spill.endswith(" (deleted)"), spill
+        process.kill()
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert [path for path in scratch.rglob("*") if not path.is_dir()] == []
+
+
+def _open_files(pid: int) -> list[str]:
+    links = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            links.append(os.readlink(fd))
+    return links
 
 
 def test_timeline_on_a_terminal_names_each_milestone(small_source: Path, tmp_path: Path) -> None:
