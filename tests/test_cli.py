@@ -83,7 +83,6 @@ def test_kill_9_leaves_no_frames_in_the_scratch_dir(tmp_path: Path) -> None:
                 break
         assert spill is not None, "the job ended before it spilled a frame"
         assert spill.endswith(" (deleted)"), spill
-        process.kill()
     finally:
         process.kill()
         process.wait()
