@@ -99,10 +99,11 @@ def add_transcode_options(parser: argparse.ArgumentParser) -> None:
                         help="encode the slower rungs at the same time once decoding is done: "
                              "sooner in total, but every rung's encoder in memory at once")
     parser.add_argument("--cache-mb", type=int, default=64,
-                        help="memory for frames waiting for slower rungs (default %(default)s)")
+                        help="memory for frames waiting for slower rungs, used when the whole "
+                             "source fits in it (default %(default)s)")
     parser.add_argument("--spill-mb", type=int, default=None,
-                        help="disk for frames beyond --cache-mb (default: half the free space "
-                             "of the scratch directory)")
+                        help="disk for frames that do not fit in --cache-mb (default: half the "
+                             "free space of the scratch directory)")
     parser.add_argument("--scratch-dir", type=Path, default=None)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the contents of a non-empty output directory")

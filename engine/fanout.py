@@ -6,11 +6,12 @@ decoder. Slower rungs read the same frames later from a :class:`FrameCache`.
 
 Measured on this project's 2-core machine: keeping every decoded 4K frame alive cut decode from
 about 100 to 27 fps (a fresh 12 MB buffer per frame), while copying planes into a pool of reused
-buffers kept 76 fps. So the cache copies each frame into a pooled slot, up to a memory budget,
-and beyond it into reused slots of a scratch file on disk, up to a disk budget. The scratch file
-is written and read with direct I/O (``O_DIRECT``) where the file system allows it: 120 4K frames
-through the page cache cost 1.3 to 4 s of kernel CPU here, directly 0.1 s (and 0.8 s of waiting),
-which is what kept the first rung of a 4K job at a third of its speed.
+buffers kept 76 fps. So the cache copies each frame into a pooled slot when the whole source
+fits in a memory budget, and otherwise into reused slots of a scratch file on disk, up to a disk
+budget. The scratch file is written and read with direct I/O (``O_DIRECT``) where the file
+system allows it: 120 4K frames through the page cache cost 1.3 to 4 s of kernel CPU here,
+directly 0.1 s (and 0.8 s of waiting), which is what kept the first rung of a 4K job at a third
+of its speed.
 
 The slower rungs take their turns: the first starts once the decoder is done and every spilled
 frame is written (the first rung does not wait for the disk), each next one once the one before
@@ -79,11 +80,11 @@ class FanOut:
 
     def __init__(self, rungs: int, width: int, height: int, budget_bytes: int,
                  scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int,
-                 take_turns: bool = True) -> None:
+                 take_turns: bool = True, expected_frames: int = 0) -> None:
         self.cancel = cancel
         self._lead: queue.Queue[Item | _End] = queue.Queue(LEAD_QUEUE_FRAMES)
         self.cache = (FrameCache(rungs - 1, width, height, budget_bytes, scratch_dir, cancel,
-                                 spill_budget_bytes, take_turns)
+                                 spill_budget_bytes, take_turns, expected_frames)
                       if rungs > 1 else None)
 
     def put(self, frame: av.video.frame.VideoFrame, time: FrameTime) -> None:
@@ -152,15 +153,18 @@ class FrameCache:
 
     Frames live in pooled memory slots up to ``budget_bytes``, then in reused slots of one scratch
     file (which has no name: see :func:`_open_scratch`) up to ``spill_budget_bytes``; with both
-    full, :meth:`put` waits for a slot to be freed. Readers each take every frame in order; a
-    slot is reused once all have taken it. Reader 0 starts once every frame is in, reader ``n``
+    full, :meth:`put` waits for a slot to be freed. When the ``expected_frames`` of the source
+    (0: not known) do not all fit in ``budget_bytes``, every frame goes to the scratch file: a
+    pool that holds only the first few frames saves nothing worth its fresh memory (see
+    :meth:`__init__`). Readers each take every frame in order; a slot is reused once all have
+    taken it. Reader 0 starts once every frame is in, reader ``n``
     once reader ``n - 1`` is :meth:`done` (without ``take_turns``, all of them once every frame
     is in); all of them start as soon as the cache is full.
     """
 
     def __init__(self, readers: int, width: int, height: int, budget_bytes: int,
                  scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int,
-                 take_turns: bool = True) -> None:
+                 take_turns: bool = True, expected_frames: int = 0) -> None:
         self.readers = readers
         self.take_turns = take_turns
         self.width, self.height = width, height
@@ -170,6 +174,16 @@ class FrameCache:
         #: Spill slots are whole blocks, so that direct I/O can read and write them.
         self._slot_bytes = -(-self.frame_bytes // _BLOCK) * _BLOCK
         self._max_slots = max(0, budget_bytes // self.frame_bytes)
+        if expected_frames > self._max_slots:
+            # The pool would hold only the first frames (5 of 10 s of 4K), and the decoder
+            # would fault their fresh memory in while the first rung waits for it: on this
+            # project's virtual machines the first touch of NumPy's huge pages costs 2.6 to
+            # 3.0 ms per MB. Without it, on 10 s of 4K on two cores, the 30th frame reached
+            # the first rung at 0.41 instead of 0.52 s and the first rung was complete at
+            # 4.05 instead of 4.29 s (7.45 vs 7.87 CPU-s; medians of two sets of 8
+            # interleaved runs).
+            # Spilling those frames too costs the disk about 20 ms.
+            self._max_slots = 0
         # Room for one frame at least, or the decoder would wait for ever.
         self._max_spill_slots = max(0 if self._max_slots else 1,
                                     spill_budget_bytes // self._slot_bytes)

@@ -89,8 +89,9 @@ class TranscodeOptions:
     #: device type such as ``cuda``.
     hwaccel: str = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
-    #: Memory for decoded frames waiting for slower rungs; beyond it they spill to disk (see
-    #: engine.fanout: with direct I/O a spilled frame costs little more than a pooled one).
+    #: Memory for decoded frames waiting for slower rungs, used when the whole source fits in it;
+    #: otherwise every frame spills to disk (see engine.fanout: with direct I/O a spilled frame
+    #: costs little more than a pooled one).
     cache_bytes: int = 64 << 20
     #: Disk for decoded frames beyond ``cache_bytes``; None: half the scratch directory's free
     #: space when the job starts. With the whole source fitting, the slower rungs encode one
@@ -300,7 +301,8 @@ class Job:
         if spill is None:
             spill = shutil.disk_usage(scratch).free // 2
         fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
-                        self._stop, spill, take_turns=not self.options.rungs_at_once)
+                        self._stop, spill, take_turns=not self.options.rungs_at_once,
+                        expected_frames=self._frames_total)
         results = self._results = [None] * len(rungs)
         time_base = source.video_stream.time_base or Fraction(1, 90000)
         settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),

@@ -809,6 +809,31 @@ def test_slower_rungs_take_turns_when_the_source_fits(tmp_path: Path) -> None:
     cache.close()
 
 
+@pytest.mark.parametrize(("expected", "in_memory"), [(0, 2), (2, 2), (6, 0)],
+                         ids=["unknown", "fits", "does-not-fit"])
+def test_memory_pool_only_for_a_source_that_fits(tmp_path: Path, expected: int,
+                                                 in_memory: int) -> None:
+    """The memory budget holds two frames: a source expected to hold more than two spills every
+    frame (a pool of its first few frames only costs fresh memory), one that fits or whose
+    length is not known fills the pool first. Every frame comes back whole either way."""
+    frames = _noise_frames(6, 64, 48)
+    sent = [[engine.fanout.plane_array(p).copy() for p in frame.planes] for frame in frames]
+    cache = engine.fanout.FrameCache(1, 64, 48, 2 * 64 * 48 * 3 // 2, tmp_path,
+                                     threading.Event(), 1 << 20, expected_frames=expected)
+    for index, frame in enumerate(frames):
+        cache.put(frame, _time(index))
+    cache.finish()
+    got = [[engine.fanout.plane_array(p).copy() for p in frame.planes]
+           for frame, _ in cache.frames(0)]
+    assert cache.stats.frames_in_memory == in_memory
+    assert cache.stats.frames_spilled == 6 - in_memory
+    assert len(got) == len(sent)
+    for planes, want in zip(got, sent, strict=True):
+        for plane, expected_plane in zip(planes, want, strict=True):
+            np.testing.assert_array_equal(plane, expected_plane)
+    cache.close()
+
+
 def test_slower_rungs_go_at_once_when_asked(tmp_path: Path) -> None:
     """Without turns, every cached reader starts once the decoder is done, none waiting for
     another to finish."""
