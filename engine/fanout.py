@@ -181,8 +181,7 @@ class FrameCache:
             # 3.0 ms per MB. Without it, on 10 s of 4K on two cores, the 30th frame reached
             # the first rung at 0.41 instead of 0.52 s and the first rung was complete at
             # 4.05 instead of 4.29 s (7.45 vs 7.87 CPU-s; medians of two sets of 8
-            # interleaved runs).
-            # Spilling those frames too costs the disk about 20 ms.
+            # interleaved runs). Spilling those frames too costs the disk about 20 ms.
             self._max_slots = 0
         # Room for one frame at least, or the decoder would wait for ever.
         self._max_spill_slots = max(0 if self._max_slots else 1,
