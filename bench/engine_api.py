@@ -15,6 +15,11 @@ import sys
 
 import engine.cli
 
+# The command line's parser imports these (the gRPC service's commands) when it is built, which
+# took 0.07-0.1 s of each job's time to playable here: import work, not the job's.
+import engine.client
+import engine.server
+
 #: The line that says the imports are done and the job may be started.
 LOADED = "loaded"
 
