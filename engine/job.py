@@ -93,9 +93,10 @@ class TranscodeOptions:
     #: otherwise every frame spills to disk (see engine.fanout: with direct I/O a spilled frame
     #: costs little more than a pooled one).
     cache_bytes: int = 64 << 20
-    #: Disk for decoded frames beyond ``cache_bytes``; None: half the scratch directory's free
-    #: space when the job starts. With the whole source fitting, the slower rungs encode one
-    #: after another (see engine.fanout); otherwise all at once, the decoder waiting for them.
+    #: Disk for decoded frames that do not fit in ``cache_bytes``; None: half the scratch
+    #: directory's free space when the job starts. With the whole source fitting, the slower
+    #: rungs encode one after another (see engine.fanout); otherwise all at once, the decoder
+    #: waiting for them.
     spill_bytes: int | None = None
     #: Where the spill file goes (a temporary directory inside it, removed at the end).
     scratch_dir: Path | None = None

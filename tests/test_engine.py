@@ -810,12 +810,13 @@ def test_slower_rungs_take_turns_when_the_source_fits(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("expected", "in_memory"), [(0, 2), (2, 2), (6, 0)],
-                         ids=["unknown", "fits", "does-not-fit"])
+                         ids=["unknown", "expected-to-fit", "does-not-fit"])
 def test_memory_pool_only_for_a_source_that_fits(tmp_path: Path, expected: int,
                                                  in_memory: int) -> None:
-    """The memory budget holds two frames: a source expected to hold more than two spills every
-    frame (a pool of its first few frames only costs fresh memory), one that fits or whose
-    length is not known fills the pool first. Every frame comes back whole either way."""
+    """The memory budget holds two frames and six come: a source expected to hold more than two
+    spills every frame (a pool of its first few frames only costs fresh memory); one whose length
+    is not known, or that was expected to fit and turns out longer, fills the pool first and
+    spills the rest. Every frame comes back whole either way."""
     frames = _noise_frames(6, 64, 48)
     sent = [[engine.fanout.plane_array(p).copy() for p in frame.planes] for frame in frames]
     cache = engine.fanout.FrameCache(1, 64, 48, 2 * 64 * 48 * 3 // 2, tmp_path,
@@ -998,10 +999,38 @@ def test_frames_spill_to_disk_and_come_back_intact(
     (cache,) = caches
     assert cache.stats.frames_spilled > source_frames // 2
     assert cache.stats.peak_memory_bytes <= one_frame
+    # The job tells the cache how long the source is, so a source that does not fit in memory
+    # spills from its first frame: no pool of its first frames (engine.fanout.FrameCache).
+    assert cache.stats.frames_in_memory == 0
+    assert cache.stats.frames_spilled == source_frames
     for folder in variant_dirs(run.out):
         indices = [media.frame_index(f) for f in decode_rendition(folder)]
         assert indices == list(range(source_frames)), folder.name
     assert list(scratch.iterdir()) == []
+
+
+def test_a_source_that_fits_stays_in_memory(tmp_path: Path, source_video: Path,
+                                            source_frames: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With memory for every frame, the job writes none to disk."""
+    caches: list[engine.fanout.FrameCache] = []
+    original_init = engine.fanout.FrameCache.__init__
+
+    def recording_init(self: engine.fanout.FrameCache, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        caches.append(self)
+
+    monkeypatch.setattr(engine.fanout.FrameCache, "__init__", recording_init)
+    scratch = scratch_dir(tmp_path)
+    run = run_job(source_video, tmp_path / "out",
+                  options(cache_bytes=source_frames * 640 * 360 * 3 // 2, scratch_dir=scratch))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (cache,) = caches
+    assert cache.stats.frames_in_memory == source_frames
+    assert cache.stats.frames_spilled == 0
+    for folder in variant_dirs(run.out):
+        indices = [media.frame_index(f) for f in decode_rendition(folder)]
+        assert indices == list(range(source_frames)), folder.name
 
 
 def test_encoder_takes_every_option_it_is_given(tmp_path: Path) -> None:
