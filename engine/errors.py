@@ -41,7 +41,8 @@ class InvalidOptionsError(RungsError, ValueError):
 
 
 class OutputExistsError(RungsError, FileExistsError):
-    """The output directory exists and is not empty, and overwrite was not asked for."""
+    """The output directory exists and is not empty, and overwrite was not asked for; or a file
+    stands where it, or one of its parents, should be."""
 
     code = "OUTPUT_EXISTS"
 

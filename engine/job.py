@@ -7,6 +7,7 @@ moment it and every rung below it are complete. The first publication makes the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -31,7 +32,6 @@ from engine.errors import (
     InvalidOptionsError,
     InvalidSourceError,
     JobCancelledError,
-    OutputExistsError,
     OutputWriteError,
     RungsError,
 )
@@ -42,7 +42,7 @@ from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.memory import map_large_blocks, trim
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
-from engine.publish import MEDIA, POSTER, Publisher
+from engine.publish import MEDIA, POSTER, Publisher, check_output_dir
 from engine.rung import (
     EncodedRung,
     EncodeSettings,
@@ -196,6 +196,9 @@ class Job:
         #: The pipeline's threads (the rungs', the progress ticker), joined when it ends.
         self._threads: list[threading.Thread] = []
         self._scratch: Path | None = None
+        #: This job made the output directory (it did not exist), so it removes it again if it
+        #: ends with nothing in it.
+        self._created_output = False
         self._watch = DecoderWatch()
         self._emit("queued")
 
@@ -511,7 +514,10 @@ class Job:
             exc = rung_errors[0]
         # A source found invalid part way (an index promising frames the file does not hold)
         # is refused like one found invalid at the start: nothing of it stays published.
-        self._remove_unpublished(withdraw=isinstance(exc, InvalidSourceError))
+        try:
+            self._remove_unpublished(withdraw=isinstance(exc, InvalidSourceError))
+        except OSError as cleanup:  # the job still ends, with its own error, not this one
+            log.warning("cannot clean up %s: %s", self.out_dir, cleanup)
         self.total_s = self._elapsed()
         if isinstance(exc, JobCancelledError) and self._cancel_requested:
             self._set_state(JobState.CANCELLED, "cancelled", {"code": exc.code,
@@ -526,17 +532,16 @@ class Job:
 
     def _prepare_output(self) -> None:
         out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise OutputExistsError(f"output {str(out)!r} exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()):
-            if not self.options.overwrite:
-                raise OutputExistsError(
-                    f"output directory {str(out)!r} is not empty (use overwrite to replace it)")
-            for child in out.iterdir():
+        keep = [self.source, *([self.options.scratch_dir] if self.options.scratch_dir else [])]
+        check_output_dir(out, self.options.overwrite, keep)
+        if out.is_dir():
+            for child in out.iterdir():  # anything here is to be replaced (checked above)
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
                     child.unlink()
+        else:
+            self._created_output = True
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -568,6 +573,9 @@ class Job:
         if not kept:
             shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
             (self.out_dir / POSTER).unlink(missing_ok=True)
+            if self._created_output:
+                with contextlib.suppress(OSError):  # not empty: someone else's files
+                    self.out_dir.rmdir()
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._started if self._started else 0.0

@@ -40,7 +40,6 @@ from engine.errors import (
     InvalidRequestError,
     InvalidSourceError,
     JobNotFoundError,
-    OutputExistsError,
     OutputInUseError,
     PathOutsideRootError,
     QueueFullError,
@@ -52,9 +51,10 @@ from engine.hwaccel import choose_encoder
 from engine.job import Job, JobEvent, JobState, TranscodeOptions
 from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, plan_ladder
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, open_source
+from engine.publish import check_output_dir
 from engine.rpc import transcoder_pb2 as pb
 from engine.stall import DecoderWatch, run_watched
-from engine.store import TERMINAL_STATES, JobStore, StoredJob
+from engine.store import MAX_SEQUENCE, TERMINAL_STATES, JobStore, StoredJob
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +267,12 @@ class EventStream:
             while subscription is not None and not subscription.closed:
                 # The timeout only bounds how long a lost wake-up could go unnoticed.
                 live = subscription.get(timeout=1.0)
-                if live is None or live.sequence <= last:
+                if live is None:
                     continue
-                yield live
-                last = live.sequence
+                if live.sequence > last:
+                    yield live
+                    last = live.sequence
+                # Even when not sent (asked for events after it): nothing comes after it.
                 if live.state in TERMINAL_STATES:
                     return
         finally:
@@ -615,7 +617,7 @@ class JobManager:
         source = self.roots.source_file(request.source)
         output = self.roots.output_dir(request.output)
         options, effective = self._options(request.options)
-        self._check_output(output, options.overwrite)
+        self._check_output(source, output, options.overwrite)
         # A quick probe (the first frame), so a non-video is refused here, not by a FAILED job;
         # watched, so a decoder stuck on it does not keep this call for ever (engine.stall).
         watch = DecoderWatch()
@@ -633,7 +635,7 @@ class JobManager:
             if request.request_id and (earlier := self._requested(request.request_id, wire)):
                 return earlier
             # Before the queue: a conflicting request is refused for what it asks, not the load.
-            self._check_output_free(output)
+            self._check_output_free(source, output)
             self._check_capacity()
             snapshot = pb.Job(id=secrets.token_hex(8), state=pb.QUEUED,
                               source=self.roots.client_path(source),
@@ -816,26 +818,42 @@ class JobManager:
             overwrite=options.overwrite, early_playback=early)
         return engine, effective
 
-    def _check_output(self, output: Path, overwrite: bool) -> None:
-        name = self.roots.client_path(output)
-        if output.exists() and not output.is_dir():
-            raise OutputExistsError(f"output {name!r} exists and is not a directory")
-        if output.is_dir() and not overwrite and any(output.iterdir()):
-            raise OutputExistsError(
-                f"output directory {name!r} is not empty (set overwrite to replace it)")
+    def _check_output(self, source: Path, output: Path, overwrite: bool) -> None:
+        data = self.data_dir.resolve()
+        if output.is_relative_to(data) or data.is_relative_to(output):
+            # Overwriting it would delete the job store, its lock and the scratch files.
+            raise InvalidRequestError(
+                f"output {self.roots.client_path(output)!r} overlaps the server's data directory")
+        try:
+            check_output_dir(output, overwrite, keep=[source])
+        except RungsError as exc:  # the same error, in the paths clients use
+            raise type(exc)(self.roots.client_message(exc.message)) from None
 
-    def _check_output_free(self, output: Path) -> None:
+    def _check_output_free(self, source: Path, output: Path) -> None:
+        """Refuse an output that another queued or running job writes (or one inside or above
+        it), or that holds its source; and a source inside another job's output."""
         for live in self._live.values():
             other = live.output_dir
+            name = self.roots.client_path(output)
             if output.is_relative_to(other) or other.is_relative_to(output):
                 raise OutputInUseError(
-                    f"output {self.roots.client_path(output)!r} is in use by job {live.id} "
-                    f"(output {live.snapshot.output!r})")
+                    f"output {name!r} is in use by job {live.id} (output {live.snapshot.output!r})")
+            if live.job is not None and live.job.source.is_relative_to(output):
+                raise OutputInUseError(
+                    f"output {name!r} holds the source of job {live.id} "
+                    f"({live.snapshot.source!r})")
+            if source.is_relative_to(other):
+                raise OutputInUseError(
+                    f"source {self.roots.client_path(source)!r} is inside the output of job "
+                    f"{live.id} ({live.snapshot.output!r})")
 
     def _interrupt(self, stored: StoredJob) -> str:
         """Mark a job a previous process left unfinished as FAILED, code INTERRUPTED."""
         job = stored.job
-        listed = _listed_rungs(stored.output_path)
+        # A job that never started has not touched its output directory, which may hold an
+        # earlier job's output that it was to replace.
+        queued = job.state == pb.QUEUED
+        listed = None if queued else _listed_rungs(stored.output_path)
         if listed is not None:
             for rung in job.rungs:
                 bandwidths = listed.get(rung.name)
@@ -849,10 +867,11 @@ class JobManager:
                 _remove_unpublished(stored.output_path, AUDIO_FOLDER)
             _tidy_interrupted(stored.output_path, set(listed))
         live = _LiveJob(job, stored.output_path, self.store, self.roots, lambda _: None)
-        live.end("failed", pb.FailedEvent(error=pb.Error(
-            code=INTERRUPTED,
-            message="the server stopped while the job was running; rungs it had published "
-                    "stay listed")), pb.FAILED)
+        message = ("the server stopped while the job was waiting to start" if queued else
+                   "the server stopped while the job was running; rungs it had published "
+                   "stay listed")
+        live.end("failed", pb.FailedEvent(error=pb.Error(code=INTERRUPTED, message=message)),
+                 pb.FAILED)
         log.warning("job %s was interrupted by a server stop; marked FAILED", job.id)
         return job.id
 
@@ -954,7 +973,7 @@ def _parse_page_token(token: str) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "before" and value.isdigit():
+        if kind == "before" and value.isdigit() and int(value) <= MAX_SEQUENCE:
             return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -14,12 +14,12 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 from engine.audio import EncodedAudio
-from engine.errors import OutputWriteError
+from engine.errors import InvalidOptionsError, OutputExistsError, OutputWriteError
 from engine.ladder import Rung
 from engine.playlist import (
     AudioRendition,
@@ -54,6 +54,30 @@ def write_atomically(path: Path, data: bytes) -> None:
             raise
     except OSError as exc:
         raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path] = ()) -> None:
+    """Raise when ``out`` cannot be a job's output directory: it is a file, a file stands where
+    one of its parents should be, or it holds something and ``overwrite`` is off. Overwriting
+    deletes everything in it, so it must not hold any of ``keep`` (the job's source, say):
+    ``rungs transcode movies/a.mp4 movies --overwrite`` used to delete ``movies/a.mp4``."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {str(out)!r} exists and is not a directory")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputExistsError(
+                f"output {str(out)!r} cannot be created: {str(parent)!r} is a file")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"output directory {str(out)!r} is not empty (use overwrite to replace it)")
+    inside = out.resolve()
+    for path in keep:
+        if path.resolve().is_relative_to(inside):
+            raise InvalidOptionsError(
+                f"output directory {str(out)!r} holds {str(path)!r}, which overwriting it "
+                "would delete")
 
 
 class Publisher:

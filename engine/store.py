@@ -25,6 +25,9 @@ from engine.rpc import transcoder_pb2 as pb
 SCHEMA_VERSION = 1
 #: Events read per query while streaming a long history, so the lock is never held long.
 EVENT_PAGE = 500
+#: The largest number SQLite's INTEGER holds: sequences and paging keys are below it, and a
+#: larger one asked for (a uint64 ``after_sequence``) is taken as this.
+MAX_SEQUENCE = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -153,13 +156,13 @@ class JobStore:
 
     def events(self, job_id: str, after: int = 0, upto: int | None = None) -> Iterator[pb.JobEvent]:
         """The job's events with ``after < sequence <= upto``, in order, read page by page."""
-        last = after
+        last = min(after, MAX_SEQUENCE)
         while True:
             with self._lock:
                 rows = self._db.execute(
                     "SELECT sequence, event FROM events WHERE job_id = ? AND sequence > ?"
                     " AND sequence <= ? ORDER BY sequence LIMIT ?",
-                    (job_id, last, upto if upto is not None else 2**63 - 1,
+                    (job_id, last, upto if upto is not None else MAX_SEQUENCE,
                      EVENT_PAGE)).fetchall()
             for sequence, blob in rows:
                 last = sequence
@@ -173,7 +176,7 @@ class JobStore:
 
         ``before``: only jobs older than this ``seq``; ``states``: only these (empty: all).
         """
-        where, params = ["seq < ?"], [before if before is not None else 2**63 - 1]
+        where, params = ["seq < ?"], [before if before is not None else MAX_SEQUENCE]
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             params += states

@@ -13,7 +13,7 @@ Routes, all GET (and HEAD for files):
 - ``/api/jobs/ID/events``: server-sent events bridging Watch: each job event as JSON (shaped like
   ``rungs watch --json``) with its sequence as the event id, so a reconnecting ``EventSource``
   resumes after the last one it had (``Last-Event-ID``, or ``?after=N``); an ``end`` event
-  follows the terminal one.
+  follows the terminal one. At most ``MAX_EVENT_STREAMS`` are open at once (503 beyond).
 - ``/``: the latest jobs, each linked to its player.
 
 The server reads jobs through the :class:`~engine.manager.JobManager` the gRPC service uses, in
@@ -40,7 +40,7 @@ from typing import IO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from engine.client import event_json, job_json
-from engine.errors import JobNotFoundError
+from engine.errors import JobNotFoundError, TooManyWatchersError
 from engine.manager import EventStream, JobManager
 from engine.rpc import transcoder_pb2 as pb
 
@@ -67,6 +67,8 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _COPY_CHUNK = 256 * 1024
 #: Jobs the index page lists.
 _INDEX_JOBS = 50
+#: Event streams open at once; each holds a thread for as long as its job runs.
+MAX_EVENT_STREAMS = 64
 
 
 class WebServer:
@@ -101,8 +103,10 @@ class WebServer:
         self._httpd.server_close()
 
     def open_stream(self, job_id: str, after: int) -> EventStream:
-        stream = self.manager.watch(job_id, after)
         with self._lock:
+            if len(self._streams) >= MAX_EVENT_STREAMS:
+                raise TooManyWatchersError("too many event streams; try again later")
+            stream = self.manager.watch(job_id, after)
             self._streams.add(stream)
         return stream
 
@@ -170,11 +174,13 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.dumps(job_json(self._job(match.group(1))))
                 self._send_text(body, "application/json", head)
             elif match := re.fullmatch(r"/api/jobs/([^/]+)/events", path):
-                self._events(match.group(1), url.query)
+                self._events(match.group(1), url.query, head)
             else:
                 self._error(HTTPStatus.NOT_FOUND, "not found")
         except JobNotFoundError as exc:
             self._error(HTTPStatus.NOT_FOUND, exc.message)
+        except TooManyWatchersError as exc:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, exc.message)
         except OSError:
             # The client went away, or stopped reading for longer than ``timeout``.
             self.close_connection = True
@@ -255,11 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- progress -----------------------------------------------------------------------------
 
-    def _events(self, job_id: str, query: str) -> None:
+    def _events(self, job_id: str, query: str, head: bool) -> None:
         self._job(job_id)
         after = _after(self.headers.get("Last-Event-ID"), parse_qs(query).get("after", [""])[0])
         web = self.server.web
-        stream = web.open_stream(job_id, after)
+        stream = None if head else web.open_stream(job_id, after)
         self.close_connection = True  # the stream ends with the connection
         try:
             self.send_response(HTTPStatus.OK)
@@ -267,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("Connection", "close")
             self.end_headers()
+            if stream is None:
+                return  # HEAD: the headers alone
             for event in stream:
                 data = json.dumps(event_json(event))
                 self.wfile.write(f"id: {event.sequence}\ndata: {data}\n\n".encode())
@@ -274,7 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"event: end\ndata: {}\n\n")
             self.wfile.flush()
         finally:
-            web.close_stream(stream)
+            if stream is not None:
+                web.close_stream(stream)
 
     # -- answers ------------------------------------------------------------------------------
 

@@ -145,6 +145,27 @@ def test_non_empty_output_is_refused_without_overwrite(small_source: Path, tmp_p
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_an_output_in_the_way_or_holding_the_source_is_refused(small_source: Path,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("mine")
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    source = movies / "in.mp4"
+    source.write_bytes(small_source.read_bytes())
+    cases = [
+        (small_source, tmp_path / "a-file", [], "not a directory"),
+        (small_source, tmp_path / "a-file" / "sub", [], "is a file"),
+        # Overwriting would delete the source (it used to, and the job still completed).
+        (source, movies, ["--overwrite"], "holds"),
+    ]
+    for src, out, extra, words in cases:
+        result = run_cli("transcode", src, out, "--ladder", "180", *extra)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result.stderr
+    assert (tmp_path / "a-file").read_text() == "mine"
+    assert source.read_bytes() == small_source.read_bytes()
+
+
 @pytest.mark.parametrize("args", [["--ladder", "abc"], ["--segment-seconds", "0"],
                                   ["--rung", "720:speed=9"]])
 def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str]) -> None:

@@ -8,6 +8,8 @@ rung is published about a second after its first).
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 import shutil
@@ -375,6 +377,66 @@ def test_a_non_empty_output_needs_overwrite(shared: Running, dirs: Dirs) -> None
     assert not (dirs.output / "full" / "keep.txt").exists()
 
 
+def test_outputs_never_hold_the_data_directory_or_a_source(tmp_path: Path,
+                                                           dirs: Dirs) -> None:
+    # The defaults' layout: sources, outputs and the data directory in one directory.
+    share = tmp_path / "share"
+    (share / "movies").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(dirs.source / "short.mp4", share / "movies" / name)
+    shutil.copy(dirs.source / "short.mp4", share / "c.mp4")
+    (share / "o1").mkdir()
+    shutil.copy(dirs.source / "short.mp4", share / "o1" / "clip.mp4")
+    server, port = create_server("127.0.0.1:0", data_dir=share / "rungs-data", source_root=share,
+                                 output_root=share, max_jobs=1)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = transcoder_pb2_grpc.TranscoderStub(channel)
+        overwrite = pb.TranscodeOptions(ladder=[180], segment_seconds=2, overwrite=True)
+        for output in ("rungs-data", "rungs-data/scratch"):
+            error = rpc_error(functools.partial(transcode, stub, "movies/a.mp4", output,
+                                                options=overwrite),
+                              grpc.StatusCode.INVALID_ARGUMENT)
+            assert "data directory" in error.details()
+        error = rpc_error(lambda: transcode(stub, "movies/a.mp4", "movies", options=overwrite),
+                          grpc.StatusCode.INVALID_ARGUMENT)
+        assert error_code(error) == "INVALID_OPTIONS" and "holds 'movies/a.mp4'" in error.details()
+        assert str(share) not in error.details()
+
+        running = transcode(stub, "movies/a.mp4", "running")
+        replacing = transcode(stub, "movies/a.mp4", "o1", options=overwrite)  # queued
+        reading = transcode(stub, "movies/b.mp4", "b-out")  # queued
+        # Emptying "movies" would delete the queued job's source; the queued job emptying "o1"
+        # would delete this one's.
+        for source, output, words in (("c.mp4", "movies", "holds the source of job"),
+                                      ("o1/clip.mp4", "clip-out", f"output of job {replacing.id}")):
+            error = rpc_error(functools.partial(transcode, stub, source, output,
+                                                options=overwrite),
+                              grpc.StatusCode.ALREADY_EXISTS)
+            assert error_code(error) == "OUTPUT_IN_USE" and words in error.details()
+        for job in (reading, replacing, running):
+            stub.Cancel(pb.CancelRequest(job_id=job.id), timeout=30)
+        assert sorted(p.name for p in (share / "movies").iterdir()) == ["a.mp4", "b.mp4"]
+        assert (share / "rungs-data" / "jobs.sqlite3").is_file()
+        assert len(stub.ListJobs(pb.ListJobsRequest()).jobs) == 3
+        # A job cancelled before it published anything leaves no directory it made behind.
+        assert not (share / "running").exists() and not (share / "b-out").exists()
+    finally:
+        channel.close()
+        server.stop(grace=1)
+
+
+def test_a_watch_after_the_last_event_ends_with_the_job(shared: Running) -> None:
+    job = transcode(shared.stub, "short.mp4", "watch-past", options=pb.TranscodeOptions(
+        ladder=[180], segment_seconds=2))
+    # Asked for events after ones that never come: nothing is sent, and the stream ends when
+    # the job does (it used to stay open until its deadline, holding a Watch slot).
+    assert watch(shared.stub, job.id, after=1000) == []
+    assert shared.stub.Status(pb.StatusRequest(job_id=job.id)).state == pb.COMPLETE
+    assert watch(shared.stub, job.id, after=2**32 - 1) == []
+
+
 def test_unknown_jobs_and_bad_arguments(shared: Running) -> None:
     stub = shared.stub
     for call in (lambda: stub.Status(pb.StatusRequest(job_id="nope")),
@@ -382,8 +444,9 @@ def test_unknown_jobs_and_bad_arguments(shared: Running) -> None:
                  lambda: list(stub.Watch(pb.WatchRequest(job_id="nope")))):
         assert error_code(rpc_error(call, grpc.StatusCode.NOT_FOUND)) == "JOB_NOT_FOUND"
     rpc_error(lambda: stub.Status(pb.StatusRequest()), grpc.StatusCode.INVALID_ARGUMENT)
-    rpc_error(lambda: stub.ListJobs(pb.ListJobsRequest(page_token="junk")),
-              grpc.StatusCode.INVALID_ARGUMENT)
+    for token in ("junk", base64.urlsafe_b64encode(f"before:{2**63}".encode()).decode()):
+        rpc_error(functools.partial(stub.ListJobs, pb.ListJobsRequest(page_token=token)),
+                  grpc.StatusCode.INVALID_ARGUMENT)
     rpc_error(lambda: stub.ListJobs(pb.ListJobsRequest(states=[42])),
               grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -440,6 +503,13 @@ def test_kill_9_mid_job_then_restart_marks_it_interrupted_and_published_rungs_pl
     first = ServerProcess(dirs, data, tmp_path / "first.log")
     job = transcode(first.stub, "long.mp4", "killed")
     before = watch(first.stub, job.id, until=lambda e: e.HasField("ready"))
+    # Queued behind it to replace an earlier output, which it never gets to touch.
+    earlier = dirs.output / "earlier"
+    for name in ("master.m3u8", "audio/index.m3u8", "180p/index.m3u8"):
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_text(f"{name}\n")
+    waiting = transcode(first.stub, "short.mp4", "earlier", options=pb.TranscodeOptions(
+        ladder=[180], segment_seconds=2, overwrite=True))
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
 
     second = ServerProcess(dirs, data, tmp_path / "second.log")
@@ -459,6 +529,10 @@ def test_kill_9_mid_job_then_restart_marks_it_interrupted_and_published_rungs_pl
     listed_frames = round(sum(s.duration for s in listed.segments) * 30)
     assert 60 <= listed_frames <= LONG_SECONDS * 30
     assert decoded_frames(out / "master.m3u8") == listed_frames
+    status = second.stub.Status(pb.StatusRequest(job_id=waiting.id))
+    assert status.error.code == "INTERRUPTED" and "waiting to start" in status.error.message
+    assert sorted(p.relative_to(earlier).as_posix() for p in earlier.rglob("*.m3u8")) == [
+        "180p/index.m3u8", "audio/index.m3u8", "master.m3u8"]
     history = watch(second.stub, job.id)
     assert history[:len(before)] == before
     assert [e.sequence for e in history] == list(range(1, len(history) + 1))

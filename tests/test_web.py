@@ -15,6 +15,7 @@ import grpc
 import m3u8
 import pytest
 
+from engine import web
 from engine.rpc import transcoder_pb2 as pb
 from engine.rpc import transcoder_pb2_grpc
 from engine.server import RungsServer, create_server
@@ -201,6 +202,24 @@ def test_progress_stream_bridges_watch_and_resumes(served: Served) -> None:
         response, body = served.get(f"/api/jobs/{job.id}/events{query}", headers)
         ids = [int(i) for kind, i, _ in _sse(body) if kind == "message"]
         assert ids == list(range(first, watched[-1].sequence + 1))
+
+
+def test_progress_stream_past_the_end_head_and_a_cap(served: Served,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    job = served.jobs["fmp4"]
+    # Past the last event, even past what SQLite's INTEGER holds: an empty stream, then end.
+    for after in ("1000", str(2**64)):
+        response, body = served.get(f"/api/jobs/{job.id}/events?after={after}")
+        assert response.status == 200 and _sse(body) == [("end", "", "{}")]
+    response, body = served.get(f"/api/jobs/{job.id}/events", {"Last-Event-ID": str(2**70)})
+    assert response.status == 200 and _sse(body) == [("end", "", "{}")]
+    response, body = served.get(f"/api/jobs/{job.id}/events", method="HEAD")
+    assert response.status == 200 and body == b""
+    assert response.getheader("Content-Type") == "text/event-stream"
+    # Every stream holds a thread while its job runs: beyond the cap, 503.
+    monkeypatch.setattr(web, "MAX_EVENT_STREAMS", 0)
+    response, body = served.get(f"/api/jobs/{job.id}/events")
+    assert response.status == 503 and b"too many event streams" in body
 
 
 def test_a_taken_http_port_is_refused_and_releases_the_data_dir(tmp_path: Path) -> None:
