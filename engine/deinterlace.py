@@ -53,7 +53,7 @@ class Deinterlacer:
 
     Nothing is done until the first interlaced frame. From then on frames go through the
     filter, which holds one back (it looks at the next frame), so :meth:`flush` at the end
-    gives the last. Timestamps go through unchanged.
+    gives the last. Timestamps come out as they went in, in ``time_base``.
     """
 
     def __init__(self, time_base: Fraction, field_order: int = 0) -> None:
@@ -110,6 +110,13 @@ class Deinterlacer:
         ready: list[Frame] = []
         while True:
             try:
-                ready.append(self._graph.vpull())
+                frame = self._graph.vpull()
             except (av.error.BlockingIOError, av.error.EOFError):
                 return ready
+            if frame.pts is not None and frame.time_base not in (None, self.time_base):
+                # bwdif counts in half the input's time base (it can also send one frame per
+                # field): taken as they come, its timestamps played 3 s of video in 6 s, and
+                # the audio, kept in step with the video's start, lost most of its samples.
+                frame.pts = round(frame.pts * frame.time_base / self.time_base)
+                frame.time_base = self.time_base
+            ready.append(frame)

@@ -816,6 +816,12 @@ def _seconds_at_least(seconds: float) -> Callable[[Output], None]:
     return check
 
 
+def _seconds_about(seconds: float) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        assert abs(output.seconds - seconds) <= 0.1, output.seconds
+    return check
+
+
 def _all(*checks: Callable[[Output], None]) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         for each in checks:
@@ -920,7 +926,8 @@ RECIPES: tuple[Recipe, ...] = (
            check=_dims(LANDSCAPE)),
     Recipe("yuv422", lambda d, _: video(d / "yuv422.mp4", pix_fmt="yuv422p"), L),
     Recipe("yuv422_ten_bit", lambda d, _: video(d / "yuv422_10.mkv", pix_fmt="yuv422p10le"), L),
-    Recipe("interlaced", lambda d, _: interlaced(d), L, check=_dims(LANDSCAPE),
+    Recipe("interlaced", lambda d, _: interlaced(d), L,
+           check=_all(_dims(LANDSCAPE), _seconds_about(1.0)),
            note="coded as interlaced fields; deinterlaced (bwdif, one frame per frame)"),
     _rotated(90),
     _rotated(180),

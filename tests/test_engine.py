@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import io
+import itertools
 import os
 import re
 import subprocess
@@ -568,6 +569,9 @@ def test_interlaced_source_is_deinterlaced(tmp_path: Path, top_field_first: bool
     for folder in variant_dirs(run.out):
         frames = decode_rendition(folder)
         assert len(frames) == len(decoded), folder.name
+        # At the source's rate: bwdif's own timestamps played them at half speed.
+        steps = [b.time - a.time for a, b in itertools.pairwise(frames)]
+        assert steps == pytest.approx([1 / 30] * len(steps), abs=1e-3), folder.name
         combs = [media.comb(frame.to_ndarray()[: frame.height]) for frame in frames[1:-1]]
         assert np.median(combs) < source_comb / 8, (folder.name, source_comb, combs)
     lefts = [int(np.argmax(frame.to_ndarray()[90] > 140)) for frame in decode_rendition(
@@ -1218,8 +1222,7 @@ def test_cancel_while_decoding(tmp_path: Path, long_source: Path,
     assert job.state == JobState.CANCELLED, (job.state, job.error)
     assert events[-1].type == "cancelled"
     assert not [e for e in events if e.type == "rung_published"]
-    assert not (out / "master.m3u8").exists()
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # it made the directory and published nothing: removed
     assert list(scratch.iterdir()) == []
 
 
