@@ -294,7 +294,9 @@ class _VideoState:
         if self._first_pts is None:
             self._first_pts = raw if raw is not None else 0
         if raw is None:
-            pts = self._last_pts + self._step
+            # The first frame starts the timeline at 0, wherever its timestamp went (a
+            # Matroska file whose first frames are before its start has none on them).
+            pts = self._last_pts + self._step if self._last_pts >= 0 else 0
         else:
             pts = raw - self._first_pts
             if self._last_pts >= 0 and pts <= self._last_pts:

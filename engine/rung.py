@@ -156,7 +156,8 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
     closed: list[SegmentRecord] = []
 
     def segment_closed(output: _Output, records: list[SegmentRecord]) -> None:
-        if on_segment is not None:
+        # Not before one is: a rung listed with no segment is a master that lists nothing.
+        if on_segment is not None and (closed or records):
             on_segment(closed + records, output.codecs())
 
     output = _Output(rung, encoder, out_dir / rung.name, settings, on_closed=segment_closed)

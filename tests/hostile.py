@@ -177,12 +177,14 @@ def write_streams(path: Path, *, video_pts: list[int] | None, time_base: Fractio
                   audio: list[tuple[int, int, float, int]] = (),  # type: ignore[assignment]
                   width: int = WIDTH, height: int = HEIGHT, rate: Fraction = Fraction(30),
                   container_format: str | None = None,
-                  codec_options: dict[str, str] | None = None) -> Path:
+                  codec_options: dict[str, str] | None = None,
+                  container_options: dict[str, str] | None = None) -> Path:
     """A file with a video stream whose frames have exactly ``video_pts`` (in ``time_base``),
     and one audio stream per ``(sample_rate, channels, seconds, start_samples)``.
 
     Packets are interleaved by the muxer (``mux`` buffers and orders them by time)."""
-    with av.open(str(path), "w", format=container_format) as out:
+    with av.open(str(path), "w", format=container_format,
+                 container_options=container_options or {}) as out:
         stream = None
         if video_pts is not None:
             stream = out.add_stream("libx264", rate=rate,
@@ -664,6 +666,15 @@ def starts_late(folder: Path) -> Path:
                          time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 3 * 48000)])
 
 
+def starts_before_zero(folder: Path) -> Path:
+    """Matroska whose first 1.5 s lie before its start (cut from a longer recording): the
+    demuxer gives those frames no timestamp. Rungs used to start the timeline a frame late,
+    miss the first segment's cut, and list a rung with no segment in the master (then crash)."""
+    return write_streams(folder / "starts_before_zero.mkv", video_pts=list(range(-45, 45)),
+                         time_base=Fraction(1, 30), container_options={
+                             "avoid_negative_ts": "disabled"})
+
+
 def jump_forward(folder: Path) -> Path:
     """Timestamps jump 2 s forward half way (a camera paused)."""
     pts = [*range(15), *range(75, 90)]
@@ -960,6 +971,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("avi_dropped_frame", lambda d, _: avi_dropped_frame(d), L,
            check=_frames_at_least(29),
            note="the empty chunk of a dropped frame counts in the header, holds no picture"),
+    Recipe("starts_before_zero", lambda d, _: starts_before_zero(d), L,
+           check=_all(_frames_at_least(90), _seconds_about(3.0))),
     Recipe("jump_forward", lambda d, _: jump_forward(d), L,
            check=_all(_frames_at_least(30), _seconds_at_least(2.4)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
