@@ -39,11 +39,20 @@ MEDIA = "index.m3u8"
 POSTER = "poster.jpg"
 
 
+#: The process's file creation mask, read once (reading it means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    The file gets the permissions any new file gets (as the muxer's segments do), not the
+    temporary file's owner-only ones: a web server running as another user must read it."""
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

@@ -374,6 +374,17 @@ def test_poster(shared_run: JobRun) -> None:
     assert Path(event.data["path"]) == poster
 
 
+def test_every_output_file_is_readable_by_other_users(shared_run: JobRun) -> None:
+    # Playlists and the poster are written to temporary files (owner-only) and renamed: they
+    # get what the segments get, so a web server running as another user can serve them.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files = [p for p in shared_run.out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"master.m3u8", "index.m3u8", "poster.jpg", "init.mp4"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {
+        p.name: 0o666 & ~umask for p in files}
+
+
 # -- jobs of their own ------------------------------------------------------------------------
 
 
