@@ -321,7 +321,9 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     ctx: av.video.codeccontext.VideoCodecContext | None = stream.codec_context
     if ctx is None or ctx.codec is None or not ctx.codec.name:
         raise UnsupportedSourceError(f"source {name!r} uses a video codec FFmpeg cannot decode")
-    if ctx.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames <= 1:
+    # One picture counted (a photo in MP4 or MOV); Matroska counts none (0: not known), and
+    # MJPEG or PNG video in it is video.
+    if ctx.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames == 1:
         raise InvalidSourceError(f"source {name!r} is a still image, not a video")
     width, height = ctx.width, ctx.height
     if width <= 0 or height <= 0:
