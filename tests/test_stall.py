@@ -144,8 +144,7 @@ def test_a_decoder_stuck_part_way_ends_the_job_and_withdraws_it(
         types = [e.type for e in job.events if e.type != "progress"]
         assert "ready" in types and types[-1] == "failed", types
         assert job.error is not None and "stopped decoding" in job.error.message
-        assert not (out / "master.m3u8").exists()
-        assert sorted(p.name for p in out.iterdir()) == []
+        assert not out.exists()  # withdrawn, and the directory it made removed
     finally:
         release.set()
     deadline = time.monotonic() + 10
