@@ -50,6 +50,8 @@ ALLOWED_DEMUXERS = (
     "h264",
     "hevc",
 )
+#: Of those, the readers of raw elementary streams (no container, no timestamps).
+RAW_STREAMS = ("h264", "hevc")
 
 #: Largest frame area accepted before anything is allocated (8K UHD).
 DEFAULT_MAX_PIXELS = 7680 * 4320
@@ -350,6 +352,10 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
 
     average = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if container.format.name in RAW_STREAMS and ctx.framerate:
+        # A raw stream has no timestamps, and its reader counts 25 fps whatever the stream's
+        # own timing (H.264 and HEVC VUI) says: 3 s at 30 fps played in 3.6 s.
+        average = ctx.framerate
     guessed = stream.guessed_rate or stream.base_rate or average
     frame_rate = Fraction(average) if average else Fraction(30)
     variable = bool(guessed and average
