@@ -24,6 +24,11 @@ AUDIO_FOLDER = "audio"
 #: Samples per AAC frame.
 FRAME_SAMPLES = 1024
 AAC_LC_CODECS = "mp4a.40.2"
+#: A frame starting this much later than the samples before it end leaves a gap (a paused
+#: recording, a dropout), kept as silence; less is decoder jitter, closed up.
+MAX_AUDIO_GAP_S = 0.1
+#: Silence is queued at most this much at a time (a gap of hours must not fill memory).
+_SILENCE_CHUNK_S = 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ class AudioEncoder:
         self._fifo = av.AudioFifo()
         self._input: tuple[str, str, int] | None = None
         self._next_pts: int | None = None
+        #: Where the first frame starts (seconds after the first video frame), and the samples
+        #: queued since: where the next frame should start.
+        self._start_s = 0.0
+        self._queued = 0
         #: Decoded frames that could not be converted and were left out.
         self.skipped_frames = 0
 
@@ -77,6 +86,9 @@ class AudioEncoder:
             return  # Audio before the first picture has nothing to play against.
         if self._next_pts is None:
             self._next_pts = round((TIMELINE_START + Fraction(seconds)) * self.settings.sample_rate)
+            self._start_s = seconds
+        else:
+            self._fill_gap(seconds)
         frame.pts = None
         shape = (frame.format.name, frame.layout.name, frame.sample_rate)
         try:
@@ -121,10 +133,29 @@ class AudioEncoder:
         return av.AudioResampler(format="fltp", layout=self.stream.layout,
                                  rate=self.settings.sample_rate)
 
+    def _fill_gap(self, seconds: float) -> None:
+        """Silence up to ``seconds``, where the next frame starts, if the samples so far end
+        well before it: the video keeps such a gap (it is real time), so laying the audio on
+        end to end put everything after a 3 s pause 3 s early."""
+        rate = self.settings.sample_rate
+        missing = round((seconds - self._start_s) * rate) - self._queued
+        if missing <= MAX_AUDIO_GAP_S * rate:
+            return
+        while missing > 0:
+            count = min(missing, _SILENCE_CHUNK_S * rate)
+            silence = av.AudioFrame(format="fltp", layout=self.stream.layout, samples=count)
+            silence.sample_rate = rate
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            self._queue([silence])
+            self._encode(self._frames(final=False))
+            missing -= count
+
     def _queue(self, frames: list[av.audio.frame.AudioFrame]) -> None:
         for out in frames:
             out.pts = None  # the FIFO checks timestamps run on; they are set when encoding
             self._fifo.write(out)
+            self._queued += out.samples
 
     def _frames(self, final: bool) -> list[av.audio.frame.AudioFrame]:
         """Whole encoder frames from the FIFO; with ``final``, the short last one too."""
@@ -138,8 +169,9 @@ class AudioEncoder:
 
     def _encode(self, frames: list[av.audio.frame.AudioFrame]) -> None:
         for out in frames:
-            # Samples are laid end to end from the first one's time: decoders' timestamps
-            # jitter, and a gap-free track is what players expect.
+            # Samples are laid end to end from the first one's time (gaps filled with
+            # silence): decoders' timestamps jitter, and a gap-free track is what players
+            # expect.
             assert self._next_pts is not None
             out.pts = self._next_pts
             out.time_base = self.stream.time_base

@@ -682,6 +682,30 @@ def jump_forward(folder: Path) -> Path:
                          audio=[(48000, 2, 1.0, 0)])
 
 
+def paused_recording(folder: Path) -> Path:
+    """MPEG-TS of a recording paused for 2 s after 1 s (a camera's pause button): video and
+    audio timestamps both jump. Audio laid end to end used to play 2 s early after the pause."""
+    path = folder / "paused.ts"
+    rate = 48000
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 30)
+        sound = out.add_stream("aac", rate=rate, layout="stereo")
+        for start in (0, 3 * rate):
+            for tone in media._tone_frames(1.0, 440.0, rate, 2):
+                tone.pts = (tone.pts or 0) + start
+                out.mux(sound.encode(tone))
+        out.mux(sound.encode(None))
+        pts = [*range(30), *range(90, 120)]
+        for when, image in zip(pts, _frames(WIDTH, HEIGHT, len(pts)), strict=True):
+            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+            picture.pts, picture.time_base = when, Fraction(1, 30)
+            out.mux(video.encode(picture))
+        out.mux(video.encode(None))
+    return path
+
+
 def pts_wrap(folder: Path) -> Path:
     """MPEG-TS whose 33-bit timestamps wrap around half way through."""
     start = 2**33 - 45000  # 0.5 s before the wrap, in 1/90000 s
@@ -833,6 +857,14 @@ def _seconds_about(seconds: float) -> Callable[[Output], None]:
     return check
 
 
+def _audio_seconds_about(seconds: float) -> Callable[[Output], None]:
+    def check(output: Output) -> None:
+        playlist = m3u8.load(str(output.out / "audio" / "index.m3u8"))
+        listed = sum(segment.duration for segment in playlist.segments)
+        assert abs(listed - seconds) <= 0.1, listed
+    return check
+
+
 def _all(*checks: Callable[[Output], None]) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         for each in checks:
@@ -977,6 +1009,9 @@ RECIPES: tuple[Recipe, ...] = (
            note="the empty chunk of a dropped frame counts in the header, holds no picture"),
     Recipe("starts_before_zero", lambda d, _: starts_before_zero(d), L,
            check=_all(_frames_at_least(90), _seconds_about(3.0))),
+    Recipe("paused_recording", lambda d, _: paused_recording(d), L,
+           check=_all(_seconds_about(4.0), _audio_seconds_about(4.0)),
+           note="the pause is kept in both, the audio's as silence"),
     Recipe("jump_forward", lambda d, _: jump_forward(d), L,
            check=_all(_frames_at_least(30), _seconds_at_least(2.4)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
