@@ -122,8 +122,13 @@ class Publisher:
     def publish_early(self, rung: Rung, segments: Sequence[SegmentRecord], codecs: str,
                       frame_rate: Fraction, audio: EncodedAudio | None) -> bool:
         """List the first rung while it encodes, with the segments complete so far (and the
-        audio's). Returns True the first time, when the master starts listing it."""
+        audio's, once it has one). Returns True the first time, when the master starts listing
+        it."""
         with self._lock:
+            if audio is not None and not audio.segments and not self._audio_complete:
+                # Not before the audio has a segment too (audio that starts late): a listed
+                # playlist with none stalls players, and a job stopped then kept it so.
+                return False
             # Never replace the complete audio playlist with an earlier, partial view of it.
             if audio is not None and not self._audio_complete:
                 self._audio = audio

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import m3u8
 import pytest
 
 from engine import Job, JobEvent, JobState, LadderOptions
-from tests import media
+from tests import hostile, media
 from tests.conftest import LADDER, options, run_job
 
 
@@ -124,6 +125,23 @@ def test_a_single_rung_ends_as_a_complete_event_playlist(early_source: Path,
     assert view is not None and view.problems == []
     assert view.types["180p/index.m3u8"] == "event" and view.ended["180p/index.m3u8"]
     assert view.types["audio/index.m3u8"] == "event" and view.ended["audio/index.m3u8"]
+
+
+def test_a_rung_is_not_listed_before_its_audio_has_a_segment(tmp_path: Path) -> None:
+    # Audio that starts 5 s in (a recording whose sound came on late) closes its first
+    # segment long after the video's first: listed then, the master named an audio playlist
+    # with nothing in it, which a cancel at that moment left for good.
+    source = hostile.write_streams(tmp_path / "late_audio.mkv", video_pts=list(range(240)),
+                                   time_base=Fraction(1, 30), audio=[(48000, 2, 3.0, 5 * 48000)])
+    out = tmp_path / "out"
+    with Watcher(out) as watcher:
+        run = run_job(source, out, options(early_playback=True,
+                                           ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    views = [*watcher.views, read_view(out)]
+    assert all(view is not None and view.problems == [] for view in views), [
+        v.problems for v in views if v is not None and v.problems]
+    assert any(e.type == "ready" for e in run.events)
 
 
 def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(early_source: Path,
