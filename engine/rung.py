@@ -315,6 +315,9 @@ class _Output:
         self._start = round(TIMELINE_START / settings.time_base)
         self._durations = _PacketDurations(round(1 / (rung.frame_rate * settings.time_base)))
         self._keyframes_muxed = 0
+        #: Where the open segment starts and where the frames muxed so far end, in seconds.
+        self._segment_start: Fraction | None = None
+        self._end = Fraction(0)
 
     @property
     def open_segment(self) -> int:
@@ -331,7 +334,14 @@ class _Output:
     def finish(self) -> list[SegmentRecord]:
         """Flush the encoder and close the writer; every segment it wrote."""
         self._mux(self._durations.finish(_encode(self.stream, None, self.encoder)))
-        return self._mark(self.writer.close())
+        records = self.writer.close()
+        if records and self._segment_start is not None:
+            # The muxer measures a segment by the next one's start, the last one by adding up
+            # its packets' durations, all but the first: a last segment that opens with a long
+            # frame (a picture repeated in a gap) was listed short (0.53 s for 1 s).
+            records[-1] = replace(records[-1],
+                                  duration_s=float(self._end - self._segment_start))
+        return self._mark(records)
 
     def abandon(self) -> list[SegmentRecord]:
         """Stop after an encoder failure; the segments that were closed before it."""
@@ -342,6 +352,13 @@ class _Output:
         self.writer.abort()
 
     def _mux(self, packets: list[av.Packet[Any]]) -> None:
+        for packet in packets:
+            if packet.pts is None or packet.time_base is None:
+                continue
+            start = packet.pts * packet.time_base
+            if packet.is_keyframe:
+                self._segment_start = start
+            self._end = max(self._end, start + (packet.duration or 0) * packet.time_base)
         keyframes = sum(1 for p in packets if p.is_keyframe)
         self.writer.mux(packets)
         self._keyframes_muxed += keyframes

@@ -1013,7 +1013,7 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_seconds_about(4.0), _audio_seconds_about(4.0)),
            note="the pause is kept in both, the audio's as silence"),
     Recipe("jump_forward", lambda d, _: jump_forward(d), L,
-           check=_all(_frames_at_least(30), _seconds_at_least(2.4)),
+           check=_all(_frames_at_least(30), _seconds_about(3.0)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
                 "start inside it, so no segment is longer than the segment length"),
     Recipe("pts_wrap", lambda d, _: pts_wrap(d), L, check=_frames_at_least(30)),
