@@ -143,7 +143,10 @@ def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, pack
     whole however many it holds.
     """
     declared = source.info.declared_frames
-    if not declared or packets >= declared - declared // 100:
+    if not declared:
+        _check_tagged_duration(source, video, packets, end)
+        return
+    if packets >= declared - declared // 100:
         return
     if video.duration and packets:
         start = video.start_time or 0
@@ -153,6 +156,34 @@ def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, pack
     raise InvalidSourceError(
         f"source {Path(source.info.path).name!r} is truncated: it declares {declared} "
         f"video frames but holds only {packets}")
+
+
+def _check_tagged_duration(source: OpenSource, video: av.video.stream.VideoStream, packets: int,
+                           end: int) -> None:
+    """The same for a container that counts no frames but tags each stream with its duration
+    (Matroska as FFmpeg and mkvmerge write it, in the header): a cut-off upload completed as a
+    shorter video (2.5 s of a 5 s file, exit 0) where a cut-off MP4 is refused."""
+    tagged = _tag_seconds(video.metadata.get("DURATION", ""))
+    if not tagged or not packets or video.time_base is None:
+        return
+    held = float((end - (video.start_time or 0)) * video.time_base)
+    frame = 1 / float(source.info.frame_rate or 30)
+    if held + max(2 * frame, tagged / 100) >= tagged:
+        return
+    raise InvalidSourceError(
+        f"source {Path(source.info.path).name!r} is truncated: it declares {tagged:.2f} s of "
+        f"video but holds only {max(0.0, held):.2f} s")
+
+
+def _tag_seconds(text: str) -> float:
+    """Seconds of a Matroska ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``); 0 when it is not one."""
+    hours, _, rest = text.strip().partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]:

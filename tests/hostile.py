@@ -614,6 +614,16 @@ def no_samples(folder: Path) -> Path:
     return path
 
 
+def truncated_mkv(folder: Path) -> Path:
+    """Matroska cut off half way (an interrupted upload); its header still tags the video's
+    duration. It used to complete as a video half as long."""
+    whole = video(folder / ".whole.mkv", seconds=2.0)
+    path = folder / "truncated.mkv"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return path
+
+
 def still_in_mov(folder: Path) -> Path:
     """One PNG picture in a QuickTime file: a video container, but a still image."""
     path = folder / "still_in.mov"
@@ -923,6 +933,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("still_png", lambda d, _: media.make_still_image(d / "still.png", width=WIDTH,
                                                             height=HEIGHT), R, ("not a video",)),
     Recipe("still_in_mov", lambda d, _: still_in_mov(d), R, ("still image",)),
+    Recipe("truncated_mkv", lambda d, _: truncated_mkv(d), R, ("truncated",)),
     Recipe("mjpeg_in_mkv", lambda d, _: video(d / "mjpeg.mkv", codec="mjpeg", pix_fmt="yuvj420p",
                                               codec_options={}), L,
            check=_all(_dims(LANDSCAPE), _frames_at_least(30)),
