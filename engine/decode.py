@@ -166,13 +166,15 @@ def _check_tagged_duration(source: OpenSource, video: av.video.stream.VideoStrea
     tagged = _tag_seconds(video.metadata.get("DURATION", ""))
     if not tagged or not packets or video.time_base is None:
         return
-    held = float((end - (video.start_time or 0)) * video.time_base)
+    # FFmpeg tags where the track ends, mkvmerge how long it lasts: the packets must reach the
+    # tag either way (so a file whose timestamps start late is never taken for a cut one).
+    reached = float(end * video.time_base)
     frame = 1 / float(source.info.frame_rate or 30)
-    if held + max(2 * frame, tagged / 100) >= tagged:
+    if reached + max(2 * frame, tagged / 100) >= tagged:
         return
     raise InvalidSourceError(
-        f"source {Path(source.info.path).name!r} is truncated: it declares {tagged:.2f} s of "
-        f"video but holds only {max(0.0, held):.2f} s")
+        f"source {Path(source.info.path).name!r} is truncated: its video is tagged to last "
+        f"{tagged:.2f} s but ends at {max(0.0, reached):.2f} s")
 
 
 def _tag_seconds(text: str) -> float:
