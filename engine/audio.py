@@ -7,6 +7,7 @@ so it is encoded and stored once however many rungs there are.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,8 +55,11 @@ class AudioEncoder:
     """Resamples, encodes and segments audio frames as the decoder delivers them."""
 
     def __init__(self, out_dir: Path, segment_seconds: Fraction, segment_type: str,
-                 settings: AudioSettings) -> None:
+                 settings: AudioSettings, duration_s: float = math.inf) -> None:
         self.settings = settings
+        #: How long the source says it is: a gap reaching past that is a broken timestamp,
+        #: not a pause, and is closed up rather than filled (hours of silence).
+        self.duration_s = duration_s
         self.writer = HlsWriter(out_dir / AUDIO_FOLDER, segment_seconds, segment_type)
         try:
             self.stream: av.audio.stream.AudioStream = self.writer.container.add_stream(
@@ -139,7 +143,7 @@ class AudioEncoder:
         end to end put everything after a 3 s pause 3 s early."""
         rate = self.settings.sample_rate
         missing = round((seconds - self._start_s) * rate) - self._queued
-        if missing <= MAX_AUDIO_GAP_S * rate:
+        if missing <= MAX_AUDIO_GAP_S * rate or seconds > self.duration_s + MAX_AUDIO_GAP_S:
             return
         while missing > 0:
             count = min(missing, _SILENCE_CHUNK_S * rate)

@@ -30,7 +30,7 @@ from engine.deinterlace import Deinterlacer
 from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
-from engine.probe import OpenSource
+from engine.probe import OpenSource, tag_seconds
 from engine.stall import DecoderWatch
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _check_tagged_duration(source: OpenSource, video: av.video.stream.VideoStrea
     """The same for a container that counts no frames but tags each stream with its duration
     (Matroska as FFmpeg and mkvmerge write it, in the header): a cut-off upload completed as a
     shorter video (2.5 s of a 5 s file, exit 0) where a cut-off MP4 is refused."""
-    tagged = _tag_seconds(video.metadata.get("DURATION", ""))
+    tagged = tag_seconds(video)
     if not tagged or not packets or video.time_base is None:
         return
     # FFmpeg tags where the track ends, mkvmerge how long it lasts: the packets must reach the
@@ -175,17 +175,6 @@ def _check_tagged_duration(source: OpenSource, video: av.video.stream.VideoStrea
     raise InvalidSourceError(
         f"source {Path(source.info.path).name!r} is truncated: its video is tagged to last "
         f"{tagged:.2f} s but ends at {max(0.0, reached):.2f} s")
-
-
-def _tag_seconds(text: str) -> float:
-    """Seconds of a Matroska ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``); 0 when it is not one."""
-    hours, _, rest = text.strip().partition(":")
-    minutes, _, seconds = rest.partition(":")
-    try:
-        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    except ValueError:
-        return 0.0
-    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]:

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -315,7 +316,7 @@ class Job:
         audio = None
         if info.audio is not None:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
-                                 self.options.audio)
+                                 self.options.audio, info.duration_s or math.inf)
         poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
         early = (functools.partial(self._lead_segment_closed, publisher, audio)
                  if self.options.early_playback else None)

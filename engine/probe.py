@@ -399,9 +399,27 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
+    if tagged := tag_seconds(stream):
+        # Matroska's own video duration: the container's is the longest stream's, which a
+        # broken audio clock can make hours long. FFmpeg tags where the track ends, so a track
+        # that starts late (a recording an hour in) lasts from its start.
+        start = float((stream.start_time or 0) * (stream.time_base or 0))
+        return tagged - start if tagged > start else tagged
     if container.duration:
         return container.duration / av.time_base
     return 0.0
+
+
+def tag_seconds(stream: av.stream.Stream) -> float:
+    """Seconds of a stream's Matroska ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``, as FFmpeg and
+    mkvmerge write it in the header); 0 without one."""
+    hours, _, rest = stream.metadata.get("DURATION", "").strip().partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream.VideoStream,

@@ -716,6 +716,29 @@ def paused_recording(folder: Path) -> Path:
     return path
 
 
+def audio_jumps_hours(folder: Path) -> Path:
+    """Matroska whose audio timestamps jump 3 h ahead half way through a 1 s video (a broken
+    clock, not a pause): closed up, not filled with 3 h of silence."""
+    path = folder / "audio_jumps_hours.mkv"
+    rate = 48000
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 30)
+        sound = out.add_stream("aac", rate=rate, layout="stereo")
+        for start in (0, 3 * 3600 * rate):
+            for tone in media._tone_frames(0.5, 440.0, rate, 2):
+                tone.pts = (tone.pts or 0) + start
+                out.mux(sound.encode(tone))
+        out.mux(sound.encode(None))
+        for when, image in enumerate(_frames(WIDTH, HEIGHT, 30)):
+            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+            picture.pts, picture.time_base = when, Fraction(1, 30)
+            out.mux(video.encode(picture))
+        out.mux(video.encode(None))
+    return path
+
+
 def pts_wrap(folder: Path) -> Path:
     """MPEG-TS whose 33-bit timestamps wrap around half way through."""
     start = 2**33 - 45000  # 0.5 s before the wrap, in 1/90000 s
@@ -934,11 +957,13 @@ RECIPES: tuple[Recipe, ...] = (
                                                             height=HEIGHT), R, ("not a video",)),
     Recipe("still_in_mov", lambda d, _: still_in_mov(d), R, ("still image",)),
     Recipe("truncated_mkv", lambda d, _: truncated_mkv(d), R, ("truncated",)),
-    Recipe("mkv_an_hour_in",
-           lambda d, _: write_streams(d / "an_hour_in.mkv", video_pts=list(range(108000, 108030)),
+    Recipe("mkv_ten_hours_in",
+           lambda d, _: write_streams(d / "ten_hours_in.mkv",
+                                      video_pts=list(range(1080000, 1080030)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
            L, check=_all(_frames_at_least(30), _seconds_about(1.0)),
-           note="timestamps from 1 h in: its DURATION tags say where it ends, not a cut file"),
+           note="timestamps from 10 h in: its DURATION tags say where it ends (not a cut file, "
+                "nor one longer than the 6 h limit)"),
     Recipe("mjpeg_in_mkv", lambda d, _: video(d / "mjpeg.mkv", codec="mjpeg", pix_fmt="yuvj420p",
                                               codec_options={}), L,
            check=_all(_dims(LANDSCAPE), _frames_at_least(30)),
@@ -1028,6 +1053,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("paused_recording", lambda d, _: paused_recording(d), L,
            check=_all(_seconds_about(4.0), _audio_seconds_about(4.0)),
            note="the pause is kept in both, the audio's as silence"),
+    Recipe("audio_jumps_hours", lambda d, _: audio_jumps_hours(d), L,
+           check=_all(_seconds_about(1.0), _audio_seconds_about(1.0)),
+           note="a jump past the source's duration is a broken clock: closed up, not filled"),
     Recipe("jump_forward", lambda d, _: jump_forward(d), L,
            check=_all(_frames_at_least(30), _seconds_about(3.0)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
