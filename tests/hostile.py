@@ -692,51 +692,40 @@ def jump_forward(folder: Path) -> Path:
                          audio=[(48000, 2, 1.0, 0)])
 
 
-def paused_recording(folder: Path) -> Path:
-    """MPEG-TS of a recording paused for 2 s after 1 s (a camera's pause button): video and
-    audio timestamps both jump. Audio laid end to end used to play 2 s early after the pause."""
-    path = folder / "paused.ts"
+def audio_runs(path: Path, video_pts: list[int], runs: list[tuple[float, int]]) -> Path:
+    """Video frames at ``video_pts`` (in 1/30 s) and one AAC stream of tone runs, each
+    ``(seconds, first sample)``: audio whose timestamps leave gaps between the runs."""
     rate = 48000
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         video.codec_context.time_base = Fraction(1, 30)
         sound = out.add_stream("aac", rate=rate, layout="stereo")
-        for start in (0, 3 * rate):
-            for tone in media._tone_frames(1.0, 440.0, rate, 2):
+        for seconds, start in runs:
+            for tone in media._tone_frames(seconds, 440.0, rate, 2):
                 tone.pts = (tone.pts or 0) + start
                 out.mux(sound.encode(tone))
         out.mux(sound.encode(None))
-        pts = [*range(30), *range(90, 120)]
-        for when, image in zip(pts, _frames(WIDTH, HEIGHT, len(pts)), strict=True):
+        for when, image in zip(video_pts, _frames(WIDTH, HEIGHT, len(video_pts)), strict=True):
             picture = av.VideoFrame.from_ndarray(image, format="rgb24")
             picture.pts, picture.time_base = when, Fraction(1, 30)
             out.mux(video.encode(picture))
         out.mux(video.encode(None))
     return path
+
+
+def paused_recording(folder: Path) -> Path:
+    """MPEG-TS of a recording paused for 2 s after 1 s (a camera's pause button): video and
+    audio timestamps both jump. Audio laid end to end used to play 2 s early after the pause."""
+    return audio_runs(folder / "paused.ts", [*range(30), *range(90, 120)],
+                      [(1.0, 0), (1.0, 3 * 48000)])
 
 
 def audio_jumps_hours(folder: Path) -> Path:
     """Matroska whose audio timestamps jump 3 h ahead half way through a 1 s video (a broken
     clock, not a pause): closed up, not filled with 3 h of silence."""
-    path = folder / "audio_jumps_hours.mkv"
-    rate = 48000
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
-        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        video.codec_context.time_base = Fraction(1, 30)
-        sound = out.add_stream("aac", rate=rate, layout="stereo")
-        for start in (0, 3 * 3600 * rate):
-            for tone in media._tone_frames(0.5, 440.0, rate, 2):
-                tone.pts = (tone.pts or 0) + start
-                out.mux(sound.encode(tone))
-        out.mux(sound.encode(None))
-        for when, image in enumerate(_frames(WIDTH, HEIGHT, 30)):
-            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
-            picture.pts, picture.time_base = when, Fraction(1, 30)
-            out.mux(video.encode(picture))
-        out.mux(video.encode(None))
-    return path
+    return audio_runs(folder / "audio_jumps_hours.mkv", list(range(30)),
+                      [(0.5, 0), (0.5, 3 * 3600 * 48000)])
 
 
 def pts_wrap(folder: Path) -> Path:
