@@ -995,17 +995,23 @@ def test_job_with_a_tiny_spill_budget_completes(tmp_path: Path, source_video: Pa
         assert indices == list(range(source_frames)), folder.name
 
 
-def test_frames_spill_to_disk_and_come_back_intact(
-        tmp_path: Path, source_video: Path, source_frames: int,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    caches: list[engine.fanout.FrameCache] = []
+@pytest.fixture
+def caches(monkeypatch: pytest.MonkeyPatch) -> list[engine.fanout.FrameCache]:
+    """Every FrameCache the test's jobs make, to read their stats after."""
+    made: list[engine.fanout.FrameCache] = []
     original_init = engine.fanout.FrameCache.__init__
 
     def recording_init(self: engine.fanout.FrameCache, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        caches.append(self)
+        made.append(self)
 
     monkeypatch.setattr(engine.fanout.FrameCache, "__init__", recording_init)
+    return made
+
+
+def test_frames_spill_to_disk_and_come_back_intact(
+        tmp_path: Path, source_video: Path, source_frames: int,
+        caches: list[engine.fanout.FrameCache]) -> None:
     scratch = scratch_dir(tmp_path)
     one_frame = 640 * 360 * 3 // 2
     run = run_job(source_video, tmp_path / "out",
@@ -1026,16 +1032,8 @@ def test_frames_spill_to_disk_and_come_back_intact(
 
 def test_a_source_that_fits_stays_in_memory(tmp_path: Path, source_video: Path,
                                             source_frames: int,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                            caches: list[engine.fanout.FrameCache]) -> None:
     """With memory for every frame, the job writes none to disk."""
-    caches: list[engine.fanout.FrameCache] = []
-    original_init = engine.fanout.FrameCache.__init__
-
-    def recording_init(self: engine.fanout.FrameCache, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        caches.append(self)
-
-    monkeypatch.setattr(engine.fanout.FrameCache, "__init__", recording_init)
     scratch = scratch_dir(tmp_path)
     run = run_job(source_video, tmp_path / "out",
                   options(cache_bytes=source_frames * 640 * 360 * 3 // 2, scratch_dir=scratch))
