@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from engine.audio import EncodedAudio
+from engine.decode import GAP_TOLERANCE_S
 from engine.errors import InvalidOptionsError, OutputExistsError, OutputWriteError
 from engine.ladder import Rung
 from engine.playlist import (
@@ -103,8 +104,11 @@ class Publisher:
         #: The rungs' HLS VIDEO-RANGE (the source's), set before the first is published.
         self.video_range = "SDR"
         self._audio: EncodedAudio | None = None
-        # Fixed from the start: an EVENT playlist's target duration must not change.
-        self._target = max(1, round(segment_seconds))
+        # Fixed from the start: an EVENT playlist's target duration must not change. A segment
+        # ends at the first frame at or after its end, or at a repeated frame in a gap (decode's
+        # GAP_TOLERANCE_S), and EXTINF rounds half up (2.5 s segments of 29.97 fps video last
+        # 2.5025 s: a target of round(2.5) = 2 failed the job).
+        self._target = max(1, math.floor(segment_seconds + GAP_TOLERANCE_S + Fraction(1, 2)))
         #: Folders whose playlists are EVENT playlists, with their segments.
         self._event: dict[str, Sequence[SegmentRecord]] = {}
         self._audio_complete = False

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import m3u8
@@ -50,6 +51,22 @@ def test_json_prints_one_event_per_line_and_a_summary(small_source: Path, tmp_pa
     master = m3u8.load(str(out / "master.m3u8"))
     assert [p.uri for p in master.playlists] == ["180p/index.m3u8", "360p/index.m3u8"]
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("fps", [Fraction(30), Fraction(30000, 1001)])
+def test_a_segment_length_of_a_half_second_completes(tmp_path: Path, fps: Fraction) -> None:
+    # 2.5 s segments of 29.97 fps video last 2.5025 s (EXTINF rounds to 3): a target duration
+    # of round(2.5) = 2 failed the job, and without audio listed 2.5 s segments under it.
+    source = media.make_video(tmp_path / "in.mp4", width=320, height=180, fps=fps, seconds=5.5,
+                              audio=fps == 30)
+    out = tmp_path / "out"
+    result = run_cli("transcode", source, out, "--ladder", "90,180", "--segment-seconds", "2.5")
+    assert result.returncode == 0, result.stderr
+    for name in ("90p", "180p"):
+        playlist = m3u8.load(str(out / name / "index.m3u8"))
+        assert playlist.target_duration == 3
+        assert [round(s.duration, 2) for s in playlist.segments][:2] == [
+            round(2.5 if fps == 30 else 2.5025, 2)] * 2
 
 
 def test_rungs_at_once_still_publish_lowest_first(small_source: Path, tmp_path: Path) -> None:
