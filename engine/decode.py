@@ -81,10 +81,22 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     video_end = 0
     bad = 0
 
+    # Audio decoded before the first picture is placed (the deinterlacer holds pictures back)
+    # waits for the time origin: placed against none, it lands at its absolute time.
+    early_audio: list[tuple[av.audio.frame.AudioFrame, float]] = []
+
+    def release_early_audio() -> None:
+        assert on_audio is not None
+        for held, seconds in early_audio:
+            on_audio(held, seconds - state.origin_seconds())
+        early_audio.clear()
+
     def audio(frame: av.audio.frame.AudioFrame) -> None:
         if on_audio is None or frame.pts is None or frame.time_base is None:
             return
-        on_audio(frame, float(frame.pts * frame.time_base) - state.origin_seconds())
+        early_audio.append((frame, float(frame.pts * frame.time_base)))
+        if state.has_origin():
+            release_early_audio()
 
     # Video first: the first video frame sets the time origin the audio is placed against.
     for item in source.pending:
@@ -123,6 +135,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             elif isinstance(decoded, av.audio.frame.AudioFrame):
                 audio(decoded)
     state.finish()
+    if early_audio and state.has_origin():
+        release_early_audio()
     if state.decoded == 0:
         raise DecodeError("source has no decodable video frame")
     _check_complete(source, video, video_packets, video_end)
@@ -239,6 +253,10 @@ class _VideoState:
         if not self._shortest:
             return MAX_FRAME_RATE
         return min(MAX_FRAME_RATE, 1 / (self._shortest * self.time_base))
+
+    def has_origin(self) -> bool:
+        """Whether the first picture has been placed, fixing the time origin."""
+        return self._first_pts is not None
 
     def origin_seconds(self) -> float:
         return float((self._first_pts or 0) * self.time_base)

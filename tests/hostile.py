@@ -29,6 +29,7 @@ import io
 import os
 import random
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import imageio_ffmpeg
 import m3u8
 import numpy as np
 
@@ -670,6 +672,19 @@ def interlaced(folder: Path) -> Path:
                  codec_options={"preset": "veryfast", "x264-params": "interlaced=1:tff=1"})
 
 
+def interlaced_ts_late(folder: Path) -> Path:
+    """Interlaced video with audio in MPEG-TS whose clock starts 100 s in, as the ffmpeg CLI
+    muxes it (broadcast, DVD and camcorder files): audio is written ahead of the video, and
+    decodes while the deinterlacer still holds the first picture back."""
+    coded = video(folder / ".interlaced_late.mp4", seconds=2.0,
+                  codec_options={"preset": "veryfast", "x264-params": "interlaced=1:tff=1"})
+    path = folder / "interlaced_late.ts"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(coded), "-c",
+                    "copy", "-output_ts_offset", "100", str(path)], check=True)
+    coded.unlink()
+    return path
+
+
 def starts_late(folder: Path) -> Path:
     """Video and audio whose first timestamps are 3 s in (an edit list in MP4)."""
     return write_streams(folder / "starts_late.mp4", video_pts=list(range(90, 120)),
@@ -887,6 +902,20 @@ def _audio_seconds_about(seconds: float) -> Callable[[Output], None]:
     return check
 
 
+def _audio_starts_with_video(output: Output) -> None:
+    """The first audio sample plays with the first picture (as decoded, edit lists applied)."""
+    def start(playlist: Path, kind: str) -> float:
+        _, blob = next(_segments(playlist))
+        with av.open(io.BytesIO(blob)) as container:
+            frame = next(container.decode(**{kind: 0}))
+        assert frame.time is not None
+        return frame.time
+    master = m3u8.load(str(output.out / "master.m3u8"))
+    video_start = start(output.out / master.playlists[0].uri, "video")
+    audio_start = start(output.out / "audio" / "index.m3u8", "audio")
+    assert abs(audio_start - video_start) <= 0.05, (audio_start, video_start)
+
+
 def _all(*checks: Callable[[Output], None]) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         for each in checks:
@@ -1006,6 +1035,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("interlaced", lambda d, _: interlaced(d), L,
            check=_all(_dims(LANDSCAPE), _seconds_about(1.0)),
            note="coded as interlaced fields; deinterlaced (bwdif, one frame per frame)"),
+    Recipe("interlaced_ts_late", lambda d, _: interlaced_ts_late(d), L,
+           check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video),
+           note="audio kept in time with the video (it was placed 100 s late)"),
     _rotated(90),
     _rotated(180),
     _rotated(270),
