@@ -390,10 +390,15 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The first video stream that is not a cover picture (FFmpeg shows an MP4's or MP3's
-    cover art, a Matroska image attachment, as a one-picture video stream)."""
-    return next((stream for stream in container.streams.video
-                 if not stream.disposition & av.stream.Disposition.attached_pic), None)
+    """The video stream a player shows: not a cover picture (FFmpeg shows an MP4's or MP3's
+    cover art, a Matroska image attachment, as a one-picture video stream), the one the file
+    flags as its default where it flags any (a thumbnail or second-angle stream may come
+    first), then the largest picture, then the first."""
+    pictures = [stream for stream in container.streams.video
+                if not stream.disposition & av.stream.Disposition.attached_pic]
+    flagged = [s for s in pictures if s.disposition & av.stream.Disposition.default] or pictures
+    return max(flagged, key=lambda s: (s.codec_context.width or 0) * (s.codec_context.height or 0),
+               default=None)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

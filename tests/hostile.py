@@ -773,6 +773,21 @@ def resolution_change(folder: Path) -> Path:
     return path
 
 
+def thumbnail_stream_first(folder: Path) -> Path:
+    """A small unflagged video stream before the main one, which the file flags as its
+    default (a thumbnail or second-angle track): players and the ffmpeg CLI show the second."""
+    small = video(folder / ".thumb.mp4", width=160, height=90, audio=False)
+    main = video(folder / ".main.mp4", seed=1)
+    path = folder / "thumbnail_first.mkv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(small), "-i",
+                    str(main), "-map", "0:v", "-map", "1:v", "-map", "1:a", "-c", "copy",
+                    "-disposition:v:0", "0", "-disposition:v:1", "default", str(path)],
+                   check=True)
+    small.unlink()
+    main.unlink()
+    return path
+
+
 def several_audio(folder: Path) -> Path:
     """Three audio tracks (stereo 48 kHz, 5.1 44.1 kHz, mono 22.05 kHz) with the video."""
     return write_streams(folder / "several_audio.mkv", video_pts=list(range(30)),
@@ -1035,6 +1050,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("interlaced", lambda d, _: interlaced(d), L,
            check=_all(_dims(LANDSCAPE), _seconds_about(1.0)),
            note="coded as interlaced fields; deinterlaced (bwdif, one frame per frame)"),
+    Recipe("thumbnail_stream_first", lambda d, _: thumbnail_stream_first(d), L,
+           check=_dims(LANDSCAPE), note="the stream flagged default is transcoded"),
     Recipe("interlaced_ts_late", lambda d, _: interlaced_ts_late(d), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video),
            note="audio kept in time with the video (it was placed 100 s late)"),
