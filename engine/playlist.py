@@ -81,22 +81,23 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: boo
 
 def variant_bandwidth(video: Sequence[SegmentRecord],
                       audio: Sequence[SegmentRecord]) -> tuple[int, int]:
-    """(peak, average) bits per second of a rung with the shared audio.
+    """(BANDWIDTH, AVERAGE-BANDWIDTH) bits per second of a rung played with the shared audio.
 
-    Segment ``i`` of the video plays with segment ``i`` of the audio (both are cut at the same
-    instants), so the peak is the highest sum of the two over the video's segments. Both are
-    fetched to play the video segment's duration: AAC frames make audio segments end up to a frame
-    later, and dividing the audio by its own, longer duration put BANDWIDTH under that peak.
+    RFC 8216 4.3.4.2: the sum of the renditions' peak segment bit rates, and the sum of their
+    average segment bit rates, each rendition over its own segments. Pairing audio segment ``i``
+    with video segment ``i`` declared less than a player can need (the two are not cut at the
+    same instants when the video's frames are seconds apart, or the audio ends early), and an
+    average over the video's duration alone came out above the peak for audio that outlasts it.
     """
-    peak = 0.0
-    for index, segment in enumerate(video):
-        audio_bytes = audio[index].size_bytes if index < len(audio) else 0
-        if segment.duration_s > 0:
-            peak = max(peak, (segment.size_bytes + audio_bytes) * 8 / segment.duration_s)
-    duration = sum(s.duration_s for s in video)
-    total_bits = 8 * (sum(s.size_bytes for s in video) + sum(s.size_bytes for s in audio))
-    average = total_bits / duration if duration > 0 else 0.0
-    return math.ceil(peak), math.ceil(average)
+    def peak(segments: Sequence[SegmentRecord]) -> float:
+        return max((s.size_bytes * 8 / s.duration_s for s in segments if s.duration_s > 0),
+                   default=0.0)
+
+    def average(segments: Sequence[SegmentRecord]) -> float:
+        duration = sum(s.duration_s for s in segments)
+        return 8 * sum(s.size_bytes for s in segments) / duration if duration > 0 else 0.0
+
+    return math.ceil(peak(video) + peak(audio)), math.ceil(average(video) + average(audio))
 
 
 def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -> str:
