@@ -117,6 +117,10 @@ class Deinterlacer:
                 # bwdif counts in half the input's time base (it can also send one frame per
                 # field): taken as they come, its timestamps played 3 s of video in 6 s, and
                 # the audio, kept in step with the video's start, lost most of its samples.
-                frame.pts = round(frame.pts * frame.time_base / self.time_base)
+                scale = frame.time_base / self.time_base
+                frame.pts = round(frame.pts * scale)
+                # And its durations: the last frame's, which the last segment's length is
+                # measured from, made every deinterlaced video a frame longer.
+                frame.duration = round(frame.duration * scale) if frame.duration else 0
                 frame.time_base = self.time_base
             ready.append(frame)

@@ -589,6 +589,9 @@ def test_interlaced_source_is_deinterlaced(tmp_path: Path, top_field_first: bool
         # At the source's rate: bwdif's own timestamps played them at half speed.
         steps = [b.time - a.time for a, b in itertools.pairwise(frames)]
         assert steps == pytest.approx([1 / 30] * len(steps), abs=1e-3), folder.name
+        # And as long as the source: the last frame's duration was bwdif's, a frame too long.
+        listed = sum(s.duration for s in load(folder / "index.m3u8").segments)
+        assert listed == pytest.approx(len(decoded) / 30, abs=1e-3), folder.name
         combs = [media.comb(frame.to_ndarray()[: frame.height]) for frame in frames[1:-1]]
         assert np.median(combs) < source_comb / 8, (folder.name, source_comb, combs)
     lefts = [int(np.argmax(frame.to_ndarray()[90] > 140)) for frame in decode_rendition(
