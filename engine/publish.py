@@ -94,8 +94,8 @@ class Publisher:
     """Publishes a job's audio, rungs (lowest first) and poster into ``out_dir``.
 
     Early playback: the first rung can be listed while it still encodes (:meth:`publish_early`),
-    with EVENT playlists that grow as segments close. Once a second rung is listed, every media
-    playlist is rewritten as VOD (RFC 8216 6.2.4: the variants of a master share one type).
+    with EVENT playlists that grow as segments close and end as each is complete; every rung
+    listed after it is a complete EVENT playlist too (the variants of a master share one type).
     """
 
     def __init__(self, out_dir: Path, segment_seconds: float) -> None:
@@ -177,13 +177,15 @@ class Publisher:
         """
         with self._lock:
             self._target = max(self._target, target_duration(encoded.segments))
-            if encoded.folder in self._event:
+            if self._event:
+                # Listed early: an EVENT playlist may only be appended to and ended (RFC 8216
+                # 6.2.1), never turned VOD, and the variants of a master share one type, so
+                # every playlist it lists is a complete EVENT playlist.
+                for folder, segments in list(self._event.items()):
+                    if folder != encoded.folder:
+                        self._write_event(folder, segments, ended=True)
                 self._write_event(encoded.folder, encoded.segments, ended=True)
             else:
-                # A second rung: every playlist the master lists becomes VOD first.
-                for folder, segments in list(self._event.items()):
-                    self._write_vod(folder, segments)
-                self._event.clear()
                 self._write_vod(encoded.folder, encoded.segments)
             audio_segments = self._audio.segments if self._audio else ()
             peak, average = variant_bandwidth(encoded.segments, audio_segments)

@@ -104,15 +104,17 @@ def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path:
         assert view.types["audio/index.m3u8"] == "event"
     counts = [v.segments[lead] for v in growing]
     assert counts == sorted(counts) and counts[0] >= 1  # segments only ever appended
-    # Once a second rung is listed, every playlist the master lists is VOD.
+    # An EVENT playlist is only appended to and ended, never turned VOD (it was once a second
+    # rung was listed); the rungs listed after it are complete EVENT playlists too.
     for view in watcher.views:
+        assert set(view.types.values()) <= {"event"}, view.types
         if len(view.variants) > 1:
-            assert set(view.types.values()) == {"vod"}, view.types
             assert all(view.ended.values())
     final = read_view(out)
     assert final is not None
     assert final.variants == [f"{h}p/index.m3u8" for h in LADDER]
-    assert set(final.types.values()) == {"vod"}
+    assert set(final.types.values()) == {"event"} and all(final.ended.values())
+    assert all(final.starts_at_zero.values())
 
 
 def test_a_single_rung_ends_as_a_complete_event_playlist(early_source: Path,
