@@ -396,13 +396,13 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     first), then the largest picture, then the first."""
     pictures = [stream for stream in container.streams.video
                 if not stream.disposition & av.stream.Disposition.attached_pic]
-    flagged = [s for s in pictures if s.disposition & av.stream.Disposition.default] or pictures
+    candidates = [s for s in pictures if s.disposition & av.stream.Disposition.default] or pictures
 
     def area(stream: av.video.stream.VideoStream) -> int:
         context = stream.codec_context  # None for a codec FFmpeg has no decoder for
         return (context.width or 0) * (context.height or 0) if context is not None else 0
 
-    return max(flagged, key=area, default=None)
+    return max(candidates, key=area, default=None)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

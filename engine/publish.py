@@ -179,11 +179,9 @@ class Publisher:
             self._target = max(self._target, target_duration(encoded.segments))
             if self._event:
                 # Listed early: an EVENT playlist may only be appended to and ended (RFC 8216
-                # 6.2.1), never turned VOD, and the variants of a master share one type, so
-                # every playlist it lists is a complete EVENT playlist.
-                for folder, segments in list(self._event.items()):
-                    if folder != encoded.folder:
-                        self._write_event(folder, segments, ended=True)
+                # 6.2.1), never turned VOD, and the variants of a master share one type, so the
+                # rungs after the first are complete EVENT playlists too. (The first rung's and
+                # the audio's were ended as each was complete, before this rung.)
                 self._write_event(encoded.folder, encoded.segments, ended=True)
             else:
                 self._write_vod(encoded.folder, encoded.segments)

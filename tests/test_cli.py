@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -65,8 +66,10 @@ def test_a_segment_length_of_a_half_second_completes(tmp_path: Path, fps: Fracti
     for name in ("90p", "180p"):
         playlist = m3u8.load(str(out / name / "index.m3u8"))
         assert playlist.target_duration == 3
-        assert [round(s.duration, 2) for s in playlist.segments][:2] == [
-            round(2.5 if fps == 30 else 2.5025, 2)] * 2
+        # A segment ends at the first frame at or after 2.5 s: 2.5 s at 30 fps, 2.5025 s at 29.97.
+        first_keyframe_s = math.ceil(Fraction(5, 2) * fps) / fps
+        assert [s.duration for s in playlist.segments][:2] == pytest.approx(
+            [float(first_keyframe_s)] * 2, abs=1e-3)
 
 
 def test_rungs_at_once_still_publish_lowest_first(small_source: Path, tmp_path: Path) -> None:
