@@ -80,6 +80,13 @@ class HlsWriter:
         self.init_uri = init_name if segment_type == "fmp4" else None
         if self.init_uri:
             options["hls_fmp4_init_filename"] = self.init_uri
+            # By default each fMP4 track's fragments start at time 0, with the real start only in
+            # an edit list, which hls.js ignores: a rung with B-frames then played two frames
+            # behind the others, and sound that starts late played early. frag_discont without
+            # edit lists puts the real decode times in the fragments (the timeline starts at
+            # TIMELINE_START, so they are never negative and nothing is shifted).
+            options["hls_segment_options"] = (
+                "movflags=+frag_discont:use_editlist=0:avoid_negative_ts=make_non_negative")
         #: The first write that failed, in any file of this rendition.
         self.write_error: OSError | None = None
         try:

@@ -116,9 +116,11 @@ def frame_index(frame: av.VideoFrame | np.ndarray) -> int:
 
 
 def _tone_frames(
-    seconds: float, tone_hz: float, sample_rate: int, channels: int, chunk: int = 1024
+    seconds: float, tone_hz: float, sample_rate: int, channels: int, chunk: int = 1024,
+    delay: int = 0,
 ) -> Iterator[av.AudioFrame]:
-    """Yield ``fltp`` frames of a sine tone (amplitude 0.25) lasting ``seconds``."""
+    """Yield ``fltp`` frames of a sine tone (amplitude 0.25) lasting ``seconds``, the first
+    ``delay`` samples after time 0."""
     total = round(seconds * sample_rate)
     for start in range(0, total, chunk):
         t = np.arange(start, min(start + chunk, total)) / sample_rate
@@ -126,7 +128,7 @@ def _tone_frames(
         samples = np.ascontiguousarray(np.broadcast_to(wave, (channels, wave.size)))
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=_layout(channels))
         frame.sample_rate = sample_rate
-        frame.pts = start
+        frame.pts = delay + start
         frame.time_base = Fraction(1, sample_rate)
         yield frame
 
@@ -148,6 +150,7 @@ def _write_video(
     time_base: Fraction,
     durations: Sequence[int],
     audio: bool,
+    audio_delay: float = 0.0,
     black_frames: int = 0,
     tone_hz: float = 440.0,
     sample_rate: int = 48000,
@@ -179,7 +182,8 @@ def _write_video(
         if rotation % 360 or mirrored:
             video.set_display_rotation(rotation, hflip=mirrored)
         sound = out.add_stream("aac", rate=sample_rate, layout=_layout(channels)) if audio else None
-        tones = _tone_frames(seconds, tone_hz, sample_rate, channels) if audio else iter(())
+        tones = (_tone_frames(seconds - audio_delay, tone_hz, sample_rate, channels,
+                              delay=round(audio_delay * sample_rate)) if audio else iter(()))
         pending = next(tones, None)
 
         pts = 0
@@ -212,6 +216,7 @@ def make_video(
     fps: Fraction | int = Fraction(30),
     seconds: float = 4.0,
     audio: bool = True,
+    audio_delay: float = 0.0,
     tone_hz: float = 440.0,
     sample_rate: int = 48000,
     channels: int = 2,
@@ -232,8 +237,9 @@ def make_video(
     ``codec_options`` replaces the default fast preset (libx264: ``preset=veryfast``), e.g.
     ``{"g": "48", "bf": "0"}``. ``container_format`` overrides the muxer guessed from the suffix
     (``.mp4``, ``.mov``, ``.mkv``, ``.ts`` ...); ``container_options`` go to the muxer, e.g.
-    ``{"movflags": "+faststart"}``. ``rotation``, ``mirrored`` and ``black_seconds``:
-    see :func:`make_rotated_video` and :func:`make_black_start_video`.
+    ``{"movflags": "+faststart"}``. ``audio_delay``: seconds from the first picture to the
+    first sound (the tone still ends with the video). ``rotation``, ``mirrored`` and
+    ``black_seconds``: see :func:`make_rotated_video` and :func:`make_black_start_video`.
     """
     fps = Fraction(fps)
     frames = round(seconds * fps)
@@ -246,6 +252,7 @@ def make_video(
         durations=[1] * frames,
         black_frames=round(black_seconds * fps),
         audio=audio,
+        audio_delay=audio_delay,
         tone_hz=tone_hz,
         sample_rate=sample_rate,
         channels=channels,

@@ -42,7 +42,7 @@ from engine import (
 )
 from engine.gop import TIMELINE_START
 from engine.probe import open_source
-from tests import media
+from tests import isobmff, media
 from tests.conftest import (
     LADDER,
     LADDER_SETTINGS,
@@ -366,6 +366,34 @@ def test_audio_rendition(shared_run: JobRun) -> None:
         assert abs(audio_start - video_start) <= Fraction(1, 30), (folder.name, video_start)
     # The audio lasts as long as the video, give or take an AAC frame.
     assert samples / 48000 == pytest.approx(float(source_duration(shared_run.source)), abs=0.05)
+
+
+def test_fmp4_tracks_start_in_their_own_fragment_times(shared_run: JobRun) -> None:
+    """hls.js ignores edit lists, so each rendition's start must be in its fragments' times
+    (tfdt and composition offsets), the same for every rung whatever its encoder's B-frame delay:
+    otherwise a switch to the top rung (preset fast) shifts the picture against the sound."""
+    out = shared_run.out
+    starts = {}
+    for folder in [*variant_dirs(out), out / "audio"]:
+        init = (folder / load(folder / "index.m3u8").segment_map[0].uri).read_bytes()
+        assert not isobmff.has_edit_list(init), folder.name
+        starts[folder.name] = isobmff.rendition_start(folder)
+    assert {starts[name] for name in RUNG_NAMES} == {TIMELINE_START}, starts
+    # The AAC encoder's priming frame comes before the first sound.
+    assert starts["audio"] == TIMELINE_START - Fraction(1024, 48000), starts
+
+
+def test_sound_that_starts_late_starts_late_in_every_fmp4_rendition(tmp_path: Path) -> None:
+    source = media.make_video(tmp_path / "late.mp4", seconds=2.0, audio_delay=0.5)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180, 360)),
+                                                    segment_type="fmp4"))
+    assert run.state == JobState.COMPLETE, run.job.error
+    with av.open(str(source)) as container:
+        first_sound = next(container.decode(audio=0)).time  # 0.478: the source's own priming
+    video = {isobmff.rendition_start(folder) for folder in variant_dirs(run.out)}
+    audio = isobmff.rendition_start(run.out / "audio")
+    assert video == {TIMELINE_START}
+    assert float(audio - TIMELINE_START) == pytest.approx(first_sound - 1024 / 48000, abs=0.001)
 
 
 def test_poster(shared_run: JobRun) -> None:
