@@ -74,7 +74,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     video = source.video_stream
     time_base = Fraction(video.time_base or Fraction(1, 90000))
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
-                        video.codec_context.field_order)
+                        video.codec_context.field_order, Fraction(source.info.duration_s))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``).
@@ -230,7 +230,8 @@ class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
-                 frame_rate: Fraction = Fraction(30), field_order: int = 0) -> None:
+                 frame_rate: Fraction = Fraction(30), field_order: int = 0,
+                 declared_seconds: Fraction = Fraction(0)) -> None:
         self.schedule = schedule
         self.time_base = time_base
         self.sink = sink
@@ -247,6 +248,12 @@ class _VideoState:
         self._size: tuple[int, int] | None = None
         self._last_kept: int | None = None
         self._last_frame: av.video.frame.VideoFrame | None = None
+        # How long the source shows the last placed frame (time_base units, 0: unknown).
+        self._last_duration = 0
+        # The video's declared length in time_base units; None when the container declares none.
+        self._declared_end: int | None = None
+        if declared_seconds > 0:
+            self._declared_end = math.floor(declared_seconds / time_base)
         self._shortest = 0
 
     def peak_frame_rate(self) -> Fraction:
@@ -267,16 +274,23 @@ class _VideoState:
             self._place(ready)
 
     def finish(self) -> None:
-        """Pass on the frames still held back (by the deinterlacer)."""
+        """Pass on the frames still held back (by the deinterlacer), then fill the time the
+        last frame is held, as a gap before a frame would be."""
         for ready in self._deinterlacer.flush():
             self._place(ready)
+        if self._last_kept is not None and self._last_duration > 0:
+            # A slideshow or a screen recording that ends on a still holds its last frame for
+            # seconds.
+            self._fill_gap(self._last_kept + self._last_duration)
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
         pts = self._relative_pts(frame)
         self._fill_gap(pts)
-        placed = self.schedule.place(pts, self.time_base, max(0, frame.duration or 0))
+        duration = self._shown_for(frame, pts)
+        placed = self.schedule.place(pts, self.time_base, duration)
         if placed is None:
             return
+        self._last_duration = duration
         if self._last_kept is not None:
             interval = pts - self._last_kept
             self._shortest = min(self._shortest or interval, interval)
@@ -302,6 +316,18 @@ class _VideoState:
                                              format=PIXEL_FORMAT)
         return frame
 
+    def _shown_for(self, frame: av.video.frame.VideoFrame, pts: int) -> int:
+        """How long ``frame`` is shown, as far as it is trusted. It only counts for the last
+        frame (the next frame's start ends the others), and a bogus duration on the last
+        packet would make the last segment hours long, or fill it with hours of copies (see
+        finish): no frame lasts past the video's declared length (give or take a frame: some
+        containers round it, some leave the last frame out), or longer than a gap between
+        frames when no length is declared."""
+        duration = max(0, frame.duration or 0)
+        if self._declared_end is None:
+            return min(duration, self._max_step)
+        return max(0, min(duration, self._declared_end + self._step - pts))
+
     def _fill_gap(self, pts: int) -> None:
         """Repeat the last frame at each segment start inside a long gap before ``pts``.
 
@@ -321,7 +347,8 @@ class _VideoState:
             # Never closer to the last frame than the frame-rate cap allows (it would be dropped).
             at = max(start, last + 1 / MAX_FRAME_RATE)
             repeat_pts = math.ceil(at / self.time_base)
-            placed = self.schedule.place(repeat_pts, self.time_base)
+            # Until the frame after the gap, which is what the last copy lasts.
+            placed = self.schedule.place(repeat_pts, self.time_base, pts - repeat_pts)
             if placed is not None:
                 self._keep(_copy(self._last_frame), repeat_pts, placed)
                 last = repeat_pts * self.time_base

@@ -592,6 +592,25 @@ def long_duration(folder: Path) -> Path:
     return path
 
 
+def bogus_last_duration(folder: Path) -> Path:
+    """One second of video whose sample table says the last frame alone lasts 10 hours; the
+    headers still say one second (FFmpeg takes the smaller)."""
+    # The last frame lasts two frames, so the sample table gives it its own entry.
+    short = media.make_still_ending_video(folder / ".short.mp4", seconds=1.0,
+                                          hold_seconds=1 / 30, audio=False)
+    data = bytearray(short.read_bytes())
+    stts = find_box(bytes(data), b"stts")
+    count = struct.unpack_from(">I", data, stts.payload + 4)[0]
+    last = stts.payload + 8 + 8 * (count - 1)
+    assert struct.unpack_from(">I", data, last)[0] == 1, "the last entry is not one frame"
+    timescale = struct.unpack_from(">I", data, find_box(bytes(data), b"mdhd").payload + 12)[0]
+    struct.pack_into(">I", data, last + 4, 10 * 3600 * timescale)
+    path = folder / "bogus_last_duration.mp4"
+    path.write_bytes(bytes(data))
+    (folder / ".short.mp4").unlink()
+    return path
+
+
 def unknown_codec(folder: Path) -> Path:
     """The video sample entry renamed to a codec tag nothing decodes."""
     data = bytearray(video(folder / ".known.mp4", audio=False).read_bytes())
@@ -1098,6 +1117,9 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_frames_at_least(30), _seconds_about(3.0)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
                 "start inside it, so no segment is longer than the segment length"),
+    Recipe("bogus_last_duration", lambda d, _: bogus_last_duration(d), L,
+           check=_all(_frames_at_least(30), _seconds_about(1.0)),
+           note="no frame is shown past the video's declared length"),
     Recipe("pts_wrap", lambda d, _: pts_wrap(d), L, check=_frames_at_least(30)),
     Recipe("concatenated_ts", lambda d, _: concatenated_ts(d), L,
            check=_all(_frames_at_least(60), _seconds_at_least(1.9)),

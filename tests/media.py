@@ -186,6 +186,14 @@ def _write_video(
                               delay=round(audio_delay * sample_rate)) if audio else iter(()))
         pending = next(tones, None)
 
+        # Each packet gets its frame's duration: muxers guess the last one's otherwise.
+        lasting: dict[int | None, int] = {}
+
+        def timed(packets: list[av.Packet]) -> list[av.Packet]:
+            for packet in packets:
+                packet.duration = lasting.pop(packet.pts, 0)
+            return packets
+
         pts = 0
         for index, duration in enumerate(durations):
             while sound is not None and pending is not None and pending.time <= pts * time_base:
@@ -194,9 +202,10 @@ def _write_video(
             image = black if index < black_frames else _picture(texture, index)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = pts, time_base
-            out.mux(video.encode(frame))
+            lasting[pts] = duration
+            out.mux(timed(video.encode(frame)))
             pts += duration
-        out.mux(video.encode(None))
+        out.mux(timed(video.encode(None)))
         if sound is not None:
             while pending is not None:
                 out.mux(sound.encode(pending))
@@ -306,6 +315,17 @@ def make_vfr_video(
         seed=seed,
         **kwargs,
     )
+
+
+def make_still_ending_video(path: str | Path, *, seconds: float = 2.0, hold_seconds: float = 8.0,
+                            fps: int = 30, **kwargs: Any) -> Path:
+    """Write ``seconds`` of moving video whose last frame is then held for ``hold_seconds`` as
+    one frame (as a slideshow or a screen recording ending on a still writes it), with a tone
+    for the whole length. Other keyword arguments are as for :func:`make_video`."""
+    frames = round(seconds * fps)
+    return _write_video(path, rate=Fraction(fps), time_base=Fraction(1, fps),
+                        durations=[1] * (frames - 1) + [1 + round(hold_seconds * fps)],
+                        **{"width": 320, "height": 180, "audio": True, **kwargs})
 
 
 def make_rotated_video(path: str | Path, rotation: int, mirrored: bool = False,

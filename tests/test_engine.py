@@ -516,6 +516,25 @@ def test_variable_frame_rate_master_gives_the_peak_frame_rate(tmp_path: Path) ->
     assert variant.stream_info.frame_rate == pytest.approx(30.0)
 
 
+def test_a_held_last_frame_is_repeated_at_each_segment_start(tmp_path: Path) -> None:
+    """A slideshow or a screen recording that ends on a still holds its last frame for seconds.
+    Each segment start while it is held gets a copy of it, as in a gap between frames, so no
+    segment outgrows the segment length (an early EVENT playlist cannot raise its target
+    duration), and the video still lasts as long as the source."""
+    source = media.make_still_ending_video(tmp_path / "still_end.mp4", seconds=2.0,
+                                           hold_seconds=5.0)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    playlist = load(run.out / "180p" / "index.m3u8")
+    assert playlist.target_duration == 2
+    assert [round(s.duration, 3) for s in playlist.segments] == [2.0, 2.0, 2.0, 1.0]
+    total = sum(Fraction(s.duration).limit_denominator(10**6) for s in playlist.segments)
+    assert abs(total - source_duration(source)) <= Fraction(1, 30)
+    assert_segments_start_with_the_only_keyframe(run.out / "180p")
+    indices = [media.frame_index(f) for f in decode_rendition(run.out / "180p")]
+    assert indices == [*range(60), 59, 59, 59]
+
+
 def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     fps = Fraction(30000, 1001)
     source = media.make_video(tmp_path / "ntsc.mp4", fps=fps, seconds=4.5, audio=False)
