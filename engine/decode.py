@@ -243,6 +243,7 @@ class _VideoState:
         self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
         # Intervals longer than this are gaps, not the frame rate.
         self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
+        self._timestamps = _TimestampGuess()
         self._converter = VideoReformatter()
         self._deinterlacer = Deinterlacer(time_base, field_order)
         self._size: tuple[int, int] | None = None
@@ -270,6 +271,7 @@ class _VideoState:
 
     def push(self, frame: av.video.frame.VideoFrame) -> None:
         self.decoded += 1
+        frame.pts = self._timestamps.best_effort(frame.pts, frame.dts)
         for ready in self._deinterlacer.push(frame):
             self._place(ready)
 
@@ -378,6 +380,40 @@ class _VideoState:
                 self._step = pts - self._last_pts
         self._last_pts = pts
         return pts
+
+
+class _TimestampGuess:
+    """Which of a decoded frame's timestamps to believe: FFmpeg's own guess (libavcodec's
+    best-effort timestamp, which the ffmpeg CLI uses and PyAV does not expose). The
+    presentation timestamp, unless it has gone backwards more often than the decode timestamp.
+
+    An AVI with "packed B-frames" (DivX 5, Xvid) stores a B-frame with the P-frame before it
+    and an empty placeholder in its own place, so the frames come out of the decoder in the
+    right order with their presentation timestamps swapped in pairs (4, 5, 7, 6, 8, 10, 9 ...),
+    while their decode timestamps count up. Taken as they are, every pair went back in time
+    and the video played at half speed.
+    """
+
+    def __init__(self) -> None:
+        self._faulty_pts = 0
+        self._faulty_dts = 0
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+
+    def best_effort(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        elif pts is not None:
+            self._last_dts = pts
+        if pts is not None:
+            self._faulty_pts += self._last_pts is not None and pts <= self._last_pts
+            self._last_pts = pts
+        elif dts is not None:
+            self._last_pts = dts
+        if pts is not None and (dts is None or self._faulty_pts <= self._faulty_dts):
+            return pts
+        return dts
 
 
 def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:

@@ -704,6 +704,19 @@ def interlaced_ts_late(folder: Path) -> Path:
     return path
 
 
+def xvid_packed_bframes(folder: Path) -> Path:
+    """Xvid in AVI with B-frames, as the ffmpeg CLI's libxvid writes it: "packed" B-frames,
+    each stored with the P-frame before it and a placeholder in its own place (libxvid leaves
+    out the last two of the 60 frames)."""
+    coded = video(folder / ".xvid.mp4", seconds=2.0)
+    path = folder / "xvid_packed_bframes.avi"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(coded), "-c:v",
+                    "libxvid", "-bf", "2", "-q:v", "4", "-c:a", "libmp3lame", str(path)],
+                   check=True)
+    coded.unlink()
+    return path
+
+
 def starts_late(folder: Path) -> Path:
     """Video and audio whose first timestamps are 3 s in (an edit list in MP4)."""
     return write_streams(folder / "starts_late.mp4", video_pts=list(range(90, 120)),
@@ -1074,6 +1087,10 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("interlaced_ts_late", lambda d, _: interlaced_ts_late(d), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video),
            note="audio kept in time with the video (it was placed 100 s late)"),
+    Recipe("xvid_packed_bframes", lambda d, _: xvid_packed_bframes(d), L,
+           check=_all(_frames_at_least(55), _seconds_about(2.0), _audio_seconds_about(2.0)),
+           note="the decoder gives the frames in order with their timestamps swapped in pairs; "
+                "they are timed as FFmpeg times them (it played at half speed)"),
     _rotated(90),
     _rotated(180),
     _rotated(270),
