@@ -46,6 +46,7 @@ ALLOWED_DEMUXERS = (
     "flv",
     "asf",
     "mxf",
+    "dv",
     "ogg",
     "h264",
     "hevc",

@@ -717,6 +717,16 @@ def xvid_packed_bframes(folder: Path) -> Path:
     return path
 
 
+def raw_dv(folder: Path) -> Path:
+    """A raw DV stream (a MiniDV camcorder's capture, .dv): PAL, interlaced, PCM sound."""
+    path = folder / "raw.dv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=s=720x576:r=25:d=1", "-f", "lavfi", "-i", "sine=r=48000:d=1",
+                    "-c:v", "dvvideo", "-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", "-ac", "2",
+                    "-f", "dv", str(path)], check=True)
+    return path
+
+
 def starts_late(folder: Path) -> Path:
     """Video and audio whose first timestamps are 3 s in (an edit list in MP4)."""
     return write_streams(folder / "starts_late.mp4", video_pts=list(range(90, 120)),
@@ -1091,6 +1101,9 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_frames_at_least(55), _seconds_about(2.0), _audio_seconds_about(2.0)),
            note="the decoder gives the frames in order with their timestamps swapped in pairs; "
                 "they are timed as FFmpeg times them (it played at half speed)"),
+    Recipe("raw_dv", lambda d, _: raw_dv(d), L,
+           check=_all(_frames_at_least(25), _seconds_about(1.0), _audio_seconds_about(1.0)),
+           note="it was refused as 'not a video file FFmpeg can read (invalid argument)'"),
     _rotated(90),
     _rotated(180),
     _rotated(270),
