@@ -109,7 +109,8 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
     rss_name = args.rss_source or "none"
     rss_check = None if rss_name == "none" else _rss_check(args, rss_name, setup, summaries)
     checks = report.targets(summaries, rung_names[0], rss_check, floor_summary)
-    changed = machine.engine_fingerprint() != engine_used
+    # The engine's code, not the commit: a commit of other files is no change to what ran.
+    changed = machine.engine_fingerprint()["engine_sha256"] != engine_used["engine_sha256"]
     if changed:
         _log("note: engine/ changed while the benchmark ran; every round used the copy taken "
              "at the start")

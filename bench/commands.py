@@ -16,6 +16,7 @@ from pathlib import Path
 from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung, plan_ladder
 from engine.probe import open_source
+from engine.segment import FMP4_SEGMENT_OPTIONS, INIT_SEGMENT
 
 #: What Rungs is asked for: the same encoder as the baselines, and software decoding as the
 #: ffmpeg CLI does (``--hwaccel auto`` would also spend time probing devices).
@@ -140,7 +141,7 @@ def hls_output(folder: Path, segment_seconds: float) -> list[str]:
     """FFmpeg's HLS muxer with :class:`engine.segment.HlsWriter`'s options (fMP4)."""
     return ["-f", "hls", "-hls_time", f"{segment_seconds:g}", "-hls_playlist_type", "vod",
             "-hls_list_size", "0", "-hls_segment_type", "fmp4",
-            "-hls_fmp4_init_filename", "init.mp4",
+            "-hls_fmp4_init_filename", INIT_SEGMENT, "-hls_segment_options", FMP4_SEGMENT_OPTIONS,
             "-hls_flags", "temp_file+independent_segments",
             "-hls_segment_filename", str(folder / "seg_%05d.m4s"), str(folder / PLAYLIST)]
 

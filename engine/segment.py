@@ -34,6 +34,12 @@ _MUXER_PLAYLIST = ".muxer.m3u8"
 INIT_SEGMENT = "init.mp4"
 SEGMENT_TYPES = ("fmp4", "mpegts")
 _AVIO_FLAG_WRITE = 2
+#: The MP4 muxer's options for fMP4 segments. By default each track's fragments start at time 0,
+#: with the real start only in an edit list, which hls.js ignores: a rung with B-frames then
+#: played two frames behind the others, and sound that starts late played early. frag_discont
+#: without edit lists puts the real decode times in the fragments (the timeline starts at
+#: TIMELINE_START, so they are never negative and nothing is shifted).
+FMP4_SEGMENT_OPTIONS = "movflags=+frag_discont:use_editlist=0:avoid_negative_ts=make_non_negative"
 
 
 @dataclass(frozen=True)
@@ -80,13 +86,7 @@ class HlsWriter:
         self.init_uri = init_name if segment_type == "fmp4" else None
         if self.init_uri:
             options["hls_fmp4_init_filename"] = self.init_uri
-            # By default each fMP4 track's fragments start at time 0, with the real start only in
-            # an edit list, which hls.js ignores: a rung with B-frames then played two frames
-            # behind the others, and sound that starts late played early. frag_discont without
-            # edit lists puts the real decode times in the fragments (the timeline starts at
-            # TIMELINE_START, so they are never negative and nothing is shifted).
-            options["hls_segment_options"] = (
-                "movflags=+frag_discont:use_editlist=0:avoid_negative_ts=make_non_negative")
+            options["hls_segment_options"] = FMP4_SEGMENT_OPTIONS
         #: The first write that failed, in any file of this rendition.
         self.write_error: OSError | None = None
         try:
