@@ -217,7 +217,7 @@ def write_streams(path: Path, *, video_pts: list[int] | None, time_base: Fractio
 
 #: Boxes whose payload is a list of boxes (after the number of bytes given).
 _CONTAINERS = {b"moov": 0, b"trak": 0, b"mdia": 0, b"minf": 0, b"stbl": 0, b"edts": 0,
-               b"dinf": 0, b"udta": 0, b"stsd": 8, b"avc1": 78}
+               b"dinf": 0, b"udta": 0, b"stsd": 8, b"avc1": 78, b"moof": 0, b"traf": 0}
 
 
 @dataclass(frozen=True)
