@@ -55,7 +55,7 @@ class EncoderError(RungsError):
 
 
 class OutputWriteError(RungsError, OSError):
-    """Writing the output failed (disk full, permissions)."""
+    """Writing the output, or the frame cache's scratch file, failed (disk full, permissions)."""
 
     code = "OUTPUT_WRITE_FAILED"
     retryable = True

@@ -34,6 +34,7 @@ import fcntl
 import functools
 import os
 import queue
+import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -45,7 +46,7 @@ import av.video.frame
 import numpy as np
 
 from engine.decode import PIXEL_FORMAT
-from engine.errors import JobCancelledError
+from engine.errors import JobCancelledError, OutputWriteError
 from engine.gop import FrameTime
 from engine.scale import plane_array
 
@@ -191,7 +192,8 @@ class FrameCache:
         self._free_slots: list[int] = []
         self._free_spill: list[int] = []
         self._spill_slots = 0
-        self._spill_path = scratch_dir / "frames.spill"
+        # A name of its own: jobs of several processes may share the directory.
+        self._spill_path = scratch_dir / f"rungs-{secrets.token_hex(8)}.spill"
         self._spill_fd: int | None = None
         self._punch_holes = True
         self._writer: _SpillWriter | None = None
@@ -256,7 +258,8 @@ class FrameCache:
                 self._copy_out(self._slots[entry.slot], frame)
             else:
                 assert entry.spill is not None
-                _transfer(_read_at, self._spill_file(), buffer, entry.spill * self._slot_bytes)
+                _transfer(_read_at, self._spill_file(), buffer, entry.spill * self._slot_bytes,
+                          self._spill_path)
                 self._copy_out(buffer, frame)
             self._release(index)
             yield frame, entry.time
@@ -368,7 +371,7 @@ class FrameCache:
 
     def _spill_writer(self) -> _SpillWriter:
         if self._writer is None:
-            self._writer = _SpillWriter(self._spill_file(), self._slot_bytes)
+            self._writer = _SpillWriter(self._spill_file(), self._slot_bytes, self._spill_path)
         return self._writer
 
     def _add(self, index: int, entry: _Entry) -> None:
@@ -452,8 +455,9 @@ class _SpillWriter:
     #: At least this many, whatever the frame size.
     MIN_BUFFERS = 8
 
-    def __init__(self, fd: int, slot_bytes: int) -> None:
+    def __init__(self, fd: int, slot_bytes: int, path: Path) -> None:
         self._fd = fd
+        self._path = path
         self._slot_bytes = slot_bytes
         self._max_buffers = max(self.MIN_BUFFERS, self.BUFFER_BYTES // slot_bytes)
         self._buffers = 0
@@ -501,7 +505,7 @@ class _SpillWriter:
         while isinstance(item := self._work.get(), _Write):
             try:
                 if self._error is None:
-                    _transfer(_write_at, self._fd, item.buffer, item.offset)
+                    _transfer(_write_at, self._fd, item.buffer, item.offset, self._path)
                     item.done()
             except Exception as exc:  # raised in the decode thread by its next put or finish
                 self._error = exc
@@ -547,38 +551,49 @@ def _open_scratch(path: Path) -> int:
     SIGKILL (or by the OOM killer) half way through 10 s of 4K left 1.0 to 3.1 GB of frames in
     /tmp, and 60 s of 4K spills 22 GB. A system that cannot remove an open file's name keeps
     it until :meth:`FrameCache.close`."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
     direct = getattr(os, "O_DIRECT", 0)
     fd = -1
-    if direct:
-        try:
-            fd = os.open(path, flags | direct, 0o600)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-    if fd < 0:
-        fd = os.open(path, flags, 0o600)
+    try:
+        if direct:
+            try:
+                fd = os.open(path, flags | direct, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+        if fd < 0:
+            fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise _scratch_error("create", path, exc) from exc
     with contextlib.suppress(OSError):
         path.unlink()
     return fd
 
 
 def _transfer(call: Callable[[int, memoryview, int], int], fd: int, buffer: np.ndarray,
-              offset: int) -> None:
-    """Write or read all of ``buffer`` at ``offset``, going on after a short transfer; a file
-    system that refuses direct I/O only when it is used gets buffered I/O from then on."""
+              offset: int, path: Path) -> None:
+    """Write or read all of ``buffer`` at ``offset`` of the scratch file ``path``, going on
+    after a short transfer; a file system that refuses direct I/O only when it is used gets
+    buffered I/O from then on."""
     view = buffer.data.cast("B")
     done = 0
     while done < len(view):
         try:
             count = call(fd, view[done:], offset + done)
+            if count == 0:
+                raise OSError(errno.EIO, f"file ends before offset {offset + done}")
         except OSError as exc:
-            if exc.errno != errno.EINVAL or not _drop_direct(fd):
-                raise
-            continue
-        if count == 0:
-            raise OSError(f"spill file ends before offset {offset + done}")
+            if exc.errno == errno.EINVAL and _drop_direct(fd):
+                continue
+            raise _scratch_error("write to" if call is _write_at else "read", path, exc) from exc
         done += count
+
+
+def _scratch_error(verb: str, path: Path, exc: OSError) -> OutputWriteError:
+    """A scratch file's failure as the job's error: a full disk or a read-only directory is
+    the machine's state, not a fault of Rungs."""
+    return OutputWriteError(f"cannot {verb} the scratch file for decoded frames in "
+                            f"{str(path.parent)!r}: {exc.strerror or exc}")
 
 
 def _write_at(fd: int, view: memoryview, offset: int) -> int:

@@ -99,7 +99,8 @@ class TranscodeOptions:
     #: rungs encode one after another (see engine.fanout); otherwise all at once, the decoder
     #: waiting for them.
     spill_bytes: int | None = None
-    #: Where the spill file goes (a temporary directory inside it, removed at the end).
+    #: The directory the spill file goes in; None: the system's temporary directory. The file
+    #: has no name once open (see engine.fanout), so nothing is left there however a job ends.
     scratch_dir: Path | None = None
     #: Replace the contents of a non-empty output directory.
     overwrite: bool = False
@@ -127,6 +128,10 @@ class TranscodeOptions:
                 f"got {self.segment_type!r}")
         if self.cache_bytes < 0 or (self.spill_bytes or 0) < 0:
             raise InvalidOptionsError("cache and spill sizes must not be negative")
+        if self.scratch_dir is not None and not self.scratch_dir.is_dir():
+            raise InvalidOptionsError(
+                f"scratch directory {str(self.scratch_dir)!r} does not exist or is not a "
+                "directory")
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,6 @@ class Job:
         self._thread: threading.Thread | None = None
         #: The pipeline's threads (the rungs', the progress ticker), joined when it ends.
         self._threads: list[threading.Thread] = []
-        self._scratch: Path | None = None
         #: This job made the output directory (it did not exist), so it removes it again if it
         #: ends with nothing in it.
         self._created_output = False
@@ -273,8 +277,7 @@ class Job:
                 encoder = choose_encoder(self.options.encoder)
                 self.rungs = [RungStatus(r, encoder) for r in rungs]
                 self._prepare_output()
-                scratch = self._scratch = Path(tempfile.mkdtemp(prefix="rungs-",
-                                                                dir=self.options.scratch_dir))
+                scratch = self.options.scratch_dir or Path(tempfile.gettempdir())
                 self._run_pipeline(source, rungs, encoder, scratch, publisher, threads)
             self.total_s = self._elapsed()
             self._set_state(JobState.COMPLETE, "complete", self.summary())
@@ -287,8 +290,6 @@ class Job:
                 raise
             _drop_tracebacks(exc)  # see the finally clause
         finally:
-            if self._scratch is not None:
-                shutil.rmtree(self._scratch, ignore_errors=True)
             # A finished job keeps its errors, not the frames they were raised in: those hold
             # the encoders (x264's threads) and, through the fan-out, the decoder.
             for error in (*self._rung_errors(), self.error):
@@ -503,8 +504,6 @@ class Job:
         for thread in list(self._threads):
             thread.join(_ABANDON_JOIN_S)
         self._fail(exc)
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
         _drop_tracebacks(exc)
 
     def _fail(self, exc: BaseException) -> None:

@@ -85,7 +85,8 @@ def test_rungs_at_once_still_publish_lowest_first(small_source: Path, tmp_path: 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
 def test_kill_9_leaves_no_frames_in_the_scratch_dir(tmp_path: Path) -> None:
     """A killed process cleans nothing up: the frame cache's scratch file has no name from the
-    moment it is open, so the file system takes it back when the process dies."""
+    moment it is open, so the file system takes it back when the process dies, and no folder of
+    the job's is left beside it."""
     source = media.make_video(tmp_path / "in.mp4", seconds=8.0)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -97,17 +98,18 @@ def test_kill_9_leaves_no_frames_in_the_scratch_dir(tmp_path: Path) -> None:
         assert process.stdout is not None
         spill = None
         for _ in process.stdout:
-            spill = next((link for link in _open_files(process.pid) if "frames.spill" in link),
+            spill = next((link for link in _open_files(process.pid) if ".spill" in link),
                          None)
             if spill is not None:
                 break
         assert spill is not None, "the job ended before it spilled a frame"
         assert spill.endswith(" (deleted)"), spill
+        assert spill.startswith(f"{scratch}/rungs-"), spill
     finally:
         process.kill()
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert [path for path in scratch.rglob("*") if not path.is_dir()] == []
+    assert list(scratch.iterdir()) == []
 
 
 def _open_files(pid: int) -> list[str]:
@@ -187,8 +189,12 @@ def test_an_output_in_the_way_or_holding_the_source_is_refused(small_source: Pat
 
 
 @pytest.mark.parametrize("args", [["--ladder", "abc"], ["--segment-seconds", "0"],
-                                  ["--rung", "720:speed=9"]])
+                                  ["--rung", "720:speed=9"],
+                                  ["--scratch-dir", "/nonexistent/scratch"],
+                                  ["--scratch-dir", "/dev/null"]])
 def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str]) -> None:
     result = run_cli("transcode", small_source, tmp_path / "out", *args)
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1279,7 +1279,6 @@ def test_cancel_while_decoding(tmp_path: Path, long_source: Path,
         assert time.monotonic() < deadline, "the job never got going"
         assert not job.state.terminal, job.error
         time.sleep(0.01)
-    assert any(scratch.iterdir())  # the job's scratch space exists while it runs
     job.cancel()
     cancelled_at = time.monotonic()
     assert job.wait(10)

@@ -352,28 +352,50 @@ def test_a_reader_at_50_hz_never_sees_a_partial_or_broken_state(
 # -- a full disk ----------------------------------------------------------------------------------
 
 
-def test_cli_on_a_full_disk_fails_cleanly(sources: Path, tmp_path: Path) -> None:
-    """RLIMIT_FSIZE makes every write past 64 KiB fail with EFBIG, as a full disk fails with
-    ENOSPC: the job fails with a clear reason, the scratch space is freed, nothing is left."""
+def _transcode_with_file_limit(source: Path, tmp_path: Path, limit_bytes: int,
+                               *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``rungs transcode`` whose writes past ``limit_bytes`` of a file fail with EFBIG
+    (RLIMIT_FSIZE), as writes to a full disk fail with ENOSPC; and its scratch directory."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    out = tmp_path / "out"
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.RLIM_INFINITY))
 
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "transcode", str(sources / "long.mp4"), str(out),
-         "--ladder", "144,180", "--segment-seconds", "1", "--scratch-dir", str(scratch)],
+        [sys.executable, "-m", "engine.cli", "transcode", str(source), str(tmp_path / "out"),
+         "--ladder", "144,180", "--scratch-dir", str(scratch), *args],
         capture_output=True, text=True, timeout=60, check=False, preexec_fn=limit)
     assert result.returncode == 1, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rungs: "), result.stderr
-    assert "too large" in lines[0].lower() or "no space" in lines[0].lower(), lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    return result, scratch
+
+
+def test_cli_on_a_full_disk_fails_cleanly(sources: Path, tmp_path: Path) -> None:
+    """Every write past 64 KiB fails: the job fails with a clear reason, the scratch space is
+    freed, nothing is left."""
+    result, scratch = _transcode_with_file_limit(sources / "long.mp4", tmp_path, 64 * 1024,
+                                                 "--segment-seconds", "1")
+    line = result.stderr.strip()
+    assert line.startswith("rungs: "), line
+    assert "too large" in line.lower() or "no space" in line.lower(), line
     assert list(scratch.iterdir()) == []
+    out = tmp_path / "out"
     assert not out.exists() or leftovers(out) == []
     assert not (out / "master.m3u8").exists() or read_ladder(out).rungs
+
+
+def test_cli_with_a_full_scratch_disk_fails_cleanly(sources: Path, tmp_path: Path) -> None:
+    """Writes past 4 MiB fail: the segments fit, the spilled frames do not. The job fails with
+    one line that names the scratch directory, and leaves nothing there."""
+    result, scratch = _transcode_with_file_limit(sources / "long.mp4", tmp_path, 4 << 20,
+                                                 "--cache-mb", "0")
+    line = result.stderr.strip()
+    assert line.startswith("rungs: cannot write to the scratch file"), line
+    assert str(scratch) in line and "too large" in line.lower(), line
+    assert list(scratch.iterdir()) == []
+    assert not (tmp_path / "out").exists() or leftovers(tmp_path / "out") == []
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
