@@ -47,6 +47,7 @@ ALLOWED_DEMUXERS = (
     "asf",
     "mxf",
     "dv",
+    "gif",
     "ogg",
     "h264",
     "hevc",
@@ -290,6 +291,10 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
                                 "protocol_whitelist": "file",
                             }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        image = _still_image_format(source)
+        if image is not None:
+            raise InvalidSourceError(
+                f"source {source.name!r} is a still image ({image}), not a video") from exc
         raise InvalidSourceError(
             f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
         ) from exc
@@ -304,6 +309,29 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
 def _decoder_limits(max_pixels: int) -> dict[str, str]:
     """Decoder options that refuse frames above ``max_pixels`` (FFmpeg's own check, in C)."""
     return {"max_pixels": str(max(1, min(max_pixels, 2**31 - 1)))}
+
+
+#: The first bytes of the picture files people upload by mistake, which the allowed demuxers
+#: do not read: each is then named in the error instead of FFmpeg's "invalid argument".
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _still_image_format(path: Path) -> str | None:
+    """The picture format ``path`` starts with, if it is one of the common ones."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _IMAGE_SIGNATURES if head.startswith(magic)), None)
 
 
 def _reason(exc: BaseException) -> str:

@@ -659,12 +659,13 @@ def still_in_mov(folder: Path) -> Path:
     return path
 
 
-def animated_gif(folder: Path) -> Path:
-    path = folder / "animated.gif"
+def animated_gif(folder: Path, frames: int = 5) -> Path:
+    """``frames`` pictures at 10 fps in a GIF (a palette picture format)."""
+    path = folder / ("animated.gif" if frames > 1 else "still.gif")
     with av.open(str(path), "w") as out:
         stream = out.add_stream("gif", rate=10)
         stream.width, stream.height, stream.pix_fmt = 160, 90, "rgb8"
-        for index, image in enumerate(_frames(160, 90, 5)):
+        for index, image in enumerate(_frames(160, 90, frames)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = index
             out.mux(stream.encode(frame))
@@ -1026,10 +1027,12 @@ RECIPES: tuple[Recipe, ...] = (
            ("not a video",)),
     Recipe("text_named_mp4", lambda d, _: media.make_text_file(d / "notes.mp4"), R,
            ("not a video",)),
-    Recipe("jpeg_named_mp4", lambda d, _: jpeg_named_mp4(d), R, ("not a video",),
-           note="the image demuxers are not on the allow-list"),
+    Recipe("jpeg_named_mp4", lambda d, _: jpeg_named_mp4(d), R, ("still image (jpeg)",),
+           note="the image demuxers are not on the allow-list; the error names the format"),
     Recipe("still_png", lambda d, _: media.make_still_image(d / "still.png", width=WIDTH,
-                                                            height=HEIGHT), R, ("not a video",)),
+                                                            height=HEIGHT), R,
+           ("still image (png)",)),
+    Recipe("still_gif", lambda d, _: animated_gif(d, frames=1), R, ("still image",)),
     Recipe("still_in_mov", lambda d, _: still_in_mov(d), R, ("still image",)),
     Recipe("truncated_mkv", lambda d, _: truncated_mkv(d), R, ("truncated",)),
     Recipe("mkv_ten_hours_in",
@@ -1043,8 +1046,9 @@ RECIPES: tuple[Recipe, ...] = (
                                               codec_options={}), L,
            check=_all(_dims(LANDSCAPE), _frames_at_least(30)),
            note="Matroska counts no frames: MJPEG in it was taken for a still image"),
-    Recipe("animated_gif", lambda d, _: animated_gif(d), R, ("not a video",),
-           note="GIF is not on the demuxer allow-list"),
+    Recipe("animated_gif", lambda d, _: animated_gif(d), L,
+           check=_all(_frames_at_least(5), _seconds_about(0.5), _no_audio),
+           note="an animation people upload as a video"),
     Recipe("audio_only", lambda d, _: media.make_audio_only(d / "audio_only.m4a", seconds=1.0),
            R, ("no video stream",)),
     Recipe("audio_with_cover",
