@@ -372,9 +372,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     # The same limit for the decoder that decodes the video: a stream whose size grows past it
     # part way through gets those frames refused (and counted as corrupt), not allocated.
     ctx.options = {**ctx.options, **_decoder_limits(max_pixels)}
-    # The first audio stream FFmpeg can decode: PyAV gives the others no codec context.
-    audio_stream = next((a for a in container.streams.audio if a.codec_context is not None),
-                        None)
+    audio_stream = _audio_stream(container)
     streams = [stream, *([audio_stream] if audio_stream is not None else [])]
     packets = container.demux(streams)
     pending, video_packets = _read_first_frame(packets, stream, name, watch)
@@ -432,6 +430,15 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
         return (context.width or 0) * (context.height or 0) if context is not None else 0
 
     return max(candidates, key=area, default=None)
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
+    """The audio stream a player plays: of those FFmpeg can decode (PyAV gives the others no
+    codec context), the first the file flags as default, else the first. A commentary or
+    second-language track may come first, flagged not default, as the main one's is."""
+    decodable = [a for a in container.streams.audio if a.codec_context is not None]
+    flagged = (a for a in decodable if a.disposition & av.stream.Disposition.default)
+    return next(flagged, decodable[0] if decodable else None)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

@@ -838,6 +838,20 @@ def several_audio(folder: Path) -> Path:
                          audio=[(48000, 2, 1.0, 0), (44100, 6, 1.0, 0), (22050, 1, 1.0, 0)])
 
 
+def default_audio_second(folder: Path) -> Path:
+    """Two audio tracks, the first (a 440 Hz tone) flagged not default, the second (880 Hz) flagged
+    default: a commentary or second-language track before the main one. Players play the second."""
+    path = folder / "default_audio_second.mkv"
+    tones = [video(folder / f".tone_{hz}.mp4", tone_hz=hz) for hz in (440.0, 880.0)]
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(tones[0]), "-i",
+                    str(tones[1]), "-map", "0:v", "-map", "0:a", "-map", "1:a", "-c", "copy",
+                    "-disposition:a:0", "0", "-disposition:a:1", "default", str(path)],
+                   check=True)
+    for tone in tones:
+        tone.unlink()
+    return path
+
+
 def no_frame_rate(folder: Path) -> Path:
     """Raw H.264 with no timing information at all: no container timestamps, no VUI."""
     source = video(folder / ".timed.h264", audio=False, container_format="h264")
@@ -949,6 +963,21 @@ def _seconds_at_least(seconds: float) -> Callable[[Output], None]:
 def _seconds_about(seconds: float) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         assert abs(output.seconds - seconds) <= 0.1, output.seconds
+    return check
+
+
+def _audio_tone_about(hz: float) -> Callable[[Output], None]:
+    """The published audio's loudest frequency is ``hz`` (within 5%)."""
+    def check(output: Output) -> None:
+        samples, rate = [], 0
+        for _, blob in _segments(output.out / "audio" / "index.m3u8"):
+            with av.open(io.BytesIO(blob)) as container:
+                for frame in container.decode(audio=0):
+                    samples.append(frame.to_ndarray()[0])
+                    rate = frame.sample_rate
+        sound = np.concatenate(samples)
+        loudest = np.argmax(np.abs(np.fft.rfft(sound))) * rate / len(sound)
+        assert abs(loudest - hz) <= 0.05 * hz, loudest
     return check
 
 
@@ -1124,6 +1153,8 @@ RECIPES: tuple[Recipe, ...] = (
            note="downmixed to stereo"),
     Recipe("audio_44k", lambda d, _: video(d / "audio_44k.mp4", sample_rate=44100), L,
            check=_audio(), note="resampled to 48 kHz"),
+    Recipe("default_audio_second", lambda d, _: default_audio_second(d), L,
+           check=_audio_tone_about(880.0), note="the audio track flagged default is transcoded"),
     Recipe("several_audio", lambda d, _: several_audio(d), L, check=_audio(),
            note="the first audio track is used"),
     Recipe("audio_longer",
