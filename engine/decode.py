@@ -27,7 +27,12 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from engine.deinterlace import Deinterlacer
-from engine.errors import DecodeError, InvalidSourceError, JobCancelledError
+from engine.errors import (
+    DecodeError,
+    InvalidSourceError,
+    JobCancelledError,
+    UnsupportedSourceError,
+)
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import OpenSource, tag_seconds
@@ -69,12 +74,18 @@ AudioSink = Callable[[av.audio.frame.AudioFrame, float], None]
 
 
 def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: VideoSink,
-                  on_audio: AudioSink | None, cancel: threading.Event) -> DecodeStats:
-    """Demux and decode ``source`` once, calling the sinks in presentation order per stream."""
+                  on_audio: AudioSink | None, cancel: threading.Event,
+                  max_seconds: float = math.inf) -> DecodeStats:
+    """Demux and decode ``source`` once, calling the sinks in presentation order per stream.
+
+    Raises :class:`UnsupportedSourceError` once the video runs past ``max_seconds``: the probe
+    refuses a source that declares a longer duration, but some declare none (a WebM recorded in
+    a browser, a live Matroska capture) and a header can understate it."""
     video = source.video_stream
     time_base = Fraction(video.time_base or Fraction(1, 90000))
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
-                        video.codec_context.field_order, Fraction(source.info.duration_s))
+                        video.codec_context.field_order, Fraction(source.info.duration_s),
+                        _Limit(Path(source.info.path).name, max_seconds))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``).
@@ -226,13 +237,23 @@ def _decode_quietly(packet: av.Packet[Any],
         return []
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """The longest video a job takes, and the source's name for the error past it."""
+
+    name: str
+    seconds: float
+
+
 class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
                  frame_rate: Fraction = Fraction(30), field_order: int = 0,
-                 declared_seconds: Fraction = Fraction(0)) -> None:
+                 declared_seconds: Fraction = Fraction(0),
+                 limit: _Limit = _Limit("source", math.inf)) -> None:
         self.schedule = schedule
+        self._limit = limit
         self.time_base = time_base
         self.sink = sink
         self.decoded = 0
@@ -287,6 +308,10 @@ class _VideoState:
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
         pts = self._relative_pts(frame)
+        if pts * self.time_base > self._limit.seconds:  # before a gap up to it is filled
+            raise UnsupportedSourceError(
+                f"source {self._limit.name!r} lasts more than the limit of "
+                f"{self._limit.seconds:.0f} s")
         self._fill_gap(pts)
         duration = self._shown_for(frame, pts)
         placed = self.schedule.place(pts, self.time_base, duration)

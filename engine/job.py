@@ -387,7 +387,8 @@ class Job:
             assert audio is not None
             audio.push(frame, seconds)
 
-        return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop)
+        return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop,
+                             self.options.max_duration_s)
 
     def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
         path = publisher.write_poster(jpeg)

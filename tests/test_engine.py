@@ -1185,6 +1185,27 @@ def test_bad_source_fails_cleanly(tmp_path: Path, kind: str) -> None:
     assert list(scratch.iterdir()) == []
 
 
+def test_a_source_that_declares_no_duration_is_held_to_the_limit(tmp_path: Path) -> None:
+    """A live Matroska capture (as a browser's WebM recording) declares no duration, so the
+    probe cannot refuse it for its length: the decoder does, once the video runs past the
+    limit, and the first rung it had listed early is taken down with the master."""
+    source = media.make_video(tmp_path / "live.mkv", width=320, height=180, seconds=8.0,
+                              container_options={"live": "1"})
+    with open_source(source) as opened:
+        assert opened.info.duration_s == 0  # nothing declared
+    out = tmp_path / "out"
+    run = run_job(source, out, options(max_duration_s=5.0, early_playback=True,
+                                       segment_seconds=1.0))
+    assert run.state == JobState.FAILED, run.job.error
+    error = run.job.error
+    assert error is not None and error.code == "UNSUPPORTED_SOURCE", repr(error)
+    assert error.message == "source 'live.mkv' lasts more than the limit of 5 s", error.message
+    assert run.of_type("ready"), "the first rung was never listed early"
+    assert not (out / "master.m3u8").exists()
+    assert run_job(source, tmp_path / "whole", options(max_duration_s=9.0)).state == \
+        JobState.COMPLETE
+
+
 def test_output_directory_not_empty(tmp_path: Path, source_video: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
