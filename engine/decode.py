@@ -85,7 +85,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     time_base = Fraction(video.time_base or Fraction(1, 90000))
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
                         video.codec_context.field_order, Fraction(source.info.duration_s),
-                        _Limit(Path(source.info.path).name, max_seconds))
+                        _Limit(Path(source.info.path).name, max_seconds),
+                        _TimestampGuess(decode_order=source.info.container in DECODE_ORDER_PTS))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``).
@@ -237,6 +238,11 @@ def _decode_quietly(packet: av.Packet[Any],
         return []
 
 
+#: Demuxers whose packet timestamps number the packets in the order they are stored (decode
+#: order), not the order they are shown in.
+DECODE_ORDER_PTS = ("avi",)
+
+
 @dataclass(frozen=True)
 class _Limit:
     """The longest video a job takes, and the source's name for the error past it."""
@@ -251,7 +257,8 @@ class _VideoState:
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
                  frame_rate: Fraction = Fraction(30), field_order: int = 0,
                  declared_seconds: Fraction = Fraction(0),
-                 limit: _Limit = _Limit("source", math.inf)) -> None:
+                 limit: _Limit = _Limit("source", math.inf),
+                 timestamps: _TimestampGuess | None = None) -> None:
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
@@ -264,7 +271,7 @@ class _VideoState:
         self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
         # Intervals longer than this are gaps, not the frame rate.
         self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
-        self._timestamps = _TimestampGuess()
+        self._timestamps = timestamps or _TimestampGuess()
         self._converter = VideoReformatter()
         self._deinterlacer = Deinterlacer(time_base, field_order)
         self._size: tuple[int, int] | None = None
@@ -417,17 +424,36 @@ class _TimestampGuess:
     right order with their presentation timestamps swapped in pairs (4, 5, 7, 6, 8, 10, 9 ...),
     while their decode timestamps count up. Taken as they are, every pair went back in time
     and the video played at half speed.
-    """
 
-    def __init__(self) -> None:
+    With ``decode_order`` (AVI, see :data:`DECODE_ORDER_PTS`) the decode timestamp is always
+    believed: the container has no presentation time, and FFmpeg numbers its chunks in the
+    order they are stored, so H.264 with B-frames came out as 1, 4, 3, 5, 2, 8, 7, 9, 6 ...
+    Believed until the guess above turned (a few frames in) and again for the last frames
+    (the decoder's flush, which have no decode timestamp), those made 2 s of video last
+    2.23 s, every step back being a frame interval added. A decode timestamp runs the
+    decoder's delay behind, which the first frame (a keyframe, first in either order) tells;
+    it is taken off, so the sound stays in time.
+
+    A frame with no decode timestamp, once those are believed, comes one decode interval after
+    the last: the frames the decoder gives back when it is flushed."""
+
+    def __init__(self, decode_order: bool = False) -> None:
+        self._decode_order = decode_order
         self._faulty_pts = 0
         self._faulty_dts = 0
         self._last_pts: int | None = None
         self._last_dts: int | None = None
+        self._dts_step = 1
+        self._delay: int | None = None
 
     def best_effort(self, pts: int | None, dts: int | None) -> int | None:
+        use_dts = self._decode_order or self._faulty_pts > self._faulty_dts
+        if dts is None and use_dts and self._last_dts is not None:
+            dts = self._last_dts + self._dts_step
         if dts is not None:
             self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
+            if self._last_dts is not None and dts > self._last_dts:
+                self._dts_step = dts - self._last_dts
             self._last_dts = dts
         elif pts is not None:
             self._last_dts = pts
@@ -436,9 +462,15 @@ class _TimestampGuess:
             self._last_pts = pts
         elif dts is not None:
             self._last_pts = dts
-        if pts is not None and (dts is None or self._faulty_pts <= self._faulty_dts):
+        if not self._decode_order:
+            if pts is not None and (dts is None or self._faulty_pts <= self._faulty_dts):
+                return pts
+            return dts
+        if dts is None:
             return pts
-        return dts
+        if self._delay is None:
+            self._delay = max(0, dts - pts) if pts is not None else 0
+        return dts - self._delay
 
 
 def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:

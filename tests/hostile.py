@@ -1134,6 +1134,11 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_frames_at_least(55), _seconds_about(2.0), _audio_seconds_about(2.0)),
            note="the decoder gives the frames in order with their timestamps swapped in pairs; "
                 "they are timed as FFmpeg times them (it played at half speed)"),
+    Recipe("h264_bframes_avi", lambda d, _: video(d / "h264_bframes.avi", seconds=2.0), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0), _audio_seconds_about(2.0),
+                      _audio_starts_with_video),
+           note="AVI numbers its chunks in stored (decode) order, so the frames came out with "
+                "timestamps 1, 4, 3, 5, 2 ... and 2 s of video lasted 2.13 to 2.23 s"),
     Recipe("raw_dv", lambda d, _: raw_dv(d), L,
            check=_all(_frames_at_least(25), _seconds_about(1.0), _audio_seconds_about(1.0)),
            note="it was refused as 'not a video file FFmpeg can read (invalid argument)'"),
