@@ -85,8 +85,9 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     time_base = Fraction(video.time_base or Fraction(1, 90000))
     state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
                         video.codec_context.field_order, Fraction(source.info.duration_s),
-                        _Limit(Path(source.info.path).name, max_seconds),
-                        _TimestampGuess(decode_order=source.info.container in DECODE_ORDER_PTS))
+                        limit=_Limit(Path(source.info.path).name, max_seconds),
+                        timestamps=_TimestampGuess(
+                            decode_order=source.info.container in DECODE_ORDER_PTS))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``).
@@ -256,9 +257,8 @@ class _VideoState:
 
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
                  frame_rate: Fraction = Fraction(30), field_order: int = 0,
-                 declared_seconds: Fraction = Fraction(0),
-                 limit: _Limit = _Limit("source", math.inf),
-                 timestamps: _TimestampGuess | None = None) -> None:
+                 declared_seconds: Fraction = Fraction(0), *, limit: _Limit,
+                 timestamps: _TimestampGuess) -> None:
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
@@ -271,7 +271,7 @@ class _VideoState:
         self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
         # Intervals longer than this are gaps, not the frame rate.
         self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
-        self._timestamps = timestamps or _TimestampGuess()
+        self._timestamps = timestamps
         self._converter = VideoReformatter()
         self._deinterlacer = Deinterlacer(time_base, field_order)
         self._size: tuple[int, int] | None = None
