@@ -139,7 +139,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             log.warning("skipping a video packet that does not decode: %s", exc)
             if bad > 10 and bad > MAX_BAD_PACKET_SHARE * video_packets:
                 raise DecodeError(
-                    f"source stopped decoding: {bad} of {video_packets} video packets are corrupt"
+                    f"source {Path(source.info.path).name!r} is too damaged to transcode: "
+                    f"{bad} of its first {video_packets} video packets do not decode"
                 ) from exc
             continue
         for decoded in frames:
@@ -151,7 +152,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     if early_audio and state.has_origin():
         release_early_audio()
     if state.decoded == 0:
-        raise DecodeError("source has no decodable video frame")
+        raise DecodeError(
+            f"source {Path(source.info.path).name!r} has no decodable video frame")
     _check_complete(source, video, video_packets, video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base,
                        state.peak_frame_rate())

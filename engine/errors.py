@@ -61,8 +61,9 @@ class OutputWriteError(RungsError, OSError):
     retryable = True
 
 
-class DecodeError(RungsError):
-    """The source stopped decoding part way through."""
+class DecodeError(InvalidSourceError):
+    """The source turned out too damaged to decode part way through: found while decoding,
+    not by the probe, so it keeps a code of its own."""
 
     code = "DECODE_FAILED"
 

@@ -491,9 +491,12 @@ def cut_ts(folder: Path) -> Path:
     return path
 
 
-def corrupt_packets(folder: Path, name: str, share: float, seed: int) -> Path:
+def corrupt_packets(folder: Path, name: str, share: float, seed: int,
+                    zeroed: bool = False) -> Path:
     """Every video sample after the first GOP has a run of bytes overwritten with probability
-    ``share``: damage the decoder must conceal or report, not crash on."""
+    ``share``: damage the decoder must conceal or report, not crash on. With ``zeroed``, the
+    whole sample is wiped instead (blocks a disk or a transfer lost), which no decoder gets
+    past."""
     source = video(folder / f".{name}", seconds=2.0,
                    codec_options={"preset": "veryfast", "g": "30"})
     data = bytearray(source.read_bytes())
@@ -503,7 +506,10 @@ def corrupt_packets(folder: Path, name: str, share: float, seed: int) -> Path:
     # Samples are laid out in order in PyAV's MP4s (video and audio interleaved by chunks), so
     # walk the chunk table for the video track.
     for index, (start, size) in enumerate(_video_samples(bytes(data), sizes, offset)):
-        if index >= 30 and rng.random() < share and size > 16:
+        hit = index >= 30 and rng.random() < share
+        if hit and zeroed:
+            data[start:start + size] = bytes(size)
+        elif hit and size > 16:
             at = start + rng.randrange(4, size - 8)
             length = min(size - (at - start), rng.randrange(8, 64))
             data[at:at + length] = rng.randbytes(length)
@@ -1101,6 +1107,11 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: corrupt_packets(d, "corrupt_everything.mp4", 1.0, 2), L,
            check=_frames_at_least(30),
            note="every frame after the first GOP damaged: still concealed, still a ladder"),
+    Recipe("zeroed_packets",
+           lambda d, _: corrupt_packets(d, "zeroed_packets.mp4", 0.5, 3, zeroed=True), R,
+           ("too damaged", "zeroed_packets.mp4"),
+           note="half the frames after the first GOP wiped: the job fails DECODE_FAILED once "
+                "more than 20% of the packets have not decoded; bad input, so exit 2"),
     Recipe("unknown_codec", lambda d, _: unknown_codec(d), R, ("codec",)),
     Recipe("no_samples", lambda d, _: no_samples(d), R, ("no decodable frame",)),
     # Limits.

@@ -41,7 +41,7 @@ LADDER_ARG = ",".join(map(str, hostile.LADDER))
 #: Seconds any one case may take through the CLI before it counts as a hang.
 CASE_TIMEOUT_S = 60
 #: Error codes a job may fail with when its source turns out bad only while it is decoded.
-SOURCE_CODES = ("INVALID_SOURCE", "UNSUPPORTED_SOURCE")
+SOURCE_CODES = ("INVALID_SOURCE", "UNSUPPORTED_SOURCE", "DECODE_FAILED")
 
 
 # -- catching opens of the traps ------------------------------------------------------------
