@@ -35,7 +35,7 @@ from engine.errors import (
 )
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
-from engine.probe import OpenSource, tag_seconds
+from engine.probe import OpenSource, clock_may_jump, tag_seconds
 from engine.stall import DecoderWatch
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                         limit=_Limit(Path(source.info.path).name, max_seconds),
                         timestamps=_TimestampGuess(
                             decode_order=source.info.container in DECODE_ORDER_PTS))
+    splices = _Splices(clock_may_jump(source.container))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``).
@@ -119,11 +120,13 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
+            splices.join(item)
             for frame in _decode_quietly(item, source.watch):
                 audio(frame)
     for packet in _packets(source, state):
         if cancel.is_set():
             raise JobCancelledError("cancelled while decoding")
+        splices.join(packet)
         is_video = packet.stream.index == video.index
         if is_video and packet.size:
             video_packets += 1
@@ -244,6 +247,56 @@ def _decode_quietly(packet: av.Packet[Any],
 #: Demuxers whose packet timestamps number the packets in the order they are stored (decode
 #: order), not the order they are shown in.
 DECODE_ORDER_PTS = ("avi",)
+#: A jump of the clock of such a format by more than this is a splice, not time that passed
+#: (the ffmpeg CLI's ``-dts_delta_threshold``).
+SPLICE_JUMP_S = 10
+
+
+class _Splices:
+    """Joins the pieces of a source whose clock jumps where recordings were joined end to end
+    or a broadcast capture crosses a splice, as the ffmpeg CLI does.
+
+    Taken as they came, 6 s of MPEG-TS whose second half was stamped an hour later made an
+    hour of one still picture between 3 s of video at each end, and a jump back of 100 s, which
+    FFmpeg's demuxer reads as a clock wrap 26 hours ahead, made a 6 s file "last 95347 s" (and
+    be refused). Only in formats whose clock may jump (:func:`engine.probe.clock_may_jump`): an
+    MP4's or a Matroska file's timeline is real (a screen recording can hold one picture for a
+    minute). A packet more than ``SPLICE_JUMP_S`` away both from where its stream's last
+    packet ended and from where the last packet of any stream did moves, with every later
+    packet of every stream, to go on from there, so sound and picture stay together. Either
+    alone is not a splice: a gap in the sound while the picture goes on is kept, and a muxer
+    that held the sound back while a gap in it lasted (the ffmpeg CLI's MPEG-TS muxer, up to
+    10 s) stores it 13 s after the picture around it.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        #: Seconds added to every packet from the last splice on.
+        self._offset = Fraction(0)
+        #: Where the last packet of each stream, and of any stream, ended (seconds, joined).
+        self._ends: dict[int, Fraction] = {}
+        self._end: Fraction | None = None
+
+    def join(self, packet: av.Packet[Any]) -> None:
+        """Move ``packet``'s timestamps onto the joined timeline."""
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        if not self._enabled or stamp is None or packet.time_base is None:
+            return
+        time_base = Fraction(packet.time_base)
+        at = stamp * time_base + self._offset
+        stream_end = self._ends.get(packet.stream.index)
+        if (stream_end is not None and self._end is not None
+                and abs(at - stream_end) > SPLICE_JUMP_S and abs(at - self._end) > SPLICE_JUMP_S):
+            log.warning("joining a splice: the source's clock jumps by %.1f s",
+                        float(at - self._end))
+            self._offset += self._end - at
+            at = self._end
+        if shift := round(self._offset / time_base):
+            if packet.dts is not None:
+                packet.dts += shift
+            if packet.pts is not None:
+                packet.pts += shift
+        self._end = self._ends[packet.stream.index] = at + max(0, packet.duration or 0) * time_base
 
 
 @dataclass(frozen=True)

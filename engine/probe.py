@@ -80,6 +80,8 @@ _MATRICES = frozenset((1, 4, 5, 6, 7, 9, 10))
 _RGB_TO_YUV_MATRIX = 6
 _PRIMARIES = frozenset(int(p) for p in ColorPrimaries)
 _TRANSFERS = frozenset(int(t) for t in ColorTrc)
+#: FFmpeg's AVFMT_TS_DISCONT flag of a demuxer.
+_TS_DISCONT = 0x0200
 #: HLS VIDEO-RANGE of the high-dynamic-range transfer functions (others are SDR).
 _HDR_RANGES = {int(ColorTrc.SMPTE2084): "PQ", int(ColorTrc.ARIB_STD_B67): "HLG"}
 
@@ -364,7 +366,10 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
             f"source {name!r} is {width}x{height}, above the limit of {max_pixels} pixels"
         )
     duration_s = _duration(container, stream)
-    if duration_s > max_duration_s:
+    # A stream format's duration is its last timestamp less its first, which a splice can make
+    # any length (engine.decode joins the pieces): the decoder holds the joined video to the
+    # limit instead.
+    if duration_s > max_duration_s and not clock_may_jump(container):
         raise UnsupportedSourceError(
             f"source {name!r} lasts {duration_s:.0f} s, above the limit of {max_duration_s:.0f} s"
         )
@@ -453,6 +458,12 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     if container.duration:
         return container.duration / av.time_base
     return 0.0
+
+
+def clock_may_jump(container: av.container.InputContainer) -> bool:
+    """Whether the format's clock may jump part way (FFmpeg's ``AVFMT_TS_DISCONT``: MPEG-TS and
+    -PS, Ogg, live FLV), where recordings were joined or a broadcast was spliced."""
+    return bool(container.format.flags & _TS_DISCONT)
 
 
 def tag_seconds(stream: av.stream.Stream) -> float:

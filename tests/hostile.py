@@ -491,6 +491,20 @@ def cut_ts(folder: Path) -> Path:
     return path
 
 
+def spliced_ts(folder: Path, name: str, offsets: tuple[float, float]) -> Path:
+    """Two 1 s MPEG-TS recordings joined end to end (a capture across a broadcast splice, or
+    files joined with ``cat``), their clocks starting at ``offsets`` seconds: a 440 Hz tone
+    under the first, 880 Hz under the second."""
+    pieces = [video(folder / f".{name}-{index}.ts", tone_hz=hz,
+                    container_options={"output_ts_offset": f"{offset:g}"})
+              for index, (hz, offset) in enumerate(zip((440.0, 880.0), offsets, strict=True))]
+    path = folder / name
+    path.write_bytes(b"".join(piece.read_bytes() for piece in pieces))
+    for piece in pieces:
+        piece.unlink()
+    return path
+
+
 def corrupt_packets(folder: Path, name: str, share: float, seed: int,
                     zeroed: bool = False) -> Path:
     """Every video sample after the first GOP has a run of bytes overwritten with probability
@@ -972,8 +986,10 @@ def _seconds_about(seconds: float) -> Callable[[Output], None]:
     return check
 
 
-def _audio_tone_about(hz: float) -> Callable[[Output], None]:
-    """The published audio's loudest frequency is ``hz`` (within 5%)."""
+def _audio_tones(*hz: float) -> Callable[[Output], None]:
+    """The published audio, cut into ``len(hz)`` equal parts, has each part's loudest frequency
+    at its ``hz`` (within 5%; a tenth of each part at either end is left out, where the tones
+    meet)."""
     def check(output: Output) -> None:
         samples, rate = [], 0
         for _, blob in _segments(output.out / "audio" / "index.m3u8"):
@@ -982,8 +998,12 @@ def _audio_tone_about(hz: float) -> Callable[[Output], None]:
                     samples.append(frame.to_ndarray()[0])
                     rate = frame.sample_rate
         sound = np.concatenate(samples)
-        loudest = np.argmax(np.abs(np.fft.rfft(sound))) * rate / len(sound)
-        assert abs(loudest - hz) <= 0.05 * hz, loudest
+        part = len(sound) // len(hz)
+        found = []
+        for index in range(len(hz)):
+            piece = sound[index * part + part // 10:(index + 1) * part - part // 10]
+            found.append(np.argmax(np.abs(np.fft.rfft(piece))) * rate / len(piece))
+        assert all(abs(f - h) <= 0.05 * h for f, h in zip(found, hz, strict=True)), found
     return check
 
 
@@ -1098,6 +1118,15 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
+    # Joined recordings whose clocks jump: the pieces play one after the other.
+    Recipe("ts_splice_ahead", lambda d, _: spliced_ts(d, "splice_ahead.ts", (0, 3600)), L,
+           check=_all(_seconds_about(2.0), _frames_at_least(60), _audio_tones(440.0, 880.0)),
+           note="the second piece's clock is an hour ahead: joined (it used to make an hour of "
+                "one still picture)"),
+    Recipe("ts_splice_back", lambda d, _: spliced_ts(d, "splice_back.ts", (100, 0)), L,
+           check=_all(_seconds_about(2.0), _frames_at_least(60), _audio_tones(440.0, 880.0)),
+           note="the clock goes back 101 s, which FFmpeg reads as a wrap 26 hours ahead (the "
+                "source used to be refused as lasting 95 000 s)"),
     Recipe("corrupt_packets",
            lambda d, _: corrupt_packets(d, "corrupt_packets.mp4", 0.15, 1), L,
            check=_frames_at_least(55),
@@ -1170,7 +1199,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("audio_44k", lambda d, _: video(d / "audio_44k.mp4", sample_rate=44100), L,
            check=_audio(), note="resampled to 48 kHz"),
     Recipe("default_audio_second", lambda d, _: default_audio_second(d), L,
-           check=_audio_tone_about(880.0), note="the audio track flagged default is transcoded"),
+           check=_audio_tones(880.0), note="the audio track flagged default is transcoded"),
     Recipe("several_audio", lambda d, _: several_audio(d), L, check=_audio(),
            note="the first audio track is used"),
     Recipe("audio_longer",
