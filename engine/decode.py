@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 PIXEL_FORMAT = "yuv420p"
 #: Give up on a source when more than this share of its video packets fail to decode.
 MAX_BAD_PACKET_SHARE = 0.2
+#: How far the sound may run ahead of the furthest picture read before its timestamps are
+#: taken for damaged ones (muxers keep the two within a second or so).
+MAX_AUDIO_LEAD_S = 60
 #: Longest interval between frames taken as the frame rate; longer ones are gaps.
 MAX_FRAME_INTERVAL_S = Fraction(1, 2)
 #: How much longer than the segment length a segment may get in a gap before the last frame
@@ -99,10 +102,23 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     # waits for the time origin: placed against none, it lands at its absolute time.
     early_audio: list[tuple[av.audio.frame.AudioFrame, float]] = []
 
+    # Where the sound passed on so far ends, in seconds from the time origin.
+    audio_end: float | None = None
+
     def release_early_audio() -> None:
+        nonlocal audio_end
         assert on_audio is not None
+        reach = float(video_end * time_base) - state.origin_seconds()
         for held, seconds in early_audio:
-            on_audio(held, seconds - state.origin_seconds())
+            at = seconds - state.origin_seconds()
+            if audio_end is not None and at > max(reach, audio_end) + MAX_AUDIO_LEAD_S:
+                # Sound far past the furthest picture read is a damaged timestamp, not a pause
+                # (a pause in a recording is one in the picture too): it goes on after the
+                # sound before it. A source that declares no duration (a browser's WebM) had
+                # silence encoded up to it, for ever with a timestamp 2^32 ticks ahead.
+                at = audio_end
+            audio_end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
+            on_audio(held, at)
         early_audio.clear()
 
     def audio(frame: av.audio.frame.AudioFrame) -> None:

@@ -505,6 +505,27 @@ def spliced_ts(folder: Path, name: str, offsets: tuple[float, float]) -> Path:
     return path
 
 
+def audio_clock_leap(folder: Path) -> Path:
+    """A live Matroska capture (no duration declared, as a browser's WebM recording) of 2 s
+    whose sound's timestamps leap 10 hours ahead after 1 s: a damaged clock, not a pause."""
+    path = folder / "audio_leap.mkv"
+    with av.open(str(path), "w", container_options={"live": "1"}) as out:
+        picture = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
+        picture.width, picture.height, picture.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        sound = out.add_stream("aac", rate=48000, layout="stereo")
+        for tone in media._tone_frames(2.0, 440.0, 48000, 2):
+            if tone.pts is not None and tone.pts >= 48000:
+                tone.pts += 10 * 3600 * 48000
+            out.mux(sound.encode(tone))
+        out.mux(sound.encode(None))
+        for index, image in enumerate(_frames(WIDTH, HEIGHT, 60)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 30)
+            out.mux(picture.encode(frame))
+        out.mux(picture.encode(None))
+    return path
+
+
 def corrupt_packets(folder: Path, name: str, share: float, seed: int,
                     zeroed: bool = False) -> Path:
     """Every video sample after the first GOP has a run of bytes overwritten with probability
@@ -1118,6 +1139,10 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
+    Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,
+           check=_all(_seconds_about(2.0), _audio_seconds_about(2.0)),
+           note="no duration declared, so nothing bounded the silence filled up to the sound "
+                "10 hours ahead: the job never ended; the sound now goes on where it was"),
     # Joined recordings whose clocks jump: the pieces play one after the other.
     Recipe("ts_splice_ahead", lambda d, _: spliced_ts(d, "splice_ahead.ts", (0, 3600)), L,
            check=_all(_seconds_about(2.0), _frames_at_least(60), _audio_tones(440.0, 880.0)),
