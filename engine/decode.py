@@ -263,8 +263,8 @@ def _decode_quietly(packet: av.Packet[Any],
 #: Demuxers whose packet timestamps number the packets in the order they are stored (decode
 #: order), not the order they are shown in.
 DECODE_ORDER_PTS = ("avi",)
-#: A jump of the clock of such a format by more than this is a splice, not time that passed
-#: (the ffmpeg CLI's ``-dts_delta_threshold``).
+#: A jump by more than this in a format whose clock may jump (:func:`clock_may_jump`) is a
+#: splice, not time that passed (the ffmpeg CLI's ``-dts_delta_threshold``).
 SPLICE_JUMP_S = 10
 
 
