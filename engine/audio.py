@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +17,7 @@ import av.audio.frame
 import av.audio.stream
 import av.error
 
+from engine.errors import JobCancelledError
 from engine.gop import TIMELINE_START
 from engine.segment import HlsWriter, SegmentRecord
 
@@ -55,8 +57,11 @@ class AudioEncoder:
     """Resamples, encodes and segments audio frames as the decoder delivers them."""
 
     def __init__(self, out_dir: Path, segment_seconds: Fraction, segment_type: str,
-                 settings: AudioSettings, duration_s: float = math.inf) -> None:
+                 settings: AudioSettings, duration_s: float = math.inf,
+                 cancel: threading.Event | None = None) -> None:
         self.settings = settings
+        #: Checked while a long pause is filled: an hour of silence takes 25 s to encode here.
+        self._cancel = cancel
         #: How long the source says it is: a gap reaching past that is a broken timestamp,
         #: not a pause, and is closed up rather than filled (hours of silence).
         self.duration_s = duration_s
@@ -146,6 +151,8 @@ class AudioEncoder:
         if missing <= MAX_AUDIO_GAP_S * rate or seconds > self.duration_s + MAX_AUDIO_GAP_S:
             return
         while missing > 0:
+            if self._cancel is not None and self._cancel.is_set():
+                raise JobCancelledError("cancelled while filling a pause in the sound")
             count = min(missing, _SILENCE_CHUNK_S * rate)
             silence = av.AudioFrame(format="fltp", layout=self.stream.layout, samples=count)
             silence.sample_rate = rate

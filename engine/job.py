@@ -317,7 +317,7 @@ class Job:
         audio = None
         if info.audio is not None:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
-                                 self.options.audio, info.duration_s or math.inf)
+                                 self.options.audio, info.duration_s or math.inf, self._stop)
         poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
         early = (functools.partial(self._lead_segment_closed, publisher, audio)
                  if self.options.early_playback else None)

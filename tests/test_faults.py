@@ -605,6 +605,29 @@ def test_cancel_at_every_stage_is_quick_and_leaks_nothing(
     assert_released(before)
 
 
+def test_cancel_while_a_long_pause_in_the_sound_is_filled(tmp_path: Path) -> None:
+    """Half an hour with no sound between two seconds of it (a 30-minute recording whose
+    microphone was off): the pause is encoded as silence, 12-25 s of work on the decode thread
+    here, and a cancel must not wait for all of it."""
+    pause = 1800
+    source = hostile.audio_runs(tmp_path / "pause.mkv",
+                                [*range(30), *range(pause * 30, pause * 30 + 30)],
+                                [(1.0, 0), (1.0, pause * 48000)])
+    out = tmp_path / "out"
+    job = Job(source, out, engine_options(segment_seconds=4.0))
+    job.start()
+    deadline = time.monotonic() + 60
+    # 2 s of sound make one segment: the 31st means the silence is being encoded.
+    while len(list(out.glob("audio/seg_*"))) < 30:
+        assert time.monotonic() < deadline and not job.wait(0.05), (job.state, job.error)
+    job.cancel()
+    cancelled_at = time.monotonic()
+    assert job.wait(30)
+    took = time.monotonic() - cancelled_at
+    assert job.state == JobState.CANCELLED, (job.state, job.error)
+    assert took < 2.0, took
+
+
 def test_a_finished_job_holds_no_codec_threads(sources: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     started = threading.Event()
