@@ -82,9 +82,7 @@ class AudioEncoder:
         self._fifo = av.AudioFifo()
         self._input: tuple[str, str, int] | None = None
         self._next_pts: int | None = None
-        #: Where the first frame starts (seconds after the first video frame), and the samples
-        #: queued since: where the next frame should start.
-        self._start_s = 0.0
+        #: Samples queued since the first picture: where the next frame should start.
         self._queued = 0
         #: Decoded frames that could not be converted and were left out.
         self.skipped_frames = 0
@@ -94,8 +92,12 @@ class AudioEncoder:
         if seconds < 0:
             return  # Audio before the first picture has nothing to play against.
         if self._next_pts is None:
-            self._next_pts = round((TIMELINE_START + Fraction(seconds)) * self.settings.sample_rate)
-            self._start_s = seconds
+            # The sound starts with the first picture, in silence until the source's own sound
+            # begins: browsers play only where both are buffered, and hls.js never started a
+            # video whose sound began 5 s after the picture.
+            self._next_pts = round(TIMELINE_START * self.settings.sample_rate)
+            if seconds <= self.duration_s + MAX_AUDIO_GAP_S:
+                self._silence(round(seconds * self.settings.sample_rate))
         else:
             self._fill_gap(seconds)
         frame.pts = None
@@ -147,9 +149,13 @@ class AudioEncoder:
         well before it: the video keeps such a gap (it is real time), so laying the audio on
         end to end put everything after a 3 s pause 3 s early."""
         rate = self.settings.sample_rate
-        missing = round((seconds - self._start_s) * rate) - self._queued
-        if missing <= MAX_AUDIO_GAP_S * rate or seconds > self.duration_s + MAX_AUDIO_GAP_S:
-            return
+        missing = round(seconds * rate) - self._queued
+        if missing > MAX_AUDIO_GAP_S * rate and seconds <= self.duration_s + MAX_AUDIO_GAP_S:
+            self._silence(missing)
+
+    def _silence(self, missing: int) -> None:
+        """Queue and encode ``missing`` samples of silence."""
+        rate = self.settings.sample_rate
         while missing > 0:
             if self._cancel is not None and self._cancel.is_set():
                 raise JobCancelledError("cancelled while filling a pause in the sound")

@@ -111,12 +111,14 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         reach = float(video_end * time_base) - state.origin_seconds()
         for held, seconds in early_audio:
             at = seconds - state.origin_seconds()
-            if audio_end is not None and at > max(reach, audio_end) + MAX_AUDIO_LEAD_S:
+            before = audio_end if audio_end is not None else 0.0
+            if at > max(reach, before) + MAX_AUDIO_LEAD_S:
                 # Sound far past the furthest picture read is a damaged timestamp, not a pause
                 # (a pause in a recording is one in the picture too): it goes on after the
-                # sound before it. A source that declares no duration (a browser's WebM) had
-                # silence encoded up to it, for ever with a timestamp 2^32 ticks ahead.
-                at = audio_end
+                # sound before it, or starts with the picture. A source that declares no
+                # duration (a browser's WebM) had silence encoded up to it, for ever with a
+                # timestamp 2^32 ticks ahead.
+                at = before
             audio_end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
             on_audio(held, at)
         early_audio.clear()

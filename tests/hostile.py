@@ -505,16 +505,17 @@ def spliced_ts(folder: Path, name: str, offsets: tuple[float, float]) -> Path:
     return path
 
 
-def audio_clock_leap(folder: Path) -> Path:
+def audio_clock_leap(folder: Path, after_s: int = 1) -> Path:
     """A live Matroska capture (no duration declared, as a browser's WebM recording) of 2 s
-    whose sound's timestamps leap 10 hours ahead after 1 s: a damaged clock, not a pause."""
-    path = folder / "audio_leap.mkv"
+    whose sound's timestamps leap 10 hours ahead after ``after_s``: a damaged clock, not a
+    pause (with 0, the sound starts 10 hours in)."""
+    path = folder / f"audio_leap_{after_s}.mkv"
     with av.open(str(path), "w", container_options={"live": "1"}) as out:
         picture = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
         picture.width, picture.height, picture.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         sound = out.add_stream("aac", rate=48000, layout="stereo")
         for tone in media._tone_frames(2.0, 440.0, 48000, 2):
-            if tone.pts is not None and tone.pts >= 48000:
+            if tone.pts is not None and tone.pts >= after_s * 48000:
                 tone.pts += 10 * 3600 * 48000
             out.mux(sound.encode(tone))
         out.mux(sound.encode(None))
@@ -820,6 +821,11 @@ def paused_recording(folder: Path) -> Path:
                       [(1.0, 0), (1.0, 3 * 48000)])
 
 
+def sound_starts_late(folder: Path) -> Path:
+    """MP4 whose sound begins 1 s after its picture (a capture whose audio joined late)."""
+    return audio_runs(folder / "sound_starts_late.mp4", list(range(60)), [(1.0, 48000)])
+
+
 def audio_jumps_hours(folder: Path) -> Path:
     """Matroska whose audio timestamps jump 3 h ahead half way through a 1 s video (a broken
     clock, not a pause): closed up, not filled with 3 h of silence."""
@@ -1028,6 +1034,20 @@ def _audio_tones(*hz: float) -> Callable[[Output], None]:
     return check
 
 
+def _sound_begins_at(seconds: float) -> Callable[[Output], None]:
+    """The published audio is silent until ``seconds`` (within 50 ms), then heard."""
+    def check(output: Output) -> None:
+        samples, rate = [], 0
+        for _, blob in _segments(output.out / "audio" / "index.m3u8"):
+            with av.open(io.BytesIO(blob)) as container:
+                for frame in container.decode(audio=0):
+                    samples.append(frame.to_ndarray()[0])
+                    rate = frame.sample_rate
+        loud = np.flatnonzero(np.abs(np.concatenate(samples)) > 0.05)
+        assert loud.size and abs(loud[0] / rate - seconds) <= 0.05, loud[:1] / rate
+    return check
+
+
 def _audio_seconds_about(seconds: float) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         playlist = m3u8.load(str(output.out / "audio" / "index.m3u8"))
@@ -1143,6 +1163,12 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0)),
            note="no duration declared, so nothing bounded the silence filled up to the sound "
                 "10 hours ahead: the job never ended; the sound now goes on where it was"),
+    Recipe("audio_starts_hours_late", lambda d, _: audio_clock_leap(d, after_s=0), L,
+           check=_all(_seconds_about(2.0), _audio_seconds_about(2.0),
+                      _audio_starts_with_video),
+           note="sound stamped 10 hours in from its first frame, with no duration declared: "
+                "taken for a damaged clock and started with the picture, not led in with 10 "
+                "hours of silence"),
     # Joined recordings whose clocks jump: the pieces play one after the other.
     Recipe("ts_splice_ahead", lambda d, _: spliced_ts(d, "splice_ahead.ts", (0, 3600)), L,
            check=_all(_seconds_about(2.0), _frames_at_least(60), _audio_tones(440.0, 880.0)),
@@ -1245,6 +1271,11 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("paused_recording", lambda d, _: paused_recording(d), L,
            check=_all(_seconds_about(4.0), _audio_seconds_about(4.0)),
            note="the pause is kept in both, the audio's as silence"),
+    Recipe("sound_starts_late", lambda d, _: sound_starts_late(d), L,
+           check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video,
+                      _sound_begins_at(1.0)),
+           note="the sound is led in with silence from the first picture: it started 1 s in, "
+                "and a browser plays only where picture and sound are both buffered"),
     Recipe("audio_jumps_hours", lambda d, _: audio_jumps_hours(d), L,
            check=_all(_seconds_about(1.0), _audio_seconds_about(1.0)),
            note="a jump past the source's duration is a broken clock: closed up, not filled"),

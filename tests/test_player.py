@@ -25,7 +25,7 @@ from engine.rpc import transcoder_pb2 as pb
 from engine.rpc import transcoder_pb2_grpc
 from engine.server import RungsServer, create_server
 from engine.web import DEFAULT_HLS_JS
-from tests import media
+from tests import hostile, media
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: The flags this machine's closed network and a headless root session need.
@@ -221,3 +221,20 @@ def test_an_hdr_ladder_plays_on_an_sdr_screen(
     assert (base / "out" / "pq" / "master.m3u8").read_text().count("VIDEO-RANGE=PQ") == 2
     assert measured["levelLoads"]
     shutil.rmtree(base / "out" / "pq")
+
+
+
+def test_a_source_whose_sound_starts_late_plays_from_the_start(
+        server: tuple[RungsServer, Any, Path], browser: Any) -> None:
+    """10 s of picture whose sound begins 5 s in (a capture whose audio joined late). The
+    browser plays only where picture and sound are both buffered: with the audio rendition
+    starting at 5 s, the player sat at 0 s and never started."""
+    rungs, stub, base = server
+    hostile.audio_runs(base / "src" / "late_sound.mp4", list(range(300)), [(5.0, 5 * 48000)])
+    measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
+        source="late_sound.mp4", output="late_sound",
+        options=pb.TranscodeOptions(ladder=[180], segment_seconds=2)))
+    samples = measured["samples"]
+    assert samples[0]["currentTime"] < 1.0 and samples[-1]["currentTime"] > 9.5, samples
+    assert measured["maxRms"] > 0.05  # the tone after the silence is heard
+    shutil.rmtree(base / "out" / "late_sound")
