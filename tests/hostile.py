@@ -1013,18 +1013,23 @@ def _seconds_about(seconds: float) -> Callable[[Output], None]:
     return check
 
 
+def _published_sound(output: Output) -> tuple[np.ndarray, int]:
+    """The audio rendition's first channel, decoded segment by segment, and its sample rate."""
+    samples, rate = [], 0
+    for _, blob in _segments(output.out / "audio" / "index.m3u8"):
+        with av.open(io.BytesIO(blob)) as container:
+            for frame in container.decode(audio=0):
+                samples.append(frame.to_ndarray()[0])
+                rate = frame.sample_rate
+    return np.concatenate(samples), rate
+
+
 def _audio_tones(*hz: float) -> Callable[[Output], None]:
     """The published audio, cut into ``len(hz)`` equal parts, has each part's loudest frequency
     at its ``hz`` (within 5%; a tenth of each part at either end is left out, where the tones
     meet)."""
     def check(output: Output) -> None:
-        samples, rate = [], 0
-        for _, blob in _segments(output.out / "audio" / "index.m3u8"):
-            with av.open(io.BytesIO(blob)) as container:
-                for frame in container.decode(audio=0):
-                    samples.append(frame.to_ndarray()[0])
-                    rate = frame.sample_rate
-        sound = np.concatenate(samples)
+        sound, rate = _published_sound(output)
         part = len(sound) // len(hz)
         found = []
         for index in range(len(hz)):
@@ -1037,13 +1042,8 @@ def _audio_tones(*hz: float) -> Callable[[Output], None]:
 def _sound_begins_at(seconds: float) -> Callable[[Output], None]:
     """The published audio is silent until ``seconds`` (within 50 ms), then heard."""
     def check(output: Output) -> None:
-        samples, rate = [], 0
-        for _, blob in _segments(output.out / "audio" / "index.m3u8"):
-            with av.open(io.BytesIO(blob)) as container:
-                for frame in container.decode(audio=0):
-                    samples.append(frame.to_ndarray()[0])
-                    rate = frame.sample_rate
-        loud = np.flatnonzero(np.abs(np.concatenate(samples)) > 0.05)
+        sound, rate = _published_sound(output)
+        loud = np.flatnonzero(np.abs(sound) > 0.05)
         assert loud.size and abs(loud[0] / rate - seconds) <= 0.05, loud[:1] / rate
     return check
 
