@@ -96,7 +96,7 @@ class AudioEncoder:
             # begins: browsers play only where both are buffered, and hls.js never started a
             # video whose sound began 5 s after the picture.
             self._next_pts = round(TIMELINE_START * self.settings.sample_rate)
-            if seconds <= self.duration_s + MAX_AUDIO_GAP_S:
+            if self._within_source(seconds):
                 self._silence(round(seconds * self.settings.sample_rate))
         else:
             self._fill_gap(seconds)
@@ -150,8 +150,13 @@ class AudioEncoder:
         end to end put everything after a 3 s pause 3 s early."""
         rate = self.settings.sample_rate
         missing = round(seconds * rate) - self._queued
-        if missing > MAX_AUDIO_GAP_S * rate and seconds <= self.duration_s + MAX_AUDIO_GAP_S:
+        if missing > MAX_AUDIO_GAP_S * rate and self._within_source(seconds):
             self._silence(missing)
+
+    def _within_source(self, seconds: float) -> bool:
+        """Whether sound starting at ``seconds`` lies inside the source's declared length:
+        past it, the timestamp is broken and no silence leads up to it."""
+        return seconds <= self.duration_s + MAX_AUDIO_GAP_S
 
     def _silence(self, missing: int) -> None:
         """Queue and encode ``missing`` samples of silence."""

@@ -223,7 +223,6 @@ def test_an_hdr_ladder_plays_on_an_sdr_screen(
     shutil.rmtree(base / "out" / "pq")
 
 
-
 def test_a_source_whose_sound_starts_late_plays_from_the_start(
         server: tuple[RungsServer, Any, Path], browser: Any) -> None:
     """10 s of picture whose sound begins 5 s in (a capture whose audio joined late). The
