@@ -399,14 +399,14 @@ class _VideoState:
             return
         self._last_duration = duration
         if self._last_kept is not None:
-            interval = pts - self._last_kept
+            interval = placed.pts - self._last_kept
             self._shortest = min(self._shortest or interval, interval)
-        self._keep(self._normalise(frame), pts, placed)
+        self._keep(self._normalise(frame), placed)
 
-    def _keep(self, frame: av.video.frame.VideoFrame, pts: int, placed: FrameTime) -> None:
-        frame.pts = pts
+    def _keep(self, frame: av.video.frame.VideoFrame, placed: FrameTime) -> None:
+        frame.pts = placed.pts
         frame.time_base = self.time_base
-        self._last_kept = pts
+        self._last_kept = placed.pts
         self._last_frame = frame
         self.kept += 1
         self.sink(frame, placed)
@@ -457,8 +457,8 @@ class _VideoState:
             # Until the frame after the gap, which is what the last copy lasts.
             placed = self.schedule.place(repeat_pts, self.time_base, pts - repeat_pts)
             if placed is not None:
-                self._keep(_copy(self._last_frame), repeat_pts, placed)
-                last = repeat_pts * self.time_base
+                self._keep(_copy(self._last_frame), placed)
+                last = placed.pts * self.time_base
             start += segment
 
     def _relative_pts(self, frame: av.video.frame.VideoFrame) -> int:

@@ -9,6 +9,7 @@ after the same instants, so its segments are exactly ours.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -18,6 +19,9 @@ from fractions import Fraction
 #: rungs with B-frames would start later than the audio and the other rungs. Ten seconds keeps
 #: decode times positive at any frame rate a source plausibly has.
 TIMELINE_START = Fraction(10)
+
+#: A source whose average frame rate is above this share of the cap is put on the cap's grid.
+GRID_ABOVE = Fraction(101, 100)
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,23 @@ class KeyframeSchedule:
     """Assigns segments to frames in presentation order. One per job, used by the decode stage.
 
     Frames faster than ``max_frame_rate`` are dropped here, by time, so every rung gets the same
-    frames.
+    frames. A source whose average rate is above the cap (``source_rate``: 90, 144 or 240 fps
+    captures) is put on the cap's grid instead: each slot of 1 / ``max_frame_rate`` shows the
+    frame nearest to it, retimed to it. Dropping only the frames closer than the cap to the
+    last one kept every third frame of 144 fps (48 fps, listed as 60) and every other of 90
+    (45 fps); the grid keeps 60 fps, as the ffmpeg CLI's ``fps`` filter does.
     """
 
-    def __init__(self, segment_seconds: Fraction, max_frame_rate: Fraction) -> None:
+    def __init__(self, segment_seconds: Fraction, max_frame_rate: Fraction,
+                 source_rate: Fraction | None = None) -> None:
         if segment_seconds <= 0:
             raise ValueError("segment length must be positive")
         self.segment_seconds = segment_seconds
         self._min_interval = 1 / max_frame_rate
+        #: Whether frames are retimed to the cap's grid.
+        self.on_grid = source_rate is not None and source_rate > max_frame_rate * GRID_ABOVE
+        self._last_slot = -1
+        self._last_pts = -1
         self._next_kept: Fraction | None = None
         self._last_segment = -1
         self._count = 0
@@ -56,19 +69,46 @@ class KeyframeSchedule:
         """Place the next frame (``pts`` relative to the first frame, increasing; ``duration``
         as the source gives it).
 
-        Returns ``None`` for a frame dropped by the frame-rate cap.
+        Returns ``None`` for a frame dropped by the frame-rate cap. On the grid, the frame's
+        ``pts`` is its slot's.
         """
         seconds = pts * time_base
-        # A small tolerance so a 59.94 fps source keeps every frame under a 60 fps cap.
-        if self._next_kept is not None and seconds < self._next_kept - self._min_interval / 10:
-            return None
-        self._next_kept = max(seconds, self._next_kept or seconds) + self._min_interval
+        if self.on_grid:
+            retimed = self._on_the_grid(seconds, duration * time_base, time_base)
+            if retimed is None:
+                return None
+            # The cap's frame length: the source's is shorter, and the last frame fills its slot.
+            pts, duration = retimed, 0
+            seconds = pts * time_base
+        else:
+            # A small tolerance so a 59.94 fps source keeps every frame under a 60 fps cap.
+            if self._next_kept is not None and seconds < self._next_kept - self._min_interval / 10:
+                return None
+            self._next_kept = max(seconds, self._next_kept or seconds) + self._min_interval
         segment = segment_of(seconds, self.segment_seconds)
         keyframe = segment != self._last_segment
         self._last_segment = segment
         frame = FrameTime(self._count, pts, seconds, segment, keyframe, duration)
         self._count += 1
         return frame
+
+    def _on_the_grid(self, seconds: Fraction, shown: Fraction, time_base: Fraction) -> int | None:
+        """The frame's time on the cap's grid (in ``time_base`` units), or None when the
+        slot nearest to it (the earlier on a tie) is taken, or starts once the source has
+        stopped showing it (``shown`` seconds, 0 if unknown: the last frame of 144 fps made the
+        video a slot longer than its source). Never moved back into an earlier segment: a
+        segment starts at or after its instant, as FFmpeg's HLS muxer cuts it."""
+        slot = math.ceil(seconds / self._min_interval - Fraction(1, 2))
+        if slot <= self._last_slot or (shown and slot * self._min_interval >= seconds + shown):
+            return None
+        pts = math.ceil(slot * self._min_interval / time_base)
+        if segment_of(pts * time_base, self.segment_seconds) < segment_of(seconds,
+                                                                           self.segment_seconds):
+            slot += 1
+            pts = math.ceil(slot * self._min_interval / time_base)
+        pts = max(pts, self._last_pts + 1)
+        self._last_slot, self._last_pts = slot, pts
+        return pts
 
 
 def segment_of(seconds: Fraction, segment_seconds: Fraction) -> int:

@@ -300,9 +300,11 @@ class Job:
                       publisher: Publisher, threads: list[threading.Thread]) -> None:
         info = source.info
         segment = Fraction(self.options.segment_seconds).limit_denominator(1000)
-        schedule = KeyframeSchedule(segment, MAX_FRAME_RATE)
+        schedule = KeyframeSchedule(segment, MAX_FRAME_RATE, info.frame_rate)
         self.source_frames = info.declared_frames
         self._frames_total = info.declared_frames or round(info.duration_s * float(info.frame_rate))
+        if schedule.on_grid:  # the frames the cap keeps
+            self._frames_total = math.ceil(self._frames_total * MAX_FRAME_RATE / info.frame_rate)
         spill = self.options.spill_bytes
         if spill is None:
             spill = shutil.disk_usage(scratch).free // 2

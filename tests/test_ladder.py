@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import pytest
@@ -204,6 +205,60 @@ def test_120_fps_is_capped_to_60() -> None:
     assert all(placed[i] is None for i in range(1, 720, 2))
     assert [f.index for f in kept] == list(range(360))
     assert [f.seconds for f in kept if f.keyframe] == [0, 2, 4]
+
+
+def test_144_fps_is_put_on_a_60_fps_grid() -> None:
+    """Each 1/60 s slot shows the source frame nearest to it (the earlier on a tie), retimed
+    to it: 60 fps, not the 48 that dropping frames closer than 1/60 s to the last one kept."""
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(144))
+    time_base = Fraction(1, 720)  # both 1/144 and 1/60 s in whole ticks
+    placed = [schedule.place(index * 5, time_base, 5) for index in range(6 * 144)]
+    kept = [(index, p) for index, p in enumerate(placed) if p is not None]
+    assert len(kept) == 6 * 60
+    assert [p.seconds for _, p in kept] == [Fraction(k, 60) for k in range(360)]
+    assert all(abs(Fraction(index, 144) - p.seconds) <= Fraction(1, 120) for index, p in kept)
+    assert [p.seconds for _, p in kept if p.keyframe] == [0, 2, 4]
+    assert all(p.duration == 0 for _, p in kept)  # the slot's length, not the source frame's
+
+
+def test_120_fps_on_the_grid_keeps_every_other_frame_at_its_own_time() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(120))
+    placed = [schedule.place(index, Fraction(1, 120)) for index in range(720)]
+    assert [i for i, p in enumerate(placed) if p is not None] == list(range(0, 720, 2))
+    assert all(p.pts == i for i, p in enumerate(placed) if p is not None)
+
+
+def test_90_fps_on_the_grid_ends_with_the_source() -> None:
+    """3 s of 90 fps: 180 frames; a last frame whose slot starts after the source stopped
+    showing it is not kept (it made the video a slot longer than its source)."""
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(90))
+    time_base = Fraction(1, 180)
+    kept = [p for p in (schedule.place(index * 2, time_base, 2) for index in range(270))
+            if p is not None]
+    assert len(kept) == 180
+    assert kept[-1].seconds == Fraction(179, 60)
+
+
+def test_the_grid_never_moves_a_frame_into_the_segment_before() -> None:
+    """Segments of 2.002 s are not on the 1/60 s grid. A frame at a segment's start (as the
+    decoder repeats the last one in a long gap) would be retimed 2 ms back, into the segment
+    before, which would then last until the next one: it takes the slot after instead."""
+    segment = Fraction(2002, 1000)
+    schedule = KeyframeSchedule(segment, MAX_FRAME_RATE, Fraction(144))
+    time_base = Fraction(1, 144000)
+    ticks = [*range(0, 144000, 1000), 2002 * 144, 4004 * 144, *range(648000, 936000, 1000)]
+    kept = [p for p in (schedule.place(t, time_base) for t in ticks) if p is not None]
+    starts = [p.seconds for p in kept if p.keyframe]
+    assert [p.segment for p in kept if p.keyframe] == [0, 1, 2, 3]
+    for k, start in enumerate(starts):
+        assert k * segment <= start < k * segment + Fraction(1, 60)
+    assert all(b.pts > a.pts for a, b in itertools.pairwise(kept))
+
+
+def test_a_source_a_hair_over_the_cap_keeps_its_own_times() -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(6003, 100))
+    placed = [schedule.place(index, Fraction(1, 60)) for index in range(300)]
+    assert all(p is not None and p.pts == i for i, p in enumerate(placed))
 
 
 def test_59_94_fps_keeps_every_frame() -> None:
