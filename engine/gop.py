@@ -59,6 +59,7 @@ class KeyframeSchedule:
         self._min_interval = 1 / max_frame_rate
         #: Whether frames are retimed to the cap's grid.
         self.on_grid = source_rate is not None and source_rate > max_frame_rate * GRID_ABOVE
+        self._source_interval = 1 / source_rate if source_rate else Fraction(0)
         self._last_slot = -1
         self._last_pts = -1
         self._next_kept: Fraction | None = None
@@ -95,11 +96,15 @@ class KeyframeSchedule:
     def _on_the_grid(self, seconds: Fraction, shown: Fraction, time_base: Fraction) -> int | None:
         """The frame's time on the cap's grid (in ``time_base`` units), or None when the
         slot nearest to it (the earlier on a tie) is taken, or starts once the source has
-        stopped showing it (``shown`` seconds, 0 if unknown: the last frame of 144 fps made the
-        video a slot longer than its source). Never moved back into an earlier segment: a
+        stopped showing it (``shown`` seconds: the last frame of 144 fps made the video a slot
+        longer than its source). Never moved back into an earlier segment: a
         segment starts at or after its instant, as FFmpeg's HLS muxer cuts it."""
         slot = math.ceil(seconds / self._min_interval - Fraction(1, 2))
-        if slot <= self._last_slot or (shown and slot * self._min_interval >= seconds + shown):
+        if slot <= self._last_slot:
+            return None
+        # A duration much shorter than the source's frames is not believed (a millisecond on
+        # every frame of a browser's recording, whatever its rate).
+        if shown >= self._source_interval / 2 and slot * self._min_interval >= seconds + shown:
             return None
         pts = math.ceil(slot * self._min_interval / time_base)
         if segment_of(pts * time_base, self.segment_seconds) < segment_of(seconds,

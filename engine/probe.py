@@ -383,15 +383,17 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     pending, video_packets = _read_first_frame(packets, stream, name, watch)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
 
-    average = stream.average_rate or stream.guessed_rate or stream.base_rate
+    average = next((r for r in (stream.average_rate, stream.guessed_rate, stream.base_rate)
+                    if _credible_rate(r, stream.time_base)), None)
     if container.format.name in RAW_STREAMS and ctx.framerate:
         # A raw stream has no timestamps, and its reader counts 25 fps whatever the stream's
         # own timing (H.264 and HEVC VUI) says: 3 s at 30 fps played in 3.6 s.
         average = ctx.framerate
     guessed = stream.guessed_rate or stream.base_rate or average
     frame_rate = Fraction(average) if average else Fraction(30)
-    variable = bool(guessed and average
-                    and abs(float(guessed) - float(average)) > 0.01 * float(average))
+    # With no rate to go by, the frames' own times tell it (the fastest of them is listed).
+    variable = average is None or bool(
+        guessed and abs(float(guessed) - float(average)) > 0.01 * float(average))
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
     audio = None
     if audio_stream is not None:
@@ -444,6 +446,16 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
     decodable = [a for a in container.streams.audio if a.codec_context is not None]
     flagged = (a for a in decodable if a.disposition & av.stream.Disposition.default)
     return next(flagged, decodable[0] if decodable else None)
+
+
+def _credible_rate(rate: Fraction | None, time_base: Fraction | None) -> bool:
+    """Whether a frame rate FFmpeg read or guessed can be the video's: not its clock's tick
+    rate. A WebM recorded in a browser (MediaRecorder, with no duration) declares no rate, and
+    FFmpeg guesses 1000 fps from its millisecond clock; taken as the rate, it put a 30 fps
+    recording on the 60 fps grid (see engine.gop) and listed it as 60 fps."""
+    if not rate or rate <= 0:
+        return False
+    return not time_base or rate * time_base <= Fraction(1, 2)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

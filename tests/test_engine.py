@@ -42,7 +42,7 @@ from engine import (
 )
 from engine.gop import TIMELINE_START
 from engine.probe import open_source
-from tests import isobmff, media
+from tests import hostile, isobmff, media
 from tests.conftest import (
     LADDER,
     LADDER_SETTINGS,
@@ -585,6 +585,28 @@ def test_144_fps_becomes_60_fps_of_the_nearest_frames(tmp_path: Path) -> None:
     total = sum(Fraction(s.duration).limit_denominator(10**6)
                 for s in load(run.out / "180p" / "index.m3u8").segments)
     assert abs(total - Fraction(5, 2)) <= Fraction(1, 60)
+
+
+def test_a_browser_recording_that_declares_no_frame_rate_keeps_every_frame(
+        tmp_path: Path) -> None:
+    """A live WebM (MediaRecorder in a browser: no duration, a millisecond clock, irregular
+    frame times, a 1 ms default duration) makes FFmpeg guess 1000 fps. Taken as the rate, it
+    put 30 fps on the 60 fps grid, keeping 84 of its 150 frames, and it was listed as 60 fps; the
+    fastest the frames come (every 25 ms here) is listed instead."""
+    gaps = [33, 34, 33, 40, 25, 33] * 25
+    pts = [sum(gaps[:i]) for i in range(len(gaps))]
+    source = hostile.write_streams(tmp_path / "recorded.mkv", video_pts=pts,
+                                   time_base=Fraction(1, 1000), rate=Fraction(1000),
+                                   container_format="matroska",
+                                   container_options={"live": "1"})
+    with av.open(str(source)) as container:  # what the file declares, as FFmpeg reads it
+        assert container.streams.video[0].average_rate == 1000 and container.duration is None
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    frames = decode_rendition(run.out / "180p")
+    start = frames[0].pts
+    assert [round((f.pts - start) * f.time_base * 1000) for f in frames] == pts
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(40)
 
 
 def test_source_without_audio(tmp_path: Path) -> None:
