@@ -55,6 +55,8 @@ ALLOWED_DEMUXERS = (
 #: Of those, the readers of raw elementary streams (no container, no timestamps).
 RAW_STREAMS = ("h264", "hevc")
 
+#: Fastest frame rate a source's header is believed to give (phones film at up to 240 fps).
+MAX_SOURCE_FRAME_RATE = 500
 #: Largest frame area accepted before anything is allocated (8K UHD).
 DEFAULT_MAX_PIXELS = 7680 * 4320
 #: Longest duration accepted, in seconds.
@@ -384,7 +386,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
 
     average = next((r for r in (stream.average_rate, stream.guessed_rate, stream.base_rate)
-                    if _credible_rate(r, stream.time_base)), None)
+                    if _credible_rate(r)), None)
     if container.format.name in RAW_STREAMS and ctx.framerate:
         # A raw stream has no timestamps, and its reader counts 25 fps whatever the stream's
         # own timing (H.264 and HEVC VUI) says: 3 s at 30 fps played in 3.6 s.
@@ -448,14 +450,13 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
     return next(flagged, decodable[0] if decodable else None)
 
 
-def _credible_rate(rate: Fraction | None, time_base: Fraction | None) -> bool:
-    """Whether a frame rate FFmpeg read or guessed can be the video's: not its clock's tick
-    rate. A WebM recorded in a browser (MediaRecorder, with no duration) declares no rate, and
-    FFmpeg guesses 1000 fps from its millisecond clock; taken as the rate, it put a 30 fps
-    recording on the 60 fps grid (see engine.gop) and listed it as 60 fps."""
-    if not rate or rate <= 0:
-        return False
-    return not time_base or rate * time_base <= Fraction(1, 2)
+def _credible_rate(rate: Fraction | None) -> bool:
+    """Whether a frame rate FFmpeg read or guessed can be the video's. A WebM recorded in a
+    browser (MediaRecorder, with no duration) declares no rate, and FFmpeg guesses 1000 fps
+    from its millisecond clock (90000 from MPEG-TS's); taken as the rate, it put a 30 fps
+    recording on the 60 fps grid (see engine.gop) and listed it as 60 fps. (A rate equal to
+    the clock's tick rate is no sign: an AVI counts its frames.)"""
+    return rate is not None and 0 < rate <= MAX_SOURCE_FRAME_RATE
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

@@ -564,23 +564,25 @@ def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     assert abs(total - source_duration(source)) <= 1 / fps
 
 
-def test_144_fps_becomes_60_fps_of_the_nearest_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "tick"), [("fast.mkv", Fraction(1, 1000)),
+                                            ("fast.avi", Fraction(1, 144))])
+def test_144_fps_becomes_60_fps_of_the_nearest_frames(tmp_path: Path, name: str,
+                                                     tick: Fraction) -> None:
     """A 144 fps capture (a gaming monitor's) is encoded at the 60 fps cap, each frame the
     source's nearest to its time, and listed as 60 fps. Dropping the frames closer than 1/60 s
-    to the last one kept made it 48 fps, listed as 60."""
-    source = media.make_video(tmp_path / "fast.mkv", fps=144, seconds=2.5, width=320,
-                              height=180, audio=False)
+    to the last one kept made it 48 fps, listed as 60. Matroska counts milliseconds, so 1/60 s
+    is 16 or 17 of them; an AVI counts frames, so its times are whole 144ths."""
+    source = media.make_video(tmp_path / name, fps=144, seconds=2.5, width=320, height=180,
+                              audio=False)
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
     frames = decode_rendition(run.out / "180p")
     assert len(frames) == 150
     start = Fraction(frames[0].pts) * frames[0].time_base
     times = [Fraction(f.pts) * f.time_base - start for f in frames]
-    # Matroska counts milliseconds: 1/60 s is 16 or 17 of them.
-    assert all(abs(t - Fraction(k, 60)) <= Fraction(1, 1000) for k, t in enumerate(times))
+    assert all(abs(t - Fraction(k, 60)) <= tick for k, t in enumerate(times))
     for frame, t in zip(frames, times, strict=True):
-        assert abs(Fraction(media.frame_index(frame), 144) - t) <= Fraction(1, 120) + Fraction(
-            1, 1000)
+        assert abs(Fraction(media.frame_index(frame), 144) - t) <= Fraction(1, 120) + tick
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(60)
     total = sum(Fraction(s.duration).limit_denominator(10**6)
                 for s in load(run.out / "180p" / "index.m3u8").segments)
