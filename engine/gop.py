@@ -97,13 +97,13 @@ class KeyframeSchedule:
         """The frame's time on the cap's grid (in ``time_base`` units), or None when the
         slot nearest to it (the earlier on a tie) is taken, or starts once the source has
         stopped showing it (``shown`` seconds: the last frame of 144 fps made the video a slot
-        longer than its source). Never moved back into an earlier segment: a
-        segment starts at or after its instant, as FFmpeg's HLS muxer cuts it."""
+        longer than its source). Never moved back into an earlier segment: a segment starts at
+        or after its instant, as FFmpeg's HLS muxer cuts it."""
         slot = math.ceil(seconds / self._min_interval - Fraction(1, 2))
         if slot <= self._last_slot:
             return None
-        # A duration much shorter than the source's frames is not believed (a millisecond on
-        # every frame of a browser's recording, whatever its rate).
+        # A duration much shorter than the source's frame length is not believed (a muxer's
+        # default of a millisecond would empty most slots).
         if shown >= self._source_interval / 2 and slot * self._min_interval >= seconds + shown:
             return None
         pts = math.ceil(slot * self._min_interval / time_base)
