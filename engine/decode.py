@@ -52,6 +52,9 @@ MAX_FRAME_INTERVAL_S = Fraction(1, 2)
 #: How much longer than the segment length a segment may get in a gap before the last frame
 #: is repeated at its end (see ``_VideoState._fill_gap``).
 GAP_TOLERANCE_S = Fraction(1, 4)
+#: A frame the source says lasts this many times longer than the time to the next frame (and
+#: more than a second) shows that its durations are not to be believed.
+DURATION_LIE_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,10 @@ class _VideoState:
         if declared_seconds > 0:
             self._declared_end = math.floor(declared_seconds / time_base)
         self._shortest = 0
+        # The last frame's start and the duration the source gives it (time_base units), and
+        # whether a frame lasted far longer than it was shown: then no such duration is believed.
+        self._previous: tuple[int, int] | None = None
+        self._durations_lie = False
 
     def peak_frame_rate(self) -> Fraction:
         if not self._shortest:
@@ -393,6 +400,11 @@ class _VideoState:
                 f"source {self._limit.name!r} lasts more than the limit of "
                 f"{self._limit.seconds:.0f} s")
         self._fill_gap(pts)
+        if self._previous is not None:
+            before, claimed = self._previous
+            if claimed > max(DURATION_LIE_FACTOR * (pts - before), round(1 / self.time_base)):
+                self._durations_lie = True
+        self._previous = (pts, max(0, frame.duration or 0))
         duration = self._shown_for(frame, pts)
         placed = self.schedule.place(pts, self.time_base, duration)
         if placed is None:
@@ -429,8 +441,14 @@ class _VideoState:
         packet would make the last segment hours long, or fill it with hours of copies (see
         finish): no frame lasts past the video's declared length (give or take a frame: some
         containers round it, some leave the last frame out), or longer than a gap between
-        frames when no length is declared."""
+        frames when no length is declared, or than a frame interval once a frame has lasted
+        far longer than the time to the next one."""
         duration = max(0, frame.duration or 0)
+        if self._durations_lie:
+            # A Matroska file whose default duration says 1000 s while its frames come every
+            # 33 ms held its last frame for 1000 s (both its length and the frames' durations
+            # come from that default).
+            return min(duration, self._step)
         if self._declared_end is None:
             return min(duration, self._max_step)
         return max(0, min(duration, self._declared_end + self._step - pts))

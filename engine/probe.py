@@ -55,7 +55,9 @@ ALLOWED_DEMUXERS = (
 #: Of those, the readers of raw elementary streams (no container, no timestamps).
 RAW_STREAMS = ("h264", "hevc")
 
-#: Fastest frame rate a source's header is believed to give (phones film at up to 240 fps).
+#: The frame rates a source's header is believed to give: phones film at up to 240 fps, and a
+#: slideshow may hold each picture for seconds.
+MIN_SOURCE_FRAME_RATE = Fraction(1, 10)
 MAX_SOURCE_FRAME_RATE = 500
 #: Largest frame area accepted before anything is allocated (8K UHD).
 DEFAULT_MAX_PIXELS = 7680 * 4320
@@ -454,9 +456,10 @@ def _credible_rate(rate: Fraction | None) -> bool:
     """Whether a frame rate FFmpeg read or guessed can be the video's. A WebM recorded in a
     browser (MediaRecorder, with no duration) declares no rate, and FFmpeg guesses 1000 fps
     from its millisecond clock (90000 from MPEG-TS's); taken as the rate, it put a 30 fps
-    recording on the 60 fps grid (see engine.gop) and listed it as 60 fps. (A rate equal to
-    the clock's tick rate is no sign: an AVI counts its frames.)"""
-    return rate is not None and 0 < rate <= MAX_SOURCE_FRAME_RATE
+    recording on the 60 fps grid (see engine.gop) and listed it as 60 fps. A Matroska file
+    whose default frame duration was 1000 s was listed at 0.001 fps. (A rate equal to the
+    clock's tick rate is no sign: an AVI counts its frames.)"""
+    return rate is not None and MIN_SOURCE_FRAME_RATE <= rate <= MAX_SOURCE_FRAME_RATE
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:

@@ -611,6 +611,28 @@ def test_a_browser_recording_that_declares_no_frame_rate_keeps_every_frame(
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(40)
 
 
+@pytest.mark.parametrize("live", [False, True])
+def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live: bool) -> None:
+    """Matroska whose default frame duration says 1000 s (100 s when written live, with no
+    length) while its 60 frames come every 33 ms: FFmpeg takes 0.001 fps for its rate and
+    1001.9 s for its length. It was listed at 0.001 fps and its last frame held for 1000 s
+    (a copy at each segment start: 250 with 4 s segments); it now lasts as its frames do,
+    listed at their rate."""
+    pts = [33 * i for i in range(60)]
+    source = hostile.write_streams(
+        tmp_path / "lying.mkv", video_pts=pts, time_base=Fraction(1, 1000),
+        rate=Fraction(1, 100) if live else Fraction(1, 1000), container_format="matroska",
+        container_options={"live": "1"} if live else None)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert len(decode_rendition(run.out / "180p")) == 60
+    total = sum(Fraction(s.duration).limit_denominator(10**6)
+                for s in load(run.out / "180p" / "index.m3u8").segments)
+    assert total == Fraction(60 * 33, 1000)
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(1000 / 33,
+                                                                                    abs=0.001)
+
+
 def test_source_without_audio(tmp_path: Path) -> None:
     source = media.make_video(tmp_path / "silent.mp4", seconds=2.0, audio=False)
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180, 360))))
