@@ -400,12 +400,13 @@ class _VideoState:
                 f"source {self._limit.name!r} lasts more than the limit of "
                 f"{self._limit.seconds:.0f} s")
         self._fill_gap(pts)
+        claimed = max(0, frame.duration or 0)
         if self._previous is not None:
-            before, claimed = self._previous
-            if claimed > max(DURATION_LIE_FACTOR * (pts - before), round(1 / self.time_base)):
+            before, lasted = self._previous
+            if lasted > max(DURATION_LIE_FACTOR * (pts - before), round(1 / self.time_base)):
                 self._durations_lie = True
-        self._previous = (pts, max(0, frame.duration or 0))
-        duration = self._shown_for(frame, pts)
+        self._previous = (pts, claimed)
+        duration = self._shown_for(claimed, pts)
         placed = self.schedule.place(pts, self.time_base, duration)
         if placed is None:
             return
@@ -435,15 +436,15 @@ class _VideoState:
                                              format=PIXEL_FORMAT)
         return frame
 
-    def _shown_for(self, frame: av.video.frame.VideoFrame, pts: int) -> int:
-        """How long ``frame`` is shown, as far as it is trusted. It only counts for the last
+    def _shown_for(self, duration: int, pts: int) -> int:
+        """How long the frame at ``pts`` is shown, of the ``duration`` the source gives it, as
+        far as that is trusted. It only counts for the last
         frame (the next frame's start ends the others), and a bogus duration on the last
         packet would make the last segment hours long, or fill it with hours of copies (see
         finish): no frame lasts past the video's declared length (give or take a frame: some
         containers round it, some leave the last frame out), or longer than a gap between
         frames when no length is declared, or than a frame interval once a frame has lasted
         far longer than the time to the next one."""
-        duration = max(0, frame.duration or 0)
         if self._durations_lie:
             # A Matroska file whose default duration says 1000 s while its frames come every
             # 33 ms held its last frame for 1000 s (both its length and the frames' durations
