@@ -82,10 +82,12 @@ class KeyframeSchedule:
             pts, duration = retimed, 0
             seconds = pts * time_base
         else:
-            # A small tolerance so a 59.94 fps source keeps every frame under a 60 fps cap.
+            # A small tolerance so a 59.94 fps source keeps every frame under a 60 fps cap. The
+            # next frame is due a cap's interval after this one, not after when this one was
+            # due: that lag grew at 60.03 fps until a frame was dropped every 3 s or so.
             if self._next_kept is not None and seconds < self._next_kept - self._min_interval / 10:
                 return None
-            self._next_kept = max(seconds, self._next_kept or seconds) + self._min_interval
+            self._next_kept = seconds + self._min_interval
         segment = segment_of(seconds, self.segment_seconds)
         keyframe = segment != self._last_segment
         self._last_segment = segment

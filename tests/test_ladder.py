@@ -256,9 +256,16 @@ def test_the_grid_never_moves_a_frame_into_the_segment_before() -> None:
 
 
 def test_a_source_a_hair_over_the_cap_keeps_its_own_times() -> None:
-    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(6003, 100))
-    placed = [schedule.place(index, Fraction(1, 60)) for index in range(300)]
-    assert all(p is not None and p.pts == i for i, p in enumerate(placed))
+    """60.03 fps (a 60 fps camera's clock running fast) keeps every frame at its own time; on
+    the grid it would be moved to whole 60ths of a second. Counting the next frame due from
+    when the last one was due, not from when it came, dropped one every 3.4 s (29 in 100 s)."""
+    rate = Fraction(6003, 100)
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, rate)
+    placed = [schedule.place(index * 100, Fraction(1, 6003)) for index in range(300)]
+    assert all(p is not None and p.pts == 100 * i for i, p in enumerate(placed))
+    on_grid = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, rate * 2)
+    moved = [on_grid.place(index * 100, Fraction(1, 6003)) for index in range(300)]
+    assert any(p is not None and p.pts != 100 * i for i, p in enumerate(moved))
 
 
 def test_59_94_fps_keeps_every_frame() -> None:
