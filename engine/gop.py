@@ -22,6 +22,12 @@ TIMELINE_START = Fraction(10)
 
 #: A source whose average frame rate is above this share of the cap is put on the cap's grid.
 GRID_ABOVE = Fraction(101, 100)
+#: Off the grid, the cap lets frames through at this share of its rate: a camera's clock may run
+#: this much fast (a 60.03 fps "60 fps" camera keeps every frame).
+CLOCK_TOLERANCE = Fraction(1001, 1000)
+#: Off the grid, how many frames may come at once faster than the cap (a frame that comes early
+#: and the one after it, which then comes late, are both kept).
+BURST_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,13 @@ class KeyframeSchedule:
     frame nearest to it, retimed to it. Dropping only the frames closer than the cap to the
     last one kept every third frame of 144 fps (48 fps, listed as 60) and every other of 90
     (45 fps); the grid keeps 60 fps, as the ffmpeg CLI's ``fps`` filter does.
+
+    Any other source keeps its frames' own times, and the cap holds on average (a token
+    bucket): the right to keep a frame comes at the cap's rate, up to ``BURST_FRAMES`` held,
+    and each frame kept spends one. A clock that jitters keeps every frame: dropping each
+    frame that came less than 0.9 of the cap's interval after the last one kept dropped 30 of
+    180 frames of 60 fps whose millisecond clock jittered by 3 ms (as a browser's recording
+    does), and 60 of 180 of 60 fps whose frames came 14 and 19 ms apart by turns.
     """
 
     def __init__(self, segment_seconds: Fraction, max_frame_rate: Fraction,
@@ -62,7 +75,11 @@ class KeyframeSchedule:
         self._source_interval = 1 / source_rate if source_rate else Fraction(0)
         self._last_slot = -1
         self._last_pts = -1
-        self._next_kept: Fraction | None = None
+        # The token bucket off the grid: frames it may still let through, and when it was last
+        # filled and last let one through (seconds).
+        self._credit = Fraction(BURST_FRAMES)
+        self._filled_at: Fraction | None = None
+        self._kept_at: Fraction | None = None
         self._last_segment = -1
         self._count = 0
 
@@ -81,19 +98,32 @@ class KeyframeSchedule:
             # The cap's frame length: the source's is shorter, and the last frame fills its slot.
             pts, duration = retimed, 0
             seconds = pts * time_base
-        else:
-            # A small tolerance so a 59.94 fps source keeps every frame under a 60 fps cap. The
-            # next frame is due a cap's interval after this one, not after when this one was
-            # due: that lag grew at 60.03 fps until a frame was dropped every 3 s or so.
-            if self._next_kept is not None and seconds < self._next_kept - self._min_interval / 10:
-                return None
-            self._next_kept = seconds + self._min_interval
+        elif not self._within_cap(seconds):
+            return None
         segment = segment_of(seconds, self.segment_seconds)
         keyframe = segment != self._last_segment
         self._last_segment = segment
         frame = FrameTime(self._count, pts, seconds, segment, keyframe, duration)
         self._count += 1
         return frame
+
+    def _within_cap(self, seconds: Fraction) -> bool:
+        """Whether the token bucket lets a frame shown at ``seconds`` through (and spend on it).
+
+        A frame within a quarter of the cap's interval of the last one kept is dropped whatever
+        the bucket holds: it would be shown for too short a time to be seen.
+        """
+        if self._filled_at is not None:
+            earned = (seconds - self._filled_at) * CLOCK_TOLERANCE / self._min_interval
+            self._credit = min(Fraction(BURST_FRAMES), self._credit + earned)
+        self._filled_at = seconds
+        if self._kept_at is not None and seconds - self._kept_at < self._min_interval / 4:
+            return False
+        if self._credit < 1:
+            return False
+        self._credit -= 1
+        self._kept_at = seconds
+        return True
 
     def _on_the_grid(self, seconds: Fraction, shown: Fraction, time_base: Fraction) -> int | None:
         """The frame's time on the cap's grid (in ``time_base`` units), or None when the

@@ -611,6 +611,28 @@ def test_a_browser_recording_that_declares_no_frame_rate_keeps_every_frame(
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(40)
 
 
+@pytest.mark.parametrize(("name", "time_base", "offsets_ms"), [
+    ("jitter.mkv", Fraction(1, 1000), [0, 3, -3, 2, -2, 1, -1, 3, 0, -3]),
+    ("turns.mp4", Fraction(1, 90000), [0, -2.5])])
+def test_60_fps_whose_clock_jitters_keeps_every_frame(tmp_path: Path, name: str,
+                                                     time_base: Fraction,
+                                                     offsets_ms: list[float]) -> None:
+    """60 fps whose frame times jitter by up to 3 ms on a millisecond clock (a browser's
+    recording), or whose frames come 14 and 19 ms apart by turns: every frame is encoded at its
+    own time. The frame-rate cap dropped each frame that came less than 15 ms after the last
+    one kept: 30 and 60 of these 180 frames, each a stutter."""
+    ms = [round(1000 * i / 60 + offsets_ms[i % len(offsets_ms)]) for i in range(180)]
+    source = hostile.write_streams(tmp_path / name, time_base=time_base, rate=Fraction(60),
+                                   video_pts=[round(Fraction(t, 1000) / time_base) for t in ms])
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    frames = decode_rendition(run.out / "180p")
+    assert [media.frame_index(frame) for frame in frames] == list(range(180))
+    start = frames[0].pts
+    assert [round((f.pts - start) * f.time_base * 1000) for f in frames] == ms
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(60)
+
+
 @pytest.mark.parametrize("live", [False, True])
 def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live: bool) -> None:
     """Matroska whose default frame duration says 1000 s (100 s when written live, with no

@@ -196,15 +196,48 @@ def test_exact_boundary_frame_opens_the_segment() -> None:
     assert [f.index for f in frames if f is not None and f.keyframe] == [0, 60, 120]
 
 
-def test_120_fps_is_capped_to_60() -> None:
+def test_120_fps_that_declares_no_rate_is_capped_to_60() -> None:
+    """Off the grid, the cap's token bucket lets the first frames through at the source's own
+    pace (its burst), then every other one: 60 fps."""
     schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
     placed = [schedule.place(index, Fraction(1, 120)) for index in range(720)]  # 6 s
     kept = [p for p in placed if p is not None]
-    assert len(kept) == 360
-    assert all(placed[i] is not None for i in range(0, 720, 2))  # every other frame, evenly
-    assert all(placed[i] is None for i in range(1, 720, 2))
-    assert [f.index for f in kept] == list(range(360))
+    assert [i for i, p in enumerate(placed) if p is not None] == [0, 1, 2, *range(4, 720, 2)]
+    assert [f.index for f in kept] == list(range(361))
     assert [f.seconds for f in kept if f.keyframe] == [0, 2, 4]
+
+
+def _jittered(rate: int, seconds: int, offsets_ms: list[float]) -> list[int]:
+    """Millisecond times of ``rate`` fps frames, each moved by the next of ``offsets_ms``."""
+    return [round(1000 * i / rate + offsets_ms[i % len(offsets_ms)])
+            for i in range(rate * seconds)]
+
+
+@pytest.mark.parametrize("offsets_ms", [[0, 3, -3, 2, -2, 1, -1, 3, 0, -3],
+                                        [0, -2.5], [0, -5, 5, -5, 0]],
+                         ids=["3ms", "14-19ms", "5ms"])
+def test_a_clock_that_jitters_keeps_every_frame(offsets_ms: list[float]) -> None:
+    """60 fps on a millisecond clock that jitters (a browser's recording), or whose frames come
+    14 and 19 ms apart by turns: every frame is kept at its own time, where dropping each frame
+    that came less than 15 ms after the last one kept dropped a sixth to a third of them."""
+    times = _jittered(60, 30, offsets_ms)
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(60))
+    placed = [schedule.place(t, Fraction(1, 1000)) for t in times]
+    assert [p.pts if p is not None else None for p in placed] == times
+
+
+def test_a_fast_stretch_of_a_variable_rate_source_is_capped_to_60() -> None:
+    """2 s at 144 fps between seconds at 30 fps (a game capture that speeds up): the stretch
+    gives 60 fps of its frames, two or three source frames apart after a burst at its start;
+    the rest keeps every frame."""
+    time_base = Fraction(1, 720)
+    ticks = [*range(0, 720, 24), *range(720, 2160, 5), *range(2160, 2880, 24)]
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
+    kept = [t for t in ticks if schedule.place(t, time_base) is not None]
+    fast = [t for t in kept if 720 <= t < 2160]
+    assert 120 <= len(fast) <= 122
+    assert all(b - a in (5, 10, 15) for a, b in itertools.pairwise(fast))
+    assert [t for t in kept if not 720 <= t < 2160] == [t for t in ticks if not 720 <= t < 2160]
 
 
 def test_144_fps_is_put_on_a_60_fps_grid() -> None:
