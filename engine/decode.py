@@ -97,8 +97,11 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     splices = _Splices(clock_may_jump(source.container))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
-    # The furthest point of the video timeline any packet reached (in ``time_base``).
-    video_end = 0
+    # The furthest point of the video timeline any packet reached (in ``time_base``); None
+    # until a packet has a timestamp. Not 0: a damaged fragment's times can all be negative (a
+    # base time of -2^33 ticks), and measured from 0, sound at 0 lay within the video read so
+    # far although it came 155 hours after the first picture, so that much silence led up to it.
+    video_end: int | None = None
     bad = 0
 
     # Audio decoded before the first picture is placed (the deinterlacer holds pictures back)
@@ -111,7 +114,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     def release_early_audio() -> None:
         nonlocal audio_end
         assert on_audio is not None
-        reach = float(video_end * time_base) - state.origin_seconds()
+        reach = (0.0 if video_end is None
+                 else float(video_end * time_base) - state.origin_seconds())
         for held, seconds in early_audio:
             at = seconds - state.origin_seconds()
             before = audio_end if audio_end is not None else 0.0
@@ -126,6 +130,11 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             on_audio(held, at)
         early_audio.clear()
 
+    def reached(pts: int, duration: int | None) -> None:
+        nonlocal video_end
+        end = pts + max(0, duration or 0)
+        video_end = end if video_end is None else max(video_end, end)
+
     def audio(frame: av.audio.frame.AudioFrame) -> None:
         if on_audio is None or frame.pts is None or frame.time_base is None:
             return
@@ -137,7 +146,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     for item in source.pending:
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
-                video_end = max(video_end, item.pts + max(0, item.duration or 0))
+                reached(item.pts, item.duration)
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
@@ -152,7 +161,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         if is_video and packet.size:
             video_packets += 1
             if packet.pts is not None:
-                video_end = max(video_end, packet.pts + max(0, packet.duration or 0))
+                reached(packet.pts, packet.duration)
         try:
             with source.watch.call():
                 frames = packet.decode()
@@ -178,7 +187,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     if state.decoded == 0:
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
-    _check_complete(source, video, video_packets, video_end)
+    _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base,
                        state.peak_frame_rate())
 

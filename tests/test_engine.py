@@ -12,6 +12,7 @@ import io
 import itertools
 import os
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -40,7 +41,9 @@ from engine import (
     OutputExistsError,
     RungSettings,
 )
-from engine.gop import TIMELINE_START
+from engine.decode import decode_source
+from engine.gop import TIMELINE_START, KeyframeSchedule
+from engine.ladder import MAX_FRAME_RATE
 from engine.probe import open_source
 from tests import hostile, isobmff, media
 from tests.conftest import (
@@ -631,6 +634,39 @@ def test_60_fps_whose_clock_jitters_keeps_every_frame(tmp_path: Path, name: str,
     start = frames[0].pts
     assert [round((f.pts - start) * f.time_base * 1000) for f in frames] == ms
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(60)
+
+
+def test_sound_is_placed_against_pictures_whose_times_are_all_negative(tmp_path: Path) -> None:
+    """A fragmented MP4 whose video fragment was damaged to start at -2^33 ticks (155 hours
+    before its sound, which starts at 0): the sound is far past every picture read, a broken
+    time, and starts with the first picture. The furthest picture was counted from 0, so the
+    sound looked within the video and was placed 155 hours in, with silence up to it for a
+    source that declares no length (the fuzzer's finding: no answer in 20 s)."""
+    source = media.make_video(tmp_path / "fragmented.mp4", width=160, height=90, seconds=1.0,
+                              container_options={
+                                  "movflags": "+frag_keyframe+empty_moov+default_base_moof"})
+    data = bytearray(source.read_bytes())
+    tfdt = hostile.find_box(bytes(data), b"tfdt").payload  # the first fragment's, the video's
+    assert data[tfdt] == 1  # a 64-bit base decode time
+    struct.pack_into(">Q", data, tfdt + 4, 2**64 - 2**33)
+    source.write_bytes(bytes(data))
+    placed: list[float] = []
+    pictures = 0
+
+    def on_video(frame: av.VideoFrame, when: Any) -> None:
+        nonlocal pictures
+        pictures += 1
+
+    with av.open(str(source)) as container:  # 155 hours before the sound, as FFmpeg reads it
+        stream = container.streams.video[0]
+        first = next(p for p in container.demux(stream) if p.pts is not None)
+        assert first.pts * stream.time_base < -500_000
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE), on_video,
+                      lambda frame, seconds: placed.append(seconds), threading.Event())
+    assert pictures == 30 and placed
+    assert 0 <= placed[0] < 0.1
+    assert all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 1.1
 
 
 @pytest.mark.parametrize("live", [False, True])

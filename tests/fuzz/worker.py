@@ -57,6 +57,8 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
         schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
         encoder = None
         if source.info.audio is not None:
+            # No declared length (the job passes the source's): every source is fuzzed as if it
+            # were a live recording, whose pauses in the sound are filled however long.
             encoder = AudioEncoder(scratch, Fraction(2), "fmp4", AudioSettings())
 
         def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
