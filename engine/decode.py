@@ -313,6 +313,12 @@ class _Splices:
         if not self._enabled or stamp is None or packet.time_base is None:
             return
         time_base = Fraction(packet.time_base)
+        if packet.pts is not None and (stamp - packet.pts) * time_base > SPLICE_JUMP_S:
+            # A packet is decoded before it is shown, never hours after: this decode time is
+            # damaged (one MPEG-TS packet's said 7.4 hours past its presentation time), and
+            # taken for a splice it moved that packet's picture 7.4 hours back, which then
+            # rebased every later frame 7.4 hours on.
+            stamp = packet.pts
         at = stamp * time_base + self._offset
         stream_end = self._ends.get(packet.stream.index)
         if (stream_end is not None and self._end is not None

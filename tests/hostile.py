@@ -1330,6 +1330,14 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: fuzzed(d, "fuzz_mp4_audio_without_decoder", "plain.mp4",
                                [["int", 27361, 4, 128], ["int", 27526, 4, 32768]]), E,
            note="the probe failed on an audio stream FFmpeg has no decoder for"),
+    # Found by ``python -m tests.fuzz --seed 798094`` (no answer in 20 s).
+    Recipe("fuzz_ts_decode_time_hours_ahead",
+           lambda d, _: fuzzed(d, "fuzz_ts_decode_time_hours_ahead", "plain.ts", [
+               ["int", 37130, 4, 256], ["dup", 1198, 1163, 13436], ["flip", 9900, 3]]), L,
+           check=_all(_seconds_about(1.1), _frames_at_least(30)),
+           note="one packet's decode time 7.4 hours past its presentation time was taken for "
+                "a splice: every later frame moved 7.4 hours on, and the 1 s file was refused "
+                "as lasting more than the 6 hour limit"),
     # Found by ``python -m tests.fuzz --seed 77``: the job never ended and ignored signals.
     Recipe("fuzz_hevc_decoder_deadlock",
            lambda d, _: fuzzed(d, "fuzz_hevc_decoder_deadlock", "hevc.mp4",
