@@ -213,6 +213,12 @@ def write_streams(path: Path, *, video_pts: list[int] | None, time_base: Fractio
     return path
 
 
+def jittered_ms(rate: int, count: int, offsets_ms: list[float]) -> list[int]:
+    """Millisecond times of ``count`` frames at ``rate`` fps, each moved by the next of
+    ``offsets_ms`` (a clock that jitters)."""
+    return [round(1000 * i / rate + offsets_ms[i % len(offsets_ms)]) for i in range(count)]
+
+
 # -- MP4 boxes -------------------------------------------------------------------------------
 
 #: Boxes whose payload is a list of boxes (after the number of bytes given).

@@ -624,7 +624,7 @@ def test_60_fps_whose_clock_jitters_keeps_every_frame(tmp_path: Path, name: str,
     recording), or whose frames come 14 and 19 ms apart by turns: every frame is encoded at its
     own time. The frame-rate cap dropped each frame that came less than 15 ms after the last
     one kept: 30 and 60 of these 180 frames, each a stutter."""
-    ms = [round(1000 * i / 60 + offsets_ms[i % len(offsets_ms)]) for i in range(180)]
+    ms = hostile.jittered_ms(60, 180, offsets_ms)
     source = hostile.write_streams(tmp_path / name, time_base=time_base, rate=Fraction(60),
                                    video_pts=[round(Fraction(t, 1000) / time_base) for t in ms])
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))

@@ -21,6 +21,7 @@ from engine.ladder import (
     plan_ladder,
 )
 from engine.probe import Orientation, SourceInfo
+from tests import hostile
 
 
 def source(width: int, height: int, *, rotation: int = 0, sar: Fraction = Fraction(1),
@@ -207,12 +208,6 @@ def test_120_fps_that_declares_no_rate_is_capped_to_60() -> None:
     assert [f.seconds for f in kept if f.keyframe] == [0, 2, 4]
 
 
-def _jittered(rate: int, seconds: int, offsets_ms: list[float]) -> list[int]:
-    """Millisecond times of ``rate`` fps frames, each moved by the next of ``offsets_ms``."""
-    return [round(1000 * i / rate + offsets_ms[i % len(offsets_ms)])
-            for i in range(rate * seconds)]
-
-
 @pytest.mark.parametrize("offsets_ms", [[0, 3, -3, 2, -2, 1, -1, 3, 0, -3],
                                         [0, -2.5], [0, -5, 5, -5, 0]],
                          ids=["3ms", "14-19ms", "5ms"])
@@ -220,7 +215,7 @@ def test_a_clock_that_jitters_keeps_every_frame(offsets_ms: list[float]) -> None
     """60 fps on a millisecond clock that jitters (a browser's recording), or whose frames come
     14 and 19 ms apart by turns: every frame is kept at its own time, where dropping each frame
     that came less than 15 ms after the last one kept dropped a sixth to a third of them."""
-    times = _jittered(60, 30, offsets_ms)
+    times = hostile.jittered_ms(60, 60 * 30, offsets_ms)
     schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(60))
     placed = [schedule.place(t, Fraction(1, 1000)) for t in times]
     assert [p.pts if p is not None else None for p in placed] == times
@@ -289,12 +284,13 @@ def test_the_grid_never_moves_a_frame_into_the_segment_before() -> None:
 
 
 def test_a_source_a_hair_over_the_cap_keeps_its_own_times() -> None:
-    """60.03 fps (a 60 fps camera's clock running fast) keeps every frame at its own time; on
-    the grid it would be moved to whole 60ths of a second. Counting the next frame due from
-    when the last one was due, not from when it came, dropped one every 3.4 s (29 in 100 s)."""
+    """100 s of 60.03 fps (a 60 fps camera's clock running fast) keeps every frame at its own
+    time; on the grid it would be moved to whole 60ths of a second. The cap's bucket fills a
+    tenth of a percent fast for such clocks: filled at exactly 60 fps, it dropped 2 of these
+    6,003 frames (and an earlier rule 29)."""
     rate = Fraction(6003, 100)
     schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, rate)
-    placed = [schedule.place(index * 100, Fraction(1, 6003)) for index in range(300)]
+    placed = [schedule.place(index * 100, Fraction(1, 6003)) for index in range(6003)]
     assert all(p is not None and p.pts == 100 * i for i, p in enumerate(placed))
     on_grid = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, rate * 2)
     moved = [on_grid.place(index * 100, Fraction(1, 6003)) for index in range(300)]
