@@ -33,7 +33,7 @@ from engine.errors import (
     JobCancelledError,
     UnsupportedSourceError,
 )
-from engine.gop import FrameTime, KeyframeSchedule
+from engine.gop import FrameRateMeter, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import OpenSource, clock_may_jump, tag_seconds
 from engine.stall import DecoderWatch
@@ -70,8 +70,9 @@ class DecodeStats:
     #: Packets that failed to decode and were skipped.
     bad_packets: int
     time_base: Fraction
-    #: Frame rate over the shortest interval between kept frames (for variable frame rate).
-    peak_frame_rate: Fraction
+    #: The highest rate the kept frames keep up for a second (see :class:`FrameRateMeter`), at
+    #: most the cap; None for a single frame.
+    peak_frame_rate: Fraction | None
 
 
 VideoSink = Callable[[av.video.frame.VideoFrame, FrameTime], None]
@@ -374,16 +375,15 @@ class _VideoState:
         self._declared_end: int | None = None
         if declared_seconds > 0:
             self._declared_end = math.floor(declared_seconds / time_base)
-        self._shortest = 0
+        self._rate = FrameRateMeter(time_base)
         # The last frame's start and the duration the source gives it (time_base units), and
         # whether a frame lasted far longer than it was shown: then no such duration is believed.
         self._previous: tuple[int, int] | None = None
         self._durations_lie = False
 
-    def peak_frame_rate(self) -> Fraction:
-        if not self._shortest:
-            return MAX_FRAME_RATE
-        return min(MAX_FRAME_RATE, 1 / (self._shortest * self.time_base))
+    def peak_frame_rate(self) -> Fraction | None:
+        peak = self._rate.peak()
+        return None if peak is None else min(MAX_FRAME_RATE, peak)
 
     def has_origin(self) -> bool:
         """Whether the first picture has been placed, fixing the time origin."""
@@ -426,9 +426,7 @@ class _VideoState:
         if placed is None:
             return
         self._last_duration = duration
-        if self._last_kept is not None:
-            interval = placed.pts - self._last_kept
-            self._shortest = min(self._shortest or interval, interval)
+        self._rate.add(placed.pts)
         self._keep(self._normalise(frame), placed)
 
     def _keep(self, frame: av.video.frame.VideoFrame, placed: FrameTime) -> None:

@@ -10,6 +10,7 @@ after the same instants, so its segments are exactly ours.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -28,6 +29,12 @@ CLOCK_TOLERANCE = Fraction(1001, 1000)
 #: Off the grid, how many frames may come at once faster than the cap (a frame that comes early
 #: and the one after it, which then comes late, are both kept).
 BURST_FRAMES = 2
+#: A variable frame rate is measured over this long: one interval between two frames is not a
+#: rate (a phone's 30 fps whose frames jitter by 5 ms has intervals of 28 ms: "35 fps").
+RATE_WINDOW = Fraction(1)
+#: How far a rate measured over ``RATE_WINDOW`` may be from the video's true rate: a millisecond
+#: clock rounds each frame's time (29.97 fps measures 30.0x), and a phone's clock jitters.
+RATE_JITTER = Fraction(2, 100)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,58 @@ class KeyframeSchedule:
         pts = max(pts, self._last_pts + 1)
         self._last_slot, self._last_pts = slot, pts
         return pts
+
+
+class FrameRateMeter:
+    """The highest frame rate a video keeps up for about ``RATE_WINDOW``: the mean rate of the
+    frames in the busiest window of that length (at least half of it between its first and
+    last frame, so a gap does not leave two close frames to speak for a second). A video too
+    short or too sparse for any such window is measured from its first frame to its last."""
+
+    def __init__(self, time_base: Fraction) -> None:
+        self._window_ticks = RATE_WINDOW / time_base
+        self._time_base = time_base
+        self._recent: deque[int] = deque()
+        self._first: int | None = None
+        self._count = 0
+        # The busiest window so far: (intervals between its frames, ticks from first to last),
+        # compared as integers (a Fraction per frame of a six-hour video adds up).
+        self._busiest: tuple[int, int] | None = None
+
+    def add(self, pts: int) -> None:
+        """Count a frame shown at ``pts`` (``time_base`` units, increasing)."""
+        if self._first is None:
+            self._first = pts
+        self._count += 1
+        recent = self._recent
+        recent.append(pts)
+        while pts - recent[0] > self._window_ticks:
+            recent.popleft()
+        span = pts - recent[0]
+        if 2 * span >= self._window_ticks:
+            intervals = len(recent) - 1
+            if self._busiest is None or intervals * self._busiest[1] > self._busiest[0] * span:
+                self._busiest = (intervals, span)
+
+    def peak(self) -> Fraction | None:
+        """Frames per second; None for fewer than two frames."""
+        if self._busiest is not None:
+            intervals, span = self._busiest
+        elif self._first is not None and self._recent[-1] > self._first:
+            intervals, span = self._count - 1, self._recent[-1] - self._first
+        else:
+            return None
+        return intervals / (span * self._time_base)
+
+
+def highest_frame_rate(declared: Fraction, measured: Fraction | None) -> Fraction:
+    """The highest frame rate of a video: ``declared`` (its header's average), unless its
+    frames came faster than that for a second (``measured``, see :class:`FrameRateMeter`): a
+    phone's or a screen recording's rate varies, and its average is not the highest. The
+    average is exact where a measurement is not (see ``RATE_JITTER``)."""
+    if measured is not None and measured > declared * (1 + RATE_JITTER):
+        return measured
+    return declared
 
 
 def segment_of(seconds: Fraction, segment_seconds: Fraction) -> int:

@@ -37,7 +37,7 @@ from engine.errors import (
     RungsError,
 )
 from engine.fanout import FanOut
-from engine.gop import FrameTime, KeyframeSchedule
+from engine.gop import FrameTime, KeyframeSchedule, highest_frame_rate
 from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.memory import map_large_blocks, trim
@@ -357,8 +357,8 @@ class Job:
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
 
-            frame_rate = (self.decode_stats.peak_frame_rate if info.variable_frame_rate
-                          else rungs[0].frame_rate)
+            frame_rate = highest_frame_rate(rungs[0].frame_rate,
+                                            self.decode_stats.peak_frame_rate)
             for index, status in enumerate(self.rungs):
                 threads[index].join()
                 result = results[index]

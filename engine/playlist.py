@@ -13,11 +13,17 @@ from fractions import Fraction
 
 import m3u8
 
+from engine.gop import RATE_JITTER
 from engine.segment import SegmentRecord
 
 AUDIO_GROUP = "audio"
 #: fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames-only is 6+).
 _VERSION = 7
+#: The frame rates cameras and editors make. A rate measured from frame times (a phone's
+#: variable rate, a camera whose clock jitters, an average that counts the last frame short)
+#: within ``RATE_JITTER`` of one of them is listed as it: 30 fps measured 29.863 or 30.2.
+_NOMINAL_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "48",
+                                              "50", "60000/1001", "60"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,13 @@ def variant_bandwidth(video: Sequence[SegmentRecord],
     return math.ceil(peak(video) + peak(audio)), math.ceil(average(video) + average(audio))
 
 
+def listed_frame_rate(rate: Fraction) -> Fraction:
+    """``rate`` as the master playlist lists it: the nearest common rate when it is that close
+    to one (see ``_NOMINAL_RATES``), else itself."""
+    nearest = min(_NOMINAL_RATES, key=lambda nominal: abs(nominal - rate))
+    return nearest if abs(nearest - rate) <= RATE_JITTER * nearest else rate
+
+
 def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -> str:
     """The master playlist listing ``variants`` in the order given (lowest first)."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
@@ -114,7 +127,7 @@ def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -
             f"AVERAGE-BANDWIDTH={v.average_bandwidth}",
             f'CODECS="{v.codecs}"',
             f"RESOLUTION={v.width}x{v.height}",
-            f"FRAME-RATE={float(v.frame_rate):.3f}",
+            f"FRAME-RATE={float(listed_frame_rate(v.frame_rate)):.3f}",
         ]
         if v.video_range != "SDR":  # RFC 8216bis 4.4.6.2: absent means SDR
             attributes.append(f"VIDEO-RANGE={v.video_range}")

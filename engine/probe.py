@@ -183,7 +183,6 @@ class SourceInfo:
     orientation: Orientation
     #: Average frame rate of the video stream.
     frame_rate: Fraction
-    variable_frame_rate: bool
     duration_s: float
     pixel_format: str
     bit_depth: int
@@ -393,11 +392,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         # A raw stream has no timestamps, and its reader counts 25 fps whatever the stream's
         # own timing (H.264 and HEVC VUI) says: 3 s at 30 fps played in 3.6 s.
         average = ctx.framerate
-    guessed = stream.guessed_rate or stream.base_rate or average
     frame_rate = Fraction(average) if average else Fraction(30)
-    # With no rate to go by, the frames' own times tell it (the fastest of them is listed).
-    variable = average is None or bool(
-        guessed and abs(float(guessed) - float(average)) > 0.01 * float(average))
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
     audio = None
     if audio_stream is not None:
@@ -414,7 +409,6 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         sample_aspect_ratio=Fraction(sar) if sar and sar > 0 else Fraction(1),
         orientation=Orientation.of(first, name),
         frame_rate=frame_rate,
-        variable_frame_rate=variable,
         duration_s=duration_s,
         pixel_format=pix_fmt,
         bit_depth=max((c.bits for c in first.format.components), default=8),

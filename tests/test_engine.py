@@ -518,13 +518,45 @@ def test_variable_frame_rate_source(tmp_path: Path) -> None:
     assert len(extinfs) == 1
 
 
-def test_variable_frame_rate_master_gives_the_peak_frame_rate(tmp_path: Path) -> None:
-    source = media.make_vfr_video(tmp_path / "vfr.mp4", width=320, height=180, seconds=2.0,
-                                  audio=False)
+def _low_light_seconds() -> list[float]:
+    """A phone's 30 fps for 2 s, then 20 fps for 2 s as the light falls, on a clock that
+    jitters by up to 3 ms."""
+    jitter = [0.0, 0.003, -0.002, 0.001, -0.003, 0.002, -0.001]
+    nominal = [i / 30 for i in range(60)] + [2 + i / 20 for i in range(40)]
+    return [t + jitter[i % len(jitter)] for i, t in enumerate(nominal)]
+
+
+@pytest.mark.parametrize(("name", "tick", "seconds", "listed"), [
+    # Two frames came 28.3 ms apart: it was listed as 35.294 fps.
+    ("low_light.mp4", Fraction(1, 600), _low_light_seconds(), 30),
+    # Frames 1/30 and 1/20 s apart by turns: listed as 30 fps, 24 come each second.
+    ("turns.mp4", Fraction(1, 600), [i // 2 / 12 + (i % 2) / 30 for i in range(96)], 24),
+    # 24 fps with a second of 60 fps in it.
+    ("burst.mp4", Fraction(1, 600), [i / 24 for i in range(48)]
+     + [2 + i / 60 for i in range(60)] + [3 + i / 24 for i in range(24)], 60),
+    # A screen recording: a change shows in two frames 10 ms apart, then nothing for a while,
+    # then a second of scrolling at 30 fps.
+    ("screen.mp4", Fraction(1, 600), [0, 0.01, 0.9, 0.91, 1.8, 1.81]
+     + [2 + i / 30 for i in range(31)], 30),
+    # 29.97 fps on a millisecond clock measures 30.0x: its header's rate is exact.
+    ("ntsc.mkv", Fraction(1, 1000), [i * 1001 / 30000 for i in range(120)], 29.97)])
+def test_a_variable_frame_rate_is_listed_at_the_highest_rate_kept_up_for_a_second(
+        tmp_path: Path, name: str, tick: Fraction, seconds: list[float],
+        listed: float) -> None:
+    """RFC 8216's FRAME-RATE is the highest rate of the video, measured from its frames'
+    times: one interval between two frames is not a rate, and a header's average is not the
+    highest (the screen recording, which FFmpeg reads as 9.569 fps throughout, was listed so).
+    The frames' times were all kept."""
+    pts = [round(t / tick) for t in seconds]
+    source = hostile.write_streams(tmp_path / name, video_pts=pts, time_base=tick,
+                                   rate=Fraction(30000, 1001))
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
-    (variant,) = master_of(run.out).playlists
-    assert variant.stream_info.frame_rate == pytest.approx(30.0)
+    frames = decode_rendition(run.out / "180p")
+    # (A segment start in a gap between frames gets a copy of the last frame.)
+    assert {(f.pts - frames[0].pts) * f.time_base for f in frames} >= {
+        (p - pts[0]) * tick for p in pts}
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(listed)
 
 
 def test_a_held_last_frame_is_repeated_at_each_segment_start(tmp_path: Path) -> None:
@@ -597,7 +629,8 @@ def test_a_browser_recording_that_declares_no_frame_rate_keeps_every_frame(
     """A live WebM (MediaRecorder in a browser: no duration, a millisecond clock, irregular
     frame times, a 1 ms default duration) makes FFmpeg guess 1000 fps. Taken as the rate, it
     put 30 fps on the 60 fps grid, keeping 84 of its 150 frames, and it was listed as 60 fps; the
-    fastest the frames come (every 25 ms here) is listed instead."""
+    rate they keep up for a second is listed instead (30 fps: its intervals average 33 ms), not
+    the fastest any two frames come (every 25 ms here: 40 fps)."""
     gaps = [33, 34, 33, 40, 25, 33] * 25
     pts = [sum(gaps[:i]) for i in range(len(gaps))]
     source = hostile.write_streams(tmp_path / "recorded.mkv", video_pts=pts,
@@ -611,7 +644,7 @@ def test_a_browser_recording_that_declares_no_frame_rate_keeps_every_frame(
     frames = decode_rendition(run.out / "180p")
     start = frames[0].pts
     assert [round((f.pts - start) * f.time_base * 1000) for f in frames] == pts
-    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(40)
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(30)
 
 
 @pytest.mark.parametrize(("name", "time_base", "offsets_ms"), [
@@ -675,7 +708,7 @@ def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live
     length) while its 60 frames come every 33 ms: FFmpeg takes 0.001 fps for its rate and
     1001.9 s for its length. It was listed at 0.001 fps and its last frame held for 1000 s
     (a copy at each segment start: 250 with 4 s segments); it now lasts as its frames do,
-    listed at their rate."""
+    listed at their rate (30.303 fps: a millisecond clock's 30 fps, listed as 30)."""
     pts = [33 * i for i in range(60)]
     source = hostile.write_streams(
         tmp_path / "lying.mkv", video_pts=pts, time_base=Fraction(1, 1000),
@@ -687,8 +720,7 @@ def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live
     total = sum(Fraction(s.duration).limit_denominator(10**6)
                 for s in load(run.out / "180p" / "index.m3u8").segments)
     assert total == Fraction(60 * 33, 1000)
-    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(1000 / 33,
-                                                                                    abs=0.001)
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(30)
 
 
 def test_source_without_audio(tmp_path: Path) -> None:
