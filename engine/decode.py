@@ -90,9 +90,11 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     a browser, a live Matroska capture) and a header can understate it."""
     video = source.video_stream
     time_base = Fraction(video.time_base or Fraction(1, 90000))
-    state = _VideoState(schedule, time_base, on_video, source.info.frame_rate,
+    timeline = schedule.timeline_time_base(time_base)
+    state = _VideoState(schedule, timeline, on_video, source.info.frame_rate,
                         video.codec_context.field_order, Fraction(source.info.duration_s),
                         limit=_Limit(Path(source.info.path).name, max_seconds),
+                        source_ticks=int(time_base / timeline),
                         timestamps=_TimestampGuess(
                             decode_order=source.info.container in DECODE_ORDER_PTS))
     splices = _Splices(clock_may_jump(source.container))
@@ -189,7 +191,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
     _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
-    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, time_base,
+    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, timeline,
                        state.peak_frame_rate())
 
 
@@ -344,13 +346,19 @@ class _Limit:
     seconds: float
 
 
+#: Frame times are 64-bit.
+_INT64 = 2**63
+
+
 class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
                  frame_rate: Fraction = Fraction(30), field_order: int = 0,
                  declared_seconds: Fraction = Fraction(0), *, limit: _Limit,
-                 timestamps: _TimestampGuess) -> None:
+                 timestamps: _TimestampGuess, source_ticks: int = 1) -> None:
+        """``time_base`` is the timeline's (see ``KeyframeSchedule.timeline_time_base``), in
+        which the source's ticks are ``source_ticks`` long."""
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
@@ -364,6 +372,7 @@ class _VideoState:
         # Intervals longer than this are gaps, not the frame rate.
         self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
         self._timestamps = timestamps
+        self._source_ticks = source_ticks
         self._converter = VideoReformatter()
         self._deinterlacer = Deinterlacer(time_base, field_order)
         self._size: tuple[int, int] | None = None
@@ -394,7 +403,15 @@ class _VideoState:
 
     def push(self, frame: av.video.frame.VideoFrame) -> None:
         self.decoded += 1
-        frame.pts = self._timestamps.best_effort(frame.pts, frame.dts)
+        pts = self._timestamps.best_effort(frame.pts, frame.dts)
+        if pts is not None:
+            pts *= self._source_ticks
+        # A damaged time too far out to count in the timeline's finer ticks is no time at all.
+        frame.pts = pts if pts is not None and -_INT64 <= pts < _INT64 else None
+        if self._source_ticks != 1:
+            duration = (frame.duration or 0) * self._source_ticks
+            frame.duration = duration if 0 <= duration < _INT64 else 0
+            frame.time_base = self.time_base
         for ready in self._deinterlacer.push(frame):
             self._place(ready)
 

@@ -90,6 +90,20 @@ class KeyframeSchedule:
         self._last_segment = -1
         self._count = 0
 
+    def timeline_time_base(self, source: Fraction) -> Fraction:
+        """The time base frames are placed in, given the source's: the same, or on the grid,
+        the coarsest that counts both the source's ticks and the grid's slots exactly. An AVI
+        counts frames: at 144 fps its 60 fps slots, rounded to its 1/144 s ticks, came 1/48
+        and 1/72 s apart by turns, and at 90 fps 1/45 and 1/90."""
+        slot = self._min_interval
+        if not self.on_grid or (slot / source).denominator == 1:
+            return source
+        fine = Fraction(math.gcd(source.numerator * slot.denominator,
+                                 slot.numerator * source.denominator),
+                        source.denominator * slot.denominator)
+        # An MP4 counts its time scale in 32 bits.
+        return fine if fine.denominator < 2**31 else source
+
     def place(self, pts: int, time_base: Fraction, duration: int = 0) -> FrameTime | None:
         """Place the next frame (``pts`` relative to the first frame, increasing; ``duration``
         as the source gives it).

@@ -312,8 +312,9 @@ class Job:
                         self._stop, spill, take_turns=not self.options.rungs_at_once,
                         expected_frames=self._frames_total)
         results = self._results = [None] * len(rungs)
-        time_base = source.video_stream.time_base or Fraction(1, 90000)
-        settings = EncodeSettings(segment, self.options.segment_type, Fraction(time_base),
+        time_base = schedule.timeline_time_base(
+            Fraction(source.video_stream.time_base or Fraction(1, 90000)))
+        settings = EncodeSettings(segment, self.options.segment_type, time_base,
                                   info.orientation, colour=info.colour)
         publisher.video_range = info.colour.video_range
         audio = None

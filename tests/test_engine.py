@@ -599,15 +599,17 @@ def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     assert abs(total - source_duration(source)) <= 1 / fps
 
 
-@pytest.mark.parametrize(("name", "tick"), [("fast.mkv", Fraction(1, 1000)),
-                                            ("fast.avi", Fraction(1, 144))])
-def test_144_fps_becomes_60_fps_of_the_nearest_frames(tmp_path: Path, name: str,
-                                                     tick: Fraction) -> None:
-    """A 144 fps capture (a gaming monitor's) is encoded at the 60 fps cap, each frame the
-    source's nearest to its time, and listed as 60 fps. Dropping the frames closer than 1/60 s
-    to the last one kept made it 48 fps, listed as 60. Matroska counts milliseconds, so 1/60 s
-    is 16 or 17 of them; an AVI counts frames, so its times are whole 144ths."""
-    source = media.make_video(tmp_path / name, fps=144, seconds=2.5, width=320, height=180,
+@pytest.mark.parametrize(("name", "fps"), [("fast.mkv", 144), ("fast.avi", 144),
+                                           ("fast90.avi", 90)])
+def test_a_source_above_60_fps_becomes_60_fps_exactly(tmp_path: Path, name: str,
+                                                      fps: int) -> None:
+    """A 144 fps capture (a gaming monitor's) is encoded at the 60 fps cap, each frame one of
+    the source's within half a slot of its time, and listed as 60 fps. Dropping the frames
+    closer than 1/60 s to the last one kept made it 48 fps, listed as 60. The frames come
+    exactly 1/60 s apart whatever the source's clock counts: Matroska counts milliseconds,
+    where they came 16 and 17 ms apart, and an AVI counts frames, where they came 1/48 and
+    1/72 s apart by turns at 144 fps, and 1/45 and 1/90 s at 90 fps."""
+    source = media.make_video(tmp_path / name, fps=fps, seconds=2.5, width=320, height=180,
                               audio=False)
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
@@ -615,13 +617,30 @@ def test_144_fps_becomes_60_fps_of_the_nearest_frames(tmp_path: Path, name: str,
     assert len(frames) == 150
     start = Fraction(frames[0].pts) * frames[0].time_base
     times = [Fraction(f.pts) * f.time_base - start for f in frames]
-    assert all(abs(t - Fraction(k, 60)) <= tick for k, t in enumerate(times))
+    assert times == [Fraction(k, 60) for k in range(150)]
     for frame, t in zip(frames, times, strict=True):
-        assert abs(Fraction(media.frame_index(frame), 144) - t) <= Fraction(1, 120) + tick
+        assert abs(Fraction(media.frame_index(frame), fps) - t) <= Fraction(1, 120)
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(60)
     total = sum(Fraction(s.duration).limit_denominator(10**6)
                 for s in load(run.out / "180p" / "index.m3u8").segments)
     assert abs(total - Fraction(5, 2)) <= Fraction(1, 60)
+
+
+def test_a_damaged_time_too_far_out_for_the_timeline_is_no_time(tmp_path: Path) -> None:
+    """144 fps on a millisecond clock is timed in thirds of milliseconds (see
+    ``KeyframeSchedule.timeline_time_base``); a last frame damaged to 2^62 ms has no time in
+    them (a 64-bit overflow, which failed the job as an internal error): it is timed as a
+    frame with no time is, one interval after the last."""
+    pts = [round(i * 1000 / 144) for i in range(72)] + [2**62]
+    source = hostile.write_streams(tmp_path / "damaged.mkv", video_pts=pts,
+                                   time_base=Fraction(1, 1000), rate=Fraction(144),
+                                   container_format="matroska", container_options={"live": "1"})
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    frames = decode_rendition(run.out / "180p")
+    start = Fraction(frames[0].pts) * frames[0].time_base
+    assert [Fraction(f.pts) * f.time_base - start for f in frames] == [
+        Fraction(k, 60) for k in range(31)]
 
 
 def test_a_browser_recording_that_declares_no_frame_rate_keeps_every_frame(

@@ -249,6 +249,19 @@ def test_144_fps_is_put_on_a_60_fps_grid() -> None:
     assert all(p.duration == 0 for _, p in kept)  # the slot's length, not the source frame's
 
 
+@pytest.mark.parametrize(("rate", "source", "timeline"), [
+    (144, Fraction(1, 144), Fraction(1, 720)),  # an AVI counts frames
+    (90, Fraction(1, 90), Fraction(1, 180)),
+    (144, Fraction(1, 1000), Fraction(1, 3000)),  # Matroska counts milliseconds
+    (144, Fraction(1, 90000), Fraction(1, 90000)),  # counts 1/60 s already
+    (30, Fraction(1, 30), Fraction(1, 30)),  # off the grid, frames keep their own times
+    (144, Fraction(1, 2**31 - 1), Fraction(1, 2**31 - 1))])  # no finer clock fits an MP4
+def test_the_timeline_counts_the_grid_and_the_source_exactly(rate: int, source: Fraction,
+                                                            timeline: Fraction) -> None:
+    schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(rate))
+    assert schedule.timeline_time_base(source) == timeline
+
+
 def test_120_fps_on_the_grid_keeps_every_other_frame_at_its_own_time() -> None:
     schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(120))
     placed = [schedule.place(index, Fraction(1, 120)) for index in range(720)]
