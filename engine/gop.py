@@ -58,8 +58,9 @@ class KeyframeSchedule:
 
     Frames faster than ``max_frame_rate`` are dropped here, by time, so every rung gets the same
     frames. A source whose average rate is above the cap (``source_rate``: 90, 144 or 240 fps
-    captures) is put on the cap's grid instead: each slot of 1 / ``max_frame_rate`` shows the
-    frame nearest to it, retimed to it. Dropping only the frames closer than the cap to the
+    captures) is put on the cap's grid instead: each frame goes to the slot of 1 /
+    ``max_frame_rate`` nearest to it, and a slot shows the first frame that comes to it (within
+    half a slot of its time), retimed to it. Dropping only the frames closer than the cap to the
     last one kept every third frame of 144 fps (48 fps, listed as 60) and every other of 90
     (45 fps); the grid keeps 60 fps, as the ffmpeg CLI's ``fps`` filter does.
 
