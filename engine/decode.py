@@ -150,6 +150,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
                 reached(item.pts, item.duration)
+                splices.note(video.index, (item.pts + max(0, item.duration or 0)) * time_base)
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
@@ -295,20 +296,27 @@ class _Splices:
     be refused). Only in formats whose clock may jump (:func:`engine.probe.clock_may_jump`): an
     MP4's or a Matroska file's timeline is real (a screen recording can hold one picture for a
     minute). A packet more than ``SPLICE_JUMP_S`` away both from where its stream's last
-    packet ended and from where the last packet of any stream did moves, with every later
-    packet of every stream, to go on from there, so sound and picture stay together. Either
-    alone is not a splice: a gap in the sound while the picture goes on is kept, and a muxer
+    packet ended and from where the last packet of any other stream did moves, with every
+    later packet of every stream, to go on from there, so sound and picture stay together.
+    Either alone is not a splice: a gap in the sound while the picture goes on is kept, a muxer
     that held the sound back while a gap in it lasted (the ffmpeg CLI's MPEG-TS muxer, up to
-    10 s) stores it 13 s after the picture around it.
+    10 s) stores it 13 s after the picture around it, and a stream's first packet damaged to
+    16 hours on is no reference for the next one (measured against it, the sound after it was
+    a splice back, and every later packet of the 1 s file moved 16 hours on).
     """
 
     def __init__(self, enabled: bool) -> None:
         self._enabled = enabled
         #: Seconds added to every packet from the last splice on.
         self._offset = Fraction(0)
-        #: Where the last packet of each stream, and of any stream, ended (seconds, joined).
+        #: Where the last packet of each stream ended (seconds, joined), the stream that ended
+        #: last first.
         self._ends: dict[int, Fraction] = {}
-        self._end: Fraction | None = None
+
+    def note(self, stream: int, end: Fraction) -> None:
+        """Count a packet of ``stream`` that ended at ``end`` seconds and was read before
+        joining began (the first pictures, decoded to describe the source)."""
+        self._ends = {stream: end, **{i: e for i, e in self._ends.items() if i != stream}}
 
     def join(self, packet: av.Packet[Any]) -> None:
         """Move ``packet``'s timestamps onto the joined timeline."""
@@ -323,19 +331,23 @@ class _Splices:
             # rebased every later frame 7.4 hours on.
             stamp = packet.pts
         at = stamp * time_base + self._offset
-        stream_end = self._ends.get(packet.stream.index)
-        if (stream_end is not None and self._end is not None
-                and abs(at - stream_end) > SPLICE_JUMP_S and abs(at - self._end) > SPLICE_JUMP_S):
+        index = packet.stream.index
+        stream_end = self._ends.get(index)
+        # Where the stream that ended last, other than this one, ended (this one's own end when
+        # no other has a packet yet).
+        others_end = next((e for i, e in self._ends.items() if i != index), stream_end)
+        if (stream_end is not None and others_end is not None
+                and abs(at - stream_end) > SPLICE_JUMP_S and abs(at - others_end) > SPLICE_JUMP_S):
             log.warning("joining a splice: the source's clock jumps by %.1f s",
-                        float(at - self._end))
-            self._offset += self._end - at
-            at = self._end
+                        float(at - others_end))
+            self._offset += others_end - at
+            at = others_end
         if shift := round(self._offset / time_base):
             if packet.dts is not None:
                 packet.dts += shift
             if packet.pts is not None:
                 packet.pts += shift
-        self._end = self._ends[packet.stream.index] = at + max(0, packet.duration or 0) * time_base
+        self.note(index, at + max(0, packet.duration or 0) * time_base)
 
 
 @dataclass(frozen=True)

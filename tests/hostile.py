@@ -1344,6 +1344,15 @@ RECIPES: tuple[Recipe, ...] = (
            note="one packet's decode time 7.4 hours past its presentation time was taken for "
                 "a splice: every later frame moved 7.4 hours on, and the 1 s file was refused "
                 "as lasting more than the 6 hour limit"),
+    # Found by ``python -m tests.fuzz --seed 280`` (no answer in 20 s).
+    Recipe("fuzz_ts_first_sound_hours_ahead",
+           lambda d, _: fuzzed(d, "fuzz_ts_first_sound_hours_ahead", "plain.ts", [
+               ["int", 11169, 4, 2147483647],
+               ["insert", 3960, "0ecabe99ee68391d4b29b606ce3cfaba814b19"], ["flip", 22921, 6]]),
+           L, check=_all(_seconds_about(1.0), _frames_at_least(30), _audio_seconds_about(1.0)),
+           note="the first sound packet said 16 hours in; measured against it the next one was "
+                "a splice back, every later packet moved 16 hours on, and the 1 s file was "
+                "refused as lasting more than the 6 hour limit"),
     # Found by ``python -m tests.fuzz --seed 77``: the job never ended and ignored signals.
     Recipe("fuzz_hevc_decoder_deadlock",
            lambda d, _: fuzzed(d, "fuzz_hevc_decoder_deadlock", "hevc.mp4",
