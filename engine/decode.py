@@ -133,10 +133,12 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             on_audio(held, at)
         early_audio.clear()
 
-    def reached(pts: int, duration: int | None) -> None:
+    def reached(pts: int, duration: int | None) -> int:
+        """Count a video packet or frame; returns where it ends (``time_base`` units)."""
         nonlocal video_end
         end = pts + max(0, duration or 0)
         video_end = end if video_end is None else max(video_end, end)
+        return end
 
     def audio(frame: av.audio.frame.AudioFrame) -> None:
         if on_audio is None or frame.pts is None or frame.time_base is None:
@@ -149,8 +151,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     for item in source.pending:
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
-                reached(item.pts, item.duration)
-                splices.note(video.index, (item.pts + max(0, item.duration or 0)) * time_base)
+                splices.note(video.index, reached(item.pts, item.duration) * time_base)
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
@@ -309,14 +310,15 @@ class _Splices:
         self._enabled = enabled
         #: Seconds added to every packet from the last splice on.
         self._offset = Fraction(0)
-        #: Where the last packet of each stream ended (seconds, joined), the stream that ended
-        #: last first.
+        #: Where the last packet of each stream ended (seconds, joined), in the order they
+        #: ended (the latest last).
         self._ends: dict[int, Fraction] = {}
 
     def note(self, stream: int, end: Fraction) -> None:
         """Count a packet of ``stream`` that ended at ``end`` seconds and was read before
         joining began (the first pictures, decoded to describe the source)."""
-        self._ends = {stream: end, **{i: e for i, e in self._ends.items() if i != stream}}
+        self._ends.pop(stream, None)
+        self._ends[stream] = end
 
     def join(self, packet: av.Packet[Any]) -> None:
         """Move ``packet``'s timestamps onto the joined timeline."""
@@ -335,7 +337,7 @@ class _Splices:
         stream_end = self._ends.get(index)
         # Where the stream that ended last, other than this one, ended (this one's own end when
         # no other has a packet yet).
-        others_end = next((e for i, e in self._ends.items() if i != index), stream_end)
+        others_end = next((e for i, e in reversed(self._ends.items()) if i != index), stream_end)
         if (stream_end is not None and others_end is not None
                 and abs(at - stream_end) > SPLICE_JUMP_S and abs(at - others_end) > SPLICE_JUMP_S):
             log.warning("joining a splice: the source's clock jumps by %.1f s",
