@@ -119,6 +119,7 @@ class TranscodeOptions:
 
     def check(self) -> None:
         """Raise :class:`InvalidOptionsError` for options that cannot work."""
+        self.ladder.check()
         if not 1 <= self.segment_seconds <= 60:
             raise InvalidOptionsError(
                 f"segment length must be 1 to 60 seconds, got {self.segment_seconds}")
@@ -262,9 +263,9 @@ class Job:
     def _run(self) -> JobState:
         map_large_blocks()
         threads = self._threads
-        publisher = self._publisher = Publisher(self.out_dir, self.options.segment_seconds)
         try:
-            self.options.check()
+            self.options.check()  # first: the publisher's target duration needs a sane length
+            publisher = self._publisher = Publisher(self.out_dir, self.options.segment_seconds)
             self._set_state(JobState.RUNNING, "running", {"source": str(self.source)})
             if self._stop.is_set():
                 raise JobCancelledError("cancelled before it started")

@@ -13,6 +13,8 @@ from engine.probe import SourceInfo
 DEFAULT_HEIGHTS = (720, 1080, 2160)
 #: Highest output frame rate; faster sources have frames dropped evenly.
 MAX_FRAME_RATE = Fraction(60)
+#: x264's own ceiling on rate-control lookahead (``X264_LOOKAHEAD_MAX``).
+MAX_LOOKAHEAD = 250
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,26 @@ class LadderOptions:
 
     #: Short sides of the rungs, any order; encoded lowest first.
     heights: Sequence[int] = DEFAULT_HEIGHTS
-    #: Per-height overrides of the defaults.
+    #: Per-height overrides of the defaults; every height must be in ``heights``.
     settings: Mapping[int, RungSettings] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise :class:`InvalidOptionsError` for a ladder that cannot work on any source.
+
+        Checked whole, before any source is read: an override for a rung that a smaller source
+        would drop is still checked, and one for a height the ladder does not hold (a typo, or
+        a rung left out) is refused rather than silently doing nothing.
+        """
+        heights = sorted(set(self.heights))
+        if not heights or any(h < 16 or h > 4320 for h in heights):
+            raise InvalidOptionsError(f"ladder heights must be between 16 and 4320, got {heights}")
+        strays = sorted(set(self.settings) - set(heights))
+        if strays:
+            raise InvalidOptionsError(
+                f"settings for {', '.join(f'{h}p' for h in strays)}, which the ladder "
+                f"({', '.join(map(str, heights))}) does not hold")
+        for height, override in self.settings.items():
+            _merge(default_settings(height), override)
 
 
 @dataclass(frozen=True)
@@ -93,9 +113,8 @@ def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> lis
     at its own size. Output is upright (rotation applied), square-pixel, with even dimensions.
     """
     options = options or LadderOptions()
+    options.check()
     heights = sorted(set(options.heights))
-    if not heights or any(h < 16 or h > 4320 for h in heights):
-        raise InvalidOptionsError(f"ladder heights must be between 16 and 4320, got {heights}")
     display_w, display_h = source.display_size
     source_short = min(display_w, display_h)
     kept = [h for h in heights if h <= source_short]
@@ -138,6 +157,12 @@ def _merge(base: RungSettings, override: RungSettings | None) -> RungSettings:
         raise InvalidOptionsError(f"crf must be between 0 and 51, got {merged.crf}")
     if merged.maxrate_kbps is None or merged.maxrate_kbps <= 0:
         raise InvalidOptionsError("maxrate must be positive")
+    if merged.bufsize_kbps is not None and merged.bufsize_kbps <= 0:
+        # x264 takes a VBV buffer of 0 as no cap at all, whatever the maxrate says.
+        raise InvalidOptionsError("bufsize must be positive")
+    if not 0 <= (merged.lookahead or 0) <= MAX_LOOKAHEAD:
+        raise InvalidOptionsError(
+            f"lookahead must be 0 (the preset's) to {MAX_LOOKAHEAD} frames, got {merged.lookahead}")
     if override.maxrate_kbps is not None and override.bufsize_kbps is None:
         merged = replace(merged, bufsize_kbps=2 * merged.maxrate_kbps)
     return merged

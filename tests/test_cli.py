@@ -189,7 +189,8 @@ def test_an_output_in_the_way_or_holding_the_source_is_refused(small_source: Pat
 
 
 @pytest.mark.parametrize("args", [["--ladder", "abc"], ["--segment-seconds", "0"],
-                                  ["--rung", "720:speed=9"],
+                                  ["--segment-seconds", "nan"], ["--segment-seconds", "inf"],
+                                  ["--rung", "720:speed=9"], ["--rung", "480:crf=20"],
                                   ["--scratch-dir", "/nonexistent/scratch"],
                                   ["--scratch-dir", "/dev/null"]])
 def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str]) -> None:

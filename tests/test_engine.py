@@ -1310,6 +1310,7 @@ def test_encoder_takes_every_option_it_is_given(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("overrides", "word"), [
     ({"segment_seconds": 0.5}, "segment length"),
+    ({"segment_seconds": float("nan")}, "segment length"),
     ({"segment_type": "dash"}, "segment type"),
     ({"cache_bytes": -1}, "cache"),
     ({"spill_bytes": -1}, "spill"),

@@ -146,9 +146,9 @@ def test_per_rung_overrides() -> None:
     base = default_settings(1080)
     assert (high.preset, high.crf, high.maxrate_kbps, high.bufsize_kbps) == (
         base.preset, 18, base.maxrate_kbps, 12345)
-    # An override for a height not in the ladder changes nothing.
+    # An override for a rung the source is too small for is checked but changes nothing.
     plain = plan_ladder(source(1920, 1080))
-    assert plan_ladder(source(1920, 1080), LadderOptions(settings={480: RungSettings(crf=1)})) \
+    assert plan_ladder(source(1920, 1080), LadderOptions(settings={2160: RungSettings(crf=1)})) \
         == plain
 
 
@@ -160,6 +160,13 @@ def test_per_rung_overrides() -> None:
     LadderOptions(settings={720: RungSettings(crf=52)}),
     LadderOptions(settings={720: RungSettings(crf=-1)}),
     LadderOptions(settings={720: RungSettings(maxrate_kbps=0)}),
+    LadderOptions(settings={720: RungSettings(bufsize_kbps=0)}),
+    LadderOptions(settings={720: RungSettings(lookahead=-1)}),
+    LadderOptions(settings={720: RungSettings(lookahead=251)}),
+    # A height the ladder does not hold: the override would do nothing.
+    LadderOptions(settings={480: RungSettings(crf=20)}),
+    # Bad for a rung this 1080p source is too small for: refused all the same.
+    LadderOptions(settings={2160: RungSettings(crf=99)}),
 ])
 def test_invalid_options_raise(ladder: LadderOptions) -> None:
     with pytest.raises(InvalidOptionsError) as info:
