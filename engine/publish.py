@@ -71,6 +71,14 @@ def check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path] = ()) -> N
     one of its parents should be, or it holds something and ``overwrite`` is off. Overwriting
     deletes everything in it, so it must not hold any of ``keep`` (the job's source, say):
     ``rungs transcode movies/a.mp4 movies --overwrite`` used to delete ``movies/a.mp4``."""
+    try:
+        str(out).encode()
+    except UnicodeEncodeError:
+        # The segments' file names reach FFmpeg's HLS muxer as an option, which PyAV passes
+        # only as UTF-8: such a job failed at its first segment with an internal error.
+        raise InvalidOptionsError(
+            f"output directory {str(out)!r} is not named in UTF-8, which FFmpeg's HLS muxer "
+            "needs") from None
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {str(out)!r} exists and is not a directory")
     for parent in out.parents:

@@ -22,8 +22,9 @@ RUNGS = [sys.executable, "-m", "engine.cli"]
 
 
 def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    # surrogateescape: a file name that is not UTF-8 is printed as the system holds it.
     return subprocess.run([*RUNGS, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          errors="surrogateescape", timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,21 @@ def test_an_output_in_the_way_or_holding_the_source_is_refused(small_source: Pat
         assert len(result.stderr.splitlines()) == 1 and words in result.stderr, result.stderr
     assert (tmp_path / "a-file").read_text() == "mine"
     assert source.read_bytes() == small_source.read_bytes()
+
+
+def test_names_that_are_not_utf8(small_source: Path, tmp_path: Path) -> None:
+    """A source named in bytes that are not UTF-8 (a Latin-1 disk) transcodes; an output
+    directory so named is refused in one line: FFmpeg's HLS muxer takes its names in UTF-8."""
+    latin = os.fsdecode(b"vid\xe9o")
+    source = tmp_path / f"{latin}.mp4"
+    source.write_bytes(small_source.read_bytes())
+    result = run_cli("transcode", source, tmp_path / "out", "--ladder", "180")
+    assert result.returncode == 0, result.stderr
+    assert len(m3u8.load(str(tmp_path / "out" / "master.m3u8")).playlists) == 1
+    result = run_cli("transcode", small_source, tmp_path / latin, "--ladder", "180")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "UTF-8" in result.stderr, result.stderr
+    assert not (tmp_path / latin).exists()
 
 
 @pytest.mark.parametrize("args", [["--ladder", "abc"], ["--segment-seconds", "0"],
