@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -156,7 +157,8 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve = commands.add_parser(
         "serve", help="run the gRPC transcoding service (rungs.v1.Transcoder)",
         description="Serve rungs.v1.Transcoder, grpc.health.v1 and reflection until SIGTERM.")
-    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+    serve.add_argument("--listen", type=_listen_address, default=DEFAULT_LISTEN,
+                       metavar="HOST:PORT",
                        help="address to listen on; port 0 picks a free one (default %(default)s)")
     serve.add_argument("--data-dir", type=Path, default=Path("rungs-data"),
                        help="job store and scratch space (default ./%(default)s)")
@@ -236,9 +238,18 @@ def _positive(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    # Finite too: a timer of inf seconds raises OverflowError on its own thread.
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
     return value
+
+
+def _listen_address(text: str) -> str:
+    host, colon, port = text.rpartition(":")
+    if not host or not colon:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, not {text!r}")
+    _port(port)  # gRPC takes a port above 65535 modulo 65536: 99999 listened on 34463
+    return text
 
 
 def _port(text: str) -> int:

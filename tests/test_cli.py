@@ -189,6 +189,24 @@ def test_an_output_in_the_way_or_holding_the_source_is_refused(small_source: Pat
     assert source.read_bytes() == small_source.read_bytes()
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    # gRPC listens on a port above 65535 modulo 65536: 99999 was 34463.
+    (["--listen", "127.0.0.1:99999"], "--listen"),
+    (["--listen", "localhost"], "--listen"),
+    # A timer of inf seconds raises OverflowError on its own thread: no limit, and a traceback.
+    (["--job-timeout", "inf"], "--job-timeout"),
+    (["--job-timeout", "nan"], "--job-timeout"),
+    (["--max-source-seconds", "0"], "--max-source-seconds"),
+    (["--max-jobs", "0"], "--max-jobs"),
+    (["--http-port", "70000"], "--http-port"),
+])
+def test_serve_refuses_bad_options(tmp_path: Path, args: list[str], words: str) -> None:
+    result = run_cli("serve", "--data-dir", tmp_path / "data", *args, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "listening" not in result.stderr
+
+
 def test_names_that_are_not_utf8(small_source: Path, tmp_path: Path) -> None:
     """A source named in bytes that are not UTF-8 (a Latin-1 disk) transcodes; an output
     directory so named is refused in one line: FFmpeg's HLS muxer takes its names in UTF-8."""
