@@ -144,6 +144,24 @@ def _rung_settings(text: str) -> tuple[int, RungSettings]:
             f"--rung {text!r} is not H:KEY=VALUE,... with keys {', '.join(names)}") from exc
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0 to 65535), not {value}")
+    return value
+
+
+def host_port(text: str) -> str:
+    """An argparse type: a gRPC ``HOST:PORT`` address. gRPC itself takes a port above 65535
+    modulo 65536 (``--listen 127.0.0.1:99999`` listened on 34463) and a bare host too."""
+    host, colon, port = text.rpartition(":")
+    if not host or not colon:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, not {text!r}")
+    port_number(port)
+    return text
+
+
 def _transcode(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     render: EventRenderer = JsonRenderer(sys.stdout) if args.json else TimelineRenderer()

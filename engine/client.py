@@ -25,7 +25,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from engine.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, host_port
 from engine.errors import (
     InvalidOptionsError,
     InvalidSourceError,
@@ -54,8 +54,8 @@ _SEGMENT_TYPE_VALUES = {"fmp4": pb.FMP4, "mpegts": pb.MPEGTS}
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register submit, status, watch, cancel and jobs on the CLI's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", default=os.environ.get("RUNGS_SERVER", DEFAULT_SERVER),
-                        metavar="HOST:PORT",
+    common.add_argument("--server", type=host_port, metavar="HOST:PORT",
+                        default=os.environ.get("RUNGS_SERVER", DEFAULT_SERVER),
                         help="the rungs server (default $RUNGS_SERVER or %(default)s)")
     common.add_argument("--json", action="store_true",
                         help="one JSON object per line on stdout")

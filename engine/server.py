@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.cli import host_port, port_number
 from engine.errors import RungsError
 from engine.manager import JobManager, Watchdog
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
@@ -157,7 +158,7 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve = commands.add_parser(
         "serve", help="run the gRPC transcoding service (rungs.v1.Transcoder)",
         description="Serve rungs.v1.Transcoder, grpc.health.v1 and reflection until SIGTERM.")
-    serve.add_argument("--listen", type=_listen_address, default=DEFAULT_LISTEN,
+    serve.add_argument("--listen", type=host_port, default=DEFAULT_LISTEN,
                        metavar="HOST:PORT",
                        help="address to listen on; port 0 picks a free one (default %(default)s)")
     serve.add_argument("--data-dir", type=Path, default=Path("rungs-data"),
@@ -182,7 +183,7 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument("--max-source-seconds", type=_positive_float,
                        default=DEFAULT_MAX_DURATION_S,
                        help="refuse longer sources (default %(default)s)")
-    serve.add_argument("--http-port", type=_port, default=None, metavar="PORT",
+    serve.add_argument("--http-port", type=port_number, default=None, metavar="PORT",
                        help="also serve the outputs, a player page per job (/jobs/ID) and "
                             "progress over HTTP on this port, on the --listen host")
     serve.add_argument("--hls-js", type=Path, default=DEFAULT_HLS_JS, help=argparse.SUPPRESS)
@@ -241,21 +242,6 @@ def _positive_float(text: str) -> float:
     # Finite too: a timer of inf seconds raises OverflowError on its own thread.
     if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
-    return value
-
-
-def _listen_address(text: str) -> str:
-    host, colon, port = text.rpartition(":")
-    if not host or not colon:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, not {text!r}")
-    _port(port)  # gRPC takes a port above 65535 modulo 65536: 99999 listened on 34463
-    return text
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number (0 to 65535), not {value}")
     return value
 
 

@@ -190,21 +190,24 @@ def test_an_output_in_the_way_or_holding_the_source_is_refused(small_source: Pat
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    # gRPC listens on a port above 65535 modulo 65536: 99999 was 34463.
-    (["--listen", "127.0.0.1:99999"], "--listen"),
-    (["--listen", "localhost"], "--listen"),
+    # gRPC takes a port above 65535 modulo 65536: 99999 listened on 34463.
+    (["serve", "--listen", "127.0.0.1:99999"], "--listen"),
+    (["serve", "--listen", "localhost"], "--listen"),
+    (["status", "some-job", "--server", "localhost:99999"], "--server"),
     # A timer of inf seconds raises OverflowError on its own thread: no limit, and a traceback.
-    (["--job-timeout", "inf"], "--job-timeout"),
-    (["--job-timeout", "nan"], "--job-timeout"),
-    (["--max-source-seconds", "0"], "--max-source-seconds"),
-    (["--max-jobs", "0"], "--max-jobs"),
-    (["--http-port", "70000"], "--http-port"),
+    (["serve", "--job-timeout", "inf"], "--job-timeout"),
+    (["serve", "--job-timeout", "nan"], "--job-timeout"),
+    (["serve", "--max-source-seconds", "0"], "--max-source-seconds"),
+    (["serve", "--max-jobs", "0"], "--max-jobs"),
+    (["serve", "--http-port", "70000"], "--http-port"),
 ])
-def test_serve_refuses_bad_options(tmp_path: Path, args: list[str], words: str) -> None:
-    result = run_cli("serve", "--data-dir", tmp_path / "data", *args, timeout=30)
+def test_service_commands_refuse_bad_options(tmp_path: Path, args: list[str],
+                                             words: str) -> None:
+    data = ["--data-dir", str(tmp_path / "data")] if args[0] == "serve" else []
+    result = run_cli(*args, *data, timeout=30)
     assert result.returncode == 2, result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert "listening" not in result.stderr
+    assert "listening" not in result.stderr and "cannot reach" not in result.stderr
 
 
 def test_names_that_are_not_utf8(small_source: Path, tmp_path: Path) -> None:
