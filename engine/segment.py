@@ -15,6 +15,7 @@ call raises :class:`~engine.errors.OutputWriteError`.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -148,25 +149,42 @@ class HlsWriter:
 
 
 class _CheckedFile:
-    """A file the HLS muxer writes through PyAV's ``io_open``, keeping the first failed write on
-    its writer. The error is not raised to FFmpeg, which would ignore it (and PyAV print it):
+    """A file the HLS muxer writes through PyAV's ``io_open``, keeping the first failed open or
+    write on its writer. The error is not raised to FFmpeg, which would ignore it, and PyAV
+    would keep it for whatever call on this thread comes next, or print it with a traceback
+    once a second one came (the output folder deleted mid-job did that, for each rendition):
     the writer raises it at its next call."""
 
     def __init__(self, writer: HlsWriter, path: str, mode: str) -> None:
         self._writer = writer
-        # PyAV closes it through close(), when the muxer is done with the file.
-        self._file: IO[bytes] = open(path, mode)  # noqa: SIM115
+        try:
+            # PyAV closes it through close(), when the muxer is done with the file.
+            self._file: IO[bytes] = open(path, mode)  # noqa: SIM115
+        except OSError as exc:
+            if "r" in mode:
+                raise
+            self._failed(exc)
+            # The rendition has failed: what the muxer writes now no longer matters.
+            self._file = open(os.devnull, mode)  # noqa: SIM115
+
+    def _failed(self, exc: OSError) -> None:
+        if self._writer.write_error is None:
+            self._writer.write_error = exc
 
     def write(self, data: bytes) -> int:
         if self._writer.write_error is None:
             try:
                 return self._file.write(data)
             except OSError as exc:
-                self._writer.write_error = exc
+                self._failed(exc)
         return len(data)  # the rendition has failed: what is written now no longer matters
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
+        try:
+            return self._file.seek(offset, whence)  # flushes first: a full disk can fail here
+        except OSError as exc:
+            self._failed(exc)
+            return offset
 
     def tell(self) -> int:
         return self._file.tell()
@@ -178,8 +196,7 @@ class _CheckedFile:
         try:
             self._file.close()  # flushes: a full disk can fail here too
         except OSError as exc:
-            if self._writer.write_error is None:
-                self._writer.write_error = exc
+            self._failed(exc)
 
 
 def avc1_codecs(extradata: bytes) -> str:

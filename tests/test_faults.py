@@ -398,6 +398,26 @@ def test_cli_with_a_full_scratch_disk_fails_cleanly(sources: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists() or leftovers(tmp_path / "out") == []
 
 
+def test_the_output_folder_deleted_mid_job_fails_it_cleanly(
+        sources: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The output folder removed once the job is READY (a user's ``rm -rf``): the job fails
+    with the system's reason. The muxers' failed opens used to reach PyAV as exceptions it could
+    not raise, which it printed with their tracebacks."""
+    out = tmp_path / "out"
+
+    def on_event(event: JobEvent) -> None:
+        if event.type == "ready":
+            shutil.rmtree(out)
+
+    job = Job(sources / "long.mp4", out, engine_options(), on_event=on_event)
+    assert job.run() == JobState.FAILED
+    assert isinstance(job.error, OutputWriteError), repr(job.error)
+    assert "No such file or directory" in job.error.message, job.error.message
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out, printed.err
+    assert not out.exists()
+
+
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
