@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.cli import port_number
 from engine.client import EventLines
 from engine.errors import RungsError
 from engine.rpc import transcoder_pb2 as pb
@@ -24,16 +25,16 @@ from engine.store import StoreVersionError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--size", default="3840x2160")
-    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--seconds", type=_seconds, default=10.0)
+    parser.add_argument("--size", type=_size, default="3840x2160", metavar="WxH")
+    parser.add_argument("--http-port", type=port_number, default=8080)
     parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
                         help="keep serving the player this long after the job ends")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.split("x"))
-    sample = args.out / f"sample-{args.size}-{args.seconds:g}s.mp4"
+    width, height = args.size
+    sample = args.out / f"sample-{width}x{height}-{args.seconds:g}s.mp4"
     if not sample.exists():
-        print(f"generating {sample} ({args.size}, {args.seconds:g} s, with audio) ...")
+        print(f"generating {sample} ({width}x{height}, {args.seconds:g} s, with audio) ...")
         started = time.monotonic()
         make_sample(sample, width=width, height=height, seconds=args.seconds)
         print(f"generated in {time.monotonic() - started:.1f} s")
@@ -49,6 +50,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         server.stop()
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600, not {text}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, x, height = text.partition("x")
+    if not (x and width.isdigit() and height.isdigit() and 16 <= int(width) <= 7680
+            and 16 <= int(height) <= 4320 and int(width) % 2 == int(height) % 2 == 0):
+        raise argparse.ArgumentTypeError(
+            f"must be an even WIDTHxHEIGHT up to 7680x4320, not {text!r}")
+    return int(width), int(height)
 
 
 def _server(out: Path, http_port: int) -> RungsServer:

@@ -236,3 +236,21 @@ def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str])
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert "internal error" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_runs_and_refuses_bad_options(tmp_path: Path) -> None:
+    """``make demo``'s program, on a small sample: the job completes through the service's
+    engine and the master lists its rung; bad options are one usage line (they were
+    tracebacks: ``--size abc``, ``--seconds nan``)."""
+    demo = [sys.executable, "-m", "engine.demo", "--out", str(tmp_path), "--http-port", "0"]
+    result = subprocess.run([*demo, "--size", "320x180", "--seconds", "2"], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "COMPLETE" in result.stdout and "frames 60/60" in result.stdout, result.stdout
+    assert len(m3u8.load(str(tmp_path / "hls" / "master.m3u8")).playlists) == 1
+    for bad in (["--size", "abc"], ["--size", "641x360"], ["--seconds", "nan"],
+                ["--http-port", "99999"]):
+        result = subprocess.run([*demo, *bad], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and bad[0] in result.stderr, result.stderr
