@@ -211,10 +211,13 @@ class Job:
     # -- control ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the job on a thread of its own."""
-        self._thread = threading.Thread(target=self.run, name=f"job-{self.source.name}",
-                                        daemon=True)
-        self._thread.start()
+        """Run the job on a thread of its own. A job runs once: starting or running it while it
+        runs raises RuntimeError (a second run found the first one's output, failed, and
+        deleted it); once it has ended, nothing happens."""
+        if self._claim():
+            self._thread = threading.Thread(target=self._run_watched,
+                                            name=f"job-{self.source.name}", daemon=True)
+            self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a started job to end; True when it has."""
@@ -246,11 +249,23 @@ class Job:
         The job's own thread does the work while this one waits for it, watching the decoder:
         one stuck inside FFmpeg ends the job FAILED here, and the stuck thread is left behind
         (see engine.stall). Waiting in Python also lets the main thread take signals.
+        Like :meth:`start`, it runs a job once.
         """
+        if not self._claim():
+            return self.state  # cancelled before it started, or run before
+        return self._run_watched()
+
+    def _claim(self) -> bool:
+        """Mark the job started; False when it has ended already."""
         with self._emit_lock:
             if self.state.terminal:
-                return self.state  # cancelled before it started
+                return False
+            if self._started:
+                raise RuntimeError(f"job {self.source.name!r} is already running")
             self._started = time.monotonic()
+            return True
+
+    def _run_watched(self) -> JobState:
         try:
             return run_watched(self._run, self._watch, self.source.name)
         except InvalidSourceError as exc:  # only the watch raises: _run ends every failure

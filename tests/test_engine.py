@@ -1508,6 +1508,26 @@ def test_cancel_before_start_ends_the_job_at_once(tmp_path: Path, source_video: 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_job_runs_once(tmp_path: Path, source_video: Path) -> None:
+    """Starting or running a job while it runs is refused: a second run found the first one's
+    output not empty, failed, and deleted the output the first one published. Once it has
+    ended, running it again changes nothing."""
+    out = tmp_path / "out"
+    job = Job(source_video, out, options())
+    job.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        job.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        job.run()
+    assert job.wait(timeout=120)
+    assert job.state == JobState.COMPLETE, job.error
+    assert job.run() == JobState.COMPLETE
+    job.start()
+    assert job.wait(timeout=1) and job.state == JobState.COMPLETE
+    assert [p.uri for p in m3u8.load(str(out / "master.m3u8")).playlists] == \
+        [f"{h}p/index.m3u8" for h in LADDER]
+
+
 #: Run in a fresh interpreter: other tests' threads would move this process's RSS meanwhile.
 _LARGE_BLOCKS = """
 import sys
