@@ -296,10 +296,9 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
                                 "protocol_whitelist": "file",
                             }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        image = _still_image_format(source)
-        if image is not None:
-            raise InvalidSourceError(
-                f"source {source.name!r} is a still image ({image}), not a video") from exc
+        kind = _not_video_kind(source)
+        if kind is not None:
+            raise InvalidSourceError(f"source {source.name!r} is {kind}, not a video") from exc
         raise InvalidSourceError(
             f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
         ) from exc
@@ -316,27 +315,39 @@ def _decoder_limits(max_pixels: int) -> dict[str, str]:
     return {"max_pixels": str(max(1, min(max_pixels, 2**31 - 1)))}
 
 
-#: The first bytes of the picture files people upload by mistake, which the allowed demuxers
-#: do not read: each is then named in the error instead of FFmpeg's "invalid argument".
-_IMAGE_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
+#: The first bytes of the picture and sound files people upload by mistake, which the allowed
+#: demuxers do not read: each is then named in the error instead of FFmpeg's "invalid argument".
+_NOT_VIDEO_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a still image (PNG)"),
+    (b"\xff\xd8\xff", "a still image (JPEG)"),
+    (b"II*\x00", "a still image (TIFF)"),
+    (b"MM\x00*", "a still image (TIFF)"),
+    (b"BM", "a still image (BMP)"),
+    (b"ID3", "an audio file (MP3)"),  # the tag MP3 files start with
+    (b"fLaC", "an audio file (FLAC)"),
+    (b"#!AMR", "an audio file (AMR)"),
+    # Frame headers: MPEG audio layer III (MPEG-1, 2 and 2.5, with and without a CRC), AAC ADTS.
+    *((bytes([0xFF, second]), "an audio file (MP3)")
+      for second in (0xFB, 0xFA, 0xF3, 0xF2, 0xE3, 0xE2)),
+    *((bytes([0xFF, second]), "an audio file (AAC)") for second in (0xF1, 0xF9)),
 )
+#: RIFF and IFF files say what they hold in bytes 8 to 12.
+_TAGGED_KINDS = {(b"RIFF", b"WEBP"): "a still image (WebP)",
+                 (b"RIFF", b"WAVE"): "an audio file (WAV)",
+                 (b"FORM", b"AIFF"): "an audio file (AIFF)"}
 
 
-def _still_image_format(path: Path) -> str | None:
-    """The picture format ``path`` starts with, if it is one of the common ones."""
+def _not_video_kind(path: Path) -> str | None:
+    """What ``path`` is, if it starts like a common picture or sound file."""
     try:
         with path.open("rb") as file:
             head = file.read(16)
     except OSError:
         return None
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    return next((kind for magic, kind in _IMAGE_SIGNATURES if head.startswith(magic)), None)
+    tagged = _TAGGED_KINDS.get((head[:4], head[8:12]))
+    if tagged is not None:
+        return tagged
+    return next((kind for magic, kind in _NOT_VIDEO_SIGNATURES if head.startswith(magic)), None)
 
 
 def _reason(exc: BaseException) -> str:

@@ -135,6 +135,13 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "audio only": (lambda d: media.make_audio_only(d / "sound.m4a", seconds=1.0),
                    "no video stream"),
     "still image": (lambda d: media.make_still_image(d / "still.png"), "not a video"),
+    # Sound files the allowed demuxers do not read are named, not "invalid argument".
+    "mp3": (lambda d: media.make_audio_only(d / "song.mp3", seconds=1.0, codec="libmp3lame"),
+            "is an audio file (MP3), not a video"),
+    "flac": (lambda d: media.make_audio_only(d / "song.flac", seconds=1.0, codec="flac"),
+             "is an audio file (FLAC), not a video"),
+    "wav": (lambda d: media.make_audio_only(d / "take.wav", seconds=1.0, codec="pcm_s16le"),
+            "is an audio file (WAV), not a video"),
     "missing": (lambda d: d / "missing.mp4", "does not exist"),
 }
 
