@@ -13,6 +13,7 @@ import enum
 import functools
 import logging
 import math
+import os
 import shutil
 import tempfile
 import threading
@@ -43,7 +44,7 @@ from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.memory import map_large_blocks, trim
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
-from engine.publish import MEDIA, POSTER, Publisher, check_output_dir
+from engine.publish import MEDIA, POSTER, Publisher, check_output_dir, lock_output_dir
 from engine.rung import (
     EncodedRung,
     EncodeSettings,
@@ -205,6 +206,9 @@ class Job:
         #: This job made the output directory (it did not exist), so it removes it again if it
         #: ends with nothing in it.
         self._created_output = False
+        #: The output folder is this job's (see :meth:`_prepare_output`), held by this lock.
+        self._output_taken = False
+        self._output_lock: int | None = None
         self._watch = DecoderWatch()
         self._emit("queued")
 
@@ -306,6 +310,9 @@ class Job:
                 raise
             _drop_tracebacks(exc)  # see the finally clause
         finally:
+            if self._output_lock is not None:
+                os.close(self._output_lock)  # after the cleanup: the folder is done with
+                self._output_lock = None
             # A finished job keeps its errors, not the frames they were raised in: those hold
             # the encoders (x264's threads) and, through the fan-out, the decoder.
             for error in (*self._rung_errors(), self.error):
@@ -554,23 +561,29 @@ class Job:
         out = self.out_dir
         keep = [self.source, *([self.options.scratch_dir] if self.options.scratch_dir else [])]
         check_output_dir(out, self.options.overwrite, keep)
-        if out.is_dir():
-            for child in out.iterdir():  # anything here is to be replaced (checked above)
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        else:
-            self._created_output = True
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
         except OSError as exc:
             raise OutputWriteError(f"cannot create output directory {str(out)!r}: {exc}") from exc
+        self._output_lock = lock_output_dir(out)
+        # Only now is the folder this job's to clean up, or to remove if it made it.
+        self._output_taken, self._created_output = True, created
+        check_output_dir(out, self.options.overwrite, keep)  # again: its last holder filled it?
+        for child in out.iterdir():  # anything here is to be replaced (checked above)
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     def _remove_unpublished(self, withdraw: bool = False) -> None:
         """Delete what no playlist lists, so nothing half-written is left behind. A rung listed
         early keeps the segments its (now ended) playlist lists; with ``withdraw``, nothing is
         kept."""
+        if not self._output_taken:
+            return  # refused before it took the folder: what is there is another job's
         listed: list[str] = []  # rendition folders whose early playlists were ended
         if self._publisher is not None and not withdraw:
             try:

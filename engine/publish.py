@@ -9,6 +9,8 @@ reader sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import logging
 import math
 import os
 import shutil
@@ -20,7 +22,12 @@ from pathlib import Path
 
 from engine.audio import EncodedAudio
 from engine.decode import GAP_TOLERANCE_S
-from engine.errors import InvalidOptionsError, OutputExistsError, OutputWriteError
+from engine.errors import (
+    InvalidOptionsError,
+    OutputExistsError,
+    OutputInUseError,
+    OutputWriteError,
+)
 from engine.ladder import Rung
 from engine.playlist import (
     AudioRendition,
@@ -34,6 +41,8 @@ from engine.playlist import (
 )
 from engine.rung import EncodedRung
 from engine.segment import SegmentRecord
+
+log = logging.getLogger(__name__)
 
 MASTER = "master.m3u8"
 MEDIA = "index.m3u8"
@@ -96,6 +105,26 @@ def check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path] = ()) -> N
             raise InvalidOptionsError(
                 f"output directory {str(out)!r} holds {str(path)!r}, which overwriting it "
                 "would delete")
+
+
+def lock_output_dir(out: Path) -> int:
+    """Take ``out`` (an existing directory) for one job: an open descriptor holding an exclusive
+    ``flock``, which the job closes when it ends and the kernel drops if the process dies.
+
+    Raises :class:`OutputInUseError` while another job, in this process or another, holds it:
+    two ``rungs transcode`` runs into one folder both failed, the second's refusal deleting the
+    first one's segments. A file system without ``flock`` goes unlocked.
+    """
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputInUseError(
+            f"output directory {str(out)!r} is being written by another job") from None
+    except OSError as exc:
+        log.debug("cannot lock %s, going on without: %s", out, exc)
+    return fd
 
 
 class Publisher:

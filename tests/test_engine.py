@@ -1393,6 +1393,34 @@ def test_a_source_that_declares_no_duration_is_held_to_the_limit(tmp_path: Path)
         JobState.COMPLETE
 
 
+def test_a_second_job_into_a_folder_being_written_leaves_it_alone(tmp_path: Path,
+                                                                   source_video: Path) -> None:
+    """Jobs started into the folder another job is writing, once it has published: one
+    refused as not empty used to delete the first job's rung folders and audio as it cleaned
+    up (two ``rungs transcode`` runs into one folder both failed, nothing left); one with
+    overwrite would have emptied it and written beside it. Both are refused, and the first
+    job's output is whole."""
+    out = tmp_path / "out"
+    seconds: list[JobRun] = []
+
+    def second_jobs(event: JobEvent) -> None:
+        if event.type == "rung_published" and not seconds:
+            seconds.append(run_job(source_video, out))
+            seconds.append(run_job(source_video, out, options(overwrite=True)))
+
+    first = run_job(source_video, out, on_event=second_jobs)
+    assert first.state == JobState.COMPLETE, first.job.error
+    refused, overwriting = seconds
+    assert refused.state == JobState.FAILED and refused.job.error is not None
+    assert refused.job.error.code == "OUTPUT_EXISTS", refused.job.error
+    assert overwriting.state == JobState.FAILED and overwriting.job.error is not None
+    assert overwriting.job.error.code == "OUTPUT_IN_USE", overwriting.job.error
+    assert "another job" in overwriting.job.error.message
+    ladder = hostile.read_ladder(out)  # every listed segment there and decoding
+    assert [min(size) for size in ladder.rungs] == list(LADDER), ladder
+    assert ladder.audio is not None
+
+
 def test_output_directory_not_empty(tmp_path: Path, source_video: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
