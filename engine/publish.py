@@ -107,15 +107,20 @@ def check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path] = ()) -> N
                 "would delete")
 
 
-def lock_output_dir(out: Path) -> int:
+def lock_output_dir(out: Path) -> int | None:
     """Take ``out`` (an existing directory) for one job: an open descriptor holding an exclusive
     ``flock``, which the job closes when it ends and the kernel drops if the process dies.
 
     Raises :class:`OutputInUseError` while another job, in this process or another, holds it:
     two ``rungs transcode`` runs into one folder both failed, the second's refusal deleting the
-    first one's segments. A file system without ``flock`` goes unlocked.
+    first one's segments. A folder that cannot be opened or locked (a file system without
+    ``flock``) goes unlocked: None.
     """
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        log.debug("cannot open %s to lock it, going on without: %s", out, exc)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
