@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -210,20 +211,47 @@ class EventRenderer:
         """Called once after the job ends."""
 
 
+def _stdout_to_devnull() -> None:
+    """Send what is still written to stdout nowhere: its reader has gone (``rungs transcode ...
+    | head``). The job goes on, since its output is the files, and the interpreter's last
+    flush of stdout at exit does not fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class JsonRenderer(EventRenderer):
     """Exactly one JSON object per event per line, then a ``summary`` event."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        self._reader_gone = False
 
     def __call__(self, event: JobEvent) -> None:
-        self.out.write(json.dumps(event.to_dict()) + "\n")
-        self.out.flush()
+        self._write(event.to_dict())
 
     def close(self, job: Job) -> None:
-        summary = {"type": "summary", "state": job.state.value, **job.summary()}
-        self.out.write(json.dumps(summary) + "\n")
-        self.out.flush()
+        self._write({"type": "summary", "state": job.state.value, **job.summary()})
+
+    def _write(self, line: dict[str, Any]) -> None:
+        if self._reader_gone:
+            return
+        try:
+            self.out.write(json.dumps(line) + "\n")
+            self.out.flush()
+        except BrokenPipeError:  # it used to end in a traceback, the job done
+            self._reader_gone = True
+            _stdout_to_devnull()
+
+
+class _Console(Console):
+    """Rich's console, which on a closed stdout goes quiet instead of exiting: rich raised
+    SystemExit from the job's event, which ended the job, deleted its output and exited 1
+    without a word."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_to_devnull()
 
 
 class TimelineRenderer(EventRenderer):
@@ -231,7 +259,7 @@ class TimelineRenderer(EventRenderer):
 
     def __init__(self, console: Console | None = None) -> None:
         # Stdout: stderr is kept for the one line that says what went wrong.
-        self.console = console or Console()
+        self.console = console or _Console()
         self.progress = Progress(TextColumn("{task.description:>6}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
                                  console=self.console, transient=True)

@@ -261,3 +261,24 @@ def test_the_demo_runs_and_refuses_bad_options(tmp_path: Path) -> None:
                                 check=False)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and bad[0] in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("json_lines", [True, False], ids=["json", "timeline"])
+def test_a_reader_that_goes_away_does_not_stop_the_job(small_source: Path, tmp_path: Path,
+                                                       json_lines: bool) -> None:
+    """``rungs transcode ... | head -1``: the job goes on and completes once its stdout's
+    reader has gone. With --json it ended in a BrokenPipeError traceback; on the timeline, rich
+    raised SystemExit from the job's event, which ended the job, deleted its output and exited
+    1 without a word."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [*RUNGS, "transcode", str(small_source), str(out), "--ladder", "180,360",
+         "--segment-seconds", "1", *(["--json"] if json_lines else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline()
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0
+    assert "Traceback" not in process.stderr.read()
+    ladder = m3u8.load(str(out / "master.m3u8"))
+    assert [p.uri for p in ladder.playlists] == ["180p/index.m3u8", "360p/index.m3u8"]
