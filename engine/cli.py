@@ -31,6 +31,9 @@ from engine.segment import SEGMENT_TYPES
 
 #: Exit codes, the one place errors become them.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+#: A command whose stdout's reader went away (``rungs watch ID | head``) ends as a tool that
+#: SIGPIPE killed does, in silence: 128 + SIGPIPE.
+EXIT_READER_GONE = 128 + signal.SIGPIPE
 
 
 def exit_code(error: RungsError | None, state: JobState) -> int:
@@ -55,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RungsError as exc:
         print(f"rungs: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # a traceback from status, watch and jobs (transcode goes on)
+        _stdout_to_devnull()
+        return EXIT_READER_GONE
     return result
 
 

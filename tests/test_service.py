@@ -583,6 +583,16 @@ def test_client_commands(shared: Running) -> None:
 
     replay = rungs("watch", job_id, "--json", server=shared)
     assert replay.returncode == 0 and [json.loads(x) for x in replay.stdout.splitlines()] == events
+    # Its reader gone before the first line (``| head``): quiet, as a tool SIGPIPE kills.
+    for command in (["watch", job_id], ["watch", job_id, "--json"], ["jobs"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        headless = subprocess.run(
+            [sys.executable, "-m", "engine.cli", *command, "--server", f"127.0.0.1:{shared.port}"],
+            cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+        os.close(write_end)
+        assert headless.returncode == 128 + signal.SIGPIPE, headless.stderr
+        assert headless.stderr == "", headless.stderr
     listed = rungs("jobs", "--json", "--state", "COMPLETE", server=shared)
     assert job_id in [json.loads(x)["id"] for x in listed.stdout.splitlines()]
     assert job_id in rungs("jobs", server=shared).stdout
