@@ -186,8 +186,14 @@ def _doctor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The signals that end a job or a server cleanly: Ctrl-C, SIGTERM, and SIGHUP (its terminal
+#: closed, an SSH session dropped), whose default killed the process mid-write: the first
+#: rung, listed early, kept an EVENT playlist that never ends, which players poll for ever.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class CancelOnInterrupt:
-    """Turn Ctrl-C and SIGTERM into a clean job cancel while the block runs."""
+    """Turn :data:`STOP_SIGNALS` into a clean job cancel while the block runs."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -196,7 +202,7 @@ class CancelOnInterrupt:
     def __enter__(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def __exit__(self, *exc: object) -> None:

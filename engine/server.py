@@ -1,9 +1,9 @@
 """The gRPC server: ``rungs serve``, and :func:`create_server` for tests and embedding.
 
 One process serves ``rungs.v1.Transcoder``, the standard ``grpc.health.v1.Health`` service and
-server reflection. SIGTERM (or Ctrl-C) stops it cleanly: health turns NOT_SERVING, new RPCs are
-refused, queued and running jobs are cancelled (their final events end every Watch), the store
-is closed, and the process exits 0.
+server reflection. SIGTERM (or Ctrl-C, or SIGHUP) stops it cleanly: health turns NOT_SERVING,
+new RPCs are refused, queued and running jobs are cancelled (their final events end every
+Watch), the store is closed, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.cli import host_port, port_number
+from engine.cli import STOP_SIGNALS, host_port, port_number
 from engine.errors import RungsError
 from engine.manager import JobManager, Watchdog
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
@@ -210,7 +210,7 @@ def serve_command(args: argparse.Namespace) -> int:
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, request_stop)
     server.start()
     host = args.listen.rpartition(":")[0]

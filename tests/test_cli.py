@@ -113,6 +113,31 @@ def test_kill_9_leaves_no_frames_in_the_scratch_dir(tmp_path: Path) -> None:
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_cancels_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) once the first rung is listed early:
+    the job is cancelled, exit 130, and that rung's playlist is ended, so it plays as far as it
+    got. SIGHUP's default killed the process, leaving an EVENT playlist players poll for ever."""
+    source = media.make_video(tmp_path / "in.mp4", seconds=8.0)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [*RUNGS, "transcode", str(source), str(out), "--ladder", "180,360",
+         "--segment-seconds", "1", "--json"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if json.loads(line)["type"] == "ready":
+            process.send_signal(stop)
+            break
+    events = [json.loads(line) for line in process.stdout]
+    assert process.wait(timeout=60) == 130
+    assert events[-1]["type"] == "summary" and events[-1]["state"] == "CANCELLED"
+    master = m3u8.load(str(out / "master.m3u8"))
+    first = m3u8.load(str(out / master.playlists[0].uri))
+    assert first.is_endlist and first.segments
+    assert not list(out.rglob("*.tmp"))
+
+
 def _open_files(pid: int) -> list[str]:
     links = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
