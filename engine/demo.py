@@ -9,11 +9,12 @@ can be seen arriving while it plays.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
 
-from engine.cli import port_number
+from engine.cli import STOP_SIGNALS, port_number
 from engine.client import EventLines
 from engine.errors import RungsError
 from engine.rpc import transcoder_pb2 as pb
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RungsError, StoreVersionError, OSError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
+    for sig in STOP_SIGNALS:  # SIGTERM and SIGHUP too: their defaults skipped server.stop()
+        signal.signal(sig, signal.default_int_handler)
     server.start()
     try:
         return _run(server, sample.name, args.linger)

@@ -307,3 +307,21 @@ def test_a_reader_that_goes_away_does_not_stop_the_job(small_source: Path, tmp_p
     assert "Traceback" not in process.stderr.read()
     ladder = m3u8.load(str(out / "master.m3u8"))
     assert [p.uri for p in ladder.playlists] == ["180p/index.m3u8", "360p/index.m3u8"]
+
+
+def test_the_demo_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM once the demo's job is READY: the service's engine stops, the job is cancelled
+    with its first rung's playlist ended, exit 130 (SIGTERM's default killed it mid-write)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.demo", "--out", str(tmp_path), "--size", "640x360",
+         "--seconds", "8", "--http-port", "0"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "playable" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
+    assert process.wait(timeout=60) == 130
+    master = m3u8.load(str(tmp_path / "hls" / "master.m3u8"))
+    first = m3u8.load(str(tmp_path / "hls" / master.playlists[0].uri))
+    assert first.is_endlist and first.segments
