@@ -41,7 +41,7 @@ from engine.fanout import FanOut
 from engine.gop import FrameTime, KeyframeSchedule, highest_frame_rate
 from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
-from engine.memory import map_large_blocks, trim
+from engine.memory import map_large_blocks, trim, usable_memory_bytes
 from engine.poster import PosterPicker
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
 from engine.publish import MEDIA, POSTER, Publisher, check_output_dir, lock_output_dir
@@ -130,6 +130,12 @@ class TranscodeOptions:
                 f"got {self.segment_type!r}")
         if self.cache_bytes < 0 or (self.spill_bytes or 0) < 0:
             raise InvalidOptionsError("cache and spill sizes must not be negative")
+        memory = usable_memory_bytes()
+        # A source that fits in the cache is held there whole; the encoders need the rest.
+        if memory is not None and self.cache_bytes > memory // 2:
+            raise InvalidOptionsError(
+                f"a frame cache of {self.cache_bytes >> 20:,} MB is more than half of the "
+                f"{memory >> 20:,} MB of memory here")
         if self.scratch_dir is not None and not self.scratch_dir.is_dir():
             raise InvalidOptionsError(
                 f"scratch directory {str(self.scratch_dir)!r} does not exist or is not a "

@@ -13,15 +13,20 @@ are used again there without faulting in fresh pages.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
+import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 #: Blocks of at least this many bytes get a mapping of their own.
 MMAP_THRESHOLD_BYTES = 4 << 20
+#: A container's memory limit (cgroup v2); absent outside one, "max" when there is none.
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
 #: ``M_MMAP_THRESHOLD`` in glibc's malloc.h.
 _M_MMAP_THRESHOLD = -3
 
@@ -53,3 +58,17 @@ def trim() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def usable_memory_bytes() -> int | None:
+    """The memory this process can have: the machine's, or its container's limit if lower.
+
+    None where neither can be read.
+    """
+    sizes = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        sizes.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    with contextlib.suppress(ValueError, OSError):
+        sizes.append(int(CGROUP_MEMORY_MAX.read_text().strip()))
+    positive = [size for size in sizes if size > 0]
+    return min(positive) if positive else None

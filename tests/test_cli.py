@@ -261,7 +261,7 @@ def test_names_that_are_not_utf8(small_source: Path, tmp_path: Path) -> None:
                                   ["--segment-seconds", "nan"], ["--segment-seconds", "inf"],
                                   ["--rung", "720:speed=9"], ["--rung", "480:crf=20"],
                                   ["--scratch-dir", "/nonexistent/scratch"],
-                                  ["--scratch-dir", "/dev/null"]])
+                                  ["--scratch-dir", "/dev/null"], ["--cache-mb", "1000000000"]])
 def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str]) -> None:
     result = run_cli("transcode", small_source, tmp_path / "out", *args)
     assert result.returncode == 2, result.stderr

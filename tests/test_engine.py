@@ -31,6 +31,7 @@ import pytest
 
 import engine.fanout
 import engine.job
+import engine.memory
 from engine import (
     InvalidOptionsError,
     InvalidSourceError,
@@ -1313,6 +1314,7 @@ def test_encoder_takes_every_option_it_is_given(tmp_path: Path) -> None:
     ({"segment_seconds": float("nan")}, "segment length"),
     ({"segment_type": "dash"}, "segment type"),
     ({"cache_bytes": -1}, "cache"),
+    ({"cache_bytes": 1 << 60}, "memory"),
     ({"spill_bytes": -1}, "spill"),
     ({"encoder": "h265_magic"}, "encoder"),
     ({"ladder": LadderOptions(heights=(4,))}, "heights"),
@@ -1324,6 +1326,23 @@ def test_invalid_options_fail_the_job(tmp_path: Path, source_video: Path,
     assert isinstance(run.job.error, InvalidOptionsError), repr(run.job.error)
     assert word in run.job.error.message
     assert not (tmp_path / "out").exists()
+
+
+def test_usable_memory_is_the_lower_of_machine_and_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's limit follows a container's memory limit (cgroup v2) when it is lower."""
+    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(engine.memory, "CGROUP_MEMORY_MAX", limit)
+    assert engine.memory.usable_memory_bytes() == machine  # no such file: not in a container
+    limit.write_text("max\n")
+    assert engine.memory.usable_memory_bytes() == machine
+    limit.write_text(f"{1 << 30}\n")
+    assert engine.memory.usable_memory_bytes() == 1 << 30
+    run = run_job(media.make_video(tmp_path / "s.mp4", width=320, height=180, seconds=1),
+                  tmp_path / "out", options(cache_bytes=600 << 20))
+    assert isinstance(run.job.error, InvalidOptionsError), repr(run.job.error)
+    assert "1,024 MB of memory" in run.job.error.message
 
 
 def _bad_source(kind: str, folder: Path) -> tuple[Path, str]:
