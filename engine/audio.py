@@ -75,6 +75,8 @@ class AudioEncoder:
         except BaseException:
             self.writer.abort()
             raise
+        # Not the stream's, which the MPEG-TS muxer changes to 1/90000 once it starts.
+        self._sample_time_base = Fraction(1, settings.sample_rate)
         self._resampler = self._new_resampler()
         # Resampled audio is cut into the encoder's frames here rather than by the resampler,
         # so a new resampler (see push) can take over without a short frame mid-stream, which
@@ -175,7 +177,13 @@ class AudioEncoder:
 
     def _queue(self, frames: list[av.audio.frame.AudioFrame]) -> None:
         for out in frames:
-            out.pts = None  # the FIFO checks timestamps run on; they are set when encoding
+            # The FIFO checks that timestamps run on, and that every frame has the first one's
+            # time base: a resampler with nothing to convert passes the decoder's on (1/90000
+            # in MPEG-TS), a converting one gives its rate's, so after the source's audio
+            # changed format every later frame was refused and the sound stopped there. Both
+            # are set again when encoding.
+            out.pts = None
+            out.time_base = self._sample_time_base
             self._fifo.write(out)
             self._queued += out.samples
 

@@ -1310,8 +1310,10 @@ RECIPES: tuple[Recipe, ...] = (
            note="a relative name that looks like an FFmpeg protocol prefix"),
     Recipe("unknown_audio_codec", lambda d, _: unknown_audio_codec(d), L, check=_no_audio,
            note="found by the fuzzer: the probe failed on an audio stream with no decoder"),
-    Recipe("audio_format_changes", lambda d, _: audio_format_changes(d), L, check=_audio(),
-           note="found by the fuzzer: the resampler refused frames of a new format"),
+    Recipe("audio_format_changes", lambda d, _: audio_format_changes(d), L,
+           check=_all(_audio(), _audio_seconds_about(2.0)),
+           note="found by the fuzzer: the resampler refused frames of a new format; then the "
+                "audio FIFO refused them for their time base, and the sound stopped at 1 s"),
     Recipe("audio_all_before_video",
            lambda d, _: write_streams(d / "audio_before_video.mp4",
                                       video_pts=list(range(90, 120)),
