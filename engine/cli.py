@@ -321,6 +321,8 @@ class TimelineRenderer(EventRenderer):
                 f"time to ready {summary['time_to_ready_s']} s, total {summary['total_s']} s, "
                 f"frames decoded {summary['frames_decoded']} / source {summary['source_frames']}",
                 highlight=False)
+            for note in summary["notes"]:
+                self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -265,7 +265,8 @@ def _describe(event: pb.JobEvent) -> str:
     if kind == "complete":
         c = event.complete
         return (f"every rung published; time to ready {c.time_to_ready_seconds:.2f} s, "
-                f"total {c.total_seconds:.2f} s, frames {c.frames_decoded}/{c.source_frames}")
+                f"total {c.total_seconds:.2f} s, frames {c.frames_decoded}/{c.source_frames}"
+                + "".join(f"; note: {note}" for note in c.notes))
     if kind == "failed":
         return f"{event.failed.error.code}: {event.failed.error.message}"
     if kind == "cancelled":
@@ -305,6 +306,8 @@ def _print_job(job: pb.Job) -> None:
         if rung.state == pb.PUBLISHED:
             line += f"  {rung.bandwidth / 1e6:.2f} Mbit/s peak"
         print(line)
+    for note in job.notes:
+        print(f"  note     {note}")
     if job.HasField("error"):
         print(f"  error    {job.error.code}: {job.error.message}")
 

@@ -28,7 +28,7 @@ import av.audio.frame
 import av.video.frame
 import m3u8
 
-from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
+from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings, EncodedAudio
 from engine.decode import DecodeStats, decode_source
 from engine.errors import (
     InvalidOptionsError,
@@ -43,7 +43,13 @@ from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.memory import map_large_blocks, trim, usable_memory_bytes
 from engine.poster import PosterPicker
-from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, OpenSource, open_source
+from engine.probe import (
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_MAX_PIXELS,
+    OpenSource,
+    SourceInfo,
+    open_source,
+)
 from engine.publish import MEDIA, POSTER, Publisher, check_output_dir, lock_output_dir
 from engine.rung import (
     EncodedRung,
@@ -192,6 +198,8 @@ class Job:
         self.rungs: list[RungStatus] = []
         self.error: RungsError | None = None
         self.decode_stats: DecodeStats | None = None
+        #: What of the source the output leaves out (see :func:`source_notes`), once decoded.
+        self.notes: list[str] = []
         self.source_frames = 0
         self.decoder = ""
         self.time_to_ready_s: float | None = None
@@ -382,8 +390,11 @@ class Job:
             trim()
             self._frames_total = self.decode_stats.frames_kept
             self.source_frames = info.declared_frames or self.decode_stats.video_packets
-            if audio is not None:
-                publisher.set_audio(audio.close())
+            encoded_audio = audio.close() if audio is not None else None
+            if encoded_audio is not None:
+                publisher.set_audio(encoded_audio)
+            self.notes = source_notes(info, self.decode_stats, encoded_audio,
+                                      audio.skipped_frames if audio is not None else 0)
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
 
@@ -516,6 +527,7 @@ class Job:
             "frames_decoded": stats.frames_decoded if stats else 0,
             "decoder": self.decoder,
             "source_frames": self.source_frames,
+            "notes": list(self.notes),
             "rungs": [
                 {"rung": s.rung.name, "width": s.rung.width, "height": s.rung.height,
                  "encoder": s.encoder, "state": s.state,
@@ -637,6 +649,32 @@ class Job:
                     self.on_event(event)
                 except Exception:  # a listener must not break the job
                     log.exception("event listener failed")
+
+
+def source_notes(info: SourceInfo, stats: DecodeStats, audio: EncodedAudio | None,
+                 skipped_audio_frames: int) -> list[str]:
+    """What of the source a complete job's output leaves out, in a line each for its user:
+    an output without the source's sound, or with damaged packets left out, must not pass
+    for the whole source without a word."""
+    notes = []
+    if info.audio_streams and info.audio is None:
+        notes.append("the source's audio is in a format FFmpeg cannot decode: the output has "
+                     "no sound")
+    elif audio is not None and not audio.segments:
+        notes.append("all of the source's sound comes before its first picture: the output has "
+                     "no sound")
+    if info.audio_streams > 1:
+        notes.append(f"the source has {info.audio_streams} audio tracks: only one is kept "
+                     "(the one flagged default, else the first that decodes)")
+    if stats.bad_packets:
+        notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
+    if skipped_audio_frames:
+        notes.append(f"{_count(skipped_audio_frames, 'damaged audio frame')} left out")
+    return notes
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
 def rung_nice(index: int, rungs: int, background: int, at_once: bool) -> int:

@@ -67,13 +67,11 @@ DEFAULT_MAX_DURATION_S = 6 * 3600.0
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """The audio stream Rungs will encode (the first one FFmpeg can decode)."""
+    """The audio stream Rungs will encode (see :func:`_audio_stream`)."""
 
     codec: str
     sample_rate: int
     channels: int
-    #: How many audio streams the source has in all; only the first is used.
-    stream_count: int
 
 
 #: FFmpeg's code for "unspecified" in each colour field below (ISO/IEC 23091-2 numbering).
@@ -189,6 +187,8 @@ class SourceInfo:
     #: Frames the container declares (0 when it does not say).
     declared_frames: int
     audio: AudioInfo | None
+    #: Audio streams in the source, decodable or not; only ``audio`` is kept.
+    audio_streams: int = 0
     #: ``software`` or the hardware device type that decodes the video.
     decoder: str = "software"
     colour: Colour = field(default_factory=Colour)
@@ -409,7 +409,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     if audio_stream is not None:
         a = audio_stream.codec_context
         audio = AudioInfo(codec=a.name, sample_rate=a.sample_rate or 0,
-                          channels=a.channels or 0, stream_count=len(container.streams.audio))
+                          channels=a.channels or 0)
     pix_fmt = first.format.name
     info = SourceInfo(
         path=path,
@@ -425,6 +425,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         bit_depth=max((c.bits for c in first.format.components), default=8),
         declared_frames=stream.frames,
         audio=audio,
+        audio_streams=len(container.streams.audio),
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
     )

@@ -87,6 +87,9 @@ class Case:
     note: str = ""
     #: The file must never be opened by FFmpeg (a reference outside the source root).
     traps: tuple[Path, ...] = ()
+    #: Words of the notes a finished job gives (what of the source it left out), one per
+    #: note in order; none: the job gives no note.
+    notes: tuple[str, ...] = ()
 
 
 # -- reading a ladder back ----------------------------------------------------------------------
@@ -1101,6 +1104,7 @@ class Recipe:
     note: str = ""
     #: The file references the trap.
     trapped: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def _empty(folder: Path, trap: Path) -> Path:
@@ -1143,7 +1147,8 @@ RECIPES: tuple[Recipe, ...] = (
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
            L, check=_all(_frames_at_least(30), _seconds_about(1.0)),
            note="timestamps from 10 h in: its DURATION tags say where it ends (not a cut file, "
-                "nor one longer than the 6 h limit)"),
+                "nor one longer than the 6 h limit)",
+           notes=("before its first picture",)),
     Recipe("mjpeg_in_mkv", lambda d, _: video(d / "mjpeg.mkv", codec="mjpeg", pix_fmt="yuvj420p",
                                               codec_options={}), L,
            check=_all(_dims(LANDSCAPE), _frames_at_least(30)),
@@ -1188,11 +1193,13 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: corrupt_packets(d, "corrupt_packets.mp4", 0.15, 1), L,
            check=_frames_at_least(55),
            note="decoding goes on: the decoder conceals damaged frames, packets it cannot "
-                "decode are skipped (more than 20% of them fails the job: DECODE_FAILED)"),
+                "decode are skipped (more than 20% of them fails the job: DECODE_FAILED)",
+           notes=("damaged video packet",)),
     Recipe("corrupt_everything",
            lambda d, _: corrupt_packets(d, "corrupt_everything.mp4", 1.0, 2), L,
            check=_frames_at_least(30),
-           note="every frame after the first GOP damaged: still concealed, still a ladder"),
+           note="every frame after the first GOP damaged: still concealed, still a ladder",
+           notes=("damaged video packet",)),
     Recipe("zeroed_packets",
            lambda d, _: corrupt_packets(d, "zeroed_packets.mp4", 0.5, 3, zeroed=True), R,
            ("too damaged", "zeroed_packets.mp4"),
@@ -1256,9 +1263,11 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("audio_44k", lambda d, _: video(d / "audio_44k.mp4", sample_rate=44100), L,
            check=_audio(), note="resampled to 48 kHz"),
     Recipe("default_audio_second", lambda d, _: default_audio_second(d), L,
-           check=_audio_tones(880.0), note="the audio track flagged default is transcoded"),
+           check=_audio_tones(880.0), note="the audio track flagged default is transcoded",
+           notes=("2 audio tracks",)),
     Recipe("several_audio", lambda d, _: several_audio(d), L, check=_audio(),
-           note="the first audio track is used"),
+           note="the first audio track is used",
+           notes=("3 audio tracks",)),
     Recipe("audio_longer",
            lambda d, _: write_streams(d / "audio_longer.mp4", video_pts=list(range(30)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 2.5, 0)]),
@@ -1309,7 +1318,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("colon_in_name", lambda d, _: video(d / "clip:1.mp4"), L, check=_dims(LANDSCAPE),
            note="a relative name that looks like an FFmpeg protocol prefix"),
     Recipe("unknown_audio_codec", lambda d, _: unknown_audio_codec(d), L, check=_no_audio,
-           note="found by the fuzzer: the probe failed on an audio stream with no decoder"),
+           note="found by the fuzzer: the probe failed on an audio stream with no decoder",
+           notes=("cannot decode",)),
     Recipe("audio_format_changes", lambda d, _: audio_format_changes(d), L,
            check=_all(_audio(), _audio_seconds_about(2.0)),
            note="found by the fuzzer: the resampler refused frames of a new format; then the "
@@ -1319,13 +1329,15 @@ RECIPES: tuple[Recipe, ...] = (
                                       video_pts=list(range(90, 120)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
            L, check=_no_audio,
-           note="every audio frame is before the first picture, so none is kept"),
+           note="every audio frame is before the first picture, so none is kept",
+           notes=("before its first picture",)),
     # Found by ``python -m tests.fuzz`` (seed 1); each failed with a traceback before its fix.
     Recipe("fuzz_ts_new_stream",
            lambda d, _: fuzzed(d, "fuzz_ts_new_stream", "plain.ts", [
                ["int", 30819, 4, 4294967295], ["flip", 36474, 6], ["flip", 35769, 0],
                ["int", 5481, 4, 8]]), E,
-           note="a stream appearing part way made PyAV's demuxer raise IndexError"),
+           note="a stream appearing part way made PyAV's demuxer raise IndexError",
+           notes=("damaged video packet",)),
     Recipe("fuzz_mkv_audio_format",
            lambda d, _: fuzzed(d, "fuzz_mkv_audio_format", "plain.mkv",
                                [["set", 53615, "7f"], ["int", 52772, 4, 8]]), E,
@@ -1333,11 +1345,13 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("fuzz_mov_bad_audio_frame",
            lambda d, _: fuzzed(d, "fuzz_mov_bad_audio_frame", "rotated.mov",
                                [["int", 27856, 4, 128], ["flip", 23728, 1]]), E,
-           note="an audio frame the resampler cannot convert failed the whole job"),
+           note="an audio frame the resampler cannot convert failed the whole job",
+           notes=("damaged audio frame",)),
     Recipe("fuzz_mp4_audio_without_decoder",
            lambda d, _: fuzzed(d, "fuzz_mp4_audio_without_decoder", "plain.mp4",
                                [["int", 27361, 4, 128], ["int", 27526, 4, 32768]]), E,
-           note="the probe failed on an audio stream FFmpeg has no decoder for"),
+           note="the probe failed on an audio stream FFmpeg has no decoder for",
+           notes=("cannot decode",)),
     # Found by ``python -m tests.fuzz --seed 798094`` (no answer in 20 s).
     Recipe("fuzz_ts_decode_time_hours_ahead",
            lambda d, _: fuzzed(d, "fuzz_ts_decode_time_hours_ahead", "plain.ts", [
@@ -1389,7 +1403,7 @@ def make_corpus(folder: Path, outside: Path,
         path = recipe.make(folder, trap)
         assert path.parent == folder, path
         cases.append(Case(recipe.name, path.name, recipe.expect, recipe.words, recipe.check,
-                          recipe.note, (trap,) if recipe.trapped else ()))
+                          recipe.note, (trap,) if recipe.trapped else (), recipe.notes))
     names = [case.file for case in cases]
     assert len(set(names)) == len(names), "two cases share a file"
     return cases

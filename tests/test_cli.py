@@ -16,7 +16,7 @@ from pathlib import Path
 import m3u8
 import pytest
 
-from tests import media
+from tests import hostile, media
 
 RUNGS = [sys.executable, "-m", "engine.cli"]
 
@@ -151,6 +151,16 @@ def test_timeline_on_a_terminal_names_each_milestone(small_source: Path, tmp_pat
     assert result.returncode == 0, result.stderr
     for word in ("poster", "READY", "published", "180p", "360p", "COMPLETE", "time to ready"):
         assert word in result.stdout
+    assert "note:" not in result.stdout  # nothing of this source was left out
+
+
+def test_the_timeline_ends_with_what_the_output_left_out(tmp_path: Path) -> None:
+    """A source whose sound nothing decodes completes without it, and says so at the end."""
+    source = hostile.unknown_audio_codec(tmp_path)
+    result = run_cli("transcode", source, tmp_path / "out", "--ladder", "180")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "note: the source's audio is in a format FFmpeg cannot decode: the output has no sound")
 
 
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {

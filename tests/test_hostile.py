@@ -233,6 +233,7 @@ def test_cli(corpus: Corpus, name: str) -> None:
         assert run.stderr == "", _explain(case, run)
         summary = json.loads(run.stdout.splitlines()[-1])
         assert summary["type"] == "summary" and summary["state"] == "COMPLETE", summary
+        _check_notes(case, summary["notes"])
         output = read_ladder(run.out)
         if case.check is not None:
             case.check(output)
@@ -262,6 +263,8 @@ def test_service(corpus: Corpus, name: str) -> None:
         assert all(r.state == pb.PUBLISHED for r in run.job.rungs)
         kinds = [e.WhichOneof("kind") for e in run.events]
         assert kinds[0] == "queued" and kinds[-1] == "complete", kinds
+        assert run.events[-1].complete.notes == run.job.notes
+        _check_notes(case, list(run.job.notes))
         if case.check is not None:
             case.check(output)
         return
@@ -277,6 +280,13 @@ def test_service(corpus: Corpus, name: str) -> None:
         assert word in message.lower(), (word, message)
     assert str(corpus.source) not in message  # no server paths in what clients are told
     assert not (run.out / "master.m3u8").exists()
+
+
+def _check_notes(case: Case, notes: list[str]) -> None:
+    """The job's notes name what it left out of the source, and only that."""
+    assert len(notes) == len(case.notes), (case.notes, notes)
+    for words, note in zip(case.notes, notes, strict=True):
+        assert words in note, (words, note)
 
 
 def _peak_rss_mb(corpus: Corpus, case: str, out: Path) -> float:

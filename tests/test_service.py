@@ -33,7 +33,7 @@ from engine.manager import Subscription
 from engine.rpc import generate, transcoder_pb2_grpc
 from engine.rpc import transcoder_pb2 as pb
 from engine.server import RungsServer, create_server
-from tests import media
+from tests import hostile, media
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The small ladder and segment length every job here uses.
@@ -559,6 +559,20 @@ def rungs(*args: str, server: Running | None = None) -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", "engine.cli", *args, *address], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "RUNGS_SERVER": "127.0.0.1:9"})
+
+
+def test_status_and_watch_say_what_the_output_left_out(shared: Running, dirs: Dirs) -> None:
+    source = hostile.unknown_audio_codec(dirs.source)
+    submitted = rungs("submit", source.name, "silent", "--ladder", "180", "--json",
+                      server=shared)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    watched = rungs("watch", job_id, server=shared)
+    note = "the source's audio is in a format FFmpeg cannot decode: the output has no sound"
+    assert watched.stdout.rstrip().endswith(f"; note: {note}"), watched.stdout
+    status = rungs("status", job_id, server=shared)
+    assert f"  note     {note}\n" in status.stdout, status.stdout
+    assert json.loads(rungs("status", job_id, "--json", server=shared).stdout)["notes"] == [note]
 
 
 def test_client_commands(shared: Running) -> None:
