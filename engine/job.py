@@ -666,6 +666,12 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: EncodedAudio | Non
     if info.audio_streams > 1:
         notes.append(f"the source has {info.audio_streams} audio tracks: only one is kept "
                      "(the one flagged default, else the first that decodes)")
+    if info.video_streams > 1:
+        notes.append(f"the source has {info.video_streams} video streams: only one is kept "
+                     "(the one flagged default, else the largest)")
+    if info.subtitle_streams:
+        notes.append(f"{_count(info.subtitle_streams, 'subtitle track')} of the source not kept "
+                     "(the output has picture and sound only)")
     if stats.bad_packets:
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
     if skipped_audio_frames:

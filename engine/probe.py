@@ -189,6 +189,10 @@ class SourceInfo:
     audio: AudioInfo | None
     #: Audio streams in the source, decodable or not; only ``audio`` is kept.
     audio_streams: int = 0
+    #: Video streams other than cover pictures; only the one described here is kept.
+    video_streams: int = 1
+    #: Subtitle streams, none of which is kept.
+    subtitle_streams: int = 0
     #: ``software`` or the hardware device type that decodes the video.
     decoder: str = "software"
     colour: Colour = field(default_factory=Colour)
@@ -426,6 +430,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         declared_frames=stream.frames,
         audio=audio,
         audio_streams=len(container.streams.audio),
+        video_streams=len(_pictures(container)),
+        subtitle_streams=len(container.streams.subtitles),
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
     )
@@ -433,13 +439,18 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
                       watch)
 
 
+def _pictures(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """The video streams that are not a cover picture (FFmpeg shows an MP4's or MP3's cover
+    art, a Matroska image attachment, as a one-picture video stream)."""
+    return [stream for stream in container.streams.video
+            if not stream.disposition & av.stream.Disposition.attached_pic]
+
+
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The video stream a player shows: not a cover picture (FFmpeg shows an MP4's or MP3's
-    cover art, a Matroska image attachment, as a one-picture video stream), the one the file
-    flags as its default where it flags any (a thumbnail or second-angle stream may come
-    first), then the largest picture, then the first."""
-    pictures = [stream for stream in container.streams.video
-                if not stream.disposition & av.stream.Disposition.attached_pic]
+    """The video stream a player shows: of the :func:`_pictures`, the one the file flags as
+    its default where it flags any (a thumbnail or second-angle stream may come first), then
+    the largest picture, then the first."""
+    pictures = _pictures(container)
     candidates = [s for s in pictures if s.disposition & av.stream.Disposition.default] or pictures
 
     def area(stream: av.video.stream.VideoStream) -> int:

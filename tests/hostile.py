@@ -887,6 +887,38 @@ def thumbnail_stream_first(folder: Path) -> Path:
     return path
 
 
+def video_with_cover(folder: Path) -> Path:
+    """An MP4 video that also carries a cover picture (a JPEG stream flagged attached_pic)."""
+    main = video(folder / ".main.mp4")
+    cover = media.make_still_image(folder / ".cover.jpg", width=320, height=180)
+    path = folder / "video_with_cover.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(main), "-i",
+                    str(cover), "-map", "0", "-map", "1", "-c", "copy",
+                    "-disposition:v:1", "attached_pic", str(path)], check=True)
+    main.unlink()
+    cover.unlink()
+    return path
+
+
+def subtitled(folder: Path) -> Path:
+    """Matroska with two SubRip subtitle tracks (English, French) beside picture and sound."""
+    main = video(folder / ".main.mp4")
+    tracks = []
+    for language, text in (("eng", "Hello"), ("fre", "Bonjour")):
+        track = folder / f".{language}.srt"
+        track.write_text(f"1\n00:00:00,100 --> 00:00:00,900\n{text}\n")
+        tracks.append(track)
+    path = folder / "subtitled.mkv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(main),
+                    *(arg for track in tracks for arg in ("-i", str(track))),
+                    "-map", "0", "-map", "1", "-map", "2", "-c", "copy", "-c:s", "srt",
+                    "-metadata:s:s:0", "language=eng", "-metadata:s:s:1", "language=fre",
+                    str(path)], check=True)
+    for leftover in (main, *tracks):
+        leftover.unlink()
+    return path
+
+
 def several_audio(folder: Path) -> Path:
     """Three audio tracks (stereo 48 kHz, 5.1 44.1 kHz, mono 22.05 kHz) with the video."""
     return write_streams(folder / "several_audio.mkv", video_pts=list(range(30)),
@@ -1230,7 +1262,14 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_dims(LANDSCAPE), _seconds_about(1.0)),
            note="coded as interlaced fields; deinterlaced (bwdif, one frame per frame)"),
     Recipe("thumbnail_stream_first", lambda d, _: thumbnail_stream_first(d), L,
-           check=_dims(LANDSCAPE), note="the stream flagged default is transcoded"),
+           check=_dims(LANDSCAPE), note="the stream flagged default is transcoded",
+           notes=("2 video streams",)),
+    Recipe("video_with_cover", lambda d, _: video_with_cover(d), L,
+           check=_all(_dims(LANDSCAPE), _audio()),
+           note="the cover picture is neither the video nor a second video stream"),
+    Recipe("subtitled", lambda d, _: subtitled(d), L, check=_all(_dims(LANDSCAPE), _audio()),
+           note="subtitle tracks are not kept, and the job says so",
+           notes=("2 subtitle tracks",)),
     Recipe("interlaced_ts_late", lambda d, _: interlaced_ts_late(d), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video),
            note="audio kept in time with the video (it was placed 100 s late)"),
