@@ -663,7 +663,7 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: EncodedAudio | Non
     elif audio is not None and not audio.segments:
         notes.append("all of the source's sound comes before its first picture: the output has "
                      "no sound")
-    if info.audio_streams > 1:
+    if info.audio is not None and info.audio_streams > 1:
         notes.append(f"the source has {info.audio_streams} audio tracks: only one is kept "
                      "(the one flagged default, else the first that decodes)")
     if info.video_streams > 1:

@@ -919,6 +919,18 @@ def subtitled(folder: Path) -> Path:
     return path
 
 
+def undecodable_audio_tracks(folder: Path) -> Path:
+    """Two audio tracks, both with a Matroska codec ID nothing decodes (A_AAC made A_ZZZ)."""
+    made = write_streams(folder / ".two_audio.mkv", video_pts=list(range(30)),
+                         time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0), (44100, 2, 1.0, 0)])
+    data = made.read_bytes()
+    assert data.count(b"A_AAC") == 2
+    path = folder / "undecodable_audio_tracks.mkv"
+    path.write_bytes(data.replace(b"A_AAC", b"A_ZZZ"))
+    made.unlink()
+    return path
+
+
 def several_audio(folder: Path) -> Path:
     """Three audio tracks (stereo 48 kHz, 5.1 44.1 kHz, mono 22.05 kHz) with the video."""
     return write_streams(folder / "several_audio.mkv", video_pts=list(range(30)),
@@ -1358,6 +1370,9 @@ RECIPES: tuple[Recipe, ...] = (
            note="a relative name that looks like an FFmpeg protocol prefix"),
     Recipe("unknown_audio_codec", lambda d, _: unknown_audio_codec(d), L, check=_no_audio,
            note="found by the fuzzer: the probe failed on an audio stream with no decoder",
+           notes=("cannot decode",)),
+    Recipe("undecodable_audio_tracks", lambda d, _: undecodable_audio_tracks(d), L,
+           check=_no_audio, note="a silent ladder, with one note (not one on tracks kept too)",
            notes=("cannot decode",)),
     Recipe("audio_format_changes", lambda d, _: audio_format_changes(d), L,
            check=_all(_audio(), _audio_seconds_about(2.0)),
