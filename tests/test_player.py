@@ -107,7 +107,8 @@ def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]
         page.wait_for_function("window.rungs && (window.rungs.ended || "
                                "window.rungs.errors.some(e => e.fatal))", timeout=120_000)
         measured: dict[str, Any] = page.evaluate(
-            "() => { const r = Object.assign({}, window.rungs); delete r.hls; return r; }")
+            "() => { const r = Object.assign({}, window.rungs); delete r.hls;"
+            " r.log = document.getElementById('log').textContent; return r; }")
         return measured, called
     finally:
         context.close()
@@ -237,3 +238,16 @@ def test_a_source_whose_sound_starts_late_plays_from_the_start(
     assert samples[0]["currentTime"] < 1.0 and samples[-1]["currentTime"] > 9.5, samples
     assert measured["maxRms"] > 0.05  # the tone after the silence is heard
     shutil.rmtree(base / "out" / "late_sound")
+
+
+def test_the_page_says_what_the_output_left_out(
+        server: tuple[RungsServer, Any, Path], browser: Any) -> None:
+    """A source whose sound nothing decodes plays, silent, and its page says why."""
+    rungs, stub, base = server
+    source = hostile.unknown_audio_codec(base / "src")
+    measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
+        source=source.name, output="silent",
+        options=pb.TranscodeOptions(ladder=[180], segment_seconds=2)))
+    assert ("note: the source's audio is in a format FFmpeg cannot decode: the output has no "
+            "sound\n") in measured["log"], measured["log"]
+    shutil.rmtree(base / "out" / "silent")

@@ -252,6 +252,12 @@
         if (!rungs.hls) start(outputUrl(event.master_playlist));
         maybeUpgrade();
         break;
+      case "complete":
+        log("complete");
+        // What of the source the output leaves out (its sound, damaged packets); protobuf's
+        // JSON leaves an empty list out.
+        for (const note of event.notes || []) log(`note: ${note}`);
+        break;
       case "failed":
         log(`failed: ${event.error.message} (${event.error.code})`);
         break;
