@@ -56,19 +56,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                                  output_root=output, http_port=0)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = transcoder_pb2_grpc.TranscoderStub(channel)
-    jobs = {}
-    for name, kind in (("fmp4", pb.FMP4), ("mpegts", pb.MPEGTS)):
-        job = stub.Transcode(pb.TranscodeRequest(
-            source="clip.mp4", output=name,
-            options=pb.TranscodeOptions(ladder=[180, 360], segment_seconds=2, segment_type=kind)),
-            timeout=30)
-        list(stub.Watch(pb.WatchRequest(job_id=job.id), timeout=60))
-        jobs[name] = stub.Status(pb.StatusRequest(job_id=job.id), timeout=10)
-        assert jobs[name].state == pb.COMPLETE
-    yield Served(server, stub, output, jobs)
-    channel.close()
-    server.stop(grace=1)
+    # Stopped however the setup ends: a server left running (its job worker and HTTP threads)
+    # kept pytest from exiting after a failed job here, so a failing run hung instead of failing.
+    try:
+        stub = transcoder_pb2_grpc.TranscoderStub(channel)
+        jobs = {}
+        for name, kind in (("fmp4", pb.FMP4), ("mpegts", pb.MPEGTS)):
+            job = stub.Transcode(pb.TranscodeRequest(
+                source="clip.mp4", output=name, options=pb.TranscodeOptions(
+                    ladder=[180, 360], segment_seconds=2, segment_type=kind)), timeout=30)
+            list(stub.Watch(pb.WatchRequest(job_id=job.id), timeout=60))
+            jobs[name] = stub.Status(pb.StatusRequest(job_id=job.id), timeout=10)
+            assert jobs[name].state == pb.COMPLETE
+        yield Served(server, stub, output, jobs)
+    finally:
+        channel.close()
+        server.stop(grace=1)
 
 
 def test_playlists_are_never_cached_and_match_the_files(served: Served) -> None:
