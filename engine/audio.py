@@ -88,10 +88,13 @@ class AudioEncoder:
         self._queued = 0
         #: Decoded frames that could not be converted and were left out.
         self.skipped_frames = 0
+        #: Decoded frames left out for coming before the first picture.
+        self.early_frames = 0
 
     def push(self, frame: av.audio.frame.AudioFrame, seconds: float) -> None:
         """Encode one decoded frame that starts ``seconds`` after the first video frame."""
         if seconds < 0:
+            self.early_frames += 1
             return  # Audio before the first picture has nothing to play against.
         if self._next_pts is None:
             # The sound starts with the first picture, in silence until the source's own sound

@@ -393,8 +393,7 @@ class Job:
             encoded_audio = audio.close() if audio is not None else None
             if encoded_audio is not None:
                 publisher.set_audio(encoded_audio)
-            self.notes = source_notes(info, self.decode_stats, encoded_audio,
-                                      audio.skipped_frames if audio is not None else 0)
+            self.notes = source_notes(info, self.decode_stats, audio, encoded_audio)
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
 
@@ -651,18 +650,20 @@ class Job:
                     log.exception("event listener failed")
 
 
-def source_notes(info: SourceInfo, stats: DecodeStats, audio: EncodedAudio | None,
-                 skipped_audio_frames: int) -> list[str]:
+def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None,
+                 encoded: EncodedAudio | None) -> list[str]:
     """What of the source a complete job's output leaves out, in a line each for its user:
     an output without the source's sound, or with damaged packets left out, must not pass
-    for the whole source without a word."""
+    for the whole source without a word. ``audio`` encoded ``encoded``."""
     notes = []
     if info.audio_streams and info.audio is None:
         notes.append("the source's audio is in a format FFmpeg cannot decode: the output has "
                      "no sound")
-    elif audio is not None and not audio.segments:
+    elif audio is not None and encoded is not None and not encoded.segments:
         notes.append("all of the source's sound comes before its first picture: the output has "
-                     "no sound")
+                     "no sound" if audio.early_frames else
+                     "the source's audio track holds no sound that decodes: the output has no "
+                     "sound")
     if info.audio is not None and info.audio_streams > 1:
         notes.append(f"the source has {info.audio_streams} audio tracks: only one is kept "
                      "(the one flagged default, else the first that decodes)")
@@ -674,8 +675,8 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: EncodedAudio | Non
                      "(the output has picture and sound only)")
     if stats.bad_packets:
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
-    if skipped_audio_frames:
-        notes.append(f"{_count(skipped_audio_frames, 'damaged audio frame')} left out")
+    if audio is not None and audio.skipped_frames:
+        notes.append(f"{_count(audio.skipped_frames, 'damaged audio frame')} left out")
     return notes
 
 
