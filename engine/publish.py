@@ -128,7 +128,9 @@ def lock_output_dir(out: Path) -> int | None:
         raise OutputInUseError(
             f"output directory {str(out)!r} is being written by another job") from None
     except OSError as exc:
+        os.close(fd)
         log.debug("cannot lock %s, going on without: %s", out, exc)
+        return None
     return fd
 
 
