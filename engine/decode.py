@@ -69,6 +69,8 @@ class DecodeStats:
     video_packets: int
     #: Packets that failed to decode and were skipped.
     bad_packets: int
+    #: Decoded frames the frame-rate cap left out (a 240 fps slow-motion capture's).
+    frames_over_cap: int
     time_base: Fraction
     #: The highest rate the kept frames keep up for a second (see :class:`FrameRateMeter`), at
     #: most the cap; None for a single frame.
@@ -193,8 +195,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
     _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
-    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad, timeline,
-                       state.peak_frame_rate())
+    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad,
+                       state.over_cap, timeline, state.peak_frame_rate())
 
 
 def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, packets: int,
@@ -379,6 +381,7 @@ class _VideoState:
         self.sink = sink
         self.decoded = 0
         self.kept = 0
+        self.over_cap = 0
         self._first_pts: int | None = None
         self._last_pts = -1
         # One frame interval in time_base units: what a frame with no usable timestamp adds.
@@ -455,6 +458,7 @@ class _VideoState:
         duration = self._shown_for(claimed, pts)
         placed = self.schedule.place(pts, self.time_base, duration)
         if placed is None:
+            self.over_cap += 1
             return
         self._last_duration = duration
         self._rate.add(placed.pts)

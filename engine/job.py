@@ -673,6 +673,9 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | Non
     if info.subtitle_streams:
         notes.append(f"{_count(info.subtitle_streams, 'subtitle track')} of the source not kept "
                      "(the output has picture and sound only)")
+    if stats.frames_over_cap:
+        notes.append(f"{_count(stats.frames_over_cap, 'frame')} of the source left out: the output "
+                     f"runs at {MAX_FRAME_RATE} fps at most")
     if stats.bad_packets:
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
     if audio is not None and audio.skipped_frames:

@@ -625,6 +625,9 @@ def test_a_source_above_60_fps_becomes_60_fps_exactly(tmp_path: Path, name: str,
     total = sum(Fraction(s.duration).limit_denominator(10**6)
                 for s in load(run.out / "180p" / "index.m3u8").segments)
     assert abs(total - Fraction(5, 2)) <= Fraction(1, 60)
+    # The frames the cap left out are named, so a slow-motion capture's user knows why.
+    assert run.job.notes == [f"{round(2.5 * fps) - 150} frames of the source left out: the "
+                             "output runs at 60 fps at most"]
 
 
 def test_a_damaged_time_too_far_out_for_the_timeline_is_no_time(tmp_path: Path) -> None:
