@@ -298,7 +298,8 @@ def _playable_note(summaries: dict[str, dict[str, Any]], first_rung: str) -> str
 
 def _title(doc: dict[str, Any], quick: bool) -> str:
     source = doc["source"]
-    what = "quick: 1 round" if quick else f"median of {doc['settings']['rounds']} rounds"
+    rounds = doc["settings"]["rounds"]
+    what = "quick: 1 round" if quick else f"each system's round with the median total, of {rounds}"
     return (f"{source['name']}: {source['width']}x{source['height']}, {source['duration_s']:g} s,"
             f" {what}; "
             "each bar runs from the start of a rung's work to when it was complete")
