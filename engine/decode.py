@@ -67,6 +67,10 @@ class DecodeStats:
     frames_kept: int
     #: Video packets in the source (one per frame for every codec Rungs accepts).
     video_packets: int
+    #: Video packets the container marks to be decoded but never shown: the frames an edit
+    #: list cuts off (a clip trimmed on a phone without re-encoding keeps the frames it
+    #: starts with from its keyframe on, and may keep frames after its end).
+    hidden_packets: int
     #: Packets that failed to decode and were skipped.
     bad_packets: int
     #: Decoded frames the frame-rate cap left out (a 240 fps slow-motion capture's).
@@ -102,6 +106,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     splices = _Splices(clock_may_jump(source.container))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
+    hidden_packets = source.hidden_packets_read
     # The furthest point of the video timeline any packet reached (in ``time_base``); None
     # until a packet has a timestamp. Not 0: a damaged fragment's times can all be negative (a
     # base time of -2^33 ticks), and measured from 0, sound at 0 lay within the video read so
@@ -167,6 +172,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         is_video = packet.stream.index == video.index
         if is_video and packet.size:
             video_packets += 1
+            hidden_packets += packet.is_discard
             if packet.pts is not None:
                 reached(packet.pts, packet.duration)
         try:
@@ -195,8 +201,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
     _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
-    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded), bad,
-                       state.over_cap, timeline, state.peak_frame_rate())
+    return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
+                       hidden_packets, bad, state.over_cap, timeline, state.peak_frame_rate())
 
 
 def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, packets: int,

@@ -218,7 +218,8 @@ class OpenSource:
                  video_stream: av.video.stream.VideoStream,
                  packets: Iterator[av.Packet[Any]],
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
-                 packets_read: int, audio_stream: av.audio.stream.AudioStream | None,
+                 packets_read: int, hidden_read: int,
+                 audio_stream: av.audio.stream.AudioStream | None,
                  watch: DecoderWatch) -> None:
         self._container: av.container.InputContainer | None = container
         self.info = info
@@ -227,8 +228,10 @@ class OpenSource:
         self.audio_stream = audio_stream
         self.packets = packets
         self.pending = pending
-        #: Video packets already demuxed by the probe.
+        #: Video packets already demuxed by the probe, and how many of them are never shown
+        #: (see ``DecodeStats.hidden_packets``).
         self.video_packets_read = packets_read
+        self.hidden_packets_read = hidden_read
         #: Marks every call into the decoders (see engine.stall).
         self.watch = watch
 
@@ -398,7 +401,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     audio_stream = _audio_stream(container)
     streams = [stream, *([audio_stream] if audio_stream is not None else [])]
     packets = container.demux(streams)
-    pending, video_packets = _read_first_frame(packets, stream, name, watch)
+    pending, video_packets, hidden_packets = _read_first_frame(packets, stream, name, watch)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
 
     average = next((r for r in (stream.average_rate, stream.guessed_rate, stream.base_rate)
@@ -435,8 +438,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
     )
-    return OpenSource(container, info, stream, packets, pending, video_packets, audio_stream,
-                      watch)
+    return OpenSource(container, info, stream, packets, pending, video_packets, hidden_packets,
+                      audio_stream, watch)
 
 
 def _pictures(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
@@ -513,10 +516,11 @@ def tag_seconds(stream: av.stream.Stream) -> float:
 
 def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream.VideoStream,
                       name: str, watch: DecoderWatch,
-                      ) -> tuple[list[av.video.frame.VideoFrame | av.Packet[Any]], int]:
-    """Demux until the first video frame decodes; keep everything read on the way, in order."""
+                      ) -> tuple[list[av.video.frame.VideoFrame | av.Packet[Any]], int, int]:
+    """Demux until the first video frame decodes; keep everything read on the way, in order.
+    Also returns how many video packets were read, and how many of them are never shown."""
     pending: list[av.video.frame.VideoFrame | av.Packet[Any]] = []
-    video_packets = 0
+    video_packets = hidden_packets = 0
     try:
         for packet in packets:
             if packet.stream.index != stream.index:
@@ -524,11 +528,12 @@ def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream
                 continue
             if packet.size:
                 video_packets += 1
+                hidden_packets += packet.is_discard
             with watch.call():
                 frames = packet.decode()
             pending.extend(frames)
             if frames:
-                return pending, video_packets
+                return pending, video_packets, hidden_packets
     except (av.error.FFmpegError, IndexError) as exc:  # IndexError: see decode._packets
         raise InvalidSourceError(
             f"source {name!r} has a video stream that does not decode ({_reason(exc)})"

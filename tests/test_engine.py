@@ -600,6 +600,30 @@ def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     assert abs(total - source_duration(source)) <= 1 / fps
 
 
+@pytest.mark.parametrize(("cut", "held", "shows"), [(["-ss", "1.8"], 120, 66),
+                                                    (["-ss", "1.8", "-to", "3"], 92, 38)])
+def test_a_clip_trimmed_without_re_encoding_counts_only_the_frames_it_shows(
+        tmp_path: Path, cut: list[str], held: int, shows: int) -> None:
+    """A clip cut by stream copy (a phone's trim, ``ffmpeg -ss -c copy``) keeps the frames
+    from the keyframe before its start and may keep some after its end; an edit list hides
+    them. They were counted as the source's frames: 'frames decoded 66 / source 120' for a
+    whole output."""
+    source = media.make_video(tmp_path / "whole.mp4", seconds=4.0, width=320, height=180,
+                              audio=False)
+    trimmed = tmp_path / "trimmed.mov"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", *cut, "-i", str(source),
+                    "-c", "copy", str(trimmed)], check=True)
+    with av.open(str(trimmed)) as container:  # what a player shows of it
+        shown = [media.frame_index(frame) for frame in container.decode(video=0)]
+        assert container.streams.video[0].frames == held
+    assert shown[0] == 54 and len(shown) == shows
+    run = run_job(trimmed, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert [media.frame_index(f) for f in decode_rendition(run.out / "180p")] == shown
+    summary = run.job.summary()
+    assert summary["frames_decoded"] == summary["source_frames"] == len(shown)
+
+
 @pytest.mark.parametrize(("name", "fps"), [("fast.mkv", 144), ("fast.avi", 144),
                                            ("fast90.avi", 90)])
 def test_a_source_above_60_fps_becomes_60_fps_exactly(tmp_path: Path, name: str,
