@@ -301,7 +301,7 @@ def _title(doc: dict[str, Any], quick: bool) -> str:
     rounds = doc["settings"]["rounds"]
     what = "quick: 1 round" if quick else f"each system's round with the median total, of {rounds}"
     return (f"{source['name']}: {source['width']}x{source['height']}, {source['duration_s']:g} s,"
-            f" {what}; "
+            f" {what};\n"
             "each bar runs from the start of a rung's work to when it was complete")
 
 
