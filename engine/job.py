@@ -389,8 +389,9 @@ class Job:
             source.close()  # the decoder's threads and frames are not needed any more
             trim()
             self._frames_total = self.decode_stats.frames_kept
-            # The frames the source shows: an edit list's hidden frames are in its count too.
-            self.source_frames = ((info.declared_frames or self.decode_stats.video_packets)
+            # The frames the source shows: an edit list's hidden frames are in both counts (and
+            # a damaged header can declare fewer frames than it holds).
+            self.source_frames = (max(info.declared_frames, self.decode_stats.video_packets)
                                   - self.decode_stats.hidden_packets)
             encoded_audio = audio.close() if audio is not None else None
             if encoded_audio is not None:

@@ -624,6 +624,27 @@ def test_a_clip_trimmed_without_re_encoding_counts_only_the_frames_it_shows(
     assert summary["frames_decoded"] == summary["source_frames"] == len(shown)
 
 
+def test_a_header_that_declares_fewer_frames_than_it_holds_counts_them_all(
+        tmp_path: Path) -> None:
+    """An AVI whose headers say 10 frames and which holds 30: the summary said 'frames decoded
+    30 / source 10'."""
+    data = bytearray(media.make_video(tmp_path / "made.avi", seconds=1.0, width=160, height=90,
+                                      audio=False).read_bytes())
+    stream_length = data.find(b"strh") + 40  # AVISTREAMHEADER.dwLength
+    total_frames = data.find(b"avih") + 24  # AVIMAINHEADER.dwTotalFrames
+    for at in (stream_length, total_frames):
+        assert struct.unpack_from("<I", data, at) == (30,)
+        struct.pack_into("<I", data, at, 10)
+    source = tmp_path / "understated.avi"
+    source.write_bytes(bytes(data))
+    with av.open(str(source)) as container:
+        assert container.streams.video[0].frames == 10
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    summary = run.job.summary()
+    assert summary["frames_decoded"] == summary["source_frames"] == 30
+
+
 @pytest.mark.parametrize(("name", "fps"), [("fast.mkv", 144), ("fast.avi", 144),
                                            ("fast90.avi", 90)])
 def test_a_source_above_60_fps_becomes_60_fps_exactly(tmp_path: Path, name: str,
