@@ -90,6 +90,15 @@ class AudioEncoder:
         self.skipped_frames = 0
         #: Decoded frames left out for coming before the first picture.
         self.early_frames = 0
+        #: Decoded frames of the source's sound taken in.
+        self.sound_frames = 0
+
+    def lead_in(self, seconds: float) -> None:
+        """Silence from the first picture to ``seconds``, where the source says its sound
+        starts, encoded now rather than once the decoder reaches the sound (as :meth:`push`
+        does), so the first audio segments close at once. Only before any frame is pushed."""
+        if self._next_pts is None and self._within_source(seconds):
+            self._start(seconds)
 
     def push(self, frame: av.audio.frame.AudioFrame, seconds: float) -> None:
         """Encode one decoded frame that starts ``seconds`` after the first video frame."""
@@ -97,12 +106,7 @@ class AudioEncoder:
             self.early_frames += 1
             return  # Audio before the first picture has nothing to play against.
         if self._next_pts is None:
-            # The sound starts with the first picture, in silence until the source's own sound
-            # begins: browsers play only where both are buffered, and hls.js never started a
-            # video whose sound began 5 s after the picture.
-            self._next_pts = round(TIMELINE_START * self.settings.sample_rate)
-            if self._within_source(seconds):
-                self._silence(round(seconds * self.settings.sample_rate))
+            self._start(seconds if self._within_source(seconds) else 0.0)
         else:
             self._fill_gap(seconds)
         frame.pts = None
@@ -117,6 +121,7 @@ class AudioEncoder:
                     self._resampler = self._new_resampler()
                 self._input = shape
             self._queue(self._resampler.resample(frame))
+            self.sound_frames += 1
         except (av.error.FFmpegError, ValueError) as exc:
             # A damaged frame (no channels, a layout that contradicts its channel count) is
             # skipped like an audio packet that does not decode: audio is laid end to end, so
@@ -148,6 +153,13 @@ class AudioEncoder:
     def _new_resampler(self) -> av.AudioResampler:
         return av.AudioResampler(format="fltp", layout=self.stream.layout,
                                  rate=self.settings.sample_rate)
+
+    def _start(self, seconds: float) -> None:
+        # The sound starts with the first picture, in silence until the source's own sound
+        # begins: browsers play only where both are buffered, and hls.js never started a
+        # video whose sound began 5 s after the picture.
+        self._next_pts = round(TIMELINE_START * self.settings.sample_rate)
+        self._silence(round(seconds * self.settings.sample_rate))
 
     def _fill_gap(self, seconds: float) -> None:
         """Silence up to ``seconds``, where the next frame starts, if the samples so far end

@@ -47,6 +47,9 @@ MAX_BAD_PACKET_SHARE = 0.2
 #: How far the sound may run ahead of the furthest picture read before its timestamps are
 #: taken for damaged ones (muxers keep the two within a second or so).
 MAX_AUDIO_LEAD_S = 60
+#: Sound the container says starts this much or more after the first picture is led in with
+#: silence before decoding (see ``decode_source``); sooner, the decoder reaches it at once.
+SOUND_LEAD_IN_MIN_S = 1.0
 #: Longest interval between frames taken as the frame rate; longer ones are gaps.
 MAX_FRAME_INTERVAL_S = Fraction(1, 2)
 #: How much longer than the segment length a segment may get in a gap before the last frame
@@ -84,12 +87,21 @@ class DecodeStats:
 VideoSink = Callable[[av.video.frame.VideoFrame, FrameTime], None]
 AudioSink = Callable[[av.audio.frame.AudioFrame, float], None]
 """Called with a decoded audio frame and its start in seconds relative to the first video frame."""
+SoundStartSink = Callable[[float], None]
+"""Called, before any audio frame, with where the container says the sound starts (seconds
+after the first video frame) when that is well after it."""
 
 
 def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: VideoSink,
                   on_audio: AudioSink | None, cancel: threading.Event,
-                  max_seconds: float = math.inf) -> DecodeStats:
+                  max_seconds: float = math.inf,
+                  on_sound_start: SoundStartSink | None = None) -> DecodeStats:
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream.
+
+    ``on_sound_start`` hears where late sound starts as soon as the first picture is placed:
+    early playback waits for the audio's first segment, which the decoder would otherwise
+    close only on reaching the sound (1080p with its sound 20 s in: READY at 5.2 s, against
+    1.5 s with sound from the start).
 
     Raises :class:`UnsupportedSourceError` once the video runs past ``max_seconds``: the probe
     refuses a source that declares a longer duration, but some declare none (a WebM recorded in
@@ -165,6 +177,13 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             splices.join(item)
             for frame in _decode_quietly(item, source.watch):
                 audio(frame)
+    if on_audio is not None and on_sound_start is not None and audio_end is None \
+            and not early_audio and state.has_origin():
+        lead = _declared_sound_start(source)
+        if lead is not None:
+            lead -= state.origin_seconds()
+            if SOUND_LEAD_IN_MIN_S <= lead <= MAX_AUDIO_LEAD_S:
+                on_sound_start(lead)
     for packet in _packets(source, state):
         if cancel.is_set():
             raise JobCancelledError("cancelled while decoding")
@@ -203,6 +222,17 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
                        hidden_packets, bad, state.over_cap, timeline, state.peak_frame_rate())
+
+
+def _declared_sound_start(source: OpenSource) -> float | None:
+    """Where the audio stream starts (seconds, on the packets' clock) as its container says:
+    an MP4's index tells before any audio packet is read. None where the container does not
+    say, or where its clock may jump (the packets' times are then spliced, see _Splices)."""
+    stream = source.audio_stream
+    if (stream is None or stream.start_time is None or stream.time_base is None
+            or clock_may_jump(source.container)):
+        return None
+    return float(stream.start_time * stream.time_base)
 
 
 def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, packets: int,

@@ -28,7 +28,7 @@ import av.audio.frame
 import av.video.frame
 import m3u8
 
-from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings, EncodedAudio
+from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
 from engine.decode import DecodeStats, decode_source
 from engine.errors import (
     InvalidOptionsError,
@@ -396,7 +396,7 @@ class Job:
             encoded_audio = audio.close() if audio is not None else None
             if encoded_audio is not None:
                 publisher.set_audio(encoded_audio)
-            self.notes = source_notes(info, self.decode_stats, audio, encoded_audio)
+            self.notes = source_notes(info, self.decode_stats, audio)
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
 
@@ -433,7 +433,8 @@ class Job:
             audio.push(frame, seconds)
 
         return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop,
-                             self.options.max_duration_s)
+                             self.options.max_duration_s,
+                             on_sound_start=audio.lead_in if audio else None)
 
     def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
         path = publisher.write_poster(jpeg)
@@ -653,16 +654,15 @@ class Job:
                     log.exception("event listener failed")
 
 
-def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None,
-                 encoded: EncodedAudio | None) -> list[str]:
+def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None) -> list[str]:
     """What of the source a complete job's output leaves out, in a line each for its user:
     an output without the source's sound, or with damaged packets left out, must not pass
-    for the whole source without a word. ``audio`` encoded ``encoded``."""
+    for the whole source without a word."""
     notes = []
     if info.audio_streams and info.audio is None:
         notes.append("the source's audio is in a format FFmpeg cannot decode: the output has "
                      "no sound")
-    elif audio is not None and encoded is not None and not encoded.segments:
+    elif audio is not None and not audio.sound_frames:
         notes.append("all of the source's sound comes before its first picture: the output has "
                      "no sound" if audio.early_frames else
                      "the source's audio track holds no sound that decodes: the output has no "

@@ -1092,7 +1092,7 @@ def _audio_tones(*hz: float) -> Callable[[Output], None]:
     return check
 
 
-def _sound_begins_at(seconds: float) -> Callable[[Output], None]:
+def sound_begins_at(seconds: float) -> Callable[[Output], None]:
     """The published audio is silent until ``seconds`` (within 50 ms), then heard."""
     def check(output: Output) -> None:
         sound, rate = _published_sound(output)
@@ -1339,7 +1339,7 @@ RECIPES: tuple[Recipe, ...] = (
            note="the pause is kept in both, the audio's as silence"),
     Recipe("sound_starts_late", lambda d, _: sound_starts_late(d), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video,
-                      _sound_begins_at(1.0)),
+                      sound_begins_at(1.0)),
            note="the sound is led in with silence from the first picture: it started 1 s in, "
                 "and a browser plays only where picture and sound are both buffered"),
     Recipe("audio_jumps_hours", lambda d, _: audio_jumps_hours(d), L,

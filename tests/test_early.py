@@ -12,7 +12,7 @@ import pytest
 
 from engine import Job, JobEvent, JobState, LadderOptions
 from tests import hostile, media
-from tests.conftest import LADDER, options, run_job
+from tests.conftest import LADDER, SEGMENT_SECONDS, options, run_job
 
 
 @dataclass
@@ -144,6 +144,26 @@ def test_a_rung_is_not_listed_before_its_audio_has_a_segment(tmp_path: Path) -> 
     assert all(view is not None and view.problems == [] for view in views), [
         v.problems for v in views if v is not None and v.problems]
     assert any(e.type == "ready" for e in run.events)
+
+
+def test_sound_that_starts_late_is_led_in_before_the_decoder_reaches_it(tmp_path: Path) -> None:
+    """An MP4 whose sound starts 9 s in (its index says so before a packet is read): the
+    silence up to it is encoded at once, so the rung is listed at its first segment. The
+    audio's first segment used to close only once the decoder reached the sound, with the
+    rung 4 segments on (1080p with its sound 20 s in: READY at 5.2 s, against 1.5 s)."""
+    source = media.make_video(tmp_path / "late.mp4", width=320, height=180, seconds=12.0,
+                              audio_delay=9.0)
+    out = tmp_path / "out"
+    with Watcher(out) as watcher:
+        run = run_job(source, out, options(early_playback=True,
+                                           ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    lead = "180p/index.m3u8"
+    listed = [view for view in watcher.views if view.variants == [lead]]
+    assert listed and listed[0].problems == []
+    assert listed[0].segments[lead] <= 2 < 9 // SEGMENT_SECONDS, listed[0].segments
+    assert run.job.notes == []
+    hostile.sound_begins_at(9.0)(hostile.read_ladder(out))
 
 
 def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(early_source: Path,

@@ -712,10 +712,10 @@ def test_the_watchdog_abandons_a_stuck_job_and_the_server_goes_on(
     release = threading.Event()
     real_decode = engine.job.decode_source
 
-    def stuck(source: Any, *args: Any) -> Any:
+    def stuck(source: Any, *args: Any, **kwargs: Any) -> Any:
         if "stuck" in str(source.info.path):
             release.wait(60)  # deaf to cancel, like a blocking read that never returns
-        return real_decode(source, *args)
+        return real_decode(source, *args, **kwargs)
 
     monkeypatch.setattr(engine.job, "decode_source", stuck)
     shutil.copy(sources / "short.mp4", tmp_path / "stuck.mp4")

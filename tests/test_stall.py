@@ -122,7 +122,7 @@ def test_a_decoder_stuck_part_way_ends_the_job_and_withdraws_it(
     real = decode_module.decode_source
 
     def decode_then_hang(source_: Any, schedule: Any, on_video: Any, on_audio: Any,
-                         cancel: threading.Event, max_seconds: float) -> Any:
+                         cancel: threading.Event, max_seconds: float, **kwargs: Any) -> Any:
         frames = 0
 
         def video(frame: Any, when: Any) -> None:
@@ -134,7 +134,7 @@ def test_a_decoder_stuck_part_way_ends_the_job_and_withdraws_it(
                 with source_.watch.call():
                     release.wait()
 
-        return real(source_, schedule, video, on_audio, cancel, max_seconds)
+        return real(source_, schedule, video, on_audio, cancel, max_seconds, **kwargs)
 
     monkeypatch.setattr(job_module, "decode_source", decode_then_hang)
     out = tmp_path / "out"
