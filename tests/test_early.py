@@ -150,7 +150,7 @@ def test_sound_that_starts_late_is_led_in_before_the_decoder_reaches_it(tmp_path
     """An MP4 whose sound starts 9 s in (its index says so before a packet is read): the
     silence up to it is encoded at once, so the rung is listed at its first segment. The
     audio's first segment used to close only once the decoder reached the sound, with the
-    rung 4 segments on (1080p with its sound 20 s in: READY at 5.2 s, against 1.5 s)."""
+    rung 5 segments on here (1080p with its sound 20 s in: READY at 5.2 s, against 1.5 s)."""
     source = media.make_video(tmp_path / "late.mp4", width=320, height=180, seconds=12.0,
                               audio_delay=9.0)
     out = tmp_path / "out"
