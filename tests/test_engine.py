@@ -600,10 +600,9 @@ def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     assert abs(total - source_duration(source)) <= 1 / fps
 
 
-@pytest.mark.parametrize(("cut", "held", "shows"), [(["-ss", "1.8"], 120, 66),
-                                                    (["-ss", "1.8", "-to", "3"], 92, 38)])
+@pytest.mark.parametrize("cut", [["-ss", "1.8"], ["-ss", "1.8", "-to", "3"]])
 def test_a_clip_trimmed_without_re_encoding_counts_only_the_frames_it_shows(
-        tmp_path: Path, cut: list[str], held: int, shows: int) -> None:
+        tmp_path: Path, cut: list[str]) -> None:
     """A clip cut by stream copy (a phone's trim, ``ffmpeg -ss -c copy``) keeps the frames
     from the keyframe before its start and may keep some after its end; an edit list hides
     them. They were counted as the source's frames: 'frames decoded 66 / source 120' for a
@@ -615,8 +614,9 @@ def test_a_clip_trimmed_without_re_encoding_counts_only_the_frames_it_shows(
                     "-c", "copy", str(trimmed)], check=True)
     with av.open(str(trimmed)) as container:  # what a player shows of it
         shown = [media.frame_index(frame) for frame in container.decode(video=0)]
-        assert container.streams.video[0].frames == held
-    assert shown[0] == 54 and len(shown) == shows
+        # It holds more than it shows (120 and 92 frames with this ffmpeg: 66 and 38 shown).
+        assert container.streams.video[0].frames > len(shown)
+    assert shown[0] == 54
     run = run_job(trimmed, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
     assert [media.frame_index(f) for f in decode_rendition(run.out / "180p")] == shown
