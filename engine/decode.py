@@ -177,8 +177,9 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             splices.join(item)
             for frame in _decode_quietly(item, source.watch):
                 audio(frame)
+    # Once the first picture is placed, audio read so far has been passed on (audio_end).
     if on_audio is not None and on_sound_start is not None and audio_end is None \
-            and not early_audio and state.has_origin():
+            and state.has_origin():
         lead = _declared_sound_start(source)
         if lead is not None:
             lead -= state.origin_seconds()

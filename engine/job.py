@@ -393,9 +393,8 @@ class Job:
             # a damaged header can declare fewer frames than it holds).
             self.source_frames = (max(info.declared_frames, self.decode_stats.video_packets)
                                   - self.decode_stats.hidden_packets)
-            encoded_audio = audio.close() if audio is not None else None
-            if encoded_audio is not None:
-                publisher.set_audio(encoded_audio)
+            if audio is not None:
+                publisher.set_audio(audio.close())
             self.notes = source_notes(info, self.decode_stats, audio)
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
