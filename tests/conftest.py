@@ -7,7 +7,6 @@ seconds, 2 s segments, a 180/270/360 ladder) so the whole suite stays fast on tw
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pytest
 
 from engine import Job, JobEvent, JobState, LadderOptions, RungSettings, TranscodeOptions
 from tests import media
+from tests.polling import Poller
 
 #: The ladder most tests use, lowest first.
 LADDER = (180, 270, 360)
@@ -108,30 +108,20 @@ def check_published(out: Path) -> Snapshot | None:
     return Snapshot(text, uris, problems)
 
 
-class _MasterPoller:
+class _MasterPoller(Poller):
     """Polls the output's master playlist from a thread and checks every new version."""
+
+    interval_s = 0.002
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.snapshots: list[Snapshot] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="master-poller", daemon=True)
 
-    def __enter__(self) -> _MasterPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        last = None
-        while not self._stop.wait(0.002):
-            snapshot = check_published(self.out)
-            if snapshot is not None and snapshot.text != last:
-                last = snapshot.text
-                self.snapshots.append(snapshot)
+    def poll(self) -> None:
+        snapshot = check_published(self.out)
+        if snapshot is not None and (not self.snapshots
+                                     or snapshot.text != self.snapshots[-1].text):
+            self.snapshots.append(snapshot)
 
 
 def run_job(source: Path, out: Path, transcode: TranscodeOptions | None = None,

@@ -13,6 +13,7 @@ import pytest
 from engine import Job, JobEvent, JobState, LadderOptions
 from tests import hostile, media
 from tests.conftest import LADDER, SEGMENT_SECONDS, options, run_job
+from tests.polling import Poller
 
 
 @dataclass
@@ -48,28 +49,19 @@ def read_view(out: Path) -> View | None:
     return view
 
 
-class Watcher:
+class Watcher(Poller):
     """Reads the output from a thread, as a player polling it would, and keeps each view."""
+
+    interval_s = 0.003
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.views: list[View] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.003):
-            view = read_view(self.out)
-            if view is not None and (not self.views or view != self.views[-1]):
-                self.views.append(view)
+    def poll(self) -> None:
+        view = read_view(self.out)
+        if view is not None and (not self.views or view != self.views[-1]):
+            self.views.append(view)
 
 
 @pytest.fixture(scope="module")

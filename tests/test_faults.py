@@ -43,6 +43,8 @@ from engine.rpc import transcoder_pb2_grpc
 from engine.server import RungsServer, create_server
 from tests import hostile
 from tests.hostile import read_ladder
+from tests.polling import Poller
+from tests.serving import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 LADDER = (144, 180)
@@ -146,40 +148,6 @@ def slow_decode(monkeypatch: pytest.MonkeyPatch, seconds_per_frame: float = 0.01
     monkeypatch.setattr(engine.fanout.FanOut, "put", put)
 
 
-# -- a server process -----------------------------------------------------------------------------
-
-
-class ServerProcess:
-    """``python -m engine.cli serve`` on a free port, its log in a file."""
-
-    def __init__(self, source: Path, output: Path, data: Path, log: Path,
-                 *extra: str) -> None:
-        self.log = log
-        with log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--listen", "127.0.0.1:0",
-                 "--data-dir", str(data), "--source-root", str(source), "--output-root",
-                 str(output), *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
-        self.port = self._wait_for_port()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub: Any = transcoder_pb2_grpc.TranscoderStub(self.channel)
-
-    def _wait_for_port(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log.read_text().splitlines():
-                if "rungs: listening on" in line:
-                    return int(line.rsplit(":", 1)[1])
-            assert self.process.poll() is None, self.log.read_text()
-            time.sleep(0.02)
-        raise AssertionError(f"server did not start:\n{self.log.read_text()}")
-
-    def stop(self, sig: int) -> int:
-        self.channel.close()
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
-
-
 def watch(stub: Any, job_id: str,
           until: Callable[[pb.JobEvent], bool] | None = None) -> list[pb.JobEvent]:
     events = []
@@ -246,7 +214,7 @@ def test_kill_9_mid_job_then_restart_leaves_a_clean_playable_output(
 
 
 @dataclass
-class Reader:
+class Reader(Poller):
     """Reads master.m3u8 and every media playlist 50 times a second while a job runs; checks
     every file it reads, and every segment the first time a playlist lists it."""
 
@@ -256,22 +224,6 @@ class Reader:
     #: Segment path -> its bytes when first listed (must never change afterwards).
     seen: dict[Path, int] = field(default_factory=dict)
     masters: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
-
-    def __enter__(self) -> Reader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.poll()
 
     def poll(self) -> None:
         self.polls += 1

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from engine.rpc import transcoder_pb2_grpc
 from engine.server import create_server
 from tests import fuzz, hostile
 from tests.hostile import Case, Expect, read_ladder
+from tests.polling import Poller
 
 ROOT = Path(__file__).resolve().parents[1]
 LADDER_ARG = ",".join(map(str, hostile.LADDER))
@@ -47,7 +47,7 @@ SOURCE_CODES = ("INVALID_SOURCE", "UNSUPPORTED_SOURCE", "DECODE_FAILED")
 # -- catching opens of the traps ------------------------------------------------------------
 
 
-class PipeWatch:
+class PipeWatch(Poller):
     """Notices any process opening one of ``pipes`` (named pipes) for reading.
 
     A reader's open blocks until a writer arrives, so the reader stays visible until this
@@ -55,29 +55,20 @@ class PipeWatch:
     reads end of file) and is recorded.
     """
 
+    interval_s = 0.002
+
     def __init__(self, pipes: list[Path]) -> None:
         self.pipes = pipes
         self.opened: list[Path] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="pipe-watch", daemon=True)
 
-    def __enter__(self) -> PipeWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.002):
-            for pipe in self.pipes:
-                try:
-                    fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
-                except OSError:  # ENXIO: nobody has it open for reading
-                    continue
-                os.close(fd)
-                self.opened.append(pipe)
+    def poll(self) -> None:
+        for pipe in self.pipes:
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody has it open for reading
+                continue
+            os.close(fd)
+            self.opened.append(pipe)
 
 
 # -- running the corpus ---------------------------------------------------------------------------

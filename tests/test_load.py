@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from engine.rpc import transcoder_pb2_grpc
 from engine.server import create_server
 from tests import hostile
 from tests.hostile import read_ladder
+from tests.polling import Poller
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 8
@@ -51,30 +52,19 @@ def _rss_mb(pid: int) -> float:
 
 
 @dataclass
-class Sampler:
+class Sampler(Poller):
     """Samples a process's resident memory every 20 ms."""
 
     pid: int
     peak_mb: float = 0.0
     samples: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.peak_mb = max(self.peak_mb, _rss_mb(self.pid))
-                self.samples += 1
-            except OSError:
-                return
+    def poll(self) -> None:
+        try:
+            self.peak_mb = max(self.peak_mb, _rss_mb(self.pid))
+        except OSError:  # the process has ended
+            return
+        self.samples += 1
 
 
 @pytest.fixture

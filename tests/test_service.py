@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from engine.rpc import generate, transcoder_pb2_grpc
 from engine.rpc import transcoder_pb2 as pb
 from engine.server import RungsServer, create_server
 from tests import hostile, media
+from tests.serving import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The small ladder and segment length every job here uses.
@@ -466,41 +466,10 @@ def test_health_reports_serving_and_reflection_lists_the_service(shared: Running
 # -- a server process: kill -9, restart, SIGTERM ------------------------------------------------
 
 
-class ServerProcess:
-    """``python -m engine.cli serve`` on a free port, its log in a file."""
-
-    def __init__(self, dirs: Dirs, data: Path, log: Path) -> None:
-        self.log = log
-        with log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--listen", "127.0.0.1:0",
-                 "--data-dir", str(data), "--source-root", str(dirs.source),
-                 "--output-root", str(dirs.output)],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
-        self.port = self._wait_for_port()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = transcoder_pb2_grpc.TranscoderStub(self.channel)
-
-    def _wait_for_port(self, timeout: float = 20) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log.read_text().splitlines():
-                if "rungs: listening on" in line:
-                    return int(line.rsplit(":", 1)[1])
-            assert self.process.poll() is None, self.log.read_text()
-            time.sleep(0.02)
-        raise AssertionError(f"server did not start:\n{self.log.read_text()}")
-
-    def stop(self, sig: int) -> int:
-        self.channel.close()
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
-
-
 def test_kill_9_mid_job_then_restart_marks_it_interrupted_and_published_rungs_play(
         dirs: Dirs, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first = ServerProcess(dirs, data, tmp_path / "first.log")
+    first = ServerProcess(dirs.source, dirs.output, data, tmp_path / "first.log")
     job = transcode(first.stub, "long.mp4", "killed")
     before = watch(first.stub, job.id, until=lambda e: e.HasField("ready"))
     # Queued behind it to replace an earlier output, which it never gets to touch.
@@ -512,7 +481,7 @@ def test_kill_9_mid_job_then_restart_marks_it_interrupted_and_published_rungs_pl
         ladder=[180], segment_seconds=2, overwrite=True))
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
 
-    second = ServerProcess(dirs, data, tmp_path / "second.log")
+    second = ServerProcess(dirs.source, dirs.output, data, tmp_path / "second.log")
     status = second.stub.Status(pb.StatusRequest(job_id=job.id))
     assert status.state == pb.FAILED and status.error.code == "INTERRUPTED"
     assert [(r.name, r.state) for r in status.rungs] == [("180p", pb.PUBLISHED),
@@ -542,7 +511,7 @@ def test_kill_9_mid_job_then_restart_marks_it_interrupted_and_published_rungs_pl
     stopped = transcode(second.stub, "long.mp4", "terminated")
     watch(second.stub, stopped.id, until=lambda e: e.HasField("running"))
     assert second.stop(signal.SIGTERM) == 0
-    third = ServerProcess(dirs, data, tmp_path / "third.log")
+    third = ServerProcess(dirs.source, dirs.output, data, tmp_path / "third.log")
     status = third.stub.Status(pb.StatusRequest(job_id=stopped.id))
     assert status.state == pb.CANCELLED
     assert watch(third.stub, stopped.id)[-1].cancelled.reason == "the server is shutting down"
