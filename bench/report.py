@@ -87,8 +87,8 @@ def targets(systems: dict[str, dict[str, Any]], first_rung: str,
             ) -> list[Target]:
     """The goals Rungs is held to. A goal against a baseline is judged on the median of the
     rounds' ratios (each round's two runs were minutes apart), the others on the medians. With
-    ``floor``, each total-time target says whether the floor's bound leaves it reachable on
-    this machine."""
+    ``floor``, each total-time target says whether the floor's estimate leaves it within reach
+    on this machine."""
     ours, once, per_rung = systems[RUNGS], systems[ALL_AT_ONCE], systems[PER_RUNG]
     checks = [
         _against("time to playable <= 0.1 x ffmpeg all-at-once total", ours, once,
@@ -153,7 +153,7 @@ def _against(name: str, ours: dict[str, Any], theirs: dict[str, Any], figure: st
     one run): the medians of the two systems can come from different spells, the ratio of one
     round's two runs cannot. So with two rounds or more the verdict is the median of the
     rounds' ratios; the medians are shown beside it. ``value`` and ``limit`` stay in seconds
-    (the medians), which is what the floor's bound is weighed against."""
+    (the medians), which is what the floor's estimate is weighed against."""
     value, limit = ours[figure], factor * theirs[their_figure or figure]
     target = _at_most(name, value, limit, "s")
     pairs = zip(ours.get("rounds", []), theirs.get("rounds", []), strict=False)
@@ -170,26 +170,26 @@ def _against(name: str, ours: dict[str, Any], theirs: dict[str, Any], figure: st
 
 def _bounded(target: Target, floor: dict[str, Any] | None, theirs: dict[str, Any],
              factor: float) -> Target:
-    """``target`` with the floor's bound beside its limit: a one-decode system running one
-    encoder at a time finishes no sooner than its CPU spread over the cores, nor than the
-    encoders' own times end to end. Round by round, as the verdict, when the floor has a round
-    for each of the baseline's."""
+    """``target`` with the floor's estimate beside its limit: a one-decode system running one
+    encoder at a time finishes about no sooner than its CPU spread over the cores, nor than the
+    encoders' own times end to end. An estimate, not a strict bound (see ``bench.floor``).
+    Round by round, as the verdict, when the floor has a round for each of the baseline's."""
     if floor is None or target.limit is None:
         return target
     rounds, theirs_rounds = floor.get("rounds", []), theirs.get("rounds", [])
     if len(rounds) < 2 or len(rounds) != len(theirs_rounds):
         bound = max(floor["bound_total_s"], floor.get("encoders_alone_s", 0.0))
-        verdict = "reachable" if bound <= target.limit else "out of reach"
+        verdict = "within reach" if bound <= target.limit else "out of reach"
         return replace(target, detail=f"{target.detail}; one encoder at a time, the floor's "
-                                      f"bound {bound:.2f} s: {verdict}")
+                                      f"estimate {bound:.2f} s: {verdict}")
     bounds = [max(r["cpu_s"] / floor["cores"], sum(r["encode_s"].values())) for r in rounds]
     limits = [factor * run["total_s"] for run in theirs_rounds]
     each = ", ".join(f"{bound:.1f} vs {limit:.1f} s" for bound, limit in zip(bounds, limits,
                                                                            strict=True))
     reachable = sum(bound <= limit for bound, limit in zip(bounds, limits, strict=True))
-    return replace(target, detail=f"{target.detail}; one encoder at a time, the floor's bound "
-                                  f"against the limit round by round {each}: reachable in "
-                                  f"{reachable} of {len(bounds)}")
+    return replace(target, detail=f"{target.detail}; one encoder at a time, the floor's "
+                                  f"estimate against the limit round by round {each}: within "
+                                  f"reach in {reachable} of {len(bounds)}")
 
 
 def _share_needed(target: Target, systems: dict[str, dict[str, Any]],
@@ -198,9 +198,10 @@ def _share_needed(target: Target, systems: dict[str, dict[str, Any]],
     to meet it, round by round, beside the busiest share any system kept in the run.
 
     Decoding once saves the per-rung ffmpeg two of its three decodes and nothing else: the same
-    scalers and encoders at the same settings do the same work. So a one-decode system spends at
-    least the per-rung run's CPU seconds less two of the floor's decodes, and to finish within
-    the limit it must keep that share of the cores busy from the start to the end. Unlike the
+    scalers and encoders at the same settings do the same work. So a one-decode system spends
+    about the per-rung run's CPU seconds less two of the floor's decodes (an estimate: encoders
+    that share the cores have used less), and to finish within the limit it must keep that share
+    of the cores busy from the start to the end. Unlike the
     totals, the share hardly moves when the machine drifts: it is a ratio of work done in the
     same spell."""
     per_rung_rounds = systems[PER_RUNG].get("rounds", [])
@@ -216,8 +217,8 @@ def _share_needed(target: Target, systems: dict[str, dict[str, Any]],
     rounds = ", ".join(f"{value:.1%}" for value in needed)
     middle = statistics.median(needed)
     return replace(target, detail=(
-        f"{target.detail}; a one-decode system spends at least the per-rung CPU less two "
-        f"decodes ({statistics.median(work):.1f} s), so it must keep {middle:.1%} of the "
+        f"{target.detail}; a one-decode system spends about the per-rung CPU less two "
+        f"decodes ({statistics.median(work):.1f} s), so it must keep about {middle:.1%} of the "
         f"{cores} cores busy from start to end to meet it (round by round {rounds})"
         f"{': more than there is' if middle > 1 else ''}; the busiest system in this run kept "
         f"{share:.1%} ({busiest})"))
@@ -231,17 +232,18 @@ def busy_share(system: dict[str, Any], cores: int) -> float:
 
 
 def floor_text(floor: dict[str, Any], systems: dict[str, dict[str, Any]]) -> str:
-    """The floor in a line: its parts, and its bound against each system's total."""
+    """The floor in a line: its parts, and its estimate against each system's total."""
     encodes = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in floor["encode_s"].items())
     against = ", ".join(f"{_ratio(floor['bound_total_s'], systems[name]['total_s']):.2f} x "
                         f"{name}" for name in (ALL_AT_ONCE, PER_RUNG))
     return (f"floor: one decode {floor['decode_s']:.2f} s, encodes from raw frames {encodes} "
             f"(one after another {floor['one_after_another_s']:.2f} s); {floor['cpu_s']:.1f} s "
             f"of CPU with each encoder alone on the machine, so a one-decode system that runs "
-            f"one encoder at a time finishes in no less than {floor['bound_total_s']:.2f} s on "
-            f"{floor['cores']} cores ({against}), nor before the encoders' own times end to end "
-            f"({floor['encoders_alone_s']:.2f} s); encoders sharing the cores fill them better "
-            f"and can use less CPU (ffmpeg all at once: {systems[ALL_AT_ONCE]['cpu_s']:.1f} s)")
+            f"one encoder at a time needs about {floor['bound_total_s']:.2f} s on "
+            f"{floor['cores']} cores or more ({against}), and about the encoders' own times end "
+            f"to end ({floor['encoders_alone_s']:.2f} s); an estimate, not a strict bound: "
+            f"encoders sharing the cores fill them better and can use less CPU (ffmpeg all at "
+            f"once: {systems[ALL_AT_ONCE]['cpu_s']:.1f} s)")
 
 
 def _at_most(name: str, value: float, limit: float, unit: str) -> Target:

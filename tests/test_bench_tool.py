@@ -151,7 +151,8 @@ def test_x264_settings_read_back(tmp_path: Path) -> None:
 
 def test_floor_decodes_once_and_encodes_each_rung_from_raw_frames(tmp_path: Path) -> None:
     """A real floor round on a tiny source: the raw file holds every frame, each rung's
-    playlist from raw frames decodes to every frame, and the bound is the CPU over the cores."""
+    playlist from raw frames decodes to every frame, and the estimate is the CPU over the
+    cores."""
     import av
     import imageio_ffmpeg
 
@@ -185,13 +186,13 @@ def test_total_targets_say_whether_the_floor_leaves_them_reachable() -> None:
     floor = {"bound_total_s": 52.0}  # limits: 50 s (all at once), 0.9 x 60 s (per rung)
     checks = {t.name: t for t in report.targets(summaries(), "720p", None, floor)}
     assert checks["total <= 1.0 x ffmpeg all-at-once total"].detail.endswith(
-        "the floor's bound 52.00 s: out of reach")
-    assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(": reachable")
-    # An encoder alone does not fill the cores: its own times end to end bound the total too.
+        "the floor's estimate 52.00 s: out of reach")
+    assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(": within reach")
+    # An encoder alone does not fill the cores: its own times end to end weigh in too.
     floor["encoders_alone_s"] = 55.0
     checks = {t.name: t for t in report.targets(summaries(), "720p", None, floor)}
     assert checks["total <= 0.9 x ffmpeg per-rung total"].detail.endswith(
-        "the floor's bound 55.00 s: out of reach")
+        "the floor's estimate 55.00 s: out of reach")
 
 
 def test_per_rung_target_says_what_share_of_the_cores_it_needs() -> None:
@@ -209,11 +210,11 @@ def test_per_rung_target_says_what_share_of_the_cores_it_needs() -> None:
     detail = checks["total <= 0.9 x ffmpeg per-rung total"].detail
     # (113 - 8) / (2 x 0.9 x 60) = 97.2%, (98 - 8) / (2 x 0.9 x 50) = 100.0%
     assert "round by round 97.2%, 100.0%" in detail, detail
-    assert "keep 98.6% of the 2 cores busy" in detail, detail
+    assert "keep about 98.6% of the 2 cores busy" in detail, detail
     assert "the busiest system in this run kept 98.5% (ffmpeg_all_at_once)" in detail, detail
     assert "more than there is" not in detail
     # Each round's floor (52 s end to end) against that round's limit.
-    assert "round by round 52.0 vs 54.0 s, 52.0 vs 45.0 s: reachable in 1 of 2" in detail
+    assert "round by round 52.0 vs 54.0 s, 52.0 vs 45.0 s: within reach in 1 of 2" in detail
     floor["rounds"] = [{**floor_round, "decode_cpu_s": 1.0}] * 2  # more work left
     detail = report.targets(systems, "720p", None, floor)[3].detail
     assert detail.endswith("more than there is; the busiest system in this run kept 98.5% "
