@@ -20,7 +20,7 @@ from engine.errors import RungsError
 from engine.rpc import transcoder_pb2 as pb
 from engine.sample import make_sample
 from engine.server import RungsServer, create_server
-from engine.store import StoreVersionError
+from engine.store import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated in {time.monotonic() - started:.1f} s")
     try:
         server = _server(args.out, args.http_port)
-    except (RungsError, StoreVersionError, OSError) as exc:
+    except (RungsError, StoreError, OSError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     for sig in STOP_SIGNALS:  # SIGTERM and SIGHUP too: their defaults skipped server.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -578,24 +579,24 @@ class JobManager:
         self.max_pixels, self.max_duration_s = max_pixels, max_duration_s
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
+        self._cond = threading.Condition()
+        self._live: dict[str, _LiveJob] = {}
+        self._queue: collections.deque[_LiveJob] = collections.deque()
+        self._closing = False
+        self._workers: list[threading.Thread] = []
         self._dir_lock = _lock_data_dir(data_dir)
-        try:
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(self._dir_lock.close)
             self.roots = Roots(source_root, output_root)
             # Spill files of jobs a crash interrupted: nothing else uses them now.
             self.scratch = data_dir / "scratch"
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch.mkdir()
             self.store = JobStore(data_dir / "jobs.sqlite3")
-        except BaseException:
-            self._dir_lock.close()
-            raise
-        self._cond = threading.Condition()
-        self._live: dict[str, _LiveJob] = {}
-        self._queue: collections.deque[_LiveJob] = collections.deque()
-        self._closing = False
-        self._workers: list[threading.Thread] = []
-        #: Ids of the jobs marked INTERRUPTED when this manager opened the store.
-        self.interrupted = [self._interrupt(stored) for stored in self.store.unfinished()]
+            on_failure.callback(self.store.close)
+            for stored in self.store.unfinished():  # what a stopped or killed server left
+                self._interrupt(stored)
+            on_failure.pop_all()
 
     def start(self) -> None:
         # The first Transcode would otherwise pay for trying every hardware encoder.
@@ -848,7 +849,7 @@ class JobManager:
                     f"source {self.roots.client_path(source)!r} is inside the output of job "
                     f"{live.id} ({live.snapshot.output!r})")
 
-    def _interrupt(self, stored: StoredJob) -> str:
+    def _interrupt(self, stored: StoredJob) -> None:
         """Mark a job a previous process left unfinished as FAILED, code INTERRUPTED."""
         job = stored.job
         # A job that never started has not touched its output directory, which may hold an
@@ -874,7 +875,6 @@ class JobManager:
         live.end("failed", pb.FailedEvent(error=pb.Error(code=INTERRUPTED, message=message)),
                  pb.FAILED)
         log.warning("job %s was interrupted by a server stop; marked FAILED", job.id)
-        return job.id
 
 
 def _listed_rungs(output: Path) -> dict[str, tuple[int, int]] | None:

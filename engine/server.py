@@ -28,7 +28,7 @@ from engine.manager import JobManager, Watchdog
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
 from engine.rpc import transcoder_pb2_grpc
 from engine.service import SERVICE_NAME, TranscoderService
-from engine.store import StoreVersionError
+from engine.store import StoreError
 from engine.web import DEFAULT_HLS_JS, WebServer
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def serve_command(args: argparse.Namespace) -> int:
             workers=args.workers, watchdog=Watchdog(fixed_s=args.job_timeout),
             max_pixels=args.max_pixels, max_duration_s=args.max_source_seconds,
             http_port=args.http_port, hls_js=args.hls_js)
-    except (RungsError, StoreVersionError, OSError) as exc:
+    except (RungsError, StoreError, OSError) as exc:
         print(f"rungs: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()

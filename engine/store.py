@@ -58,8 +58,8 @@ CREATE TABLE IF NOT EXISTS events (
 TERMINAL_STATES = (pb.COMPLETE, pb.FAILED, pb.CANCELLED)
 
 
-class StoreVersionError(RuntimeError):
-    """The database was written by a newer version of Rungs."""
+class StoreError(RuntimeError):
+    """The job database cannot be used: a newer Rungs wrote it, or it is not a database."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,27 @@ class JobStore:
         self._lock = threading.Lock()
         # check_same_thread=False: the lock, not the creating thread, guards the connection.
         # isolation_level=None: transactions are opened explicitly, see _transaction.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:  # a directory, or a folder it cannot create files in
+            raise StoreError(f"cannot open {path} as Rungs' job database: {exc}") from exc
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            self._db.close()
+            raise StoreError(f"{path} cannot be read as Rungs' job database ({exc}): move it "
+                             f"away, or choose another data directory") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self, path: Path) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            self._db.close()
-            raise StoreVersionError(
+            raise StoreError(
                 f"{path} has schema version {version}; this Rungs reads up to {SCHEMA_VERSION}")
         # Every statement is idempotent (IF NOT EXISTS), so a crash half way is finished next time.
         self._db.executescript(_SCHEMA)

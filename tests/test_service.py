@@ -28,10 +28,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from engine.manager import Subscription
+from engine.manager import JobManager, Subscription
 from engine.rpc import generate, transcoder_pb2_grpc
 from engine.rpc import transcoder_pb2 as pb
 from engine.server import RungsServer, create_server
+from engine.store import StoreError
 from tests import hostile, media
 from tests.serving import ServerProcess
 
@@ -461,6 +462,25 @@ def test_health_reports_serving_and_reflection_lists_the_service(shared: Running
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"rungs.v1.Transcoder", "grpc.health.v1.Health"} <= names
+
+
+def test_a_damaged_job_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A data directory whose jobs.sqlite3 is not a database (a disk fault, a file copied over
+    it): the server says so and exits 2, and the refusal leaves the directory unlocked."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    (data / "jobs.sqlite3").write_bytes(b"SQLite format 3\0" + bytes(range(256)) * 16)
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir",
+         str(data), "--source-root", str(tmp_path), "--output-root", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("rungs: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot be read as Rungs' job database" in result.stderr
+    with pytest.raises(StoreError):
+        JobManager(data, tmp_path, out)
+    (data / "jobs.sqlite3").rename(data / "damaged.sqlite3")
+    JobManager(data, tmp_path, out).close()
 
 
 # -- a server process: kill -9, restart, SIGTERM ------------------------------------------------
