@@ -31,6 +31,8 @@ from engine.segment import SEGMENT_TYPES
 
 #: Exit codes, the one place errors become them.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+#: A job that ends with one of these failed on its input, not on its own: exit 2.
+USAGE_ERRORS = (InvalidSourceError, InvalidOptionsError, OutputExistsError)
 #: A command whose stdout's reader went away (``rungs watch ID | head``) ends as a tool that
 #: SIGPIPE killed does, in silence: 128 + SIGPIPE.
 EXIT_READER_GONE = 128 + signal.SIGPIPE
@@ -42,7 +44,7 @@ def exit_code(error: RungsError | None, state: JobState) -> int:
         return EXIT_OK
     if state == JobState.CANCELLED:
         return EXIT_CANCELLED
-    if isinstance(error, InvalidSourceError | InvalidOptionsError | OutputExistsError):
+    if isinstance(error, USAGE_ERRORS):
         return EXIT_USAGE
     return EXIT_FAILED
 

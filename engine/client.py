@@ -25,13 +25,8 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, host_port
-from engine.errors import (
-    InvalidOptionsError,
-    InvalidSourceError,
-    OutputExistsError,
-    UnsupportedSourceError,
-)
+from engine.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS, host_port
+from engine.errors import error_class
 from engine.hwaccel import ENCODER_CHOICES
 from engine.ladder import parse_heights
 from engine.rpc import transcoder_pb2 as pb
@@ -44,9 +39,6 @@ RPC_TIMEOUT_S = 30.0
 #: Statuses that mean the request itself was wrong: exit 2, like a bad ``rungs transcode``.
 _USAGE_STATUSES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
                    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS)
-#: Job error codes that ``rungs transcode`` reports with exit 2.
-_USAGE_ERROR_CODES = frozenset(cls.code for cls in (
-    InvalidSourceError, UnsupportedSourceError, InvalidOptionsError, OutputExistsError))
 _STATE_NAMES = [pb.JobState.Name(value) for value in pb.JobState.values() if value]
 _SEGMENT_TYPE_VALUES = {"fmp4": pb.FMP4, "mpegts": pb.MPEGTS}
 
@@ -213,7 +205,7 @@ def _follow(stub: Any, job_id: str, after: int, as_json: bool) -> int:
         if last.HasField("failed"):
             error = last.failed.error
             print(f"rungs: job {job_id} failed: {error.message} ({error.code})", file=sys.stderr)
-            return EXIT_USAGE if error.code in _USAGE_ERROR_CODES else EXIT_FAILED
+            return EXIT_USAGE if issubclass(error_class(error.code), USAGE_ERRORS) else EXIT_FAILED
     if last_state == pb.COMPLETE:
         return EXIT_OK
     return EXIT_CANCELLED if last_state == pb.CANCELLED else EXIT_FAILED

@@ -1,8 +1,8 @@
 """The one error tree for everything a user of Rungs can be told.
 
-Each error carries a stable ``code`` (shown to users and stored with failed jobs) and whether a
-retry can help. The CLI and the gRPC service map these classes to exit codes and status codes in
-one place each; nothing else in the engine imports gRPC.
+Each error carries a stable ``code``, shown to users and stored with failed jobs. The CLI and the
+gRPC service map these classes to exit codes and status codes in one place each; nothing else
+in the engine imports gRPC.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ class RungsError(Exception):
     """Base of every error Rungs reports to a user."""
 
     code = "INTERNAL"
-    retryable = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,14 +50,12 @@ class EncoderError(RungsError):
     """An encoder failed to open or failed mid-stream."""
 
     code = "ENCODER_FAILED"
-    retryable = True
 
 
 class OutputWriteError(RungsError, OSError):
     """Writing the output, or the frame cache's scratch file, failed (disk full, permissions)."""
 
     code = "OUTPUT_WRITE_FAILED"
-    retryable = True
 
 
 class DecodeError(InvalidSourceError):
@@ -99,14 +96,12 @@ class QueueFullError(RungsError):
     """As many jobs are waiting as the server queues."""
 
     code = "QUEUE_FULL"
-    retryable = True
 
 
 class OutputInUseError(OutputExistsError):
     """Another queued or running job writes this output directory (or one inside or above it)."""
 
     code = "OUTPUT_IN_USE"
-    retryable = True
 
 
 class RequestIdReusedError(RungsError):
@@ -119,7 +114,6 @@ class ShuttingDownError(RungsError):
     """The server is stopping and takes no new jobs."""
 
     code = "SHUTTING_DOWN"
-    retryable = True
 
 
 class DataDirInUseError(RungsError):
@@ -132,4 +126,15 @@ class TooManyWatchersError(RungsError):
     """Every thread the server keeps for Watch streams is streaming."""
 
     code = "TOO_MANY_WATCHERS"
-    retryable = True
+
+
+def error_class(code: str) -> type[RungsError]:
+    """The class whose errors carry ``code``; :class:`RungsError` for a code this version does
+    not know (a newer server's, or one the service sets without raising, INTERRUPTED)."""
+    pending: list[type[RungsError]] = [RungsError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return RungsError

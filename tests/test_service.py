@@ -564,6 +564,20 @@ def test_status_and_watch_say_what_the_output_left_out(shared: Running, dirs: Di
     assert json.loads(rungs("status", job_id, "--json", server=shared).stdout)["notes"] == [note]
 
 
+def test_a_job_failed_on_its_source_exits_2_as_rungs_transcode_does(shared: Running,
+                                                                    dirs: Dirs) -> None:
+    """Half the frames wiped: the job fails DECODE_FAILED while it decodes. ``rungs transcode``
+    exits 2 for it (bad input); so do ``submit --watch`` and ``watch`` (they said 1)."""
+    hostile.corrupt_packets(dirs.source, "wiped.mp4", 0.5, 3, zeroed=True)
+    submitted = rungs("submit", "wiped.mp4", "wiped", "--ladder", "180", "--watch",
+                      server=shared)
+    assert submitted.returncode == 2, submitted.stderr
+    assert submitted.stderr.endswith("(DECODE_FAILED)\n"), submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    watched = rungs("watch", job_id, server=shared)
+    assert watched.returncode == 2 and "(DECODE_FAILED)" in watched.stderr, watched.stderr
+
+
 def test_client_commands(shared: Running) -> None:
     submitted = rungs("submit", "short.mp4", "cli", "--ladder", "180,360", "--segment-seconds",
                       "2", "--watch", "--json", "--request-id", "cli-1", server=shared)
