@@ -1,4 +1,5 @@
-"""The source's first audio stream, encoded once to AAC-LC and shared by every rung.
+"""The source's audio (the track :mod:`engine.probe` chose), encoded once to AAC-LC and shared by
+every rung.
 
 Audio is its own HLS rendition (``EXT-X-MEDIA`` group ``audio``) that every variant points to,
 so it is encoded and stored once however many rungs there are.

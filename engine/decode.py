@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The pixel format every stage after decode works in.
 PIXEL_FORMAT = "yuv420p"
-#: Give up on a source when more than this share of its video packets fail to decode.
+#: Give up on a source when more than this share of its video packets fail to decode (and more
+#: than 10: a few bad packets at the start are no share yet).
 MAX_BAD_PACKET_SHARE = 0.2
 #: How far the sound may run ahead of the furthest picture read before its timestamps are
 #: taken for damaged ones (muxers keep the two within a second or so).
@@ -78,7 +79,6 @@ class DecodeStats:
     bad_packets: int
     #: Decoded frames the frame-rate cap left out (a 240 fps slow-motion capture's).
     frames_over_cap: int
-    time_base: Fraction
     #: The highest rate the kept frames keep up for a second (see :class:`FrameRateMeter`), at
     #: most the cap; None for a single frame.
     peak_frame_rate: Fraction | None
@@ -107,7 +107,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     refuses a source that declares a longer duration, but some declare none (a WebM recorded in
     a browser, a live Matroska capture) and a header can understate it."""
     video = source.video_stream
-    time_base = Fraction(video.time_base or Fraction(1, 90000))
+    time_base = video_time_base(source)
     timeline = schedule.timeline_time_base(time_base)
     state = _VideoState(schedule, timeline, on_video, source.info.frame_rate,
                         video.codec_context.field_order, Fraction(source.info.duration_s),
@@ -222,7 +222,12 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             f"source {Path(source.info.path).name!r} has no decodable video frame")
     _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
-                       hidden_packets, bad, state.over_cap, timeline, state.peak_frame_rate())
+                       hidden_packets, bad, state.over_cap, state.peak_frame_rate())
+
+
+def video_time_base(source: OpenSource) -> Fraction:
+    """The time base of the source's video packets (MPEG's 1/90000 should a stream name none)."""
+    return Fraction(source.video_stream.time_base or Fraction(1, 90000))
 
 
 def _declared_sound_start(source: OpenSource) -> float | None:

@@ -1,8 +1,9 @@
 """One transcode job: the threads of the pipeline, its states and events, cleanup on every path.
 
-The calling thread (or the job's own thread, with :meth:`Job.start`) decodes the source once and
-feeds every rung; each rung encodes on its own thread; rungs are published lowest first, each the
-moment it and every rung below it are complete. The first publication makes the job READY.
+A thread of the job's own (for :meth:`Job.run` too, which waits for it) decodes the source once
+and feeds every rung; each rung encodes on its own thread; rungs are published lowest first,
+each the moment it and every rung below it are complete. The first publication makes the job
+READY.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import av.video.frame
 import m3u8
 
 from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
-from engine.decode import DecodeStats, decode_source
+from engine.decode import DecodeStats, decode_source, video_time_base
 from engine.errors import (
     InvalidOptionsError,
     InvalidSourceError,
@@ -50,7 +51,14 @@ from engine.probe import (
     SourceInfo,
     open_source,
 )
-from engine.publish import MEDIA, POSTER, Publisher, check_output_dir, lock_output_dir
+from engine.publish import (
+    MEDIA,
+    POSTER,
+    Publisher,
+    check_output_dir,
+    keep_listed,
+    lock_output_dir,
+)
 from engine.rung import (
     EncodedRung,
     EncodeSettings,
@@ -152,8 +160,8 @@ class TranscodeOptions:
 class JobEvent:
     """Something that happened to a job. ``data`` depends on ``type``."""
 
-    #: queued, running, poster_ready, progress, rung_published, ready, complete, failed,
-    #: cancelled.
+    #: queued, running, poster_ready, progress, first_segment (early playback lists the first
+    #: rung), rung_published, encoder_fallback, ready, complete, failed, cancelled.
     type: str
     state: JobState
     #: Seconds since the job started running.
@@ -312,7 +320,7 @@ class Job:
                 self.rungs = [RungStatus(r, encoder) for r in rungs]
                 self._prepare_output()
                 scratch = self.options.scratch_dir or Path(tempfile.gettempdir())
-                self._run_pipeline(source, rungs, encoder, scratch, publisher, threads)
+                self._run_pipeline(source, rungs, scratch, publisher, threads)
             self.total_s = self._elapsed()
             self._set_state(JobState.COMPLETE, "complete", self.summary())
         except BaseException as exc:  # every failure ends the job cleanly
@@ -333,7 +341,7 @@ class Job:
                 _drop_tracebacks(error)
         return self.state
 
-    def _run_pipeline(self, source: OpenSource, rungs: list[Rung], encoder: str, scratch: Path,
+    def _run_pipeline(self, source: OpenSource, rungs: list[Rung], scratch: Path,
                       publisher: Publisher, threads: list[threading.Thread]) -> None:
         info = source.info
         segment = Fraction(self.options.segment_seconds).limit_denominator(1000)
@@ -349,8 +357,7 @@ class Job:
                         self._stop, spill, take_turns=not self.options.rungs_at_once,
                         expected_frames=self._frames_total)
         results = self._results = [None] * len(rungs)
-        time_base = schedule.timeline_time_base(
-            Fraction(source.video_stream.time_base or Fraction(1, 90000)))
+        time_base = schedule.timeline_time_base(video_time_base(source))
         settings = EncodeSettings(segment, self.options.segment_type, time_base,
                                   info.orientation, colour=info.colour)
         publisher.video_range = info.colour.video_range
@@ -382,8 +389,6 @@ class Job:
                                                  audio)
             except BaseException as exc:
                 fanout.finish(exc)
-                if audio is not None:
-                    audio.abort()
                 raise
             fanout.finish()
             source.close()  # the decoder's threads and frames are not needed any more
@@ -418,6 +423,8 @@ class Job:
                 for thread in threads:
                     thread.join()
             fanout.close()
+            if audio is not None:
+                audio.abort()  # on a failure at any point; once it is closed, a no-op
 
     def _decode(self, source: OpenSource, schedule: KeyframeSchedule, fanout: FanOut,
                 poster: PosterPicker, publisher: Publisher,
@@ -618,11 +625,11 @@ class Job:
                 if s.rung.name in listed or (s.state == "PUBLISHED" and not withdraw)}
         for status in self.rungs:
             if status.rung.name in listed:
-                _remove_unlisted(self.out_dir / status.rung.name)
+                _keep_listed(self.out_dir / status.rung.name)
             elif status.rung.name not in kept:
                 shutil.rmtree(self.out_dir / status.rung.name, ignore_errors=True)
         if AUDIO_FOLDER in listed:
-            _remove_unlisted(self.out_dir / AUDIO_FOLDER)
+            _keep_listed(self.out_dir / AUDIO_FOLDER)
         if not kept:
             shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
             (self.out_dir / POSTER).unlink(missing_ok=True)
@@ -700,14 +707,8 @@ def rung_nice(index: int, rungs: int, background: int, at_once: bool) -> int:
     return round(background * index / (rungs - 1))
 
 
-def _remove_unlisted(folder: Path) -> None:
-    """Delete the files of a rendition folder that its playlist does not need."""
-    playlist = m3u8.loads((folder / MEDIA).read_text())
-    needed = {MEDIA, *(s.uri for s in playlist.segments),
-              *(s.init_section.uri for s in playlist.segments if s.init_section)}
-    for path in folder.iterdir():
-        if path.name not in needed:
-            path.unlink(missing_ok=True)
+def _keep_listed(folder: Path) -> None:
+    keep_listed(folder, m3u8.loads((folder / MEDIA).read_text()))
 
 
 def _drop_tracebacks(error: BaseException | None) -> None:

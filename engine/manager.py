@@ -52,7 +52,7 @@ from engine.hwaccel import choose_encoder
 from engine.job import Job, JobEvent, JobState, TranscodeOptions
 from engine.ladder import DEFAULT_HEIGHTS, LadderOptions, plan_ladder
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS, open_source
-from engine.publish import check_output_dir
+from engine.publish import MASTER, MEDIA, check_output_dir, keep_listed, write_atomically
 from engine.rpc import transcoder_pb2 as pb
 from engine.stall import DecoderWatch, run_watched
 from engine.store import MAX_SEQUENCE, TERMINAL_STATES, JobStore, StoredJob
@@ -880,7 +880,7 @@ class JobManager:
 def _listed_rungs(output: Path) -> dict[str, tuple[int, int]] | None:
     """Rungs the master playlist lists, with (bandwidth, average bandwidth); ``None`` when it
     cannot be read (then nothing is removed: what is listed is unknown)."""
-    master = output / "master.m3u8"
+    master = output / MASTER
     if not master.exists():
         return {}
     try:
@@ -926,24 +926,18 @@ def _tidy_interrupted(output: Path, listed: set[str]) -> None:
 
 
 def _finish_listed(folder: Path) -> None:
-    playlist_path = folder / "index.m3u8"
+    playlist_path = folder / MEDIA
     try:
         text = playlist_path.read_text()
         playlist = m3u8.loads(text)
     except (OSError, ValueError):
         log.exception("cannot read %s; leaving the folder as it is", playlist_path)
         return
-    wanted = {"index.m3u8", *(s.uri for s in playlist.segments),
-              *(s.init_section.uri for s in playlist.segments if s.init_section is not None)}
-    for child in folder.iterdir():
-        if child.name not in wanted and child.is_file():
-            child.unlink(missing_ok=True)  # unlisted segments, temporary files
+    keep_listed(folder, playlist)
     if not playlist.is_endlist:
         # Its segments are complete (a segment is listed only once it is); end it there, so
         # players play it to the end instead of waiting for more forever.
-        temporary = folder / ".index.m3u8.recovered.tmp"
-        temporary.write_text(text.rstrip("\n") + "\n#EXT-X-ENDLIST\n")
-        temporary.replace(playlist_path)
+        write_atomically(playlist_path, (text.rstrip("\n") + "\n#EXT-X-ENDLIST\n").encode())
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

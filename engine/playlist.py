@@ -96,8 +96,7 @@ def variant_bandwidth(video: Sequence[SegmentRecord],
     average over the video's duration alone came out above the peak for audio that outlasts it.
     """
     def peak(segments: Sequence[SegmentRecord]) -> float:
-        return max((s.size_bytes * 8 / s.duration_s for s in segments if s.duration_s > 0),
-                   default=0.0)
+        return max((s.bitrate for s in segments), default=0.0)
 
     def average(segments: Sequence[SegmentRecord]) -> float:
         duration = sum(s.duration_s for s in segments)

@@ -209,9 +209,10 @@ class SourceInfo:
 class OpenSource:
     """An opened source: the container, its description, and what was read to describe it.
 
-    ``packets`` is the one demux pass over the video and first audio stream; ``pending`` holds the
-    frames and audio packets the probe already took from it, in order, for the decode stage to
-    use first. Use as a context manager; the container is closed on every path.
+    ``packets`` is the one demux pass over the video and the chosen audio stream (the decodable
+    one flagged default, else the first decodable one); ``pending`` holds the frames and audio
+    packets the probe already took from it, in order, for the decode stage to use first. Use as
+    a context manager; the container is closed on every path.
     """
 
     def __init__(self, container: av.container.InputContainer, info: SourceInfo,

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+import m3u8
+
 from engine.audio import EncodedAudio
 from engine.decode import GAP_TOLERANCE_S
 from engine.errors import (
@@ -62,8 +64,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(fd, 0o666 & ~_UMASK)
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -73,6 +75,16 @@ def write_atomically(path: Path, data: bytes) -> None:
             raise
     except OSError as exc:
         raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def keep_listed(folder: Path, playlist: m3u8.M3U8) -> None:
+    """Delete the files of a rendition folder that its media ``playlist`` does not list:
+    segments closed after it was last written, temporary files."""
+    needed = {MEDIA, *(s.uri for s in playlist.segments),
+              *(s.init_section.uri for s in playlist.segments if s.init_section is not None)}
+    for path in folder.iterdir():
+        if path.name not in needed and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path] = ()) -> None:

@@ -3,8 +3,8 @@
 FFmpeg's HLS muxer does the cutting: it starts a segment at the first keyframe at or after each
 multiple of the segment length, which is exactly where the keyframe schedule put IDR frames, so
 segment boundaries are identical across rungs. It writes each segment under a temporary name and
-renames it when complete. Its own playlist is only read back for the measured segment durations;
-the playlists players see are written by :mod:`engine.publish`.
+renames it when complete. Its own playlist is only read back, for which segments are complete and
+their measured durations; the playlists players see are written by :mod:`engine.publish`.
 
 The muxer ignores a failed write of a segment (a full disk: ENOSPC, EFBIG) and renames and lists
 the truncated file all the same, so every file it writes goes through :class:`_CheckedFile`,
@@ -70,7 +70,6 @@ class HlsWriter:
         if segment_type not in SEGMENT_TYPES:
             raise ValueError(f"segment type must be one of {SEGMENT_TYPES}")
         self.directory = directory
-        self.segment_type = segment_type
         extension = "m4s" if segment_type == "fmp4" else "ts"
         directory.mkdir(parents=True, exist_ok=True)
         options = {
