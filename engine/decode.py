@@ -35,7 +35,7 @@ from engine.errors import (
 )
 from engine.gop import FrameRateMeter, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
-from engine.probe import OpenSource, clock_may_jump, tag_seconds
+from engine.probe import OpenSource, clock_may_jump, failure_reason, tag_seconds
 from engine.stall import DecoderWatch
 
 log = logging.getLogger(__name__)
@@ -298,10 +298,9 @@ def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]
         except StopIteration:
             return
         except av.error.FFmpegError as exc:
-            reason = str(exc.strerror or type(exc).__name__).lower()
             raise InvalidSourceError(
                 f"source {Path(source.info.path).name!r} could not be read after "
-                f"{state.decoded} frames ({reason})") from exc
+                f"{state.decoded} frames ({failure_reason(exc)})") from exc
         except IndexError:
             # PyAV's demuxer raises this for a packet of a stream that appeared part way (an
             # MPEG-TS program table that changes), and its generator is over. The new stream is

@@ -308,7 +308,7 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
         if kind is not None:
             raise InvalidSourceError(f"source {source.name!r} is {kind}, not a video") from exc
         raise InvalidSourceError(
-            f"source {source.name!r} is not a video file FFmpeg can read ({_reason(exc)})"
+            f"source {source.name!r} is not a video file FFmpeg can read ({failure_reason(exc)})"
         ) from exc
     try:
         return _describe(container, str(source), max_pixels, max_duration_s, hwaccel,
@@ -358,7 +358,8 @@ def _not_video_kind(path: Path) -> str | None:
     return next((kind for magic, kind in _NOT_VIDEO_SIGNATURES if head.startswith(magic)), None)
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """What FFmpeg said went wrong, in a few words for an error message."""
     if isinstance(exc, av.error.FFmpegError) and exc.strerror:
         return str(exc.strerror).lower()
     return type(exc).__name__
@@ -537,6 +538,6 @@ def _read_first_frame(packets: Iterator[av.Packet[Any]], stream: av.video.stream
                 return pending, video_packets, hidden_packets
     except (av.error.FFmpegError, IndexError) as exc:  # IndexError: see decode._packets
         raise InvalidSourceError(
-            f"source {name!r} has a video stream that does not decode ({_reason(exc)})"
+            f"source {name!r} has a video stream that does not decode ({failure_reason(exc)})"
         ) from exc
     raise InvalidSourceError(f"source {name!r} has a video stream with no decodable frame")
