@@ -112,6 +112,11 @@ def test_ctrl_c_reaches_a_cli_whose_decoder_deadlocked(deadlocking: Path,
         f"returned in {stall.STALL_S:.0f} s (damaged data it cannot get past)"]
 
 
+def work_threads() -> set[threading.Thread]:
+    """The threads a job's work runs on (see engine.stall.run_watched)."""
+    return {t for t in threading.enumerate() if t.name.endswith("-work")}
+
+
 def test_a_decoder_stuck_part_way_ends_the_job_and_withdraws_it(
         short_stall: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A decoder call that hangs after the first segments were listed (early playback): the
@@ -137,6 +142,7 @@ def test_a_decoder_stuck_part_way_ends_the_job_and_withdraws_it(
         return real(source_, schedule, video, on_audio, cancel, max_seconds, **kwargs)
 
     monkeypatch.setattr(job_module, "decode_source", decode_then_hang)
+    earlier = work_threads()  # a stuck call an earlier test abandoned
     out = tmp_path / "out"
     job = Job(source, out, options(early_playback=True, ladder=options().ladder))
     try:
@@ -148,8 +154,8 @@ def test_a_decoder_stuck_part_way_ends_the_job_and_withdraws_it(
     finally:
         release.set()
     deadline = time.monotonic() + 10
-    while any(t.name.endswith("-work") for t in threading.enumerate()) and \
-            time.monotonic() < deadline:
+    while work_threads() - earlier and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert not work_threads() - earlier, "the released decoder call never came back"
     assert job.state == JobState.FAILED
     assert [e.type for e in job.events if e.type != "progress"][-1] == "failed"
