@@ -1,7 +1,9 @@
 """``python -m bench``: Rungs against the ffmpeg CLI on the same source, same encoder settings.
 
-Four systems run interleaved (A B C D A B C D ...) for several rounds, each in its own process
-so wall time, CPU seconds and peak RSS are measured the same way for all of them:
+Four systems run interleaved (A B C D A B C D ...) for several rounds. The engine API run and the
+ffmpeg ones each get a process of their own, reaped with ``os.wait4`` (its CPU seconds, its peak
+RSS beside the process tree's, sampled); the gRPC server's CPU seconds and sampled RSS are
+taken over each job:
 
 ``rungs``
     the engine API in a subprocess that has done its imports (:mod:`bench.engine_api`), timed

@@ -36,8 +36,7 @@ from bench.systems import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_SOURCE, FULL_SOURCE, LONG_SOURCE = "4k4", "4k10", "4k60"
-QUICK_NOTE = ("quick mode: a 4 s 4K source, 1 round per system (a single sample, not a median); "
-              "run without --quick for medians over 3 rounds")
+QUICK_NOTE = "quick mode: run without --quick for medians over 3 rounds of 10 s of 4K"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     (results / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
     rung_names = [rung["rung"] for rung in doc["settings"]["ladder"]]
     chart_path = chart.draw({name: report.median_run(runs[name]) for name in SYSTEMS}, rung_names,
-                            results / "timeline.png", _title(doc, args.quick))
+                            results / "timeline.png", _title(doc))
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -83,6 +82,9 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
          f"{rounds} round(s) of {', '.join(SYSTEMS)}")
     if args.quick:
         _log(QUICK_NOTE)
+    if tuple(args.rungs_args) != commands.DEFAULT_RUNGS_ARGS:
+        _log("note: --rungs-args reach the rungs system only; rungs_grpc takes the service's "
+             "own options")
     sources.warm_page_cache(source.path)
     engine_used = machine.engine_fingerprint(engine_dir)
     doc: dict[str, Any] = {"machine": machine.describe(ffmpeg), "source": source.to_dict()}
@@ -124,7 +126,8 @@ def _bench(args: argparse.Namespace, engine_dir: Path,
         "rss_check": rss_check,
         "floor": floor_summary,
         "targets": [t.to_dict() for t in checks],
-        "note": QUICK_NOTE if args.quick else f"medians of {rounds} interleaved rounds",
+        "note": ("1 round per system: a single sample, not a median" if rounds == 1
+                 else f"medians of {rounds} interleaved rounds"),
         "bench_wall_s": round(time.monotonic() - started, 1),
     })
     return doc, runs, checks
@@ -141,15 +144,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="interleaved rounds (default 3; 1 with --quick)")
     parser.add_argument("--rss-source",
                         help=f"also run Rungs alone once on this source (e.g. {LONG_SOURCE}) to "
-                             "check peak RSS against the long-source targets; adds about 12 "
+                             "check peak RSS against the long-source targets; adds about 6 "
                              "minutes for 4k60 on 2 cores (default: none)")
     parser.add_argument("--segment-seconds", type=float, default=4.0)
     parser.add_argument("--ffmpeg-thread-type", choices=("frame", "slice"), default="frame",
                         help="libx264 threading of the ffmpeg baselines: frame (ffmpeg's "
-                             "default) or slice (what PyAV, hence Rungs, uses)")
+                             "default, and Rungs' for every rung but the first, which runs on "
+                             "one thread or slices) or slice")
     parser.add_argument("--rungs-args", type=shlex.split,
                         default=list(commands.DEFAULT_RUNGS_ARGS),
-                        help="extra arguments for rungs transcode (default %(default)s)")
+                        help="extra arguments for rungs transcode (default %(default)s); "
+                             "the rungs_grpc system takes the service's own options")
     parser.add_argument("--no-quality", action="store_true", help="skip PSNR and SSIM")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the floor (one decode and each encode from raw frames, "
@@ -167,7 +172,7 @@ def _interleaved(setup: Setup, rounds: int, quality_pass: bool, floor_raw: Path 
                  service: Service) -> tuple[dict[str, list[SystemRun]], list[floor.FloorRun]]:
     """A B C D (floor) A B C D (floor) ...: machine drift hits every system alike. Quality is
     measured after each run, outside its timed window (not for the gRPC runs: the same engine
-    as Rungs' own run, with the same settings)."""
+    and encoder settings as Rungs' own run)."""
     runs: dict[str, list[SystemRun]] = {name: [] for name in SYSTEMS}
     floor_runs: list[floor.FloorRun] = []
     for index in range(rounds):
@@ -296,10 +301,11 @@ def _playable_note(summaries: dict[str, dict[str, Any]], first_rung: str) -> str
             "and peak RSS are the server's during the job).")
 
 
-def _title(doc: dict[str, Any], quick: bool) -> str:
+def _title(doc: dict[str, Any]) -> str:
     source = doc["source"]
     rounds = doc["settings"]["rounds"]
-    what = "quick: 1 round" if quick else f"each system's round with the median total, of {rounds}"
+    what = ("1 round" if rounds == 1
+            else f"each system's round with the median total, of {rounds}")
     return (f"{source['name']}: {source['width']}x{source['height']}, {source['duration_s']:g} s,"
             f" {what};\n"
             "each bar runs from the start of a rung's work to when it was complete")

@@ -7,23 +7,23 @@ Every x264 setting comes from :func:`engine.hwaccel.encoder_options` for the run
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
+from engine.audio import AUDIO_FOLDER, AudioSettings
+from engine.gop import segment_length
 from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
 from engine.ladder import MAX_FRAME_RATE, Rung, plan_ladder
 from engine.probe import open_source
+from engine.publish import MEDIA as PLAYLIST
+from engine.rung import encoder_gop
 from engine.segment import FMP4_SEGMENT_OPTIONS, INIT_SEGMENT
 
 #: What Rungs is asked for: the same encoder as the baselines, and software decoding as the
 #: ffmpeg CLI does (``--hwaccel auto`` would also spend time probing devices).
 DEFAULT_RUNGS_ARGS = ("--encoder", SOFTWARE_ENCODER, "--hwaccel", "none")
-AUDIO_FOLDER = "audio"
 ENGINE_API_WORKER = Path(__file__).with_name("engine_api.py")
-PLAYLIST = "index.m3u8"
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,8 @@ def plan(source: Path, segment_seconds: float) -> list[RungPlan]:
 
 
 def gop_frames(segment_seconds: float) -> int:
-    """The GOP length the engine gives x264 (as in :func:`engine.rung.encode_rung`)."""
-    segment = Fraction(segment_seconds).limit_denominator(1000)
-    return 2 * math.ceil(segment * MAX_FRAME_RATE)
+    """The GOP length the engine gives x264."""
+    return encoder_gop(segment_length(segment_seconds))
 
 
 def rungs_command(source: Path, out_dir: Path, segment_seconds: float,
@@ -133,12 +132,15 @@ def video_codec(plan: RungPlan, segment_seconds: float, thread_type: str | None)
 
 def audio_output(folder: Path, segment_seconds: float) -> list[str]:
     """AAC-LC 128 kbit/s, 48 kHz stereo: the engine's :class:`~engine.audio.AudioSettings`."""
-    return ["-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2",
+    audio = AudioSettings()  # the engine's
+    return ["-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", str(audio.bitrate),
+            "-ar", str(audio.sample_rate), "-ac", str(audio.channels),
             *hls_output(folder, segment_seconds)]
 
 
 def hls_output(folder: Path, segment_seconds: float) -> list[str]:
-    """FFmpeg's HLS muxer with :class:`engine.segment.HlsWriter`'s options (fMP4)."""
+    """FFmpeg's HLS muxer with :class:`engine.segment.HlsWriter`'s options (fMP4), but for the
+    playlist type: VOD, since ENDLIST is how the benchmark sees a baseline's rendition end."""
     return ["-f", "hls", "-hls_time", f"{segment_seconds:g}", "-hls_playlist_type", "vod",
             "-hls_list_size", "0", "-hls_segment_type", "fmp4",
             "-hls_fmp4_init_filename", INIT_SEGMENT, "-hls_segment_options", FMP4_SEGMENT_OPTIONS,

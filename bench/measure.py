@@ -2,7 +2,7 @@
 
 The same measurement for every system: the process is reaped with ``os.wait4`` (its user + system
 CPU seconds, its children's included, and the kernel's peak RSS), while a sampler thread sums the
-RSS of the whole process tree every ``rss_interval_s`` with psutil and watches HLS playlists for
+RSS of the whole process tree every ``RSS_INTERVAL_S`` with psutil and watches HLS playlists for
 ``#EXT-X-ENDLIST``. Stdout lines (Rungs' JSON events) are timestamped as they arrive.
 """
 

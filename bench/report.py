@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.systems import ALL_AT_ONCE, BASELINES, PER_RUNG, RUNGS, RUNGS_GRPC, SystemRun
 
-#: The figures of the table, in order, with how to show them.
+#: The figures of the table, in order (how each is shown: ``_show``).
 FIGURES = ("time_to_playable_s", "time_to_first_segment_s", "total_s", "cpu_s", "peak_rss_bytes",
            "frames_decoded", "source_frames", "bytes_written")
 #: Peak RSS limit for the 60 s 4K source.

@@ -35,7 +35,6 @@ class Service:
 
     def __init__(self, setup: Setup, folder: Path) -> None:
         self.setup = setup
-        self.folder = folder
         # A fresh data directory and output root: job names start again at job-1.
         shutil.rmtree(folder, ignore_errors=True)
         self.outputs = folder / "out"
@@ -71,6 +70,13 @@ class Service:
         process = psutil.Process(self.process.pid)
         cpu_before = _cpu_seconds(process)
         sampler = _PeakRss(process)
+        try:
+            return self._job(name, process, cpu_before, sampler)
+        finally:
+            sampler.stop()  # a refused or failed job's too
+
+    def _job(self, name: str, process: psutil.Process, cpu_before: float,
+             sampler: _PeakRss) -> SystemRun:
         started = time.monotonic()
         try:
             job = self.stub.Transcode(pb.TranscodeRequest(
@@ -154,4 +160,7 @@ class _PeakRss:
 
     def _sample(self) -> None:
         while not self._done.wait(RSS_INTERVAL_S):
-            self._peak = max(self._peak, self._process.memory_info().rss)
+            try:
+                self._peak = max(self._peak, self._process.memory_info().rss)
+            except psutil.Error:  # the server has gone: the job fails on its own
+                return

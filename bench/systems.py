@@ -1,4 +1,5 @@
-"""The three systems, each run once on the source and measured the same way."""
+"""The systems run as processes of their own (Rungs' engine API and the ffmpeg baselines), each
+once a round on the source and measured the same way (:mod:`bench.measure`)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Setup:
     ffmpeg_thread_type: str | None
     rungs_args: tuple[str, ...]
     work_dir: Path
-    #: Where Rungs runs (``python -m engine.cli``): a directory holding the engine to measure.
+    #: Where Rungs runs (:mod:`bench.engine_api`): a directory holding the engine to measure.
     rungs_cwd: Path = REPO_ROOT
 
 

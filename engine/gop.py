@@ -37,6 +37,12 @@ RATE_WINDOW = Fraction(1)
 RATE_JITTER = Fraction(2, 100)
 
 
+def segment_length(seconds: float) -> Fraction:
+    """A segment length as the schedule counts it: exact, since 0.1 s and its like are not
+    binary floats (the nearest fraction with a denominator up to 1000)."""
+    return Fraction(seconds).limit_denominator(1000)
+
+
 @dataclass(frozen=True)
 class FrameTime:
     """When a frame is shown, and whether it opens a segment (so must be an IDR frame)."""

@@ -39,7 +39,7 @@ from engine.errors import (
     RungsError,
 )
 from engine.fanout import FanOut
-from engine.gop import FrameTime, KeyframeSchedule, highest_frame_rate
+from engine.gop import FrameTime, KeyframeSchedule, highest_frame_rate, segment_length
 from engine.hwaccel import choose_decoder, choose_encoder, fallback_encoder
 from engine.ladder import MAX_FRAME_RATE, LadderOptions, Rung, plan_ladder
 from engine.memory import map_large_blocks, trim, usable_memory_bytes
@@ -344,7 +344,7 @@ class Job:
     def _run_pipeline(self, source: OpenSource, rungs: list[Rung], scratch: Path,
                       publisher: Publisher, threads: list[threading.Thread]) -> None:
         info = source.info
-        segment = Fraction(self.options.segment_seconds).limit_denominator(1000)
+        segment = segment_length(self.options.segment_seconds)
         schedule = KeyframeSchedule(segment, MAX_FRAME_RATE, info.frame_rate)
         self.source_frames = info.declared_frames
         self._frames_total = info.declared_frames or round(info.duration_s * float(info.frame_rate))

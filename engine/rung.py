@@ -33,6 +33,12 @@ from engine.scale import Scaler
 from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
 
 
+def encoder_gop(segment: Fraction) -> int:
+    """The GOP length the encoder is given: two segments at the highest frame rate, so its own
+    keyframes never come before the ones the schedule forces at each segment start."""
+    return 2 * math.ceil(segment * MAX_FRAME_RATE)
+
+
 @dataclass(frozen=True)
 class EncodedRung:
     """A rung whose segments are all complete on disk."""
@@ -300,8 +306,8 @@ class _Output:
             # frame-rate source (average rate below the peak) rounds neighbouring frames onto
             # one tick.
             stream.codec_context.time_base = settings.time_base
-            gop = 2 * math.ceil(settings.segment_seconds * MAX_FRAME_RATE)
-            stream.codec_context.options = encoder_options(encoder, rung, gop)
+            stream.codec_context.options = encoder_options(encoder, rung,
+                                                           encoder_gop(settings.segment_seconds))
             _tag_colour(stream.codec_context, settings.colour)
             if encoder == SOFTWARE_ENCODER:
                 if settings.threads is EncoderThreads.FRAMES:

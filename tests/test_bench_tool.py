@@ -36,7 +36,7 @@ def test_all_at_once_uses_the_engine_settings(tmp_path: Path) -> None:
     assert argv.count("-x264-params") == 2
     assert plans[0].x264["x264-params"] in argv
     assert "keyint=480:min-keyint=480:scenecut=0" in plans[0].x264["x264-params"]
-    assert argv[argv.index("-b:a") + 1] == "128k"
+    assert argv[argv.index("-b:a") + 1] == "128000"  # the engine's 128 kbit/s AAC
     assert argv.count("-f") == 3  # two rungs and the audio, each its own HLS output
     assert "-thread_type" not in argv
 
