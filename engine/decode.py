@@ -119,66 +119,22 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     hidden_packets = source.hidden_packets_read
-    # The furthest point of the video timeline any packet reached (in ``time_base``); None
-    # until a packet has a timestamp. Not 0: a damaged fragment's times can all be negative (a
-    # base time of -2^33 ticks), and measured from 0, sound at 0 lay within the video read so
-    # far although it came 155 hours after the first picture, so that much silence led up to it.
-    video_end: int | None = None
+    sound = _SoundPlacer(state, time_base, on_audio)
     bad = 0
-
-    # Audio decoded before the first picture is placed (the deinterlacer holds pictures back)
-    # waits for the time origin: placed against none, it lands at its absolute time.
-    early_audio: list[tuple[av.audio.frame.AudioFrame, float]] = []
-
-    # Where the sound passed on so far ends, in seconds from the time origin.
-    audio_end: float | None = None
-
-    def release_early_audio() -> None:
-        nonlocal audio_end
-        assert on_audio is not None
-        reach = (0.0 if video_end is None
-                 else float(video_end * time_base) - state.origin_seconds())
-        for held, seconds in early_audio:
-            at = seconds - state.origin_seconds()
-            before = audio_end if audio_end is not None else 0.0
-            if at > max(reach, before) + MAX_AUDIO_LEAD_S:
-                # Sound far past the furthest picture read is a damaged timestamp, not a pause
-                # (a pause in a recording is one in the picture too): it goes on after the
-                # sound before it, or starts with the picture. A source that declares no
-                # duration (a browser's WebM) had silence encoded up to it, for ever with a
-                # timestamp 2^32 ticks ahead.
-                at = before
-            audio_end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
-            on_audio(held, at)
-        early_audio.clear()
-
-    def reached(pts: int, duration: int | None) -> int:
-        """Count a video packet or frame; returns where it ends (``time_base`` units)."""
-        nonlocal video_end
-        end = pts + max(0, duration or 0)
-        video_end = end if video_end is None else max(video_end, end)
-        return end
-
-    def audio(frame: av.audio.frame.AudioFrame) -> None:
-        if on_audio is None or frame.pts is None or frame.time_base is None:
-            return
-        early_audio.append((frame, float(frame.pts * frame.time_base)))
-        if state.has_origin():
-            release_early_audio()
 
     # Video first: the first video frame sets the time origin the audio is placed against.
     for item in source.pending:
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
-                splices.note(video.index, reached(item.pts, item.duration) * time_base)
+                splices.note(video.index, sound.video_reached(item.pts, item.duration) * time_base)
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
             splices.join(item)
             for frame in _decode_quietly(item, source.watch):
-                audio(frame)
-    # Once the first picture is placed, audio read so far has been passed on (audio_end).
-    if on_audio is not None and on_sound_start is not None and audio_end is None \
+                sound.add(frame)
+    # Once the first picture is placed, audio read so far has been passed on (sound.end).
+    if on_audio is not None and on_sound_start is not None and sound.end is None \
             and state.has_origin():
         lead = _declared_sound_start(source)
         if lead is not None:
@@ -194,7 +150,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             video_packets += 1
             hidden_packets += packet.is_discard
             if packet.pts is not None:
-                reached(packet.pts, packet.duration)
+                sound.video_reached(packet.pts, packet.duration)
         try:
             with source.watch.call():
                 frames = packet.decode()
@@ -213,16 +169,78 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             if isinstance(decoded, av.video.frame.VideoFrame):
                 state.push(decoded)
             elif isinstance(decoded, av.audio.frame.AudioFrame):
-                audio(decoded)
+                sound.add(decoded)
     state.finish()
-    if early_audio and state.has_origin():
-        release_early_audio()
+    sound.finish()
     if state.decoded == 0:
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
-    _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
+    _check_complete(source, video, video_packets,
+                    0 if sound.video_end is None else sound.video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
                        hidden_packets, bad, state.over_cap, state.peak_frame_rate())
+
+
+class _SoundPlacer:
+    """Passes decoded sound on in seconds from the time origin, which the first picture fixes.
+
+    Sound decoded before that picture is placed (the deinterlacer holds pictures back) is held
+    until it is: placed against none, it lands at its absolute time. The placer also keeps how
+    far the video has reached, because sound far past it is taken for damaged timestamps.
+    """
+
+    def __init__(self, state: _VideoState, time_base: Fraction,
+                 on_audio: AudioSink | None) -> None:
+        self._state = state
+        self._time_base = time_base
+        self._on_audio = on_audio
+        self._held: list[tuple[av.audio.frame.AudioFrame, float]] = []
+        #: Where the sound passed on so far ends, in seconds from the time origin.
+        self.end: float | None = None
+        #: The furthest point of the video timeline any packet reached (in ``time_base``); None
+        #: until a packet has a timestamp. Not 0: a damaged fragment's times can all be negative
+        #: (a base time of -2^33 ticks), and measured from 0, sound at 0 lay within the video
+        #: read so far although it came 155 hours after the first picture, so that much silence
+        #: led up to it.
+        self.video_end: int | None = None
+
+    def video_reached(self, pts: int, duration: int | None) -> int:
+        """Count a video packet or frame; returns where it ends (``time_base`` units)."""
+        end = pts + max(0, duration or 0)
+        self.video_end = end if self.video_end is None else max(self.video_end, end)
+        return end
+
+    def add(self, frame: av.audio.frame.AudioFrame) -> None:
+        """Pass a decoded audio frame on, or hold it until the first picture is placed."""
+        if self._on_audio is None or frame.pts is None or frame.time_base is None:
+            return
+        self._held.append((frame, float(frame.pts * frame.time_base)))
+        if self._state.has_origin():
+            self._release()
+
+    def finish(self) -> None:
+        """Pass on what is still held, once the decoder is drained."""
+        if self._held and self._state.has_origin():
+            self._release()
+
+    def _release(self) -> None:
+        assert self._on_audio is not None
+        origin = self._state.origin_seconds()
+        reach = (0.0 if self.video_end is None
+                 else float(self.video_end * self._time_base) - origin)
+        for held, seconds in self._held:
+            at = seconds - origin
+            before = self.end if self.end is not None else 0.0
+            if at > max(reach, before) + MAX_AUDIO_LEAD_S:
+                # Sound far past the furthest picture read is a damaged timestamp, not a pause
+                # (a pause in a recording is one in the picture too): it goes on after the
+                # sound before it, or starts with the picture. A source that declares no
+                # duration (a browser's WebM) had silence encoded up to it, for ever with a
+                # timestamp 2^32 ticks ahead.
+                at = before
+            self.end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
+            self._on_audio(held, at)
+        self._held.clear()
 
 
 def video_time_base(source: OpenSource) -> Fraction:
