@@ -197,17 +197,28 @@ class _SoundPlacer:
         self._held: list[tuple[av.audio.frame.AudioFrame, float]] = []
         #: Where the sound passed on so far ends, in seconds from the time origin.
         self.end: float | None = None
-        #: The furthest point of the video timeline any packet reached (in ``time_base``); None
-        #: until a packet has a timestamp. Not 0: a damaged fragment's times can all be negative
-        #: (a base time of -2^33 ticks), and measured from 0, sound at 0 lay within the video
-        #: read so far although it came 155 hours after the first picture, so that much silence
-        #: led up to it.
+        #: The furthest point of the source's video clock any packet reached (``time_base``).
         self.video_end: int | None = None
+        # How far the video read so far reaches, in seconds from the time origin; None until a
+        # packet has a timestamp. Not 0: a damaged fragment's times can all be negative (a base
+        # time of -2^33 ticks), and measured from 0, sound at 0 lay within the video read so far
+        # although it came 155 hours after the first picture, so that much silence led up to
+        # it. Each packet counts against the origin in force when it is read: the origin moves
+        # when the picture's clock goes back, and the furthest packet of the source's clock,
+        # measured from the moved origin, took a clock gone 10 hours back for 10 hours of video
+        # read, so sound still on the old clock had 10 hours of silence led up to it.
+        self._reach: float | None = None
+        # The furthest packet end read since the last count (``time_base``): before the first
+        # picture is placed there is no origin to count it against.
+        self._uncounted: int | None = None
 
     def video_reached(self, pts: int, duration: int | None) -> int:
         """Count a video packet or frame; returns where it ends (``time_base`` units)."""
         end = pts + max(0, duration or 0)
         self.video_end = end if self.video_end is None else max(self.video_end, end)
+        self._uncounted = end if self._uncounted is None else max(self._uncounted, end)
+        if self._state.has_origin():
+            self._count_reach()
         return end
 
     def add(self, frame: av.audio.frame.AudioFrame) -> None:
@@ -226,8 +237,8 @@ class _SoundPlacer:
     def _release(self) -> None:
         assert self._on_audio is not None
         origin = self._state.origin_seconds()
-        reach = (0.0 if self.video_end is None
-                 else float(self.video_end * self._time_base) - origin)
+        self._count_reach()
+        reach = 0.0 if self._reach is None else self._reach
         for held, seconds in self._held:
             at = seconds - origin
             before = self.end if self.end is not None else 0.0
@@ -241,6 +252,13 @@ class _SoundPlacer:
             self.end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
             self._on_audio(held, at)
         self._held.clear()
+
+    def _count_reach(self) -> None:
+        if self._uncounted is None:
+            return
+        at = float(self._uncounted * self._time_base) - self._state.origin_seconds()
+        self._reach = at if self._reach is None else max(self._reach, at)
+        self._uncounted = None
 
 
 def video_time_base(source: OpenSource) -> Fraction:

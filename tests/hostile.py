@@ -536,6 +536,39 @@ def audio_clock_leap(folder: Path, after_s: int = 1) -> Path:
     return path
 
 
+def video_clock_back(folder: Path) -> Path:
+    """A live Matroska capture (no duration declared) of 2 s whose picture's clock goes 10
+    hours back after 1 s, while its sound's runs on: a damaged clock, as a fuzzed MP4 showed.
+    The time origin moves back with the picture, so the sound after it counted 10 hours in."""
+    leap = 10 * 3600
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    encoder.time_base, encoder.framerate = Fraction(1, 30), Fraction(30)
+    encoder.options = {"preset": "veryfast", "bf": "0"}  # decode order is display order
+    packets = []
+    for index, image in enumerate(_frames(WIDTH, HEIGHT, 60)):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts, frame.time_base = index, Fraction(1, 30)
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    path = folder / "video_clock_back.mkv"
+    with av.open(str(path), "w", container_options={"live": "1"}) as out:
+        picture = out.add_stream("libx264", rate=30)
+        picture.width, picture.height, picture.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        picture.codec_context.extradata = encoder.extradata
+        sound = out.add_stream("aac", rate=48000, layout="stereo")
+        for tone in media._tone_frames(2.0, 440.0, 48000, 2):
+            tone.pts = (tone.pts or 0) + leap * 48000
+            out.mux(sound.encode(tone))
+        out.mux(sound.encode(None))
+        for index, packet in enumerate(packets):
+            packet.stream, packet.time_base = picture, Fraction(1, 30)
+            packet.dts = index
+            packet.pts = index + leap * 30 if index < 30 else index
+            out.mux(packet)
+    return path
+
+
 def corrupt_packets(folder: Path, name: str, share: float, seed: int,
                     zeroed: bool = False) -> Path:
     """Every video sample after the first GOP has a run of bytes overwritten with probability
@@ -1218,6 +1251,11 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0)),
            note="no duration declared, so nothing bounded the silence filled up to the sound "
                 "10 hours ahead: the job never ended; the sound now goes on where it was"),
+    Recipe("video_clock_back", lambda d, _: video_clock_back(d), L,
+           check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_tones(440.0)),
+           note="no duration declared, and the picture's clock goes 10 hours back after 1 s "
+                "while the sound's runs on: the sound after it was placed 10 hours in, with "
+                "silence led up to it (found by the fuzzer); it now goes on where it was"),
     Recipe("audio_starts_hours_late", lambda d, _: audio_clock_leap(d, after_s=0), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0),
                       _audio_starts_with_video),
