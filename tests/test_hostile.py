@@ -275,6 +275,7 @@ def test_service(corpus: Corpus, name: str) -> None:
 
 def _check_notes(case: Case, notes: list[str]) -> None:
     """The job's notes name what it left out of the source, and only that."""
+    notes = [note for note in notes if not any(words in note for words in case.may_note)]
     assert len(notes) == len(case.notes), (case.notes, notes)
     for words, note in zip(case.notes, notes, strict=True):
         assert words in note, (words, note)
