@@ -21,6 +21,7 @@ import av
 import av.audio.frame
 import av.error
 import av.stream
+import av.video.codeccontext
 import av.video.frame
 import av.video.stream
 import numpy as np
@@ -35,13 +36,16 @@ from engine.errors import (
 )
 from engine.gop import FrameRateMeter, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
-from engine.probe import OpenSource, clock_may_jump, failure_reason, tag_seconds
+from engine.probe import Colour, OpenSource, clock_may_jump, failure_reason, tag_seconds
 from engine.stall import DecoderWatch
 
 log = logging.getLogger(__name__)
 
 #: The pixel format every stage after decode works in.
 PIXEL_FORMAT = "yuv420p"
+#: Black and grey chroma in PIXEL_FORMAT (video range; full range's black is 0).
+_VIDEO_RANGE_BLACK = 16
+_NEUTRAL_CHROMA = 128
 #: Give up on a source when more than this share of its video packets fail to decode (and more
 #: than 10: a few bad packets at the start are no share yet).
 MAX_BAD_PACKET_SHARE = 0.2
@@ -59,6 +63,9 @@ GAP_TOLERANCE_S = Fraction(1, 4)
 #: A frame the source says lasts this many times longer than the time to the next frame (and
 #: more than a second) shows that its durations are not to be believed.
 DURATION_LIE_FACTOR = 10
+#: A picture whose shape differs from the first one's by no more than this is stretched to
+#: it, not fitted inside with bars (a coded 1920x1088, a few rows cropped).
+ASPECT_TOLERANCE = Fraction(3, 100)
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     video = source.video_stream
     time_base = video_time_base(source)
     timeline = schedule.timeline_time_base(time_base)
-    state = _VideoState(schedule, timeline, on_video, source.info.frame_rate,
-                        video.codec_context.field_order, Fraction(source.info.duration_s),
+    state = _VideoState(schedule, timeline, on_video, video.codec_context,
+                        source.info.frame_rate, Fraction(source.info.duration_s),
                         limit=_Limit(Path(source.info.path).name, max_seconds),
                         source_ticks=int(time_base / timeline),
                         timestamps=_TimestampGuess(
@@ -447,8 +454,9 @@ class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
     def __init__(self, schedule: KeyframeSchedule, time_base: Fraction, sink: VideoSink,
-                 frame_rate: Fraction = Fraction(30), field_order: int = 0,
-                 declared_seconds: Fraction = Fraction(0), *, limit: _Limit,
+                 codec: av.video.codeccontext.VideoCodecContext,
+                 frame_rate: Fraction = Fraction(30), declared_seconds: Fraction = Fraction(0),
+                 *, limit: _Limit,
                  timestamps: _TimestampGuess, source_ticks: int = 1) -> None:
         """``time_base`` is the timeline's (see ``KeyframeSchedule.timeline_time_base``), in
         which the source's ticks are ``source_ticks`` long."""
@@ -468,8 +476,12 @@ class _VideoState:
         self._timestamps = timestamps
         self._source_ticks = source_ticks
         self._converter = VideoReformatter()
-        self._deinterlacer = Deinterlacer(time_base, field_order)
+        self._deinterlacer = Deinterlacer(time_base, codec.field_order)
+        self._codec = codec
+        # The first frame's size and shape as shown, and its black (see _normalise).
         self._size: tuple[int, int] | None = None
+        self._shape = Fraction(1)
+        self._black = _VIDEO_RANGE_BLACK
         self._last_kept: int | None = None
         self._last_frame: av.video.frame.VideoFrame | None = None
         # How long the source shows the last placed frame (time_base units, 0: unknown).
@@ -551,15 +563,50 @@ class _VideoState:
 
     def _normalise(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
         """8-bit 4:2:0 at the first frame's size: a stream whose picture size changes part way
-        (spliced recordings) has its later frames scaled, so every stage after this one sees
-        one size (the frame cache and the rungs' scalers are sized once)."""
+        (spliced recordings) has its later frames fitted into that size, so every stage after
+        this one sees one size (the frame cache and the rungs' scalers are sized once)."""
         if self._size is None:
             self._size = (frame.width, frame.height)
+            self._shape = self._display_aspect(frame)
+            self._black = 0 if Colour.of(frame).full_range else _VIDEO_RANGE_BLACK
         width, height = self._size
-        if frame.format.name != PIXEL_FORMAT or (frame.width, frame.height) != self._size:
-            frame = self._converter.reformat(frame, width=width, height=height,
-                                             format=PIXEL_FORMAT)
+        if (frame.width, frame.height) != self._size:
+            return self._fitted(frame, width, height)
+        if frame.format.name != PIXEL_FORMAT:
+            frame = self._converter.reformat(frame, format=PIXEL_FORMAT)
         return frame
+
+    def _display_aspect(self, frame: av.video.frame.VideoFrame) -> Fraction:
+        # PyAV's frames do not carry their sample aspect ratio; the decoder holds the latest.
+        sar = self._codec.sample_aspect_ratio
+        return Fraction(frame.width, frame.height) * (Fraction(sar) if sar and sar > 0 else 1)
+
+    def _fitted(self, frame: av.video.frame.VideoFrame, width: int,
+                height: int) -> av.video.frame.VideoFrame:
+        """``frame`` scaled into ``width`` x ``height``, its shape as shown kept, centred on
+        black: a portrait clip spliced after a landscape one is pillarboxed, as a player would
+        show it, not stretched into the landscape shape."""
+        wider = self._display_aspect(frame) / self._shape
+        inner_width, inner_height = width, height
+        # Even sizes and offsets keep 4:2:0's chroma with its luma.
+        if wider > 1 + ASPECT_TOLERANCE:
+            inner_height = max(2, 2 * round(height / wider / 2))
+        elif wider < 1 - ASPECT_TOLERANCE:
+            inner_width = max(2, 2 * round(width * wider / 2))
+        inner = self._converter.reformat(frame, width=inner_width, height=inner_height,
+                                         format=PIXEL_FORMAT)
+        if (inner_width, inner_height) == (width, height):
+            return inner
+        out = av.video.frame.VideoFrame(width, height, PIXEL_FORMAT)
+        left, top = (width - inner_width) // 4 * 2, (height - inner_height) // 4 * 2
+        for index, (source, target) in enumerate(zip(inner.planes, out.planes, strict=True)):
+            shift = 0 if index == 0 else 1
+            rows = _rows(target)
+            rows[:] = self._black if index == 0 else _NEUTRAL_CHROMA
+            rows[top >> shift:(top >> shift) + source.height,
+                 left >> shift:(left >> shift) + source.width] = (
+                _rows(source)[: source.height, : source.width])
+        return out
 
     def _shown_for(self, duration: int, pts: int) -> int:
         """How long the frame at ``pts`` is shown, of the ``duration`` the source gives it, as
@@ -696,7 +743,10 @@ def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
     for source, target in zip(frame.planes, out.planes, strict=True):
         rows = min(source.height, target.height)
         width = min(source.line_size, target.line_size)
-        source_rows = np.frombuffer(memoryview(source), np.uint8).reshape(-1, source.line_size)
-        target_rows = np.frombuffer(memoryview(target), np.uint8).reshape(-1, target.line_size)
-        target_rows[:rows, :width] = source_rows[:rows, :width]
+        _rows(target)[:rows, :width] = _rows(source)[:rows, :width]
     return out
+
+
+def _rows(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """An 8-bit plane's memory as rows of ``line_size`` bytes (the pixels, then padding)."""
+    return np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)

@@ -898,9 +898,20 @@ def concatenated_ts(folder: Path) -> Path:
 
 def resolution_change(folder: Path) -> Path:
     """MPEG-TS whose picture size changes half way (320x180, then 256x144)."""
-    first = video(folder / ".big.ts")
-    second = video(folder / ".small.ts", width=256, height=144, seed=1)
-    path = folder / "resolution_change.ts"
+    return _joined_ts(folder / "resolution_change.ts", (256, 144))
+
+
+def shape_change(folder: Path) -> Path:
+    """MPEG-TS of a landscape clip (320x180) and then a portrait one (180x320): clips of both
+    shapes joined into one upload."""
+    return _joined_ts(folder / "shape_change.ts", (HEIGHT, WIDTH))
+
+
+def _joined_ts(path: Path, second_size: tuple[int, int]) -> Path:
+    """A 1 s MPEG-TS of the corpus size followed by a 1 s one of ``second_size``."""
+    first = video(path.parent / ".first.ts")
+    second = video(path.parent / ".second.ts", width=second_size[0], height=second_size[1],
+                   seed=1)
     path.write_bytes(first.read_bytes() + second.read_bytes())
     first.unlink()
     second.unlink()
@@ -1158,6 +1169,36 @@ def _audio_starts_with_video(output: Output) -> None:
     assert abs(audio_start - video_start) <= 0.05, (audio_start, video_start)
 
 
+def _pillarboxed_from(seconds: float) -> Callable[[Output], None]:
+    """The top rung shows texture across its whole width before ``seconds`` and, a few frames
+    after it, a textured middle between black bars (a portrait picture kept in shape)."""
+    def check(output: Output) -> None:
+        top = m3u8.load(str(output.out / "master.m3u8")).playlists[-1]
+        width = output.rungs[-1][0]
+        edges = np.r_[0:width // 5, width - width // 5:width]
+        middle = slice(2 * width // 5, 3 * width // 5)
+        before = after = 0
+        start: float | None = None
+        for _, blob in _segments(output.out / top.uri):
+            with av.open(io.BytesIO(blob)) as container:
+                for frame in container.decode(video=0):
+                    luma = frame.to_ndarray(format="yuv420p")[: frame.height].astype(float)
+                    assert frame.time is not None
+                    start = frame.time if start is None else start
+                    at = frame.time - start
+                    if at < seconds - 0.1:
+                        assert luma[:, edges].std() > 10, f"{at:.2f} s: no texture"
+                        before += 1
+                    elif at > seconds + 0.1:
+                        bars = luma[:, edges]
+                        assert abs(bars.mean() - 16) < 3 and bars.std() < 3, (
+                            f"{at:.2f} s: edges {bars.mean():.1f} +- {bars.std():.1f}")
+                        assert luma[:, middle].std() > 10, f"{at:.2f} s: no picture"
+                        after += 1
+        assert before and after, (before, after)
+    return check
+
+
 def _all(*checks: Callable[[Output], None]) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         for each in checks:
@@ -1403,6 +1444,9 @@ RECIPES: tuple[Recipe, ...] = (
            note="timestamps go back to the start half way; the second part follows the first"),
     Recipe("resolution_change", lambda d, _: resolution_change(d), L,
            check=_frames_at_least(60), note="later frames are scaled to the first frame's size"),
+    Recipe("shape_change", lambda d, _: shape_change(d), L,
+           check=_all(_frames_at_least(60), _pillarboxed_from(1.0)),
+           note="the portrait part is fitted into the landscape size with bars, not stretched"),
     Recipe("no_frame_rate_h264", lambda d, _: no_frame_rate(d), L, check=_frames_at_least(30),
            note="FFmpeg's raw H.264 reader assumes 25 fps"),
     Recipe("raw_h264", lambda d, _: video(d / "raw.h264", audio=False, container_format="h264"),
