@@ -588,11 +588,12 @@ class _VideoState:
         show it, not stretched into the landscape shape."""
         wider = self._display_aspect(frame) / self._shape
         inner_width, inner_height = width, height
-        # Even sizes and offsets keep 4:2:0's chroma with its luma.
+        # Even sizes and offsets keep 4:2:0's chroma with its luma (a frame 1 pixel high
+        # cannot have bars above and below it).
         if wider > 1 + ASPECT_TOLERANCE:
-            inner_height = max(2, 2 * round(height / wider / 2))
+            inner_height = min(height, max(2, 2 * round(height / wider / 2)))
         elif wider < 1 - ASPECT_TOLERANCE:
-            inner_width = max(2, 2 * round(width * wider / 2))
+            inner_width = min(width, max(2, 2 * round(width * wider / 2)))
         inner = self._converter.reformat(frame, width=inner_width, height=inner_height,
                                          format=PIXEL_FORMAT)
         if (inner_width, inner_height) == (width, height):

@@ -907,6 +907,28 @@ def shape_change(folder: Path) -> Path:
     return _joined_ts(folder / "shape_change.ts", (HEIGHT, WIDTH))
 
 
+def one_pixel_high(folder: Path) -> Path:
+    """PNG video in QuickTime, 4x1 pixels for half a second and then 8x1: a picture too thin
+    to fit into the first one's size with bars above and below it."""
+    path = folder / "one_pixel_high.mov"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("png", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 4, 1, "rgb24"
+        for index in range(30):
+            width = 4 if index < 15 else 8
+            # Each size its own encoder: the stream's header keeps the first size.
+            encoder = av.CodecContext.create("png", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = width, 1, "rgb24"
+            encoder.time_base = Fraction(1, 30)
+            picture = np.full((1, width, 3), index * 8, np.uint8)
+            for packet in encoder.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                packet.stream = stream
+                packet.pts = packet.dts = index
+                packet.time_base = Fraction(1, 30)
+                out.mux(packet)
+    return path
+
+
 def _joined_ts(path: Path, second_size: tuple[int, int]) -> Path:
     """A 1 s MPEG-TS of the corpus size followed by a 1 s one of ``second_size``."""
     first = video(path.parent / ".first.ts")
@@ -1447,6 +1469,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("shape_change", lambda d, _: shape_change(d), L,
            check=_all(_frames_at_least(60), _pillarboxed_from(1.0)),
            note="the portrait part is fitted into the landscape size with bars, not stretched"),
+    Recipe("one_pixel_high", lambda d, _: one_pixel_high(d), L, check=_frames_at_least(30),
+           note="a wider picture 1 pixel high fills the first one's size: no room for bars"),
     Recipe("no_frame_rate_h264", lambda d, _: no_frame_rate(d), L, check=_frames_at_least(30),
            note="FFmpeg's raw H.264 reader assumes 25 fps"),
     Recipe("raw_h264", lambda d, _: video(d / "raw.h264", audio=False, container_format="h264"),
