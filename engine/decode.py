@@ -133,7 +133,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     for item in source.pending:
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
-                splices.note(video.index, sound.video_reached(item.pts, item.duration) * time_base)
+                splices.note(video.index,
+                             sound.video_reached(item.pts, item.dts, item.duration) * time_base)
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index == audio_index:
@@ -157,7 +158,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             video_packets += 1
             hidden_packets += packet.is_discard
             if packet.pts is not None:
-                sound.video_reached(packet.pts, packet.duration)
+                sound.video_reached(packet.pts, packet.dts, packet.duration)
         try:
             with source.watch.call():
                 frames = packet.decode()
@@ -213,17 +214,25 @@ class _SoundPlacer:
         # it. Each packet counts against the origin in force when it is read: the origin moves
         # when the picture's clock goes back, and the furthest packet of the source's clock,
         # measured from the moved origin, took a clock gone 10 hours back for 10 hours of video
-        # read, so sound still on the old clock had 10 hours of silence led up to it.
+        # read, so sound still on the old clock had 10 hours of silence led up to it. And each
+        # counts on the clock the pictures are placed by: where their presentation times are
+        # not believed (see _TimestampGuess), a fragmented MP4's packets said 38.8 hours in,
+        # its pictures were placed a frame apart by their decode times, and sound 24.8 hours
+        # in lay within the video read.
         self._reach: float | None = None
         # The furthest packet end read since the last count (``time_base``): before the first
         # picture is placed there is no origin to count it against.
         self._uncounted: int | None = None
 
-    def video_reached(self, pts: int, duration: int | None) -> int:
-        """Count a video packet or frame; returns where it ends (``time_base`` units)."""
-        end = pts + max(0, duration or 0)
+    def video_reached(self, pts: int, dts: int | None, duration: int | None) -> int:
+        """Count a video packet or frame; returns where it ends on its presentation clock
+        (``time_base`` units)."""
+        length = max(0, duration or 0)
+        end = pts + length
         self.video_end = end if self.video_end is None else max(self.video_end, end)
-        self._uncounted = end if self._uncounted is None else max(self._uncounted, end)
+        believed = self._state.believed_time(pts, dts)
+        placed = (pts if believed is None else believed) + length
+        self._uncounted = placed if self._uncounted is None else max(self._uncounted, placed)
         if self._state.has_origin():
             self._count_reach()
         return end
@@ -500,6 +509,10 @@ class _VideoState:
         peak = self._rate.peak()
         return None if peak is None else min(MAX_FRAME_RATE, peak)
 
+    def believed_time(self, pts: int | None, dts: int | None) -> int | None:
+        """Which of a packet's timestamps its picture will be placed by, as things stand."""
+        return self._timestamps.believed(pts, dts)
+
     def has_origin(self) -> bool:
         """Whether the first picture has been placed, fixing the time origin."""
         return self._first_pts is not None
@@ -727,15 +740,20 @@ class _TimestampGuess:
             self._last_pts = pts
         elif dts is not None:
             self._last_pts = dts
+        if self._decode_order and dts is not None and self._delay is None:
+            self._delay = max(0, dts - pts) if pts is not None else 0
+        return self.believed(pts, dts)
+
+    def believed(self, pts: int | None, dts: int | None) -> int | None:
+        """The timestamp believed of those given, as things stand: what :meth:`best_effort`
+        returns for a frame once it has counted it, without counting (for a packet)."""
         if not self._decode_order:
             if pts is not None and (dts is None or self._faulty_pts <= self._faulty_dts):
                 return pts
             return dts
         if dts is None:
             return pts
-        if self._delay is None:
-            self._delay = max(0, dts - pts) if pts is not None else 0
-        return dts - self._delay
+        return dts - (self._delay or 0)
 
 
 def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:

@@ -771,6 +771,35 @@ def test_sound_is_placed_against_pictures_whose_times_are_all_negative(tmp_path:
     assert all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 1.1
 
 
+def test_sound_reach_counts_on_the_clock_the_pictures_are_placed_by(tmp_path: Path) -> None:
+    """The fuzzer's finding (``--seed 3026``): a fragmented MP4 whose video packets say 38.8
+    hours in but for one that says 0.03 s, so the pictures' presentation times go back and
+    their decode times, a frame apart, place them; its sound says 24.85 hours in. The video
+    read was counted by the packets' presentation times, so the sound lay within it and was
+    placed 24.85 hours in, with silence up to it for a source that declares no length (no
+    answer in 20 s). Counted on the decode times, the sound is a damaged time and starts with
+    the first picture."""
+    source = hostile.fuzzed(tmp_path, "clocks", "fragmented.mp4", [
+        ["int", 1355, 4, 2147483648],
+        ["insert", 26247, "1bfc8f310196f5b13fad388d70b2d62ab6b2f475101ad5c5b204b636cb2ac923"
+                          "65c7d7cfdffce8cb7e015a6ad82382"],
+        ["int", 1631, 4, 1]])
+    with av.open(str(source)) as container:  # as FFmpeg reads it
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        packets = [p for p in container.demux() if p.pts is not None]
+        assert max(p.pts * video.time_base for p in packets if p.stream is video) > 100_000
+        assert min(p.pts * sound.time_base for p in packets if p.stream is sound) > 80_000
+    placed: list[float] = []
+    pictures: list[float] = []
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: pictures.append(when.seconds),
+                      lambda frame, seconds: placed.append(seconds), threading.Event())
+    assert len(pictures) == 30 and pictures[-1] < 1.1
+    assert placed and 0 <= placed[0] < 0.1, placed[:3]
+    assert all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 1.1
+
+
 @pytest.mark.parametrize("live", [False, True])
 def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live: bool) -> None:
     """Matroska whose default frame duration says 1000 s (100 s when written live, with no
