@@ -92,10 +92,11 @@ def check_published(out: Path) -> Snapshot | None:
     media_uris = [m.uri for m in master.media if m.uri]
     for uri in [*media_uris, *uris]:
         playlist_path = out / uri
-        if not playlist_path.is_file():
+        try:
+            playlist = m3u8.loads(playlist_path.read_text())
+        except FileNotFoundError:  # also when a failed job takes it down after the master read
             problems.append(f"{uri} is listed but missing")
             continue
-        playlist = m3u8.loads(playlist_path.read_text())
         if not playlist.is_endlist:
             problems.append(f"{uri} has no EXT-X-ENDLIST")
         if not playlist.segments:
