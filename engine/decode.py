@@ -615,11 +615,10 @@ class _VideoState:
         left, top = (width - inner_width) // 4 * 2, (height - inner_height) // 4 * 2
         for index, (source, target) in enumerate(zip(inner.planes, out.planes, strict=True)):
             shift = 0 if index == 0 else 1
-            rows = _rows(target)
-            rows[:] = self._black if index == 0 else _NEUTRAL_CHROMA
-            rows[top >> shift:(top >> shift) + source.height,
-                 left >> shift:(left >> shift) + source.width] = (
-                _rows(source)[: source.height, : source.width])
+            pixels = plane_array(target)
+            pixels[:] = self._black if index == 0 else _NEUTRAL_CHROMA
+            pixels[top >> shift:(top >> shift) + source.height,
+                   left >> shift:(left >> shift) + source.width] = plane_array(source)
         return out
 
     def _shown_for(self, duration: int, pts: int) -> int:
@@ -760,12 +759,12 @@ def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
     """A new frame with the same pictures (its own pts; the sinks may still hold the original)."""
     out = av.video.frame.VideoFrame(frame.width, frame.height, frame.format.name)
     for source, target in zip(frame.planes, out.planes, strict=True):
-        rows = min(source.height, target.height)
-        width = min(source.line_size, target.line_size)
-        _rows(target)[:rows, :width] = _rows(source)[:rows, :width]
+        plane_array(target)[:] = plane_array(source)
     return out
 
 
-def _rows(plane: av.video.plane.VideoPlane) -> np.ndarray:
-    """An 8-bit plane's memory as rows of ``line_size`` bytes (the pixels, then padding)."""
-    return np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """A writable numpy view of an 8-bit plane's visible pixels (without line padding)."""
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
+    view: np.ndarray = rows[: plane.height, : plane.width]
+    return view

@@ -45,10 +45,9 @@ from typing import cast
 import av.video.frame
 import numpy as np
 
-from engine.decode import PIXEL_FORMAT
+from engine.decode import PIXEL_FORMAT, plane_array
 from engine.errors import JobCancelledError, OutputWriteError
 from engine.gop import FrameTime
-from engine.scale import plane_array
 
 Item = tuple[av.video.frame.VideoFrame, FrameTime]
 

@@ -9,10 +9,11 @@ import av.codec
 import av.video.frame
 import numpy as np
 
+from engine.decode import plane_array
 from engine.gop import FrameTime
 from engine.ladder import Rung
 from engine.probe import Orientation
-from engine.scale import Scaler, plane_array
+from engine.scale import Scaler
 
 #: Aim about this far in, where titles and fades are usually over.
 TARGET_SECONDS = Fraction(1)

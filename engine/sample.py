@@ -14,7 +14,7 @@ import av.audio.frame
 import av.video.frame
 import numpy as np
 
-from engine.scale import plane_array
+from engine.decode import plane_array
 
 
 def make_sample(path: Path, *, width: int = 3840, height: int = 2160, seconds: float = 10.0,

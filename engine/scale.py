@@ -10,7 +10,7 @@ import av.video.frame
 import numpy as np
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
-from engine.decode import PIXEL_FORMAT
+from engine.decode import PIXEL_FORMAT, plane_array
 from engine.probe import Orientation
 
 #: AREA keeps detail when shrinking 4K to 720p and is about twice as fast as BICUBIC here.
@@ -59,9 +59,3 @@ def orient(frame: av.video.frame.VideoFrame,
         plane_array(plane)[:] = data
     return out
 
-
-def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
-    """A writable numpy view of an 8-bit plane's visible pixels (without line padding)."""
-    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
-    view: np.ndarray = rows[: plane.height, : plane.width]
-    return view
