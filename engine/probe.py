@@ -36,9 +36,11 @@ from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 from engine.errors import InvalidSourceError, UnsupportedSourceError
 from engine.stall import DecoderWatch
 
+#: FFmpeg's demuxer for MP4, QuickTime and their kin.
+MP4_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"
 #: Demuxers for real video containers. Anything else (hls, concat, sdp, image2, ...) is refused.
 ALLOWED_DEMUXERS = (
-    "mov,mp4,m4a,3gp,3g2,mj2",
+    MP4_DEMUXER,
     "matroska,webm",
     "avi",
     "mpegts",
@@ -486,7 +488,7 @@ def _credible_rate(rate: Fraction | None) -> bool:
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
     if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
+        return float((stream.duration - _fragments_start(container, stream)) * stream.time_base)
     if tagged := tag_seconds(stream):
         # Matroska's own video duration: the container's is the longest stream's, which a
         # broken audio clock can make hours long. FFmpeg tags where the track ends, so a track
@@ -502,6 +504,23 @@ def clock_may_jump(container: av.container.InputContainer) -> bool:
     """Whether the format's clock may jump part way (FFmpeg's ``AVFMT_TS_DISCONT``: MPEG-TS and
     -PS, Ogg, live FLV), where recordings were joined or a broadcast was spliced."""
     return bool(container.format.flags & _TS_DISCONT)
+
+
+def _fragments_start(container: av.container.InputContainer,
+                     stream: av.video.stream.VideoStream) -> int:
+    """Where a fragmented MP4's video starts on its decode clock (``time_base``); 0 for other
+    sources.
+
+    FFmpeg gives such a stream's duration as where its last fragment read so far ends on that
+    clock, not how long it lasts: fragments kept from a long live stream (their first decode
+    time 10 hours in) were refused as lasting 10 hours. A start the format cannot hold (its
+    decode times are unsigned; FFmpeg reads a damaged 64-bit one as negative) is ignored.
+    """
+    if container.format.name != MP4_DEMUXER or stream.frames or stream.duration is None:
+        return 0
+    entries = stream.index_entries
+    first = entries[0].timestamp if len(entries) else 0
+    return first if 0 < first < stream.duration else 0
 
 
 def tag_seconds(stream: av.stream.Stream) -> float:

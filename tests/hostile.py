@@ -721,6 +721,49 @@ def no_samples(folder: Path) -> Path:
     return path
 
 
+def fragmented(folder: Path, name: str = "fragmented.mp4") -> Path:
+    """Fragmented MP4 (a browser's or a phone's live recording): an empty index up front, then
+    a fragment per 0.5 s GOP, each listing its own frames."""
+    return video(folder / name, seconds=2.0, codec_options={"preset": "veryfast", "g": "15"},
+                 container_options={"movflags": "+frag_keyframe+empty_moov+default_base_moof"})
+
+
+def cut_fragmented(folder: Path) -> Path:
+    """Fragmented MP4 cut in the media of its last video fragment: that fragment's index still
+    lists its frames. It used to complete with fewer frames."""
+    whole = fragmented(folder, ".whole-frag.mp4")
+    data = whole.read_bytes()
+    video_data = [box for box in find_boxes(data, b"mdat") if box.size > 4096][-1]
+    path = folder / "cut_fragmented.mp4"
+    path.write_bytes(data[:video_data.payload + (video_data.size - video_data.header) // 2])
+    whole.unlink()
+    return path
+
+
+def fragments_hours_in(folder: Path, hours: int = 10) -> Path:
+    """Fragmented MP4 whose fragments start ``hours`` in (fragments kept from a long live
+    stream): each track's first decode time, in its own time scale, moved that far."""
+    data = bytearray(fragmented(folder, ".whole-frag.mp4").read_bytes())
+    (folder / ".whole-frag.mp4").unlink()
+    scales = {}
+    for trak in find_boxes(bytes(data), b"trak"):
+        inner = list(boxes(bytes(data), trak.payload, trak.end))
+        tkhd, mdhd = (next(b for b in inner if b.kind == kind) for kind in (b"tkhd", b"mdhd"))
+        wide = [data[tkhd.payload] == 1, data[mdhd.payload] == 1]
+        track = struct.unpack_from(">I", data, tkhd.payload + (20 if wide[0] else 12))[0]
+        scales[track] = struct.unpack_from(">I", data, mdhd.payload + (20 if wide[1] else 12))[0]
+    for traf in find_boxes(bytes(data), b"traf"):
+        inner = list(boxes(bytes(data), traf.payload, traf.end))
+        tfhd, tfdt = (next(b for b in inner if b.kind == kind) for kind in (b"tfhd", b"tfdt"))
+        shift = hours * 3600 * scales[struct.unpack_from(">I", data, tfhd.payload + 4)[0]]
+        field = ">Q" if data[tfdt.payload] == 1 else ">I"
+        base = struct.unpack_from(field, data, tfdt.payload + 4)[0]
+        struct.pack_into(field, data, tfdt.payload + 4, base + shift)
+    path = folder / "fragments_hours_in.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
 def truncated_mkv(folder: Path) -> Path:
     """Matroska cut off half way (an interrupted upload); its header still tags the video's
     duration. It used to complete as a video half as long."""
@@ -1315,6 +1358,14 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("cut_in_moov", lambda d, _: cut_in_moov(d), R, ("no decodable frame",)),
     Recipe("cut_before_moov", lambda d, _: cut_before_moov(d), R, ("not a video",)),
     Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
+    Recipe("fragmented", lambda d, _: fragmented(d), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0))),
+    Recipe("fragments_ten_hours_in", lambda d, _: fragments_hours_in(d), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0), _audio_seconds_about(2.0)),
+           note="FFmpeg gives a fragmented MP4's duration as where its last fragment ends: "
+                "it was refused as lasting 10 hours"),
+    Recipe("cut_fragmented", lambda d, _: cut_fragmented(d), R, ("truncated",),
+           note="its last fragment's index lists frames the cut took off"),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
     Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,
