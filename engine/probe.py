@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -309,10 +310,13 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
         kind = _not_video_kind(source)
         if kind is not None:
             raise InvalidSourceError(f"source {source.name!r} is {kind}, not a video") from exc
+        _check_index(source)
         raise InvalidSourceError(
             f"source {source.name!r} is not a video file FFmpeg can read ({failure_reason(exc)})"
         ) from exc
     try:
+        if container.format.name == MP4_DEMUXER:
+            _check_index(source, opened=True)
         return _describe(container, str(source), max_pixels, max_duration_s, hwaccel,
                          watch or DecoderWatch())
     except BaseException:
@@ -358,6 +362,59 @@ def _not_video_kind(path: Path) -> str | None:
     if tagged is not None:
         return tagged
     return next((kind for magic, kind in _NOT_VIDEO_SIGNATURES if head.startswith(magic)), None)
+
+
+#: The boxes an MP4 or QuickTime file can start with.
+_MP4_FIRST_BOXES = {b"ftyp", b"wide", b"free", b"skip", b"mdat", b"moov", b"pnot", b"uuid"}
+_NEVER_ARRIVED = "never arrived"
+#: How many top-level boxes are walked looking for the index (real files have a handful).
+_MAX_TOP_BOXES = 10_000
+
+
+def _check_index(path: Path, opened: bool = False) -> None:
+    """Raise :class:`InvalidSourceError` for an MP4 or QuickTime file whose index (its ``moov``
+    box) is missing or cut off; for a file FFmpeg ``opened``, only for one cut off (FFmpeg
+    found the index where a walk of the boxes may not: a media box's size can be wrong).
+
+    Phones and cameras write the index after the media, once recording stops: an upload cut off
+    before the end, or a recording that never stopped (a flat battery: its ``mdat`` box still
+    sized "to the end of the file"), holds pictures but no index, which FFmpeg calls "invalid
+    data found when processing input". Cut inside the index, FFmpeg may still open the file
+    and read what its partial sample tables list, or find no decodable frame.
+    """
+    problem = _index_problem(path)
+    if problem is not None and not (opened and problem == _NEVER_ARRIVED):
+        raise InvalidSourceError(
+            f"source {path.name!r} is truncated: its index (moov box) {problem}")
+
+
+def _index_problem(path: Path) -> str | None:
+    """What is wrong with the index of an MP4 or QuickTime file, walking its top-level boxes;
+    None for a whole index or another kind of file."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            offset = 0
+            for _ in range(_MAX_TOP_BOXES):
+                if offset + 8 > size:
+                    return _NEVER_ARRIVED if offset else None
+                file.seek(offset)
+                head = file.read(16)
+                box_size, kind = struct.unpack(">I4s", head[:8])
+                if offset == 0 and kind not in _MP4_FIRST_BOXES:
+                    return None
+                if box_size == 1 and len(head) == 16:
+                    box_size = struct.unpack(">Q", head[8:])[0]
+                elif box_size == 0:
+                    box_size = size - offset  # "to the end of the file"
+                if box_size < 8:
+                    return None  # damaged, not cut: FFmpeg's own error says more
+                if kind == b"moov":
+                    return "is cut off" if offset + box_size > size else None
+                offset += box_size
+    except OSError:
+        pass
+    return None
 
 
 def failure_reason(exc: BaseException) -> str:

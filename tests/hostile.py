@@ -475,6 +475,20 @@ def cut_before_moov(folder: Path) -> Path:
     return path
 
 
+def recording_never_finished(folder: Path) -> Path:
+    """A phone's recording that never stopped (a flat battery): its media box is still sized
+    "to the end of the file", and the index that would follow it was never written."""
+    whole = video(folder / ".whole-unfinished.mp4", seconds=2.0)
+    data = bytearray(whole.read_bytes())
+    mdat, moov = find_box(bytes(data), b"mdat"), find_box(bytes(data), b"moov")
+    assert mdat.header == 8 and moov.offset > mdat.offset  # the index after the media
+    struct.pack_into(">I", data, mdat.offset, 0)
+    path = folder / "recording_never_finished.mp4"
+    path.write_bytes(bytes(data[:moov.offset]))
+    whole.unlink()
+    return path
+
+
 def cut_avi(folder: Path) -> Path:
     """AVI cut in the media: its header still counts every frame, its index never arrived."""
     whole = write_streams(folder / ".whole.avi", video_pts=list(range(60)),
@@ -1355,8 +1369,13 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("cut_mid_gop", lambda d, _: cut_mid_gop(d), R, ("truncated",),
            note="index first: the index promises frames that never arrived (found at the end "
                 "of decoding, so the service fails the job rather than refusing the request)"),
-    Recipe("cut_in_moov", lambda d, _: cut_in_moov(d), R, ("no decodable frame",)),
-    Recipe("cut_before_moov", lambda d, _: cut_before_moov(d), R, ("not a video",)),
+    Recipe("cut_in_moov", lambda d, _: cut_in_moov(d), R, ("truncated", "index", "cut off"),
+           note="FFmpeg found no decodable frame"),
+    Recipe("cut_before_moov", lambda d, _: cut_before_moov(d), R,
+           ("truncated", "index", "never arrived"),
+           note="FFmpeg's \"invalid data found when processing input\" named no cause"),
+    Recipe("recording_never_finished", lambda d, _: recording_never_finished(d), R,
+           ("truncated", "never arrived")),
     Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
     Recipe("fragmented", lambda d, _: fragmented(d), L,
            check=_all(_frames_at_least(60), _seconds_about(2.0))),

@@ -1454,7 +1454,7 @@ def _bad_source(kind: str, folder: Path) -> tuple[Path, str]:
         return media.make_still_image(folder / "still.png"), "not a video"
     if kind == "truncated":  # moov at the end: the header never arrived
         whole = media.make_video(folder / "whole.mp4", width=320, height=180, seconds=2.0)
-        return media.make_truncated(whole, folder / "cut.mp4", 0.5), "not a video"
+        return media.make_truncated(whole, folder / "cut.mp4", 0.5), "never arrived"
     if kind == "truncated_faststart":  # moov first: the header promises frames that are missing
         whole = media.make_video(folder / "whole_fs.mp4", width=320, height=180, seconds=2.0,
                                  container_options={"movflags": "+faststart"})
