@@ -403,12 +403,16 @@ def _index_problem(path: Path) -> str | None:
                 box_size, kind = struct.unpack(">I4s", head[:8])
                 if offset == 0 and kind not in _MP4_FIRST_BOXES:
                     return None
+                if not all(32 <= byte < 127 for byte in kind):
+                    # Not a box: a media box's size is damaged (the walk landed in its data),
+                    # the file is not cut; FFmpeg's own error says more.
+                    return None
                 if box_size == 1 and len(head) == 16:
                     box_size = struct.unpack(">Q", head[8:])[0]
                 elif box_size == 0:
                     box_size = size - offset  # "to the end of the file"
                 if box_size < 8:
-                    return None  # damaged, not cut: FFmpeg's own error says more
+                    return None  # damaged, as above
                 if kind == b"moov":
                     return "is cut off" if offset + box_size > size else None
                 offset += box_size

@@ -489,6 +489,18 @@ def recording_never_finished(folder: Path) -> Path:
     return path
 
 
+def media_box_size_damaged(folder: Path) -> Path:
+    """The index after the media, whole, but the media box's size damaged to 16 bytes: walking
+    the boxes lands in the media's data. Damaged, not cut: no cause is made up for it."""
+    whole = video(folder / ".whole-damaged.mp4", seconds=2.0)
+    data = bytearray(whole.read_bytes())
+    struct.pack_into(">I", data, find_box(bytes(data), b"mdat").offset, 16)
+    path = folder / "media_box_size_damaged.mp4"
+    path.write_bytes(bytes(data))
+    whole.unlink()
+    return path
+
+
 def cut_avi(folder: Path) -> Path:
     """AVI cut in the media: its header still counts every frame, its index never arrived."""
     whole = write_streams(folder / ".whole.avi", video_pts=list(range(60)),
@@ -1376,6 +1388,8 @@ RECIPES: tuple[Recipe, ...] = (
            note="FFmpeg's \"invalid data found when processing input\" named no cause"),
     Recipe("recording_never_finished", lambda d, _: recording_never_finished(d), R,
            ("truncated", "never arrived")),
+    Recipe("media_box_size_damaged", lambda d, _: media_box_size_damaged(d), R,
+           ("not a video file ffmpeg can read",)),
     Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
     Recipe("fragmented", lambda d, _: fragmented(d), L,
            check=_all(_frames_at_least(60), _seconds_about(2.0))),
