@@ -332,9 +332,10 @@ def _fragment_frames(source: OpenSource, video: av.video.stream.VideoStream, pac
     """The frames a fragmented MP4's fragments list, once the demuxer has read them all; 0 for
     other containers.
 
-    Its index up front lists none, each fragment lists its own. Cut inside its last fragment,
-    the demuxer stops at the cut while that fragment still lists the frames cut off (a 3 s
-    recording cut at 2.7 s: 90 listed, 81 read), and the job completed as a shorter video.
+    Its index up front lists none, each fragment lists its own. Cut inside a fragment, the
+    demuxer stops at the cut while that fragment still lists the frames cut off (a 4 s
+    recording cut 2.7 s in: the fragments read list 90 frames, 81 arrived), and the job
+    completed as a shorter video.
     """
     if source.info.container != MP4_DEMUXER:
         return 0
