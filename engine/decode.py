@@ -310,15 +310,19 @@ def _check_complete(source: OpenSource, video: av.video.stream.VideoStream, pack
     that count a frame or two more than the file holds, and an AVI counts the empty chunks it
     writes for dropped frames (capture cards, cameras, the ffmpeg CLI's AVI muxer) although
     they hold no picture, so a file whose packets reach the end of its declared duration is
-    whole however many it holds.
+    whole however many it holds. A fragmented MP4's count is of frames with data only, so that
+    allowance is not needed there, and with B-frames a cut can take frames off while the
+    packets left still reach the end (3 of 48 listed frames).
     """
-    declared = source.info.declared_frames or _fragment_frames(source, video, packets)
-    if not declared:
+    declared = source.info.declared_frames
+    listed = 0 if declared else _fragment_frames(source, video, packets)
+    if not declared and not listed:
         _check_tagged_duration(source, video, packets, end)
         return
+    declared = declared or listed
     if packets >= declared - declared // 100:
         return
-    if video.duration and packets:
+    if not listed and video.duration and packets:
         start = video.start_time or 0
         frame = video.duration / declared
         if end + max(2 * frame, video.duration / 100) >= start + video.duration:

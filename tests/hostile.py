@@ -766,6 +766,35 @@ def cut_fragmented(folder: Path) -> Path:
     return path
 
 
+def cut_fragmented_few(folder: Path, missing: int = 4) -> Path:
+    """Fragmented MP4 cut where its last video fragment's last ``missing`` frames were: with
+    B-frames, the packets left still reach the end of the video, which once passed for whole."""
+    whole = fragmented(folder, ".whole-frag.mp4")
+    data = whole.read_bytes()
+    whole.unlink()
+    moof = find_boxes(data, b"moof")[-1]
+    traf = next(b for b in boxes(data, moof.payload, moof.end)
+                if b.kind == b"traf" and struct.unpack_from(">I", data, b.payload + 12)[0] == 1)
+    trun = next(b for b in boxes(data, traf.payload, traf.end) if b.kind == b"trun")
+    flags, count = struct.unpack_from(">I", data, trun.payload)[0] & 0xFFFFFF, \
+        struct.unpack_from(">I", data, trun.payload + 4)[0]
+    assert flags & 0x001 and flags & 0x200  # a data offset, and each sample's size
+    at = trun.payload + 8
+    data_offset = struct.unpack_from(">i", data, at)[0]
+    at += 4 + 4 * bool(flags & 0x004)
+    fields = [0x100, 0x200, 0x400, 0x800]
+    sizes = []
+    for _ in range(count):
+        for field in fields:
+            if flags & field:
+                if field == 0x200:
+                    sizes.append(struct.unpack_from(">I", data, at)[0])
+                at += 4
+    path = folder / "cut_fragmented_few.mp4"
+    path.write_bytes(data[:moof.offset + data_offset + sum(sizes[:count - missing])])
+    return path
+
+
 def fragments_hours_in(folder: Path, hours: int = 10) -> Path:
     """Fragmented MP4 whose fragments start ``hours`` in (fragments kept from a long live
     stream): each track's first decode time, in its own time scale, moved that far."""
@@ -1399,6 +1428,8 @@ RECIPES: tuple[Recipe, ...] = (
                 "it was refused as lasting 10 hours"),
     Recipe("cut_fragmented", lambda d, _: cut_fragmented(d), R, ("truncated",),
            note="its last fragment's index lists frames the cut took off"),
+    Recipe("cut_fragmented_few", lambda d, _: cut_fragmented_few(d), R, ("truncated",),
+           note="4 frames of 60 cut off; with B-frames the packets left still reach the end"),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
     Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,
