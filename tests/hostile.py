@@ -766,6 +766,12 @@ def cut_fragmented(folder: Path) -> Path:
     return path
 
 
+def _track_id(data: bytes | bytearray, traf: Box) -> int:
+    """The track a fragment's track box (``traf``) holds samples of: its ``tfhd``'s track ID."""
+    tfhd = next(b for b in boxes(bytes(data), traf.payload, traf.end) if b.kind == b"tfhd")
+    return int(struct.unpack_from(">I", data, tfhd.payload + 4)[0])
+
+
 def cut_fragmented_few(folder: Path, missing: int = 4) -> Path:
     """Fragmented MP4 cut where its last video fragment's last ``missing`` frames were: with
     B-frames, the packets left still reach the end of the video, which once passed for whole."""
@@ -774,22 +780,15 @@ def cut_fragmented_few(folder: Path, missing: int = 4) -> Path:
     whole.unlink()
     moof = find_boxes(data, b"moof")[-1]
     traf = next(b for b in boxes(data, moof.payload, moof.end)
-                if b.kind == b"traf" and struct.unpack_from(">I", data, b.payload + 12)[0] == 1)
+                if b.kind == b"traf" and _track_id(data, b) == 1)
     trun = next(b for b in boxes(data, traf.payload, traf.end) if b.kind == b"trun")
-    flags, count = struct.unpack_from(">I", data, trun.payload)[0] & 0xFFFFFF, \
-        struct.unpack_from(">I", data, trun.payload + 4)[0]
+    flags, count, data_offset = struct.unpack_from(">IIi", data, trun.payload)
     assert flags & 0x001 and flags & 0x200  # a data offset, and each sample's size
-    at = trun.payload + 8
-    data_offset = struct.unpack_from(">i", data, at)[0]
-    at += 4 + 4 * bool(flags & 0x004)
-    fields = [0x100, 0x200, 0x400, 0x800]
-    sizes = []
-    for _ in range(count):
-        for field in fields:
-            if flags & field:
-                if field == 0x200:
-                    sizes.append(struct.unpack_from(">I", data, at)[0])
-                at += 4
+    # Each sample's fields: duration, size, flags, composition offset, those the flags name.
+    fields = [field for field in (0x100, 0x200, 0x400, 0x800) if flags & field]
+    first = trun.payload + 12 + 4 * bool(flags & 0x004)
+    sizes = [struct.unpack_from(">I", data, first + 4 * (len(fields) * i + fields.index(0x200)))[0]
+             for i in range(count)]
     path = folder / "cut_fragmented_few.mp4"
     path.write_bytes(data[:moof.offset + data_offset + sum(sizes[:count - missing])])
     return path
@@ -808,9 +807,8 @@ def fragments_hours_in(folder: Path, hours: int = 10) -> Path:
         track = struct.unpack_from(">I", data, tkhd.payload + (20 if wide[0] else 12))[0]
         scales[track] = struct.unpack_from(">I", data, mdhd.payload + (20 if wide[1] else 12))[0]
     for traf in find_boxes(bytes(data), b"traf"):
-        inner = list(boxes(bytes(data), traf.payload, traf.end))
-        tfhd, tfdt = (next(b for b in inner if b.kind == kind) for kind in (b"tfhd", b"tfdt"))
-        shift = hours * 3600 * scales[struct.unpack_from(">I", data, tfhd.payload + 4)[0]]
+        tfdt = next(b for b in boxes(bytes(data), traf.payload, traf.end) if b.kind == b"tfdt")
+        shift = hours * 3600 * scales[_track_id(data, traf)]
         field = ">Q" if data[tfdt.payload] == 1 else ">I"
         base = struct.unpack_from(field, data, tfdt.payload + 4)[0]
         struct.pack_into(field, data, tfdt.payload + 4, base + shift)
