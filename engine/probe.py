@@ -51,6 +51,7 @@ ALLOWED_DEMUXERS = (
     "mxf",
     "dv",
     "gif",
+    "apng",  # animated PNG; a still PNG goes to the image demuxer, refused below
     "ogg",
     "h264",
     "hevc",
@@ -307,6 +308,10 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
                                 "protocol_whitelist": "file",
                             }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        if _is_animated_webp(source):
+            raise UnsupportedSourceError(
+                f"source {source.name!r} is an animated WebP image, which this FFmpeg cannot "
+                "decode (a GIF or a video file of it can be read)") from exc
         kind = _not_video_kind(source)
         if kind is not None:
             raise InvalidSourceError(f"source {source.name!r} is {kind}, not a video") from exc
@@ -362,6 +367,23 @@ def _not_video_kind(path: Path) -> str | None:
     if tagged is not None:
         return tagged
     return next((kind for magic, kind in _NOT_VIDEO_SIGNATURES if head.startswith(magic)), None)
+
+
+#: Where a WebP file's extended header (``VP8X``) keeps its flags, and the flag of an animation.
+_WEBP_FLAGS_AT = 20
+_WEBP_ANIMATED = 0x02
+
+
+def _is_animated_webp(path: Path) -> bool:
+    """Whether ``path`` is an animated WebP image (stickers, short loops): PyAV's FFmpeg reads
+    only the first picture of one, and its decoder refuses even that."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(_WEBP_FLAGS_AT + 1)
+    except OSError:
+        return False
+    return (len(head) > _WEBP_FLAGS_AT and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X"
+            and bool(head[_WEBP_FLAGS_AT] & _WEBP_ANIMATED))
 
 
 #: The boxes an MP4 or QuickTime file can start with.

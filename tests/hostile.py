@@ -841,12 +841,18 @@ def still_in_mov(folder: Path) -> Path:
     return path
 
 
-def animated_gif(folder: Path, frames: int = 5) -> Path:
-    """``frames`` pictures at 10 fps in a GIF (a palette picture format)."""
-    path = folder / ("animated.gif" if frames > 1 else "still.gif")
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("gif", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 160, 90, "rgb8"
+#: Animated picture formats: PyAV's encoder, the muxer, and the pixel format it takes.
+_ANIMATIONS = {"gif": ("gif", "gif", "rgb8"), "png": ("apng", "apng", "rgb24"),
+               "webp": ("libwebp_anim", "webp", "yuv420p")}
+
+
+def animation(folder: Path, kind: str = "gif", frames: int = 5) -> Path:
+    """``frames`` pictures at 10 fps in an animated picture format (``kind``: gif, png, webp)."""
+    codec, muxer, pix_fmt = _ANIMATIONS[kind]
+    path = folder / f"{'animated' if frames > 1 else 'still'}.{kind}"
+    with av.open(str(path), "w", format=muxer) as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 90, pix_fmt
         for index, image in enumerate(_frames(160, 90, frames)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = index
@@ -1381,7 +1387,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("still_png", lambda d, _: media.make_still_image(d / "still.png", width=WIDTH,
                                                             height=HEIGHT), R,
            ("still image (png)",)),
-    Recipe("still_gif", lambda d, _: animated_gif(d, frames=1), R, ("still image",)),
+    Recipe("still_gif", lambda d, _: animation(d, frames=1), R, ("still image",)),
     Recipe("still_in_mov", lambda d, _: still_in_mov(d), R, ("still image",)),
     Recipe("truncated_mkv", lambda d, _: truncated_mkv(d), R, ("truncated",)),
     Recipe("mkv_ten_hours_in",
@@ -1396,9 +1402,14 @@ RECIPES: tuple[Recipe, ...] = (
                                               codec_options={}), L,
            check=_all(_dims(LANDSCAPE), _frames_at_least(30)),
            note="Matroska counts no frames: MJPEG in it was taken for a still image"),
-    Recipe("animated_gif", lambda d, _: animated_gif(d), L,
+    Recipe("animated_gif", lambda d, _: animation(d), L,
            check=_all(_frames_at_least(5), _seconds_about(0.5), _no_audio),
            note="an animation people upload as a video"),
+    Recipe("animated_png", lambda d, _: animation(d, "png"), L,
+           check=_all(_frames_at_least(5), _seconds_about(0.5), _no_audio),
+           note="APNG: it was refused as a still image (PNG)"),
+    Recipe("animated_webp", lambda d, _: animation(d, "webp"), R, ("animated webp",),
+           note="PyAV's FFmpeg cannot decode one: it was called a still image"),
     Recipe("audio_only", lambda d, _: media.make_audio_only(d / "audio_only.m4a", seconds=1.0),
            R, ("no video stream",)),
     Recipe("audio_with_cover",
