@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -322,6 +323,7 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
     try:
         if container.format.name == MP4_DEMUXER:
             _check_index(source, opened=True)
+        _check_declared_size(source, container.format.name)
         return _describe(container, str(source), max_pixels, max_duration_s, hwaccel,
                          watch or DecoderWatch())
     except BaseException:
@@ -441,6 +443,72 @@ def _index_problem(path: Path) -> str | None:
     except OSError:
         pass
     return None
+
+
+#: An FLV file's script tag (``onMetaData``) gives its size in bytes as an AMF number: the key
+#: (8 long, in any case: OBS writes "fileSize"), the number's marker, a big-endian double.
+_FLV_FILESIZE = re.compile(rb"\x00\x08(?i:filesize)\x00(.{8})", re.DOTALL)
+#: ASF's (WMV's) File Properties object; its flags say whether its sizes hold (not broadcast).
+_ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")
+_ASF_SIZE_AT, _ASF_FLAGS_AT, _ASF_BROADCAST = 40, 88, 0x01
+#: MXF's header partition pack (any status); its footer's offset is 24 bytes into its value.
+_MXF_HEADER_PARTITION = bytes.fromhex("060e2b34020501010d0102010102")
+_MXF_FOOTER_AT = 24
+_KLV_KEY_BYTES = 16
+#: How much of a file its header is looked for in (an MXF run-in is less than 64 KiB).
+_HEADER_BYTES = 1 << 16
+
+
+def _check_declared_size(path: Path, demuxer: str) -> None:
+    """Raise :class:`InvalidSourceError` for an FLV, WMV or MXF file shorter than its header says.
+
+    Their demuxers just stop where a cut-off upload ends, and FFmpeg's duration for them may be
+    an estimate from the bit rate (for a file that declares none), so the job completed as a
+    shorter video (58 of 120 frames of an FLV cut in half, exit 0). The byte count their
+    writers put in the header once the file is finished tells a cut file apart exactly.
+    """
+    try:
+        with path.open("rb") as file:
+            head = file.read(_HEADER_BYTES)
+        size = path.stat().st_size
+    except OSError:
+        return
+    declared = _declared_size(head, demuxer)
+    if declared is not None and declared > size:
+        raise InvalidSourceError(
+            f"source {path.name!r} is truncated: its header says the file holds at least "
+            f"{declared} bytes, but it has {size}")
+
+
+def _declared_size(head: bytes, demuxer: str) -> int | None:
+    """How many bytes the file whose first bytes are ``head`` should hold at least, as its
+    header says (FLV's and ASF's size, where MXF's footer starts); None where it says nothing,
+    as files written live leave it."""
+    if demuxer == "flv" and (match := _FLV_FILESIZE.search(head)):
+        size = struct.unpack(">d", match.group(1))[0]
+        return int(size) if math.isfinite(size) and size > 0 else None
+    if demuxer == "asf" and (at := head.find(_ASF_FILE_PROPERTIES)) >= 0:
+        if len(head) < at + _ASF_FLAGS_AT + 4:
+            return None
+        size = struct.unpack_from("<Q", head, at + _ASF_SIZE_AT)[0]
+        flags = struct.unpack_from("<I", head, at + _ASF_FLAGS_AT)[0]
+        return None if flags & _ASF_BROADCAST or not size else int(size)
+    if demuxer == "mxf" and (at := head.find(_MXF_HEADER_PARTITION)) >= 0:
+        value = _ber_value(head, at + _KLV_KEY_BYTES)
+        if value is None or len(head) < value + _MXF_FOOTER_AT + 8:
+            return None
+        footer = struct.unpack_from(">Q", head, value + _MXF_FOOTER_AT)[0]
+        # Offsets count from the header partition (after any run-in); 0: not known yet.
+        return at + footer + _KLV_KEY_BYTES if footer else None
+    return None
+
+
+def _ber_value(data: bytes, at: int) -> int | None:
+    """Where the value of a KLV triplet starts, given where its BER-coded length starts."""
+    if at >= len(data):
+        return None
+    first = data[at]
+    return at + 1 + (first & 0x7F if first & 0x80 else 0)
 
 
 def failure_reason(exc: BaseException) -> str:

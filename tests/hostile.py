@@ -511,6 +511,23 @@ def cut_avi(folder: Path) -> Path:
     return path
 
 
+#: Old formats whose header says how many bytes the file holds: the video() options for each.
+_SIZED = {"flv": {}, "wmv": {"codec": "wmv2", "codec_options": {}},
+          # The MXF muxer takes neither AAC nor H.264 at this size.
+          "mxf": {"codec": "mpeg2video", "codec_options": {}, "fps": 25, "audio": False}}
+
+
+def sized(folder: Path, kind: str, cut: float | None = None) -> Path:
+    """2 s of FLV, WMV or MXF (``kind``); with ``cut``, only that share of its bytes, as an
+    interrupted upload."""
+    whole = video(folder / f"{'.' if cut else ''}whole.{kind}", seconds=2.0, **_SIZED[kind])
+    if cut is None:
+        return whole
+    path = media.make_truncated(whole, folder / f"cut.{kind}", cut)
+    whole.unlink()
+    return path
+
+
 def avi_dropped_frame(folder: Path) -> Path:
     """AVI with a dropped frame: the muxer writes an empty chunk for it, which the header
     counts as a frame (as capture cards, cameras and the ffmpeg CLI's AVIs have)."""
@@ -1439,6 +1456,12 @@ RECIPES: tuple[Recipe, ...] = (
            note="its last fragment's index lists frames the cut took off"),
     Recipe("cut_fragmented_few", lambda d, _: cut_fragmented_few(d), R, ("truncated",),
            note="4 frames of 60 cut off; with B-frames the packets left still reach the end"),
+    *(Recipe(f"whole_{kind}", lambda d, _, kind=kind: sized(d, kind), L,
+             check=_all(_frames_at_least(50), _seconds_about(2.0))) for kind in _SIZED),
+    *(Recipe(f"cut_{kind}", lambda d, _, kind=kind: sized(d, kind, 0.5), R,
+             ("truncated", "header says"),
+             note="the demuxer stops at the cut and FFmpeg's duration may be an estimate: "
+                  "it completed as a video half as long") for kind in _SIZED),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
     Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,
