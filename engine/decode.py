@@ -694,6 +694,13 @@ class _VideoState:
                 last = placed.pts * self.time_base
             start += segment
 
+    def _jumps_past_end(self, pts: int) -> bool:
+        """Whether a frame at ``pts`` comes after a gap and past the end the source declares
+        (give or take the longest frame interval)."""
+        return (self._declared_end is not None and self._last_pts >= 0
+                and pts - self._last_pts > self._max_step
+                and pts > self._declared_end + self._max_step)
+
     def _relative_pts(self, frame: av.video.frame.VideoFrame) -> int:
         # Real uploads have missing, repeated and backwards timestamps: keep them increasing so
         # every muxer downstream accepts them, and keep gaps (they are real time).
@@ -712,6 +719,13 @@ class _VideoState:
                 # following timestamps from there so they keep their own spacing. Adding a
                 # single tick instead squeezed every later frame into the frame-rate cap,
                 # which dropped them.
+                pts = self._last_pts + self._step
+                self._first_pts = raw - pts
+            elif self._jumps_past_end(pts):
+                # A damaged timestamp, not a pause: the gap up to it would be filled with the
+                # last picture (a 2 s FLV whose one frame was stamped an hour on came out an
+                # hour long). Gone on from as time going back is; the sound closes up such a
+                # gap too (engine.audio).
                 pts = self._last_pts + self._step
                 self._first_pts = raw - pts
             elif self._last_pts >= 0 and pts - self._last_pts <= self._max_step:

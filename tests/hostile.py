@@ -834,6 +834,26 @@ def fragments_hours_in(folder: Path, hours: int = 10) -> Path:
     return path
 
 
+def flv_stamped_late(folder: Path, name: str, late_ms: int) -> Path:
+    """2 s of FLV (its header says 2 s) whose one video frame, three quarters in, is stamped
+    ``late_ms`` later: a damaged timestamp, the frames after it on time again."""
+    whole = video(folder / f".{name}", seconds=2.0)
+    data = bytearray(whole.read_bytes())
+    whole.unlink()
+    tags, at = [], 13  # the FLV header and the first previous-tag size
+    while at + 11 <= len(data):  # a tag: type, 24-bit size, 24-bit time and its top 8 bits
+        if data[at] == 9:
+            tags.append(at)
+        at += 11 + int.from_bytes(data[at + 1:at + 4], "big") + 4
+    tag = tags[len(tags) * 3 // 4]
+    stamp = int.from_bytes(data[tag + 4:tag + 7], "big") + (data[tag + 7] << 24) + late_ms
+    data[tag + 4:tag + 7] = (stamp & 0xFFFFFF).to_bytes(3, "big")
+    data[tag + 7] = stamp >> 24
+    path = folder / name
+    path.write_bytes(bytes(data))
+    return path
+
+
 def truncated_mkv(folder: Path) -> Path:
     """Matroska cut off half way (an interrupted upload); its header still tags the video's
     duration. It used to complete as a video half as long."""
@@ -1462,6 +1482,14 @@ RECIPES: tuple[Recipe, ...] = (
              ("truncated", "header says"),
              note="the demuxer stops at the cut and FFmpeg's duration may be an estimate: "
                   "it completed as a video half as long") for kind in _SIZED),
+    Recipe("flv_frame_an_hour_late",
+           lambda d, _: flv_stamped_late(d, "frame_an_hour_late.flv", 3_600_000), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0), _audio_seconds_about(2.0)),
+           note="the gap up to the damaged time was filled: a 2 s video came out an hour long"),
+    Recipe("flv_frame_weeks_late",
+           lambda d, _: flv_stamped_late(d, "frame_weeks_late.flv", 2**31 - 1), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0)),
+           note="refused as lasting more than the 6 h limit (the fuzzer: 'plain.flv')"),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
     Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,

@@ -45,6 +45,12 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
     ("hevc.mp4", lambda p: _small(p, codec="libx265", audio=False, fps=Fraction(25),
                                   codec_options={"preset": "ultrafast",
                                                  "x265-params": "log-level=error"})),
+    # Formats whose headers the probe reads for the file's size.
+    ("plain.flv", lambda p: _small(p)),
+    ("plain.wmv", lambda p: _small(p, codec="wmv2", codec_options={})),
+    ("plain.mxf", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
+                                   audio=False)),
+    ("animated.png", lambda p: hostile.animation(p.parent, "png").rename(p)),
 )
 
 
