@@ -51,6 +51,9 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
     ("plain.mxf", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
                                    audio=False)),
     ("animated.png", lambda p: hostile.animation(p.parent, "png").rename(p)),
+    ("animated.gif", lambda p: hostile.animation(p.parent, "gif").rename(p)),
+    ("plain.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, audio=False,
+                                   fps=25)),
 )
 
 
