@@ -110,7 +110,10 @@ def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> lis
 
     Rungs are sized by their short side so portrait and landscape get the same ladder. A rung
     above the source is dropped (never upscale); a source smaller than every rung gets one rung
-    at its own size. Output is upright (rotation applied), square-pixel, with even dimensions.
+    at its own size. A source wider than 16:9 whose long side fills the next rung's 16:9 frame
+    gets that rung too, fitted into the frame: 1920x800 (a film's 2.4:1 at 1080p) gets 1080p
+    at 1920x800, where its short side alone gave it 1728x720 at most. Output is upright
+    (rotation applied), square-pixel, with even dimensions.
     """
     options = options or LadderOptions()
     options.check()
@@ -120,10 +123,16 @@ def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> lis
     kept = [h for h in heights if h <= source_short]
     if not kept:
         kept = [_even_down(source_short)]
+    sizes = {short: _scaled(display_w, display_h, short) for short in kept}
+    wider = next((h for h in heights if h > kept[-1]), None)
+    fitted = None if wider is None else _fitted(display_w, display_h, wider)
+    if wider is not None and fitted is not None and max(fitted) > max(sizes[kept[-1]]):
+        kept.append(wider)
+        sizes[wider] = fitted
     frame_rate = min(source.frame_rate, MAX_FRAME_RATE)
     rungs = []
     for short in kept:
-        width, height = _scaled(display_w, display_h, short)
+        width, height = sizes[short]
         settings = _merge(default_settings(short), options.settings.get(short))
         assert settings.preset and settings.crf is not None and settings.maxrate_kbps
         rungs.append(Rung(
@@ -173,6 +182,19 @@ def _scaled(display_w: int, display_h: int, short: int) -> tuple[int, int]:
     if display_w <= display_h:
         return short, _even_round(display_h * short / display_w)
     return _even_round(display_w * short / display_h), short
+
+
+def _fitted(display_w: int, display_h: int, short: int) -> tuple[int, int] | None:
+    """The source's size fitted into the 16:9 frame of the rung of short side ``short`` (turned
+    for a portrait source); None when its long side falls short of the frame's (upscaling)."""
+    long_side, short_side = max(display_w, display_h), min(display_w, display_h)
+    frame_long = _even_round(short * 16 / 9)
+    if long_side < frame_long:
+        return None
+    scale = min(frame_long / long_side, short / short_side)
+    fitted_long, fitted_short = _even_round(long_side * scale), _even_round(short_side * scale)
+    return ((fitted_long, fitted_short) if display_w >= display_h
+            else (fitted_short, fitted_long))
 
 
 def _even_down(value: int) -> int:

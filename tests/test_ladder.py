@@ -74,6 +74,23 @@ def test_never_upscales() -> None:
         assert rung.width <= 1920 and rung.height <= 1080
 
 
+@pytest.mark.parametrize(("width", "height", "expected"), [
+    # A film's 2.4:1 and 1.85:1 at 1080p: their short side alone made 720p the top rung.
+    (1920, 800, ["720p 1728x720", "1080p 1920x800"]),
+    (1920, 1036, ["720p 1334x720", "1080p 1920x1036"]),
+    (800, 1920, ["720p 720x1728", "1080p 800x1920"]),
+    (3840, 1600, ["720p 1728x720", "1080p 2592x1080", "2160p 3840x1600"]),
+    # Not filling the next rung's 16:9 frame, or no larger than the top rung in it: unchanged.
+    (3440, 1440, ["720p 1720x720", "1080p 2580x1080"]),
+    (4096, 1024, ["720p 2880x720"]),
+    (1280, 400, ["400p 1280x400"]),
+])
+def test_a_source_wider_than_16_9_gets_the_rung_whose_frame_it_fills(
+        width: int, height: int, expected: list[str]) -> None:
+    rungs = plan_ladder(source(width, height))
+    assert [f"{r.name} {r.width}x{r.height}" for r in rungs] == expected
+
+
 def test_source_smaller_than_every_rung_gets_one_rung_at_its_size() -> None:
     (rung,) = plan_ladder(source(320, 240))
     assert (rung.name, rung.width, rung.height) == ("240p", 320, 240)
