@@ -280,8 +280,13 @@ class _SoundPlacer:
         if self._uncounted is None:
             return
         at = float(self._uncounted * self._time_base) - self._state.origin_seconds()
-        self._reach = at if self._reach is None else max(self._reach, at)
         self._uncounted = None
+        if self._reach is not None and self._state.jumps_past_end(
+                round(at / self._state.time_base), round(self._reach / self._state.time_base)):
+            # Not where the video reaches: its picture goes on from the one before (see
+            # _VideoState._relative_pts), and sound stamped as far on is damaged too.
+            return
+        self._reach = at if self._reach is None else max(self._reach, at)
 
 
 def video_time_base(source: OpenSource) -> Fraction:
@@ -694,11 +699,12 @@ class _VideoState:
                 last = placed.pts * self.time_base
             start += segment
 
-    def _jumps_past_end(self, pts: int) -> bool:
-        """Whether a frame at ``pts`` comes after a gap and past the end the source declares
-        (give or take the longest frame interval)."""
-        return (self._declared_end is not None and self._last_pts >= 0
-                and pts - self._last_pts > self._max_step
+    def jumps_past_end(self, pts: int, last: int) -> bool:
+        """Whether video at ``pts`` after video up to ``last`` (time_base units from the time
+        origin) comes after a gap and past the end the source declares (give or take the
+        longest frame interval): a damaged timestamp, not a pause."""
+        return (self._declared_end is not None and last >= 0
+                and pts - last > self._max_step
                 and pts > self._declared_end + self._max_step)
 
     def _relative_pts(self, frame: av.video.frame.VideoFrame) -> int:
@@ -721,13 +727,14 @@ class _VideoState:
                 # which dropped them.
                 pts = self._last_pts + self._step
                 self._first_pts = raw - pts
-            elif self._jumps_past_end(pts):
+            elif self.jumps_past_end(pts, self._last_pts):
                 # A damaged timestamp, not a pause: the gap up to it would be filled with the
                 # last picture (a 2 s FLV whose one frame was stamped an hour on came out an
-                # hour long). Gone on from as time going back is; the sound closes up such a
-                # gap too (engine.audio).
+                # hour long). It goes a frame interval after the last frame, and the origin
+                # stays, so the frames after it, on time again, keep their places, and so
+                # does the sound (an origin moved an hour on put the sound read meanwhile an
+                # hour before the first picture).
                 pts = self._last_pts + self._step
-                self._first_pts = raw - pts
             elif self._last_pts >= 0 and pts - self._last_pts <= self._max_step:
                 self._step = pts - self._last_pts
         self._last_pts = pts

@@ -834,21 +834,29 @@ def fragments_hours_in(folder: Path, hours: int = 10) -> Path:
     return path
 
 
-def flv_stamped_late(folder: Path, name: str, late_ms: int) -> Path:
+#: FLV tag types.
+_FLV_AUDIO, _FLV_VIDEO = 8, 9
+
+
+def flv_stamped_late(folder: Path, name: str, late_ms: int, sound_too: bool = False) -> Path:
     """2 s of FLV (its header says 2 s) whose one video frame, three quarters in, is stamped
-    ``late_ms`` later: a damaged timestamp, the frames after it on time again."""
+    ``late_ms`` later (with ``sound_too``, the audio frame after it too): damaged timestamps,
+    the frames after them on time again."""
     whole = video(folder / f".{name}", seconds=2.0)
     data = bytearray(whole.read_bytes())
     whole.unlink()
     tags, at = [], 13  # the FLV header and the first previous-tag size
     while at + 11 <= len(data):  # a tag: type, 24-bit size, 24-bit time and its top 8 bits
-        if data[at] == 9:
-            tags.append(at)
+        tags.append(at)
         at += 11 + int.from_bytes(data[at + 1:at + 4], "big") + 4
-    tag = tags[len(tags) * 3 // 4]
-    stamp = int.from_bytes(data[tag + 4:tag + 7], "big") + (data[tag + 7] << 24) + late_ms
-    data[tag + 4:tag + 7] = (stamp & 0xFFFFFF).to_bytes(3, "big")
-    data[tag + 7] = stamp >> 24
+    pictures = [tag for tag in tags if data[tag] == _FLV_VIDEO]
+    late = [pictures[len(pictures) * 3 // 4]]
+    if sound_too:
+        late.append(next(tag for tag in tags if tag > late[0] and data[tag] == _FLV_AUDIO))
+    for tag in late:
+        stamp = int.from_bytes(data[tag + 4:tag + 7], "big") + (data[tag + 7] << 24) + late_ms
+        data[tag + 4:tag + 7] = (stamp & 0xFFFFFF).to_bytes(3, "big")
+        data[tag + 7] = stamp >> 24
     path = folder / name
     path.write_bytes(bytes(data))
     return path

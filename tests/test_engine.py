@@ -800,6 +800,25 @@ def test_sound_reach_counts_on_the_clock_the_pictures_are_placed_by(tmp_path: Pa
     assert all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 1.1
 
 
+def test_sound_stamped_as_far_past_the_declared_end_as_a_damaged_picture_is_closed_up(
+        tmp_path: Path) -> None:
+    """An FLV that says it lasts 2 s, one picture and the sound after it stamped an hour on
+    (the fuzzer's finding on its FLV seed, ``--seed 3043``). The picture goes on from the one
+    before it, but the video read was counted up to the hour, so the sound lay within it and
+    was placed an hour in, with silence up to it for a source whose length is not passed on
+    (no answer in 20 s). Not counted, the sound goes on after the sound before it."""
+    source = hostile.flv_stamped_late(tmp_path, "late.flv", 3_600_000, sound_too=True)
+    placed: list[float] = []
+    pictures: list[float] = []
+    with open_source(source) as opened:
+        assert opened.info.duration_s == pytest.approx(2.0, abs=0.1)
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: pictures.append(when.seconds),
+                      lambda frame, seconds: placed.append(seconds), threading.Event())
+    assert len(pictures) == 60 and pictures[-1] < 2.1
+    assert placed and all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 2.1
+
+
 @pytest.mark.parametrize("live", [False, True])
 def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live: bool) -> None:
     """Matroska whose default frame duration says 1000 s (100 s when written live, with no
