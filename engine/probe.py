@@ -323,7 +323,8 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
     try:
         if container.format.name == MP4_DEMUXER:
             _check_index(source, opened=True)
-        _check_declared_size(source, container.format.name)
+        if container.format.name in _SIZED_DEMUXERS:
+            _check_declared_size(source, container.format.name)
         return _describe(container, str(source), max_pixels, max_duration_s, hwaccel,
                          watch or DecoderWatch())
     except BaseException:
@@ -457,6 +458,8 @@ _MXF_FOOTER_AT = 24
 _KLV_KEY_BYTES = 16
 #: How much of a file its header is looked for in (an MXF run-in is less than 64 KiB).
 _HEADER_BYTES = 1 << 16
+#: The demuxers of the formats whose header gives the finished file's size.
+_SIZED_DEMUXERS = ("flv", "asf", "mxf")
 
 
 def _check_declared_size(path: Path, demuxer: str) -> None:

@@ -803,10 +803,10 @@ def test_sound_reach_counts_on_the_clock_the_pictures_are_placed_by(tmp_path: Pa
 def test_sound_stamped_as_far_past_the_declared_end_as_a_damaged_picture_is_closed_up(
         tmp_path: Path) -> None:
     """An FLV that says it lasts 2 s, one picture and the sound after it stamped an hour on
-    (the fuzzer's finding on its FLV seed, ``--seed 3043``). The picture goes on from the one
-    before it, but the video read was counted up to the hour, so the sound lay within it and
-    was placed an hour in, with silence up to it for a source whose length is not passed on
-    (no answer in 20 s). Not counted, the sound goes on after the sound before it."""
+    (the fuzzer found it 8 days on, in its FLV seed: ``--seed 3043``). The picture goes on from
+    the one before it, but the video read was counted up to the hour, so the sound lay within
+    it and was placed an hour in, with silence up to it for a source whose length is not
+    passed on (no answer in 20 s). Not counted, the sound goes on after the sound before it."""
     source = hostile.flv_stamped_late(tmp_path, "late.flv", 3_600_000, sound_too=True)
     placed: list[float] = []
     pictures: list[float] = []
