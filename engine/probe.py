@@ -309,11 +309,12 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
                                 "protocol_whitelist": "file",
                             }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        if _is_animated_webp(source):
+        head = _file_head(source, _KIND_BYTES)
+        if _is_animated_webp(head):
             raise UnsupportedSourceError(
                 f"source {source.name!r} is an animated WebP image, which this FFmpeg cannot "
                 "decode (a GIF or a video file of it can be read)") from exc
-        kind = _not_video_kind(source)
+        kind = _not_video_kind(head)
         if kind is not None:
             raise InvalidSourceError(f"source {source.name!r} is {kind}, not a video") from exc
         _check_index(source)
@@ -359,13 +360,18 @@ _TAGGED_KINDS = {(b"RIFF", b"WEBP"): "a still image (WebP)",
                  (b"FORM", b"AIFF"): "an audio file (AIFF)"}
 
 
-def _not_video_kind(path: Path) -> str | None:
-    """What ``path`` is, if it starts like a common picture or sound file."""
+def _file_head(path: Path, count: int) -> bytes:
+    """The first ``count`` bytes of ``path`` (fewer in a shorter file; none if it cannot be
+    read, so no check made on them finds anything)."""
     try:
         with path.open("rb") as file:
-            head = file.read(16)
+            return file.read(count)
     except OSError:
-        return None
+        return b""
+
+
+def _not_video_kind(head: bytes) -> str | None:
+    """What a file is, if its first bytes ``head`` are those of a common picture or sound file."""
     tagged = _TAGGED_KINDS.get((head[:4], head[8:12]))
     if tagged is not None:
         return tagged
@@ -375,16 +381,14 @@ def _not_video_kind(path: Path) -> str | None:
 #: Where a WebP file's extended header (``VP8X``) keeps its flags, and the flag of an animation.
 _WEBP_FLAGS_AT = 20
 _WEBP_ANIMATED = 0x02
+#: The first bytes read to tell what a file FFmpeg did not open is.
+_KIND_BYTES = _WEBP_FLAGS_AT + 1
 
 
-def _is_animated_webp(path: Path) -> bool:
-    """Whether ``path`` is an animated WebP image (stickers, short loops): PyAV's FFmpeg reads
-    only the first picture of one, and its decoder refuses even that."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(_WEBP_FLAGS_AT + 1)
-    except OSError:
-        return False
+def _is_animated_webp(head: bytes) -> bool:
+    """Whether a file whose first bytes are ``head`` is an animated WebP image (stickers, short
+    loops): PyAV's FFmpeg reads only the first picture of one, and its decoder refuses even
+    that."""
     return (len(head) > _WEBP_FLAGS_AT and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X"
             and bool(head[_WEBP_FLAGS_AT] & _WEBP_ANIMATED))
 
@@ -471,12 +475,10 @@ def _check_declared_size(path: Path, demuxer: str) -> None:
     writers put in the header once the file is finished tells a cut file apart exactly.
     """
     try:
-        with path.open("rb") as file:
-            head = file.read(_HEADER_BYTES)
         size = path.stat().st_size
     except OSError:
         return
-    declared = _declared_size(head, demuxer)
+    declared = _declared_size(_file_head(path, _HEADER_BYTES), demuxer)
     if declared is not None and declared > size:
         raise InvalidSourceError(
             f"source {path.name!r} is truncated: its header says the file holds at least "
