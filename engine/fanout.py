@@ -7,11 +7,11 @@ decoder. Slower rungs read the same frames later from a :class:`FrameCache`.
 Measured on this project's 2-core machine: keeping every decoded 4K frame alive cut decode from
 about 100 to 27 fps (a fresh 12 MB buffer per frame), while copying planes into a pool of reused
 buffers kept 76 fps. So the cache copies each frame into a pooled slot when the whole source
-fits in a memory budget, and otherwise into reused slots of a scratch file on disk, up to a disk
-budget. The scratch file is written and read with direct I/O (``O_DIRECT``) where the file
-system allows it: 120 4K frames through the page cache cost 1.3 to 4 s of kernel CPU here,
-directly 0.1 s (and 0.8 s of waiting), which is what kept the first rung of a 4K job at a third
-of its speed.
+fits in a memory budget, and otherwise writes it to reused slots of a scratch file on disk, up
+to a disk budget, straight from the decoder's memory (a small frame through a copy). The scratch
+file is written and read with direct I/O (``O_DIRECT``) where the file system allows it: 120 4K
+frames through the page cache cost 1.3 to 4 s of kernel CPU here, directly 0.1 s (and 0.8 s of
+waiting), which is what kept the first rung of a 4K job at a third of its speed.
 
 The slower rungs take their turns: the first starts once the decoder is done and every spilled
 frame is written (the first rung does not wait for the disk), each next one once the one before
@@ -168,11 +168,21 @@ class FrameCache:
         self.readers = readers
         self.take_turns = take_turns
         self.width, self.height = width, height
-        chroma = ((width + 1) // 2) * ((height + 1) // 2)
-        self._plane_sizes = (width * height, chroma, chroma)
-        self.frame_bytes = sum(self._plane_sizes)
-        #: Spill slots are whole blocks, so that direct I/O can read and write them.
-        self._slot_bytes = -(-self.frame_bytes // _BLOCK) * _BLOCK
+        chroma_width, chroma_height = (width + 1) // 2, (height + 1) // 2
+        self._packed = _packed(((width, height), (chroma_width, chroma_height),
+                                (chroma_width, chroma_height)))
+        self.frame_bytes = width * height + 2 * chroma_width * chroma_height
+        #: Spill slots are whole blocks, so that direct I/O can read and write them; a large
+        #: frame's also have room for the blocks of memory that hold its planes, to be written
+        #: from there (see :func:`_blocks_of`). A smaller frame is copied: those blocks would
+        #: add more to its slot on disk (a 360p frame's by 6%, a 720p one's by 1.2%) than the copy
+        #: costs.
+        self._slot_bytes = _round_up(self.frame_bytes, _BLOCK)
+        if self.frame_bytes >= _DIRECT_MIN_BYTES:
+            self._slot_bytes = max(self._slot_bytes, sum(
+                _blocks_room(_round_up(plane_width, _LINE_ALIGN) * plane_height)
+                for plane_width, plane_height in ((width, height), (chroma_width, chroma_height),
+                                                  (chroma_width, chroma_height))))
         self._max_slots = max(0, budget_bytes // self.frame_bytes)
         if expected_frames > self._max_slots:
             # The pool would hold only the first frames (5 of 10 s of 4K), and the decoder
@@ -209,16 +219,23 @@ class FrameCache:
             slot, spill = self._take_slot()
             index = self._next_index
             self._next_index += 1
-        entry = _Entry(time, self.readers, slot, spill)
         if slot is not None:
             self._copy_in(frame, self._slots[slot])
-            self._add(index, entry)
+            self._add(index, _Entry(time, self.readers, slot, spill, self._packed))
+            return
+        assert spill is not None
+        writer = self._spill_writer()
+        writer.wait_for_room()
+        blocks = _blocks_of(frame, self._slot_bytes)
+        if blocks is not None:
+            views, planes = blocks
+            holding: np.ndarray | av.video.frame.VideoFrame = frame
         else:
-            assert spill is not None
-            writer = self._spill_writer()
-            buffer = writer.buffer()
-            self._copy_in(frame, buffer)
-            writer.write(buffer, spill * self._slot_bytes, lambda: self._add(index, entry))
+            holding = writer.buffer()
+            self._copy_in(frame, holding)
+            views, planes = [holding], self._packed
+        entry = _Entry(time, self.readers, slot, spill, planes)
+        writer.write(views, spill * self._slot_bytes, lambda: self._add(index, entry), holding)
 
     def finish(self, error: BaseException | None = None, wait: bool = True) -> None:
         """No more frames. The readers have them all once every spilled one is written: with
@@ -254,12 +271,14 @@ class FrameCache:
                 return
             frame = frames.take()
             if entry.slot is not None:
-                self._copy_out(self._slots[entry.slot], frame)
+                self._copy_out(self._slots[entry.slot], entry.planes, frame)
             else:
                 assert entry.spill is not None
-                _transfer(_read_at, self._spill_file(), buffer, entry.spill * self._slot_bytes,
-                          self._spill_path)
-                self._copy_out(buffer, frame)
+                end = max(offset + line * plane.height
+                          for (offset, line), plane in zip(entry.planes, frame.planes, strict=True))
+                _transfer(_read_at, self._spill_file(), [buffer[:_round_up(end, _BLOCK)]],
+                          entry.spill * self._slot_bytes, self._spill_path)
+                self._copy_out(buffer, entry.planes, frame)
             self._release(index)
             yield frame, entry.time
             index += 1
@@ -384,18 +403,63 @@ class FrameCache:
             self._cond.notify_all()
 
     def _copy_in(self, frame: av.video.frame.VideoFrame, buffer: np.ndarray) -> None:
-        offset = 0
-        for plane, size in zip(frame.planes, self._plane_sizes, strict=True):
+        for plane, (offset, _) in zip(frame.planes, self._packed, strict=True):
             view = plane_array(plane)
-            buffer[offset:offset + size].reshape(view.shape)[:] = view
-            offset += size
+            buffer[offset:offset + view.size].reshape(view.shape)[:] = view
 
-    def _copy_out(self, buffer: np.ndarray, frame: av.video.frame.VideoFrame) -> None:
-        offset = 0
-        for plane, size in zip(frame.planes, self._plane_sizes, strict=True):
-            view = plane_array(plane)
-            view[:] = buffer[offset:offset + size].reshape(view.shape)
-            offset += size
+    @staticmethod
+    def _copy_out(buffer: np.ndarray, planes: Planes, frame: av.video.frame.VideoFrame) -> None:
+        for plane, (offset, line) in zip(frame.planes, planes, strict=True):
+            rows = buffer[offset:offset + line * plane.height].reshape(plane.height, line)
+            plane_array(plane)[:] = rows[:, :plane.width]
+
+
+#: Where each plane of a frame lies in a slot: its offset and its line size, in bytes.
+Planes = tuple[tuple[int, int], ...]
+
+
+def _packed(sizes: tuple[tuple[int, int], ...]) -> Planes:
+    """Planes of these (width, height) one after the other, without line padding."""
+    planes, offset = [], 0
+    for width, height in sizes:
+        planes.append((offset, width))
+        offset += width * height
+    return tuple(planes)
+
+
+def _blocks_of(frame: av.video.frame.VideoFrame,
+               room: int) -> tuple[list[np.ndarray], Planes] | None:
+    """The whole blocks of memory that hold ``frame``'s planes, to write to disk straight from
+    the decoder's memory, and where each plane then lies in the slot; None if they take more
+    than ``room`` bytes.
+
+    Direct I/O wants block-aligned buffers, and FFmpeg's planes start anywhere in a page, so
+    each plane goes out with the rest of the blocks around it. Copying every 4K frame into an
+    aligned buffer first took 8% of the CPU time to the first rung's publication (perf,
+    ``memmove``); without the copy, on 10 s of 4K, the first rung was published in 3.54
+    instead of 3.69 s (medians of 12 interleaved runs, sooner in every one).
+    """
+    views, planes, offset = [], [], 0
+    for plane in frame.planes:
+        start = plane.buffer_ptr
+        first = start - start % _BLOCK
+        end = _round_up(start + plane.buffer_size, _BLOCK)
+        if plane.line_size <= 0 or offset + end - first > room:
+            return None
+        memory = (ctypes.c_ubyte * (end - first)).from_address(first)
+        views.append(np.ctypeslib.as_array(memory))
+        planes.append((offset + start - first, plane.line_size))
+        offset += end - first
+    return views, tuple(planes)
+
+
+def _blocks_room(size: int) -> int:
+    """The most whole blocks ``size`` bytes can touch, wherever they start."""
+    return _round_up(size + _BLOCK - 1, _BLOCK)
+
+
+def _round_up(size: int, step: int) -> int:
+    return -(-size // step) * step
 
 
 class _FrameRing:
@@ -434,58 +498,59 @@ _ONLY_HELD_HERE = 2
 class _SpillWriter:
     """Writes spilled frames on a thread of its own, so the decoder does not wait for the disk.
 
-    The decode thread copies a frame into a free block-aligned buffer and goes back to decoding
-    while this thread writes the full ones out. A direct write returns only once the device has
-    the data (about 7 ms for a 4K frame on this project's disk, 764 MB/s, but it varies), which
-    the decoder used to wait out for every spilled frame. With two buffers the decoder still
-    waited 0.04 to 1.07 s over 10 s of 4K (3 runs), with eight never (3 runs) while the cores
-    were the bottleneck. But 10 s of 4K is 3.7 GB of frames, which this project's disk takes
-    3.3 to 3.7 s to write directly (1.0-1.1 GB/s), while in a fast spell of the machine the
-    ffmpeg CLI's 720p-only pass took 2.6-2.9 s: eight buffers held the decoder, and so the
-    first rung, to the disk's pace. So buffers are taken as needed, the most recently freed
-    first, up to ``BUFFER_BYTES``: while decoding, when memory is at its lowest (0.45 GB for
-    4K), they let the writes fall behind and catch up after the decoder is done, and a job
-    whose disk keeps up touches only a few. With the disk held to 400 MB/s, time to playable
-    for 10 s of 4K went from 9.41 to 7.66 s (medians of 3 and 2), its first phase peaking at
-    1.15 GB, below the 2160p encoder's 1.35 GB.
+    The decode thread hands over a frame (or, where its memory cannot be written directly, a
+    block-aligned copy of it) and goes back to decoding while this thread writes them out. A
+    direct write returns only once the device has the data (about 7 ms for a 4K frame on this
+    project's disk, 764 MB/s, but it varies), which the decoder used to wait out for every
+    spilled frame. With two frames in flight the decoder still waited 0.04 to 1.07 s over 10 s
+    of 4K (3 runs), with eight never (3 runs) while the cores were the bottleneck. But 10 s of
+    4K is 3.7 GB of frames, which this project's disk takes 3.3 to 3.7 s to write directly
+    (1.0-1.1 GB/s), while in a fast spell of the machine the ffmpeg CLI's 720p-only pass took
+    2.6-2.9 s: eight in flight held the decoder, and so the first rung, to the disk's pace. So
+    the frames waiting to be written may take up to ``PENDING_BYTES``: while decoding, when
+    memory is at its lowest (0.45 GB for 4K), they let the writes fall behind and catch up
+    after the decoder is done, and a job whose disk keeps up holds only a few. With the disk
+    held to 400 MB/s, time to playable for 10 s of 4K went from 9.41 to 7.66 s (medians of 3
+    and 2), its first phase peaking at 1.15 GB, below the 2160p encoder's 1.35 GB.
     """
 
-    BUFFER_BYTES = 768 << 20
+    PENDING_BYTES = 768 << 20
     #: At least this many, whatever the frame size.
-    MIN_BUFFERS = 8
+    MIN_PENDING = 8
 
     def __init__(self, fd: int, slot_bytes: int, path: Path) -> None:
         self._fd = fd
         self._path = path
         self._slot_bytes = slot_bytes
-        self._max_buffers = max(self.MIN_BUFFERS, self.BUFFER_BYTES // slot_bytes)
-        self._buffers = 0
-        self._free: queue.LifoQueue[np.ndarray] = queue.LifoQueue()
+        self._room = threading.Semaphore(max(self.MIN_PENDING, self.PENDING_BYTES // slot_bytes))
+        self._free: list[np.ndarray] = []
         self._work: queue.Queue[_Write | _Finish | None] = queue.Queue()
         self._error: Exception | None = None
         self._thread: threading.Thread | None = threading.Thread(
             target=self._run, name="spill-writer", daemon=True)
         self._thread.start()
 
-    def buffer(self) -> np.ndarray:
-        """A buffer to copy the next frame into (one thread only); raises the first failed
-        write."""
-        try:
-            buffer = self._free.get_nowait()
-        except queue.Empty:
-            if self._buffers < self._max_buffers:
-                self._buffers += 1
-                buffer = _aligned(self._slot_bytes)
-            else:
-                buffer = self._free.get()
+    def wait_for_room(self) -> None:
+        """Wait until fewer than the most writes are pending (one thread only); raises the
+        first failed write."""
+        self._room.acquire()
         if self._error is not None:
-            self._free.put(buffer)
+            self._room.release()
             raise self._error
-        return buffer
 
-    def write(self, buffer: np.ndarray, offset: int, done: Callable[[], None]) -> None:
-        """Write ``buffer`` at ``offset``, then call ``done`` (on the writer's thread)."""
-        self._work.put(_Write(buffer, offset, done))
+    def buffer(self) -> np.ndarray:
+        """A block-aligned buffer for a frame's copy, the most recently freed first (the
+        memory least likely to be fresh); called after :meth:`wait_for_room`."""
+        with contextlib.suppress(IndexError):
+            return self._free.pop()
+        return _aligned(self._slot_bytes)
+
+    def write(self, views: list[np.ndarray], offset: int, done: Callable[[], None],
+              holding: np.ndarray | av.video.frame.VideoFrame) -> None:
+        """Write ``views`` one after the other at ``offset``, then call ``done`` (on the
+        writer's thread); ``holding`` is what owns their memory (a frame, or a buffer from
+        :meth:`buffer`), kept until then. Called once for each :meth:`wait_for_room`."""
+        self._work.put(_Write(views, offset, done, holding))
 
     def finish(self, done: Callable[[Exception | None], None]) -> None:
         """No more writes: once every one is made, call ``done`` with the first failed one
@@ -504,23 +569,26 @@ class _SpillWriter:
         while isinstance(item := self._work.get(), _Write):
             try:
                 if self._error is None:
-                    _transfer(_write_at, self._fd, item.buffer, item.offset, self._path)
+                    _transfer(_write_at, self._fd, item.views, item.offset, self._path)
                     item.done()
             except Exception as exc:  # raised in the decode thread by its next put or finish
                 self._error = exc
             finally:
-                self._free.put(item.buffer)
+                if isinstance(item.holding, np.ndarray):
+                    self._free.append(item.holding)
+                del item  # and with it the frame, before there is room for the next one
+                self._room.release()
         if isinstance(item, _Finish):
-            while not self._free.empty():  # the memory back before the slower rungs start
-                self._free.get_nowait()
+            self._free.clear()  # the memory back before the slower rungs start
             item.done(self._error)
 
 
 @dataclass(frozen=True)
 class _Write:
-    buffer: np.ndarray
+    views: list[np.ndarray]
     offset: int
     done: Callable[[], None]
+    holding: np.ndarray | av.video.frame.VideoFrame
 
 
 @dataclass(frozen=True)
@@ -533,6 +601,10 @@ _NO_SLOT = np.empty(0, np.uint8)
 
 #: Direct I/O wants buffers, offsets and sizes in whole blocks of the device (512 or 4096 bytes).
 _BLOCK = 4096
+#: What FFmpeg rounds a frame's line size up to (64 bytes, for AVX-512).
+_LINE_ALIGN = 64
+#: Frames of this many bytes and more (720p and up) are spilled without a copy.
+_DIRECT_MIN_BYTES = 1 << 20
 
 
 def _aligned(size: int) -> np.ndarray:
@@ -569,23 +641,26 @@ def _open_scratch(path: Path) -> int:
     return fd
 
 
-def _transfer(call: Callable[[int, memoryview, int], int], fd: int, buffer: np.ndarray,
-              offset: int, path: Path) -> None:
-    """Write or read all of ``buffer`` at ``offset`` of the scratch file ``path``, going on
-    after a short transfer; a file system that refuses direct I/O only when it is used gets
-    buffered I/O from then on."""
-    view = buffer.data.cast("B")
-    done = 0
-    while done < len(view):
+def _transfer(call: Callable[[int, list[memoryview], int], int], fd: int,
+              buffers: list[np.ndarray], offset: int, path: Path) -> None:
+    """Write or read all of ``buffers``, one after the other, at ``offset`` of the scratch file
+    ``path``, going on after a short transfer; a file system that refuses direct I/O only when
+    it is used gets buffered I/O from then on."""
+    views = [buffer.data.cast("B") for buffer in buffers]
+    while views:
         try:
-            count = call(fd, view[done:], offset + done)
+            count = call(fd, views, offset)
             if count == 0:
-                raise OSError(errno.EIO, f"file ends before offset {offset + done}")
+                raise OSError(errno.EIO, f"file ends before offset {offset}")
         except OSError as exc:
             if exc.errno == errno.EINVAL and _drop_direct(fd):
                 continue
             raise _scratch_error("write to" if call is _write_at else "read", path, exc) from exc
-        done += count
+        offset += count
+        while views and count >= len(views[0]):
+            count -= len(views.pop(0))
+        if count:
+            views[0] = views[0][count:]
 
 
 def _scratch_error(verb: str, path: Path, exc: OSError) -> OutputWriteError:
@@ -595,12 +670,12 @@ def _scratch_error(verb: str, path: Path, exc: OSError) -> OutputWriteError:
                             f"{str(path.parent)!r}: {exc.strerror or exc}")
 
 
-def _write_at(fd: int, view: memoryview, offset: int) -> int:
-    return os.pwritev(fd, [view], offset)
+def _write_at(fd: int, views: list[memoryview], offset: int) -> int:
+    return os.pwritev(fd, views, offset)
 
 
-def _read_at(fd: int, view: memoryview, offset: int) -> int:
-    return os.preadv(fd, [view], offset)
+def _read_at(fd: int, views: list[memoryview], offset: int) -> int:
+    return os.preadv(fd, views, offset)
 
 
 #: ``fallocate`` modes (linux/falloc.h): free the range, keep the file's size.
@@ -645,3 +720,4 @@ class _Entry:
     readers_left: int
     slot: int | None
     spill: int | None
+    planes: Planes

@@ -990,19 +990,35 @@ def test_poster_skips_a_black_start(tmp_path: Path) -> None:
     assert gray(poster).mean() > 60
 
 
-@pytest.mark.parametrize(("width", "height"), [(640, 360), (1917, 1079)],
-                         ids=["unpadded", "padded"])
-def test_spilled_frames_read_back_equal(tmp_path: Path, width: int, height: int) -> None:
-    """Every frame spills (no memory budget), through the block-aligned buffers direct I/O needs:
-    frames with and without line padding come back pixel for pixel, for two readers, whether
-    the reader's frames are used again or held."""
+@pytest.mark.parametrize(("width", "height", "wider_lines", "copies"),
+                         [(640, 360, 0, 5), (1917, 1079, 0, 0), (1920, 1080, 1024, 5)],
+                         ids=["small", "padded", "wide lines"])
+def test_spilled_frames_read_back_equal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        width: int, height: int, wider_lines: int,
+                                        copies: int) -> None:
+    """Every frame spills (no memory budget): a small frame through a block-aligned copy, a
+    large one straight from the blocks of memory around its planes (none copied), and one
+    whose lines are too long for its slot through a copy again. All come back pixel for pixel,
+    for two readers, whether the reader's frames are used again or held."""
     from engine.gop import FrameTime
 
+    copied_in: list[int] = []
+    copy_in = engine.fanout.FrameCache._copy_in
+
+    def counted(self: engine.fanout.FrameCache, frame: av.VideoFrame, buffer: np.ndarray) -> None:
+        copied_in.append(frame.pts)
+        copy_in(self, frame, buffer)
+
+    monkeypatch.setattr(engine.fanout.FrameCache, "_copy_in", counted)
     cache = engine.fanout.FrameCache(2, width, height, 0, tmp_path, threading.Event(), 1 << 30)
     rng = np.random.default_rng(1)
     sent = []
     for index in range(5):
-        frame = av.VideoFrame(width, height, "yuv420p")
+        if wider_lines:
+            memory = np.zeros((height * 3 // 2, width + wider_lines), np.uint8)
+            frame = av.VideoFrame.from_numpy_buffer(memory, "yuv420p", width=width)
+        else:
+            frame = av.VideoFrame(width, height, "yuv420p")
         for plane in frame.planes:
             view = engine.fanout.plane_array(plane)
             view[:] = rng.integers(0, 255, view.shape, dtype=np.uint8)
@@ -1010,6 +1026,7 @@ def test_spilled_frames_read_back_equal(tmp_path: Path, width: int, height: int)
         cache.put(frame, FrameTime(index, index, Fraction(index, 30), 0, index == 0))
     cache.finish()
     assert cache.stats.frames_spilled == 5 and cache.stats.frames_in_memory == 0
+    assert len(copied_in) == copies
     # Reader 0 lets each frame go before the next (its frames are used again); reader 1 holds
     # on to every frame, none of which may be overwritten while it is held.
     copied = [[engine.fanout.plane_array(p).copy() for p in frame.planes]
