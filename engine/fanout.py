@@ -436,8 +436,8 @@ def _blocks_of(frame: av.video.frame.VideoFrame,
     Direct I/O wants block-aligned buffers, and FFmpeg's planes start anywhere in a page, so
     each plane goes out with the rest of the blocks around it. Copying every 4K frame into an
     aligned buffer first took 8% of the CPU time to the first rung's publication (perf,
-    ``memmove``); without the copy, on 10 s of 4K, the first rung was published in 3.54
-    instead of 3.69 s (medians of 12 interleaved runs, sooner in every one).
+    ``memmove``); without the copy, on 10 s of 4K, the first rung was published in 3.30
+    instead of 3.53 s (medians of 8 interleaved runs, sooner in every one).
     """
     views, planes, offset = [], [], 0
     for plane in frame.planes:
