@@ -158,6 +158,7 @@ def _write_video(
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
     codec_options: Mapping[str, str] | None = None,
+    audio_codec: str = "aac",
     container_format: str | None = None,
     container_options: Mapping[str, str] | None = None,
     rotation: int = 0,
@@ -181,7 +182,8 @@ def _write_video(
         video.codec_context.time_base = time_base
         if rotation % 360 or mirrored:
             video.set_display_rotation(rotation, hflip=mirrored)
-        sound = out.add_stream("aac", rate=sample_rate, layout=_layout(channels)) if audio else None
+        sound = (out.add_stream(audio_codec, rate=sample_rate, layout=_layout(channels))
+                 if audio else None)
         tones = (_tone_frames(seconds - audio_delay, tone_hz, sample_rate, channels,
                               delay=round(audio_delay * sample_rate)) if audio else iter(()))
         pending = next(tones, None)
@@ -232,6 +234,7 @@ def make_video(
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
     codec_options: Mapping[str, str] | None = None,
+    audio_codec: str = "aac",
     container_format: str | None = None,
     container_options: Mapping[str, str] | None = None,
     rotation: int = 0,
@@ -244,11 +247,13 @@ def make_video(
     ``fps`` may be fractional, e.g. ``Fraction(30000, 1001)``. ``pix_fmt`` may be anything the
     codec takes; with libx264, ``"yuv420p10le"`` gives High 10 and ``"yuv422p"`` High 4:2:2.
     ``codec_options`` replaces the default fast preset (libx264: ``preset=veryfast``), e.g.
-    ``{"g": "48", "bf": "0"}``. ``container_format`` overrides the muxer guessed from the suffix
-    (``.mp4``, ``.mov``, ``.mkv``, ``.ts`` ...); ``container_options`` go to the muxer, e.g.
-    ``{"movflags": "+faststart"}``. ``audio_delay``: seconds from the first picture to the
-    first sound (the tone still ends with the video). ``rotation``, ``mirrored`` and
-    ``black_seconds``: see :func:`make_rotated_video` and :func:`make_black_start_video`.
+    ``{"g": "48", "bf": "0"}``. ``audio_codec`` encodes the tone (AAC by default; PyAV converts
+    it to the encoder's sample format). ``container_format`` overrides the muxer guessed from
+    the suffix (``.mp4``, ``.mov``, ``.mkv``, ``.ts`` ...); ``container_options`` go to the
+    muxer, e.g. ``{"movflags": "+faststart"}``. ``audio_delay``: seconds from the first
+    picture to the first sound (the tone still ends with the video). ``rotation``,
+    ``mirrored`` and ``black_seconds``: see :func:`make_rotated_video` and
+    :func:`make_black_start_video`.
     """
     fps = Fraction(fps)
     frames = round(seconds * fps)
@@ -268,6 +273,7 @@ def make_video(
         pix_fmt=pix_fmt,
         codec=codec,
         codec_options=codec_options,
+        audio_codec=audio_codec,
         container_format=container_format,
         container_options=container_options,
         rotation=rotation,

@@ -3,6 +3,7 @@ input the fuzzer tries can be rebuilt exactly: ``apply(seed_bytes, ops)``."""
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 from collections.abc import Callable
@@ -54,7 +55,27 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
     ("animated.gif", lambda p: hostile.animation(p.parent, "gif").rename(p)),
     ("plain.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, audio=False,
                                    fps=25)),
+    # What browsers, old phones, editors and archives write, each with a sound of its own kind.
+    ("vp8_opus.webm", lambda p: _small(p, codec="libvpx", audio_codec="libopus",
+                                       codec_options={"deadline": "realtime", "cpu-used": "8"})),
+    ("av1_flac.mkv", lambda p: _av1(p, audio_codec="flac")),
+    ("h263_amr.3gp", lambda p: _small(p, codec="h263", width=176, height=144, codec_options={},
+                                      audio_codec="libopencore_amrnb", sample_rate=8000,
+                                      channels=1)),
+    ("prores_pcm.mov", lambda p: _small(p, codec="prores_ks", pix_fmt="yuv422p10le",
+                                        codec_options={"profile": "0"},
+                                        audio_codec="pcm_s16le")),
+    ("mjpeg_mp3.avi", lambda p: _small(p, codec="mjpeg", pix_fmt="yuvj420p", codec_options={},
+                                       audio_codec="libmp3lame")),
+    ("mpeg2_mp2.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
+                                       audio_codec="mp2")),
 )
+
+
+def _av1(path: Path, **kwargs: Any) -> Path:
+    # SVT-AV1 prints a banner of its settings to stderr unless told to log errors only.
+    os.environ.setdefault("SVT_LOG", "1")
+    return _small(path, codec="libsvtav1", codec_options={"preset": "12"}, **kwargs)
 
 
 def make_seeds(folder: Path) -> list[Path]:
