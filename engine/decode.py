@@ -98,6 +98,14 @@ class DecodeStats:
     peak_frame_rate: Fraction | None
 
 
+@dataclass
+class DecodeProgress:
+    """What the decode pass has done so far, kept up to date while it runs (for status)."""
+
+    #: Video frames the decoder has produced.
+    frames_decoded: int = 0
+
+
 VideoSink = Callable[[av.video.frame.VideoFrame, FrameTime], None]
 AudioSink = Callable[[av.audio.frame.AudioFrame, float], None]
 """Called with a decoded audio frame and its start in seconds relative to the first video frame."""
@@ -109,7 +117,8 @@ after the first video frame) when that is well after it."""
 def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: VideoSink,
                   on_audio: AudioSink | None, cancel: threading.Event,
                   max_seconds: float = math.inf,
-                  on_sound_start: SoundStartSink | None = None) -> DecodeStats:
+                  on_sound_start: SoundStartSink | None = None,
+                  progress: DecodeProgress | None = None) -> DecodeStats:
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream.
 
     ``on_sound_start`` hears where late sound starts as soon as the first picture is placed:
@@ -119,7 +128,10 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
 
     Raises :class:`UnsupportedSourceError` once the video runs past ``max_seconds``: the probe
     refuses a source that declares a longer duration, but some declare none (a WebM recorded in
-    a browser, a live Matroska capture) and a header can understate it."""
+    a browser, a live Matroska capture) and a header can understate it.
+
+    ``progress``, if given, counts the frames decoded as they come (a cancelled or failed
+    decode still says how far it got)."""
     video = source.video_stream
     time_base = video_time_base(source)
     timeline = schedule.timeline_time_base(time_base)
@@ -128,7 +140,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                         limit=_Limit(Path(source.info.path).name, max_seconds),
                         source_ticks=int(time_base / timeline),
                         timestamps=_TimestampGuess(
-                            decode_order=source.info.container in DECODE_ORDER_PTS))
+                            decode_order=source.info.container in DECODE_ORDER_PTS),
+                        progress=progress)
     splices = _Splices(clock_may_jump(source.container))
     audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
@@ -500,14 +513,15 @@ class _VideoState:
                  codec: av.video.codeccontext.VideoCodecContext,
                  frame_rate: Fraction = Fraction(30), declared_seconds: Fraction = Fraction(0),
                  *, limit: _Limit,
-                 timestamps: _TimestampGuess, source_ticks: int = 1) -> None:
+                 timestamps: _TimestampGuess, source_ticks: int = 1,
+                 progress: DecodeProgress | None = None) -> None:
         """``time_base`` is the timeline's (see ``KeyframeSchedule.timeline_time_base``), in
         which the source's ticks are ``source_ticks`` long."""
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
         self.sink = sink
-        self.decoded = 0
+        self.progress = progress if progress is not None else DecodeProgress()
         self.kept = 0
         self.over_cap = 0
         self._first_pts: int | None = None
@@ -554,8 +568,12 @@ class _VideoState:
     def origin_seconds(self) -> float:
         return float((self._first_pts or 0) * self.time_base)
 
+    @property
+    def decoded(self) -> int:
+        return self.progress.frames_decoded
+
     def push(self, frame: av.video.frame.VideoFrame) -> None:
-        self.decoded += 1
+        self.progress.frames_decoded += 1
         pts = self._timestamps.best_effort(frame.pts, frame.dts)
         if pts is not None:
             pts *= self._source_ticks

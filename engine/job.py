@@ -30,7 +30,7 @@ import av.video.frame
 import m3u8
 
 from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
-from engine.decode import DecodeStats, decode_source, video_time_base
+from engine.decode import DecodeProgress, DecodeStats, decode_source, video_time_base
 from engine.errors import (
     InvalidOptionsError,
     InvalidSourceError,
@@ -206,6 +206,7 @@ class Job:
         self.rungs: list[RungStatus] = []
         self.error: RungsError | None = None
         self.decode_stats: DecodeStats | None = None
+        self.decode_progress = DecodeProgress()
         #: What of the source the output leaves out (see :func:`source_notes`), once decoded.
         self.notes: list[str] = []
         self.source_frames = 0
@@ -440,7 +441,8 @@ class Job:
 
         return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop,
                              self.options.max_duration_s,
-                             on_sound_start=audio.lead_in if audio else None)
+                             on_sound_start=audio.lead_in if audio else None,
+                             progress=self.decode_progress)
 
     def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
         path = publisher.write_poster(jpeg)
@@ -529,11 +531,10 @@ class Job:
 
     def summary(self) -> dict[str, Any]:
         """The figures of a finished job (also the CLI's ``summary`` event)."""
-        stats = self.decode_stats
         return {
             "time_to_ready_s": _round(self.time_to_ready_s),
             "total_s": _round(self.total_s),
-            "frames_decoded": stats.frames_decoded if stats else 0,
+            "frames_decoded": self.decode_progress.frames_decoded,
             "decoder": self.decoder,
             "source_frames": self.source_frames,
             "notes": list(self.notes),

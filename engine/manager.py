@@ -497,8 +497,7 @@ class _LiveJob:
             rung.frames_done = _u32(status.progress.frames_done)
             rung.frames_total = _u32(self._frames_total)
         snapshot.source_frames = _u32(job.source_frames)
-        if job.decode_stats is not None:
-            snapshot.frames_decoded = _u32(job.decode_stats.frames_decoded)
+        snapshot.frames_decoded = _u32(job.decode_progress.frames_decoded)
 
     def _payload(self, event: JobEvent) -> tuple[str, Message] | None:
         """The ``rungs.v1`` message of an engine event, by its oneof field name."""

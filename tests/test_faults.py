@@ -631,10 +631,14 @@ def test_cancel_through_the_service_mid_rung(sources: Path, tmp_path: Path,
                                                          options=OPTIONS), timeout=30)
         watch(running.stub, job.id, until=lambda e: e.HasField("progress")
               and e.progress.rungs[0].frames_done > 10)
+        # Status counts the frames decoded while the decoder runs, not only once it is done.
+        decoding = running.stub.Status(pb.StatusRequest(job_id=job.id), timeout=10)
+        assert decoding.frames_decoded > 10
         started = time.monotonic()
         stopped = running.stub.Cancel(pb.CancelRequest(job_id=job.id), timeout=10)
         assert time.monotonic() - started < 2.0
         assert stopped.state == pb.CANCELLED
+        assert stopped.frames_decoded >= decoding.frames_decoded
         # Cancel answers once the job has stopped and cleaned up, not only ended.
         assert list((running.data / "scratch").iterdir()) == []
         assert leftovers(output) == []
