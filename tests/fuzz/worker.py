@@ -3,8 +3,9 @@
 Reads one JSON request per line on stdin (``{"path": ...}``), answers one JSON line on stdout:
 ``{"outcome": "decoded" | "refused" | "bug", ...}``. For each file it runs what Rungs runs on an
 upload before any encoder: :func:`engine.probe.open_source` (with the default limits), then
-:func:`engine.decode.decode_source` for the first ``DECODE_SECONDS`` of video, the audio frames
-going through the real resampler and AAC encoder (:class:`engine.audio.AudioEncoder`).
+:func:`engine.decode.decode_source` (with the default duration limit) for the first
+``DECODE_SECONDS`` of video, the audio frames going through the real resampler and AAC encoder
+(:class:`engine.audio.AudioEncoder`).
 
 A :class:`~engine.errors.RungsError` is the expected answer to a bad file ("refused"); any other
 exception is a bug. The address space is capped (``MEMORY_LIMIT``) so a runaway allocation shows
@@ -30,7 +31,7 @@ from engine.decode import decode_source
 from engine.errors import JobCancelledError, RungsError
 from engine.gop import FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
-from engine.probe import open_source
+from engine.probe import DEFAULT_MAX_DURATION_S, open_source
 from engine.stall import DecoderWatch, run_watched
 
 DECODE_SECONDS = 2.0
@@ -75,7 +76,10 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
             encoder.push(frame, seconds)
 
         try:
-            decode_source(source, schedule, on_video, on_audio if encoder else None, cancel)
+            # The duration limit a job passes too: a frame stamped days on (a damaged time in
+            # a file that declares no length) is refused there, not filled up to.
+            decode_source(source, schedule, on_video, on_audio if encoder else None, cancel,
+                          DEFAULT_MAX_DURATION_S)
         except JobCancelledError:
             pass
         finally:
