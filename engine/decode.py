@@ -552,6 +552,9 @@ class _VideoState:
         # whether a frame lasted far longer than it was shown: then no such duration is believed.
         self._previous: tuple[int, int] | None = None
         self._durations_lie = False
+        # A frame that came after a gap, its time, and the last frame's time before it: held
+        # until the next frame tells a pause from a damaged time (see _place).
+        self._held: tuple[av.video.frame.VideoFrame, int, int] | None = None
 
     def peak_frame_rate(self) -> Fraction | None:
         peak = self._rate.peak()
@@ -587,17 +590,44 @@ class _VideoState:
             self._place(ready)
 
     def finish(self) -> None:
-        """Pass on the frames still held back (by the deinterlacer), then fill the time the
-        last frame is held, as a gap before a frame would be."""
+        """Pass on the frames still held back (by the deinterlacer, or after a gap), then fill
+        the time the last frame is held, as a gap before a frame would be."""
         for ready in self._deinterlacer.flush():
             self._place(ready)
+        self._place_held(None)
         if self._last_kept is not None and self._last_duration > 0:
             # A slideshow or a screen recording that ends on a still holds its last frame for
             # seconds.
             self._fill_gap(self._last_kept + self._last_duration)
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
+        self._place_held(frame)
+        before = self._last_pts
         pts = self._relative_pts(frame)
+        if before >= 0 and pts - before > self._max_step:
+            # A pause, or one damaged time far ahead (a frame of a 4 s WebM that declares no
+            # length, stamped 5 hours on, made the video 5 hours long: 4 s of frames after it,
+            # on time again, went on from it): the next frame tells.
+            self._held = (frame, pts, before)
+            return
+        self._place_at(frame, pts)
+
+    def _place_held(self, following: av.video.frame.VideoFrame | None) -> None:
+        """Place the frame held after a gap, now that ``following`` (None: no more frames)
+        shows which it was: where the next frame comes back to before it, on from the frames
+        before the gap, its time was damaged and it goes a frame interval after them."""
+        if self._held is None:
+            return
+        held, pts, before = self._held
+        self._held = None
+        raw = None if following is None else (
+            following.pts if following.pts is not None else following.dts)
+        if raw is not None and before < raw - (self._first_pts or 0) < pts:
+            pts = before + self._step
+            self._last_pts = pts
+        self._place_at(held, pts)
+
+    def _place_at(self, frame: av.video.frame.VideoFrame, pts: int) -> None:
         if pts * self.time_base > self._limit.seconds:  # before a gap up to it is filled
             raise UnsupportedSourceError(
                 f"source {self._limit.name!r} lasts more than the limit of "

@@ -586,30 +586,45 @@ def video_clock_back(folder: Path) -> Path:
     hours back after 1 s, while its sound's runs on: a damaged clock, as a fuzzed MP4 showed.
     The time origin moves back with the picture, so the sound after it counted 10 hours in."""
     leap = 10 * 3600
+    return _live_mkv_restamped(folder / "video_clock_back.mkv", leap,
+                               lambda index: index + leap * 30 if index < 30 else index)
+
+
+def video_frame_late(folder: Path, name: str, late_s: int) -> Path:
+    """A live Matroska capture (no duration declared) of 2 s whose one picture, three quarters
+    in, is stamped ``late_s`` later, the pictures after it on time again: a damaged time, not a
+    pause, which without a declared length only the pictures after it tell."""
+    return _live_mkv_restamped(folder / name, 0,
+                               lambda index: index + late_s * 30 if index == 45 else index)
+
+
+def _live_mkv_restamped(path: Path, sound_leap_s: int, stamp: Callable[[int], int]) -> Path:
+    """2 s of live Matroska (30 fps, no B-frames, so decode order is display order) whose
+    picture ``index`` is stamped ``stamp(index)`` (in frames) and whose sound starts
+    ``sound_leap_s`` on."""
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     encoder.time_base, encoder.framerate = Fraction(1, 30), Fraction(30)
-    encoder.options = {"preset": "veryfast", "bf": "0"}  # decode order is display order
+    encoder.options = {"preset": "veryfast", "bf": "0"}
     packets = []
     for index, image in enumerate(_frames(WIDTH, HEIGHT, 60)):
         frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
         frame.pts, frame.time_base = index, Fraction(1, 30)
         packets += encoder.encode(frame)
     packets += encoder.encode(None)
-    path = folder / "video_clock_back.mkv"
     with av.open(str(path), "w", container_options={"live": "1"}) as out:
         picture = out.add_stream("libx264", rate=30)
         picture.width, picture.height, picture.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         picture.codec_context.extradata = encoder.extradata
         sound = out.add_stream("aac", rate=48000, layout="stereo")
         for tone in media._tone_frames(2.0, 440.0, 48000, 2):
-            tone.pts = (tone.pts or 0) + leap * 48000
+            tone.pts = (tone.pts or 0) + sound_leap_s * 48000
             out.mux(sound.encode(tone))
         out.mux(sound.encode(None))
         for index, packet in enumerate(packets):
             packet.stream, packet.time_base = picture, Fraction(1, 30)
             packet.dts = index
-            packet.pts = index + leap * 30 if index < 30 else index
+            packet.pts = stamp(index)
             out.mux(packet)
     return path
 
@@ -1498,6 +1513,14 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: flv_stamped_late(d, "frame_weeks_late.flv", 2**31 - 1), L,
            check=_all(_frames_at_least(60), _seconds_about(2.0)),
            note="refused as lasting more than the 6 h limit (the fuzzer: 'plain.flv')"),
+    Recipe("live_mkv_frame_hours_late",
+           lambda d, _: video_frame_late(d, "live_frame_hours_late.mkv", 5 * 3600), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0), _audio_seconds_about(2.0)),
+           note="no declared length to judge by: the 2 s video came out 5 hours long"),
+    Recipe("live_mkv_frame_weeks_late",
+           lambda d, _: video_frame_late(d, "live_frame_weeks_late.mkv", 4_278_190), L,
+           check=_all(_frames_at_least(60), _seconds_about(2.0)),
+           note="refused as lasting more than the 6 h limit (the fuzzer: 'plain.wmv')"),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
     Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,
