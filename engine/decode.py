@@ -614,15 +614,17 @@ class _VideoState:
 
     def _place_held(self, following: av.video.frame.VideoFrame | None) -> None:
         """Place the frame held after a gap, now that ``following`` (None: no more frames)
-        shows which it was: where the next frame comes back to before it, on from the frames
-        before the gap, its time was damaged and it goes a frame interval after them."""
+        shows which it was: where the next frame comes back to just after the frames before the
+        gap (within the longest frame interval), its time was damaged and it goes a frame
+        interval after them. A next frame stamped a little before it (jitter after a pause)
+        leaves the pause as it is."""
         if self._held is None:
             return
         held, pts, before = self._held
         self._held = None
         raw = None if following is None else (
             following.pts if following.pts is not None else following.dts)
-        if raw is not None and before < raw - (self._first_pts or 0) < pts:
+        if raw is not None and before < raw - (self._first_pts or 0) <= before + self._max_step:
             pts = before + self._step
             self._last_pts = pts
         self._place_at(held, pts)
