@@ -586,7 +586,7 @@ def video_clock_back(folder: Path) -> Path:
     hours back after 1 s, while its sound's runs on: a damaged clock, as a fuzzed MP4 showed.
     The time origin moves back with the picture, so the sound after it counted 10 hours in."""
     leap = 10 * 3600
-    return _live_mkv_restamped(folder / "video_clock_back.mkv", leap,
+    return live_mkv_restamped(folder / "video_clock_back.mkv", leap,
                                lambda index: index + leap * 30 if index < 30 else index)
 
 
@@ -594,11 +594,11 @@ def video_frame_late(folder: Path, name: str, late_s: int) -> Path:
     """A live Matroska capture (no duration declared) of 2 s whose one picture, three quarters
     in, is stamped ``late_s`` later, the pictures after it on time again: a damaged time, not a
     pause, which without a declared length only the pictures after it tell."""
-    return _live_mkv_restamped(folder / name, 0,
+    return live_mkv_restamped(folder / name, 0,
                                lambda index: index + late_s * 30 if index == 45 else index)
 
 
-def _live_mkv_restamped(path: Path, sound_leap_s: int, stamp: Callable[[int], int]) -> Path:
+def live_mkv_restamped(path: Path, sound_leap_s: int, stamp: Callable[[int], int]) -> Path:
     """2 s of live Matroska (30 fps, no B-frames, so decode order is display order) whose
     picture ``index`` is stamped ``stamp(index)`` (in frames) and whose sound starts
     ``sound_leap_s`` on."""

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -819,6 +819,27 @@ def test_sound_stamped_as_far_past_the_declared_end_as_a_damaged_picture_is_clos
     assert placed and all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 2.1
 
 
+@pytest.mark.parametrize(("stamp", "picture", "shown_at"), [
+    (lambda i: i + 5 * 3600 * 30 if i == 45 else i, 45, 1.5),
+    (lambda i: i if i < 30 else 179 if i == 31 else i + 150, 30, 6.0),
+], ids=["damaged time", "pause with jitter"])
+def test_a_picture_after_a_gap_is_judged_by_the_next_one(
+        tmp_path: Path, stamp: Callable[[int], int], picture: int, shown_at: float) -> None:
+    """Live Matroska (no declared length), 30 fps. One picture stamped 5 hours on, the next on
+    time again, is a damaged time: it is shown a frame after the one before it. A 5 s pause
+    whose second picture is stamped a frame before the first (jitter) is a pause: the picture
+    after it is shown 5 s on, not closed up to the pictures before the pause."""
+    source = hostile.live_mkv_restamped(tmp_path / "restamped.mkv", 0, stamp)
+    shown: dict[int, float] = {}
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: shown.setdefault(media.frame_index(frame), when.seconds),
+                      None, threading.Event())
+    assert sorted(shown) == list(range(60))
+    assert shown[picture] == pytest.approx(shown_at, abs=0.05)
+    assert shown[picture - 1] == pytest.approx((picture - 1) / 30, abs=0.05)
+
+
 @pytest.mark.parametrize("live", [False, True])
 def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live: bool) -> None:
     """Matroska whose default frame duration says 1000 s (100 s when written live, with no
@@ -1002,7 +1023,7 @@ def test_spilled_frames_read_back_equal(tmp_path: Path, monkeypatch: pytest.Monk
     for two readers, whether the reader's frames are used again or held."""
     from engine.gop import FrameTime
 
-    copied_in: list[int] = []
+    copied_in: list[int | None] = []
     copy_in = engine.fanout.FrameCache._copy_in
 
     def counted(self: engine.fanout.FrameCache, frame: av.VideoFrame, buffer: np.ndarray) -> None:
