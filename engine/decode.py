@@ -104,6 +104,9 @@ class DecodeProgress:
 
     #: Video frames the decoder has produced.
     frames_decoded: int = 0
+    #: Where the first picture placed is on the source's clock (seconds): the output's time
+    #: 0. None until it is placed.
+    origin_s: float | None = None
 
 
 VideoSink = Callable[[av.video.frame.VideoFrame, FrameTime], None]
@@ -763,6 +766,7 @@ class _VideoState:
         raw = frame.pts if frame.pts is not None else frame.dts
         if self._first_pts is None:
             self._first_pts = raw if raw is not None else 0
+            self.progress.origin_s = self.origin_seconds()
         if raw is None:
             # The first frame starts the timeline at 0, wherever its timestamp went (a
             # Matroska file whose first frames are before its start has none on them).

@@ -54,6 +54,7 @@ from engine.probe import (
 from engine.publish import (
     MEDIA,
     POSTER,
+    SUBTITLES_FOLDER,
     Publisher,
     check_output_dir,
     keep_listed,
@@ -69,6 +70,7 @@ from engine.rung import (
 )
 from engine.segment import SEGMENT_TYPES, SegmentRecord
 from engine.stall import DecoderWatch, run_watched
+from engine.subtitles import MAX_CUES, MAX_TRACKS, SubtitleReader, SubtitleScan
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,10 @@ class Job:
         self.decode_progress = DecodeProgress()
         #: What of the source the output leaves out (see :func:`source_notes`), once decoded.
         self.notes: list[str] = []
+        #: What the subtitle pass found, once the publisher has its tracks (None until then,
+        #: and for a source with no subtitle track).
+        self.subtitles: SubtitleScan | None = None
+        self._subtitles_lock = threading.Lock()
         self.source_frames = 0
         self.decoder = ""
         self.time_to_ready_s: float | None = None
@@ -367,7 +373,12 @@ class Job:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
                                  self.options.audio, info.duration_s or math.inf, self._stop)
         poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
-        early = (functools.partial(self._lead_segment_closed, publisher, audio)
+        subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
+        if subtitles is not None:
+            # Up to the video's declared length, else the longest a job takes.
+            publisher.expect_subtitles(min(info.duration_s or math.inf,
+                                           self.options.max_duration_s))
+        early = (functools.partial(self._lead_segment_closed, publisher, audio, subtitles)
                  if self.options.early_playback else None)
         try:
             for index, status in enumerate(self.rungs):
@@ -384,6 +395,9 @@ class Job:
             ticker = threading.Thread(target=self._progress_ticker, name="progress", daemon=True)
             threads.append(ticker)
             ticker.start()
+            if subtitles is not None:
+                threads.append(subtitles.thread)
+                subtitles.start()
 
             try:
                 self.decode_stats = self._decode(source, schedule, fanout, poster, publisher,
@@ -401,7 +415,8 @@ class Job:
                                   - self.decode_stats.hidden_packets)
             if audio is not None:
                 publisher.set_audio(audio.close())
-            self.notes = source_notes(info, self.decode_stats, audio)
+            self._take_subtitles(publisher, subtitles, wait=True)
+            self.notes = source_notes(info, self.decode_stats, audio, self.subtitles)
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
 
@@ -449,13 +464,34 @@ class Job:
         self._poster_written.set()
         self._emit("poster_ready", {"path": str(path)})
 
+    def _take_subtitles(self, publisher: Publisher, reader: SubtitleReader | None,
+                        wait: bool) -> None:
+        """Give the publisher the subtitle pass's tracks once it is over, timed from the first
+        picture (placed by then: the first segment has closed, or decoding is done). Without
+        ``wait``, only if the pass is over and no other thread is at it: the first rung's
+        encoder must not wait for it."""
+        if reader is None or not self._subtitles_lock.acquire(blocking=wait):
+            return
+        try:
+            if self.subtitles is not None or not (wait or reader.done()):
+                return
+            scan = reader.result()
+            scan.empty_tracks += publisher.set_subtitles(
+                scan.tracks, self.decode_progress.origin_s or 0.0)
+            self.subtitles = scan
+        finally:
+            self._subtitles_lock.release()
+
     def _lead_segment_closed(self, publisher: Publisher, audio: AudioEncoder | None,
-                             segments: list[SegmentRecord], codecs: str) -> None:
+                             subtitles: SubtitleReader | None, segments: list[SegmentRecord],
+                             codecs: str) -> None:
         """Early playback, on the first rung's thread: list the rung as each segment closes;
         the first listing makes the job READY. Waits for the poster (READY promises one) and
-        lists nothing once the job is stopping."""
+        for the subtitles (the first master playlist must list them), and lists nothing once
+        the job is stopping."""
         if self._stop.is_set() or not self._poster_written.is_set():
             return
+        self._take_subtitles(publisher, subtitles, wait=False)
         rung = self.rungs[0].rung
         progress = audio.progress() if audio is not None else None
         with self._emit_lock:
@@ -538,6 +574,7 @@ class Job:
             "decoder": self.decoder,
             "source_frames": self.source_frames,
             "notes": list(self.notes),
+            "subtitles": self._publisher.subtitle_names if self._publisher else [],
             "rungs": [
                 {"rung": s.rung.name, "width": s.rung.width, "height": s.rung.height,
                  "encoder": s.encoder, "state": s.state,
@@ -633,6 +670,8 @@ class Job:
             _keep_listed(self.out_dir / AUDIO_FOLDER)
         if not kept:
             shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
+            for folder in self.out_dir.glob(f"{SUBTITLES_FOLDER}*"):  # written whole or not
+                shutil.rmtree(folder, ignore_errors=True)
             (self.out_dir / POSTER).unlink(missing_ok=True)
             if self._created_output:
                 with contextlib.suppress(OSError):  # not empty: someone else's files
@@ -661,7 +700,8 @@ class Job:
                     log.exception("event listener failed")
 
 
-def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None) -> list[str]:
+def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None,
+                 subtitles: SubtitleScan | None = None) -> list[str]:
     """What of the source a complete job's output leaves out, in a line each for its user:
     an output without the source's sound, or with damaged packets left out, must not pass
     for the whole source without a word."""
@@ -680,9 +720,8 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | Non
     if info.video_streams > 1:
         notes.append(f"the source has {info.video_streams} video streams: only one is kept "
                      "(the one flagged default, else the largest)")
-    if info.subtitle_streams:
-        notes.append(f"{_count(info.subtitle_streams, 'subtitle track')} of the source not kept "
-                     "(the output has picture and sound only)")
+    if subtitles is not None:
+        notes += _subtitle_notes(subtitles)
     if stats.frames_over_cap:
         notes.append(f"{_count(stats.frames_over_cap, 'frame')} of the source left out: the output "
                      f"runs at {MAX_FRAME_RATE} fps at most")
@@ -690,6 +729,27 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | Non
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
     if audio is not None and audio.skipped_frames:
         notes.append(f"{_count(audio.skipped_frames, 'damaged audio frame')} left out")
+    return notes
+
+
+def _subtitle_notes(scan: SubtitleScan) -> list[str]:
+    notes = []
+    if scan.failure is not None:
+        notes.append(f"the source's subtitle tracks could not be read ({scan.failure}): none is "
+                     "kept")
+    if scan.picture_tracks:
+        notes.append(f"{_count(scan.picture_tracks, 'subtitle track')} not in text (DVD, Blu-ray "
+                     "or DVB pictures, teletext) not kept: the output's subtitles are text")
+    if scan.tracks_over:
+        notes.append(f"{_count(scan.tracks_over, 'subtitle track')} beyond the first "
+                     f"{MAX_TRACKS} not kept")
+    notes += [f"subtitle track {name!r} shows no text during the video: not kept"
+              for name in scan.empty_tracks]
+    if scan.damaged_cues:
+        notes.append(f"{_count(scan.damaged_cues, 'damaged subtitle cue')} left out")
+    if scan.cues_over:
+        notes.append(f"{_count(scan.cues_over, 'subtitle cue')} beyond the first "
+                     f"{MAX_CUES:,} left out")
     return notes
 
 

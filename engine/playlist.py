@@ -17,6 +17,7 @@ from engine.gop import RATE_JITTER
 from engine.segment import SegmentRecord
 
 AUDIO_GROUP = "audio"
+SUBTITLE_GROUP = "subtitles"
 #: fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames-only is 6+).
 _VERSION = 7
 #: The frame rates cameras and editors make. A rate measured from frame times (a phone's
@@ -47,6 +48,18 @@ class AudioRendition:
 
     uri: str
     channels: int
+
+
+@dataclass(frozen=True)
+class SubtitleRendition:
+    """One WebVTT subtitle rendition as the master playlist lists it."""
+
+    uri: str
+    #: Unique in the group, with no double quote (see engine.subtitles).
+    name: str
+    language: str | None
+    default: bool
+    forced: bool
 
 
 def target_duration(segments: Sequence[SegmentRecord]) -> int:
@@ -112,14 +125,24 @@ def listed_frame_rate(rate: Fraction) -> Fraction:
     return nearest if abs(nearest - rate) <= RATE_JITTER * nearest else rate
 
 
-def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -> str:
-    """The master playlist listing ``variants`` in the order given (lowest first)."""
+def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None,
+                    subtitles: Sequence[SubtitleRendition] = ()) -> str:
+    """The master playlist listing ``variants`` in the order given (lowest first), each with
+    the audio and the subtitle renditions. A group has one DEFAULT=YES at most (RFC 8216
+    4.3.4.1.1): the first subtitle rendition flagged default."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if audio is not None:
         lines.append(
             f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",LANGUAGE="und",'
             f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="{audio.channels}",URI="{audio.uri}"'
         )
+    default = next((s for s in subtitles if s.default), None)
+    for rendition in subtitles:
+        language = f'LANGUAGE="{rendition.language}",' if rendition.language else ""
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{SUBTITLE_GROUP}",NAME="{rendition.name}",'
+            f'{language}DEFAULT={"YES" if rendition is default else "NO"},AUTOSELECT=YES,'
+            f'FORCED={"YES" if rendition.forced else "NO"},URI="{rendition.uri}"')
     for v in variants:
         attributes = [
             f"BANDWIDTH={v.bandwidth}",
@@ -132,6 +155,8 @@ def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None) -
             attributes.append(f"VIDEO-RANGE={v.video_range}")
         if audio is not None:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
+        if subtitles:
+            attributes.append(f'SUBTITLES="{SUBTITLE_GROUP}"')
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
     return "\n".join(lines) + "\n"
 
@@ -150,11 +175,16 @@ def validate_media(text: str, segments: Sequence[SegmentRecord], *, event: bool 
         raise ValueError("a segment is longer than the target duration")
 
 
-def validate_master(text: str, variants: Sequence[Variant]) -> None:
-    """Parse a master playlist back and check it lists exactly ``variants``."""
+def validate_master(text: str, variants: Sequence[Variant],
+                    subtitles: Sequence[SubtitleRendition] = ()) -> None:
+    """Parse a master playlist back and check it lists exactly ``variants`` and
+    ``subtitles``."""
     parsed = m3u8.loads(text)
     if not parsed.is_variant:
         raise ValueError("master playlist is not a variant playlist")
     listed = [(p.uri, p.stream_info.bandwidth) for p in parsed.playlists]
     if listed != [(v.uri, v.bandwidth) for v in variants]:
         raise ValueError("master playlist does not list the published rungs")
+    texts = [(m.uri, m.name) for m in parsed.media if m.type == "SUBTITLES"]
+    if texts != [(s.uri, s.name) for s in subtitles]:
+        raise ValueError("master playlist does not list the subtitle renditions")

@@ -59,6 +59,9 @@ ALLOWED_DEMUXERS = (
 )
 #: Of those, the readers of raw elementary streams (no container, no timestamps).
 RAW_STREAMS = ("h264", "hevc")
+#: What a source's demuxer is opened with, each time: only those demuxers, and no protocol but
+#: the file itself (a playlist or a reference must not make FFmpeg read other files).
+CONTAINER_OPTIONS = {"format_whitelist": ",".join(ALLOWED_DEMUXERS), "protocol_whitelist": "file"}
 
 #: The frame rates a source's header is believed to give: phones film at up to 240 fps, and a
 #: slideshow may hold each picture for seconds.
@@ -304,10 +307,8 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
         # check below can refuse it. (FFmpeg passes no options to streams that only appear
         # while it reads packets, as in MPEG-PS; those are checked after.)
         container = av.open(str(source.absolute()), options=_decoder_limits(max_pixels),
-                            container_options={
-                                "format_whitelist": ",".join(ALLOWED_DEMUXERS),
-                                "protocol_whitelist": "file",
-                            }, hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
+                            container_options=CONTAINER_OPTIONS,
+                            hwaccel=av.codec.hwaccel.HWAccel(hwaccel) if hwaccel else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         head = _file_head(source, _KIND_BYTES)
         if _is_animated_webp(head):

@@ -30,9 +30,11 @@ from engine.errors import (
     OutputInUseError,
     OutputWriteError,
 )
+from engine.gop import TIMELINE_START
 from engine.ladder import Rung
 from engine.playlist import (
     AudioRendition,
+    SubtitleRendition,
     Variant,
     master_playlist,
     media_playlist,
@@ -43,12 +45,15 @@ from engine.playlist import (
 )
 from engine.rung import EncodedRung
 from engine.segment import SegmentRecord
+from engine.subtitles import SubtitleTrack, webvtt_segments
 
 log = logging.getLogger(__name__)
 
 MASTER = "master.m3u8"
 MEDIA = "index.m3u8"
 POSTER = "poster.jpg"
+#: Subtitle track ``n`` (from 1) goes in ``subtitles<n>/``.
+SUBTITLES_FOLDER = "subtitles"
 
 
 #: The process's file creation mask, read once (reading it means setting it).
@@ -56,11 +61,13 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
 
     The file gets the permissions any new file gets (as the muxer's segments do), not the
-    temporary file's owner-only ones: a web server running as another user must read it."""
+    temporary file's owner-only ones: a web server running as another user must read it.
+    Without ``sync`` it is not flushed to the disk first (segments, which no playlist lists
+    yet: the muxer does not flush its own)."""
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -68,7 +75,8 @@ def write_atomically(path: Path, data: bytes) -> None:
                 os.fchmod(fd, 0o666 & ~_UMASK)
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -168,6 +176,12 @@ class Publisher:
         #: Folders whose playlists are EVENT playlists, with their segments.
         self._event: dict[str, Sequence[SegmentRecord]] = {}
         self._audio_complete = False
+        self._segment_seconds = segment_seconds
+        #: The subtitle renditions, with their segments; their playlists are written with the
+        #: first master playlist, of its type. While ``_subtitles_pending``, nothing is listed.
+        self._subtitles: list[tuple[SubtitleRendition, list[SegmentRecord]]] = []
+        self._subtitles_pending = False
+        self._subtitles_length_s = math.inf
         self._lock = threading.Lock()
 
     @property
@@ -179,12 +193,56 @@ class Publisher:
         write_atomically(path, jpeg)
         return path
 
+    @property
+    def subtitle_names(self) -> list[str]:
+        """The names of the subtitle renditions written so far."""
+        return [rendition.name for rendition, _ in self._subtitles]
+
+    def expect_subtitles(self, length_s: float) -> None:
+        """List nothing until :meth:`set_subtitles` is called: players read the first master
+        playlist only, which must list them. They are kept up to ``length_s`` after the first
+        picture (the video's length)."""
+        self._subtitles_pending = True
+        self._subtitles_length_s = length_s
+
+    def set_subtitles(self, tracks: Sequence[SubtitleTrack], origin_s: float) -> list[str]:
+        """Write the WebVTT segments of ``tracks`` (cue times on the source's clock, whose
+        ``origin_s`` is the first picture's time); the master playlists list them from now on.
+        A track with no cue in the video's time is left out: returns their names."""
+        left_out = []
+        with self._lock:
+            for track in tracks:
+                files = webvtt_segments(track.cues, origin_s, self._segment_seconds,
+                                        float(TIMELINE_START), self._subtitles_length_s)
+                if not files:
+                    left_out.append(track.name)
+                    continue
+                folder = f"{SUBTITLES_FOLDER}{len(self._subtitles) + 1}"
+                try:
+                    (self.out_dir / folder).mkdir(exist_ok=True)
+                except OSError as exc:
+                    raise OutputWriteError(
+                        f"cannot write {self.out_dir / folder}: {exc.strerror or exc}") from exc
+                segments = []
+                for index, (text, duration) in enumerate(files):
+                    name = f"seg_{index:05d}.vtt"
+                    data = text.encode()
+                    write_atomically(self.out_dir / folder / name, data, sync=False)
+                    segments.append(SegmentRecord(name, duration, len(data)))
+                self._subtitles.append((SubtitleRendition(
+                    f"{folder}/{MEDIA}", track.name, track.language, track.default,
+                    track.forced), segments))
+            self._subtitles_pending = False
+        return left_out
+
     def publish_early(self, rung: Rung, segments: Sequence[SegmentRecord], codecs: str,
                       frame_rate: Fraction, audio: EncodedAudio | None) -> bool:
         """List the first rung while it encodes, with the segments complete so far (and the
         audio's, once it has one). Returns True the first time, when the master starts listing
         it."""
         with self._lock:
+            if self._subtitles_pending:
+                return False
             if audio is not None and not audio.segments and not self._audio_complete:
                 # Not before the audio has a segment too (audio that starts late): a listed
                 # playlist with none stalls players, and a job stopped then kept it so.
@@ -283,12 +341,22 @@ class Publisher:
         return video + (f",{self._audio.codecs}" if self._audio else "")
 
     def _write_master(self, variant: Variant) -> None:
+        if self._subtitles_pending:
+            raise RuntimeError("the subtitles must be set before the first master playlist")
+        if not self.variants:  # the first: the subtitles' playlists first, of its type
+            for rendition, segments in self._subtitles:
+                folder = rendition.uri.split("/")[0]
+                if self._event:
+                    self._write_event(folder, segments, ended=True)
+                else:
+                    self._write_vod(folder, segments)
         others = [v for v in self.variants if v.uri != variant.uri]
         variants = sorted([*others, variant], key=lambda v: v.width * v.height)
         audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels)
                  if self._audio else None)
-        text = master_playlist(variants, audio)
-        validate_master(text, variants)
+        subtitles = [rendition for rendition, _ in self._subtitles]
+        text = master_playlist(variants, audio, subtitles)
+        validate_master(text, variants, subtitles)
         write_atomically(self.master_path, text.encode())
         self.variants = variants
 

@@ -58,6 +58,7 @@ _OUTPUT_FILES = (
     (re.compile(r"(master|index)\.m3u8"), "application/vnd.apple.mpegurl", _PLAYLIST_CACHE),
     (re.compile(r"seg_\d+\.m4s"), "video/iso.segment", _SEGMENT_CACHE),
     (re.compile(r"seg_\d+\.ts"), "video/mp2t", _SEGMENT_CACHE),
+    (re.compile(r"seg_\d+\.vtt"), "text/vtt; charset=utf-8", _SEGMENT_CACHE),
     (re.compile(r"init(_\d+)?\.mp4"), "video/mp4", _SEGMENT_CACHE),
     # Written once, before READY; revalidated so an overwritten job shows its own.
     (re.compile(r"poster\.jpg"), "image/jpeg", "no-cache"),

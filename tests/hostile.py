@@ -28,10 +28,11 @@ import enum
 import io
 import os
 import random
+import re
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ class Output:
     audio: tuple[int, int] | None
     #: Seconds of video in the lowest rung (sum of EXTINF).
     seconds: float
+    #: Each subtitle rendition's name and its cues, (start, end, text) from the first picture,
+    #: each once (a cue is repeated in every segment it overlaps).
+    subtitles: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,48 @@ def read_ladder(out: Path) -> Output:
     assert rungs == sorted(rungs, key=lambda r: r[0] * r[1]), f"not lowest first: {rungs}"
     assert len(set(frames)) == 1, f"rungs have different frame counts: {frames}"
     audio = None
+    subtitles = {}
     for rendition in master.media:
         if rendition.type == "AUDIO":
             audio = _check_audio(out / rendition.uri)
+        elif rendition.type == "SUBTITLES":
+            subtitles[rendition.name] = read_webvtt(out / rendition.uri)
+    for variant in master.playlists:
+        assert (variant.stream_info.subtitles == "subtitles") == bool(subtitles), variant
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")
                  or p.name == ".muxer.m3u8"]
     assert not leftovers, f"temporary files left: {leftovers}"
-    return Output(out, rungs, frames[0], audio, seconds[0])
+    return Output(out, rungs, frames[0], audio, seconds[0], subtitles)
+
+
+#: A WebVTT cue's timing line, as Rungs writes it.
+_CUE_TIMES = re.compile(r"(\d+):(\d\d):(\d\d)\.(\d\d\d) --> (\d+):(\d\d):(\d\d)\.(\d\d\d)")
+
+
+def read_webvtt(playlist_path: Path) -> list[tuple[float, float, str]]:
+    """The cues of a complete WebVTT rendition, each once, in order: every listed segment is
+    a WebVTT file mapped to the rungs' timeline, whose cues overlap the segment's time."""
+    playlist = m3u8.loads(playlist_path.read_text())
+    assert playlist.is_endlist and playlist.segments, f"{playlist_path} is not complete"
+    cues: list[tuple[float, float, str]] = []
+    begin = 0.0
+    for segment in playlist.segments:
+        text = (playlist_path.parent / segment.uri).read_text(encoding="utf-8")
+        header, *blocks = text.split("\n\n")
+        assert header == "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:900000,LOCAL:00:00:00.000", header
+        for block in blocks:
+            timing, _, words = block.strip("\n").partition("\n")
+            match = _CUE_TIMES.fullmatch(timing)
+            assert match and words and "-->" not in words, block
+            numbers = [int(n) for n in match.groups()]
+            start = numbers[0] * 3600 + numbers[1] * 60 + numbers[2] + numbers[3] / 1000
+            end = numbers[4] * 3600 + numbers[5] * 60 + numbers[6] + numbers[7] / 1000
+            assert start < end and start < begin + segment.duration + 1e-6 and end > begin, (
+                segment.uri, block)
+            if (start, end, words) not in cues:
+                cues.append((start, end, words))
+        begin += segment.duration
+    return cues
 
 
 def _segments(playlist_path: Path) -> Iterator[tuple[m3u8.Segment, bytes]]:
@@ -1149,6 +1188,45 @@ def subtitled(folder: Path) -> Path:
     return path
 
 
+def subtitles_in_pictures(folder: Path) -> Path:
+    """A DVD subtitle track (a packet of garbage: nothing decodes it here) beside a SubRip one."""
+    main = video(folder / ".main.mp4")
+    path = media.make_subtitled(main, folder / "subtitles_in_pictures.mkv", [
+        media.SubtitleSpec([(0.2, 0.8, b"\x00\x10not a picture")], codec="dvdsub"),
+        media.SubtitleSpec([(0.2, 0.8, "Words")], language="eng")])
+    main.unlink()
+    return path
+
+
+def subtitle_cue_not_utf8(folder: Path) -> Path:
+    """A SubRip track whose first cue is Latin-1 bytes, its second UTF-8."""
+    main = video(folder / ".main.mp4")
+    path = media.make_subtitled(main, folder / "subtitle_cue_not_utf8.mkv", [
+        media.SubtitleSpec([(0.1, 0.5, "Caf\u00e9 cr\u00e8me".encode("latin-1")),
+                            (0.6, 0.9, "Fine")])])
+    main.unlink()
+    return path
+
+
+def subtitles_hours_late(folder: Path) -> Path:
+    """Picture and sound from 2 s on the file's clock; cues at 1.5-2.5 s and 10 hours on."""
+    main = video(folder / ".main.mp4")
+    path = media.make_subtitled(main, folder / "subtitles_hours_late.mkv", [
+        media.SubtitleSpec([(1.5, 2.5, "Early"), (36_000.0, 36_001.0, "Late")],
+                           language="eng")], shift_s=2.0)
+    main.unlink()
+    return path
+
+
+def subtitles_before_picture(folder: Path) -> Path:
+    """Picture and sound from 2 s on the file's clock; the only cue at 0.5-1.5 s."""
+    main = video(folder / ".main.mp4")
+    path = media.make_subtitled(main, folder / "subtitles_before_picture.mkv", [
+        media.SubtitleSpec([(0.5, 1.5, "Gone")], language="eng")], shift_s=2.0)
+    main.unlink()
+    return path
+
+
 def undecodable_audio_tracks(folder: Path) -> Path:
     """Two audio tracks, both with a Matroska codec ID nothing decodes (A_AAC made A_ZZZ)."""
     made = write_streams(folder / ".two_audio.mkv", video_pts=list(range(30)),
@@ -1271,6 +1349,15 @@ def _dims(expected: list[tuple[int, int]]) -> Callable[[Output], None]:
 def _audio(rate: int = 48000, channels: int = 2) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         assert output.audio == (rate, channels), output.audio
+    return check
+
+
+def _subtitles(expected: dict[str, list[tuple[float, float, str]]]) -> Callable[[Output], None]:
+    """The subtitle renditions listed, by name, with these cues (times within 1 ms)."""
+    def check(output: Output) -> None:
+        found = {name: [(round(start, 3), round(end, 3), text) for start, end, text in cues]
+                 for name, cues in output.subtitles.items()}
+        assert found == expected, found
     return check
 
 
@@ -1593,9 +1680,27 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("video_with_cover", lambda d, _: video_with_cover(d), L,
            check=_all(_dims(LANDSCAPE), _audio()),
            note="the cover picture is neither the video nor a second video stream"),
-    Recipe("subtitled", lambda d, _: subtitled(d), L, check=_all(_dims(LANDSCAPE), _audio()),
-           note="subtitle tracks are not kept, and the job says so",
-           notes=("2 subtitle tracks",)),
+    Recipe("subtitled", lambda d, _: subtitled(d), L,
+           check=_all(_dims(LANDSCAPE), _audio(), _subtitles({
+               "eng": [(0.1, 0.9, "Hello")], "fre": [(0.1, 0.9, "Bonjour")]})),
+           note="SubRip tracks are kept as WebVTT renditions, named by language"),
+    Recipe("subtitles_in_pictures", lambda d, _: subtitles_in_pictures(d), L,
+           check=_subtitles({"eng": [(0.2, 0.8, "Words")]}),
+           note="a DVD subtitle track beside a text one: the text one is kept, the job says "
+                "the other is not", notes=("1 subtitle track not in text",)),
+    Recipe("subtitle_cue_not_utf8", lambda d, _: subtitle_cue_not_utf8(d), L,
+           check=_subtitles({"Subtitles 1": [(0.6, 0.9, "Fine")]}),
+           note="a SubRip cue whose bytes are not UTF-8 does not decode: left out, and said",
+           notes=("1 damaged subtitle cue",)),
+    Recipe("subtitles_hours_late", lambda d, _: subtitles_hours_late(d), L,
+           check=_subtitles({"eng": [(0.0, 0.5, "Early")]}),
+           note="the video starts 2 s into the file and a cue is stamped 10 hours on: cues "
+                "are timed from the first picture, the one before it cut to it, the late one "
+                "left out (it would have made a WebVTT file every second up to it)"),
+    Recipe("subtitles_before_picture", lambda d, _: subtitles_before_picture(d), L,
+           check=_subtitles({}),
+           note="every cue ends before the first picture: the track is not listed, and said",
+           notes=("shows no text during the video",)),
     Recipe("interlaced_ts_late", lambda d, _: interlaced_ts_late(d), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0), _audio_starts_with_video),
            note="audio kept in time with the video (it was placed 100 s late)"),

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+from av.subtitles.subtitle import SubtitleSet
 
 COUNTER_BITS = 16
 """Number of cells in the frame-counter strip (indices wrap after 65535 frames)."""
@@ -525,4 +527,86 @@ def make_truncated(src: str | Path, dst: str | Path, fraction: float = 0.5) -> P
     dst = Path(dst)
     data = Path(src).read_bytes()
     dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+#: The ASS header FFmpeg's text subtitle encoders need (PyAV gives none of its own).
+_ASS_HEADER = (
+    b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
+    b"Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, "
+    b"BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, "
+    b"BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n"
+    b"Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0"
+    b"\n\n[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, "
+    b"Text\n")
+
+
+@dataclass(frozen=True)
+class SubtitleSpec:
+    """A subtitle track for :func:`make_subtitled`: cues as (start, end, text) in seconds of
+    the source's clock, the text in ASS markup (``{\\i1}``, ``\\N``), encoded by FFmpeg's
+    ``codec`` encoder; a cue given as bytes is muxed as the packet, as is (a picture codec's
+    garbage, text that is not UTF-8)."""
+
+    cues: Sequence[tuple[float, float, str | bytes]]
+    codec: str = "subrip"
+    language: str | None = None
+    title: str | None = None
+    default: bool = False
+    forced: bool = False
+
+
+def make_subtitled(src: str | Path, dst: str | Path, tracks: Sequence[SubtitleSpec],
+                   shift_s: float = 0.0) -> Path:
+    """Copy the streams of ``src`` into ``dst`` (its container guessed from the suffix:
+    ``.mkv`` for SubRip or ASS, ``.mp4`` for ``mov_text``) with ``tracks`` added, each cue
+    muxed among the other packets at its start, as a muxer writes them. ``shift_s`` moves the
+    picture and sound that much later on the file's clock (the cues stay where they are)."""
+    dst = Path(dst)
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        mapped = {s.index: out.add_stream_from_template(s) for s in source.streams
+                  if s.type in ("video", "audio")}
+        pending: list[av.Packet] = []
+        for spec in tracks:
+            stream = out.add_stream(spec.codec)
+            stream.time_base = Fraction(1, 1000)
+            stream.codec_context.subtitle_header = _ASS_HEADER
+            if spec.language:
+                stream.metadata["language"] = spec.language
+            if spec.title:
+                stream.metadata["title"] = spec.title
+            flags = av.stream.Disposition(0)
+            if spec.default:
+                flags |= av.stream.Disposition.default
+            if spec.forced:
+                flags |= av.stream.Disposition.forced
+            stream.disposition = flags
+            for order, (start, end, text) in enumerate(spec.cues):
+                millis = round(start * 1000)
+                if isinstance(text, bytes):
+                    packet = av.Packet(text)
+                else:
+                    packet = stream.codec_context.encode_subtitle(SubtitleSet.create(
+                        f"{order},0,Default,,0,0,0,,{text}".encode(), 0,
+                        round(end * 1000) - millis, pts=millis))
+                packet.stream = stream
+                packet.pts = packet.dts = millis
+                packet.duration = round(end * 1000) - millis
+                packet.time_base = Fraction(1, 1000)
+                pending.append(packet)
+        pending.sort(key=lambda packet: packet.pts)
+        for packet in source.demux(*(source.streams[i] for i in mapped)):
+            if packet.dts is None:
+                continue
+            shift = round(shift_s / packet.time_base)
+            packet.dts += shift
+            if packet.pts is not None:
+                packet.pts += shift
+            at = float(packet.dts * packet.time_base)
+            while pending and pending[0].pts / 1000 <= at:
+                out.mux(pending.pop(0))
+            packet.stream = mapped[packet.stream_index]
+            out.mux(packet)
+        for packet in pending:
+            out.mux(packet)
     return dst

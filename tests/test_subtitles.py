@@ -1,0 +1,189 @@
+"""Text subtitle tracks as WebVTT renditions: the cue text, the segments, and whole jobs on
+Matroska and MP4 sources made here (PyAV encodes the subtitles)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import m3u8
+import pytest
+
+import engine.job
+import engine.subtitles
+from engine.errors import OutputWriteError
+from engine.job import JobState
+from engine.ladder import LadderOptions
+from engine.publish import Publisher
+from engine.subtitles import Cue, cue_text, webvtt_segments
+from tests import media
+from tests.conftest import options, run_job
+from tests.hostile import read_webvtt
+
+SMALL = LadderOptions(heights=(144,))
+
+ENGLISH = media.SubtitleSpec([(0.5, 1.5, "Hello {\\i1}world{\\i0}\\Nline two"),
+                              (2.25, 3.5, "a < b && c > d")],
+                             codec="ass", language="eng", title="English", default=True)
+FRENCH = media.SubtitleSpec([(1.0, 2.0, "Bonjour")], language="fre", forced=True)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return media.make_video(tmp_path_factory.mktemp("subtitles") / "plain.mp4", width=256,
+                            height=144, seconds=4)
+
+
+def test_cue_text_leaves_out_ass_markup_and_escapes_what_webvtt_reserves() -> None:
+    assert cue_text(b"0,0,Default,,0,0,0,,{\\an8}Hi{\\i1}there{\\i0}\\Nnext\\hline") == \
+        "Hithere\nnext\u00a0line"
+    # A drawing (vector shapes in ASS) is not text; the words after it are.
+    assert cue_text(b"0,0,Default,,0,0,0,,{\\p1}m 0 0 l 10 0 10 10{\\p0}Sign") == "Sign"
+    # Commas in the text stay; a line with nothing on it would end the cue.
+    assert cue_text(b"0,0,Default,,0,0,0,,one, two\\N\\N  \\Nthree") == "one, two\nthree"
+    assert cue_text(b"0,0,Default,,0,0,0,,x --> y & <b>") == "x --&gt; y &amp; &lt;b&gt;"
+    assert cue_text(b"0,0,Default,,0,0,0,,caf\xe9") == "caf\ufffd"
+    assert len(cue_text(b"0,0,Default,,0,0,0,," + b"w" * 5000)) == engine.subtitles.MAX_CUE_CHARS
+
+
+def test_webvtt_segments_time_cues_from_the_first_picture() -> None:
+    cues = (Cue(9.0, 10.5, "before and during"), Cue(11.5, 13.0, "across"),
+            Cue(3.0, 4.0, "long before"), Cue(20.0, 21.0, "after the end"))
+    files = webvtt_segments(cues, origin_s=10.0, segment_s=2.0, timeline_start_s=10.0,
+                            end_s=8.0)
+    assert [duration for _, duration in files] == [2.0, 1.0]
+    header = "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:900000,LOCAL:00:00:00.000\n"
+    assert files[0][0] == (header + "\n00:00:00.000 --> 00:00:00.500\nbefore and during\n"
+                           "\n00:00:01.500 --> 00:00:03.000\nacross\n")
+    # The cue across the boundary is in both segments, with the same times.
+    assert files[1][0] == header + "\n00:00:01.500 --> 00:00:03.000\nacross\n"
+    assert webvtt_segments(cues[2:3], 10.0, 2.0, 10.0, 8.0) == []
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["complete", "early"])
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_text_tracks_become_webvtt_renditions(plain: Path, tmp_path: Path, suffix: str,
+                                              early: bool) -> None:
+    tracks = [ENGLISH, FRENCH] if suffix == ".mkv" else [
+        media.SubtitleSpec(t.cues, "mov_text", t.language, t.title, t.default, t.forced)
+        for t in (ENGLISH, FRENCH)]
+    source = media.make_subtitled(plain, tmp_path / f"subtitled{suffix}", tracks)
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=early))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert run.job.notes == []
+    english = "English" if suffix == ".mkv" else "eng"  # MP4 keeps no track title
+    assert run.job.summary()["subtitles"] == [english, "fre"]
+    master = m3u8.load(str(run.out / "master.m3u8"))
+    texts = [m for m in master.media if m.type == "SUBTITLES"]
+    assert [(m.name, m.language, m.default, m.autoselect, m.forced) for m in texts] == [
+        (english, "eng", "YES", "YES", "NO"), ("fre", "fre", "NO", "YES", "YES")]
+    assert all(p.stream_info.subtitles == "subtitles" for p in master.playlists)
+    # Of the type every playlist of the master has: EVENT once a rung was listed early.
+    kinds = {m3u8.load(str(run.out / uri)).playlist_type
+             for uri in [*(m.uri for m in master.media), *(p.uri for p in master.playlists)]}
+    assert kinds == {"event" if early else "vod"}
+    assert read_webvtt(run.out / texts[0].uri) == [
+        (0.5, 1.5, "Hello world\nline two"), (2.25, 3.5, "a &lt; b &amp;&amp; c &gt; d")]
+    assert read_webvtt(run.out / texts[1].uri) == [(1.0, 2.0, "Bonjour")]
+    # Every master playlist ever published listed them (players read the first one only).
+    snapshots = run.polled_snapshots + run.published_snapshots
+    assert snapshots and all("TYPE=SUBTITLES" in s.text for s in snapshots)
+    if not early:  # (an early-listed playlist grows: it has no end tag yet)
+        assert not [s.problems for s in snapshots if s.problems]
+
+
+def test_cues_are_timed_from_the_first_picture(plain: Path, tmp_path: Path) -> None:
+    """The picture starts 3 s into the file's clock: a cue at 3.5 s shows 0.5 s in."""
+    source = media.make_subtitled(plain, tmp_path / "late_picture.mkv", [media.SubtitleSpec(
+        [(2.0, 3.25, "Cut to the picture"), (3.5, 4.0, "Half a second in")])], shift_s=3.0)
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert read_webvtt(run.out / "subtitles1" / "index.m3u8") == [
+        (0.0, 0.25, "Cut to the picture"), (0.5, 1.0, "Half a second in")]
+
+
+def _slow_pass(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Event:
+    """Make the subtitle pass take ``seconds`` longer; the event is set when it starts."""
+    started = threading.Event()
+    read = engine.subtitles.read_subtitles
+
+    def slow(*args: Any) -> engine.subtitles.SubtitleScan:
+        started.set()
+        time.sleep(seconds)
+        return read(*args)
+    monkeypatch.setattr(engine.subtitles, "read_subtitles", slow)
+    return started
+
+
+def test_early_playback_waits_for_the_subtitles(plain: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first rung's segments close before the subtitle pass is over: READY waits for it,
+    and the master that makes the job READY lists the subtitles."""
+    _slow_pass(monkeypatch, 2.0)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    masters = []
+
+    def on_event(event: engine.job.JobEvent) -> None:
+        if event.type == "ready":
+            masters.append((tmp_path / "out" / "master.m3u8").read_text())
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True,
+                                                    segment_seconds=1), on_event)
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert len(masters) == 1 and "TYPE=SUBTITLES" in masters[0], masters
+    assert run.job.time_to_ready_s is not None and run.job.time_to_ready_s >= 2.0
+
+
+def test_a_job_cancelled_during_the_subtitle_pass_leaves_nothing(
+        plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _slow_pass(monkeypatch, 1.0)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    job = engine.job.Job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True))
+    job.start()
+    assert started.wait(30)
+    job.cancel()
+    assert job.wait(60) and job.state == JobState.CANCELLED
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_failed_subtitle_pass_does_not_fail_the_job(plain: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> engine.subtitles.SubtitleScan:
+        raise RuntimeError("no luck")
+    monkeypatch.setattr(engine.subtitles, "read_subtitles", broken)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert run.job.notes == ["the source's subtitle tracks could not be read (no luck): none "
+                             "is kept"]
+    assert "SUBTITLES" not in (run.out / "master.m3u8").read_text()
+    assert not list(run.out.glob("subtitles*"))
+
+
+def test_cues_and_tracks_beyond_the_limits_are_left_out_and_said(
+        plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (engine.subtitles, engine.job):
+        monkeypatch.setattr(module, "MAX_CUES", 2)
+        monkeypatch.setattr(module, "MAX_TRACKS", 1)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [
+        media.SubtitleSpec([(0.5, 1.0, "one"), (1.5, 2.0, "two"), (2.5, 3.0, "three")],
+                           language="eng"), FRENCH])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert run.job.notes == ["1 subtitle track beyond the first 1 not kept",
+                             "1 subtitle cue beyond the first 2 left out"]
+    assert read_webvtt(run.out / "subtitles1" / "index.m3u8") == [
+        (0.5, 1.0, "one"), (1.5, 2.0, "two")]
+    assert not (run.out / "subtitles2").exists()
+
+
+def test_a_job_that_fails_after_writing_the_subtitles_removes_them(
+        plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(*args: Any) -> None:
+        raise OutputWriteError("cannot write master.m3u8: No space left on device")
+    monkeypatch.setattr(Publisher, "publish", full_disk)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL))
+    assert run.state == JobState.FAILED
+    assert not run.out.exists(), list(run.out.rglob("*"))
