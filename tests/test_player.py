@@ -45,6 +45,8 @@ SOURCE_SECONDS = 24
 SOURCE_SIZE = (1280, 720)
 #: The most playback an upgrade may cost, in seconds.
 MAX_UPGRADE_LOSS_S = 0.1
+#: The source's subtitles (MP4 timed text): a cue every 3 s.
+TALK_CUES = [(float(start), start + 1.5, f"cue {start}") for start in range(1, SOURCE_SECONDS, 3)]
 
 
 def _require_browser() -> None:
@@ -66,8 +68,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RungsServ
     base = tmp_path_factory.mktemp("player")
     source = base / "src"
     source.mkdir()
-    media.make_video(source / "talk.mp4", width=SOURCE_SIZE[0], height=SOURCE_SIZE[1],
-                     seconds=SOURCE_SECONDS, tone_hz=440.0)
+    plain = media.make_video(base / "talk_plain.mp4", width=SOURCE_SIZE[0],
+                             height=SOURCE_SIZE[1], seconds=SOURCE_SECONDS, tone_hz=440.0)
+    media.make_subtitled(plain, source / "talk.mp4", [media.SubtitleSpec(
+        TALK_CUES, codec="mov_text", language="eng", default=True)])
     rungs, port = create_server("127.0.0.1:0", data_dir=base / "data", source_root=source,
                                 output_root=base / "out", http_port=0)
     rungs.start()
@@ -90,10 +94,19 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+#: The media element's text tracks as the page holds them at the end: each with the cues
+#: loaded into it, as rendered (entities decoded).
+TEXT_TRACKS_JS = """() => Array.from(document.getElementById('video').textTracks).map(t => ({
+  label: t.label, language: t.language, mode: t.mode,
+  cues: Array.from(t.cues || []).map(c => ({
+    start: c.startTime, end: c.endTime, text: c.getCueAsHTML().textContent}))}))"""
+
+
 def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]:
     """Open a fresh context, start the job with ``start()``, open its page, play to the end.
 
-    Returns what the page measured (``window.rungs``) and the epoch ms of the Transcode call.
+    Returns what the page measured (``window.rungs``, with ``textTracks``: see
+    ``TEXT_TRACKS_JS``) and the epoch ms of the Transcode call.
     """
     context = browser.new_context()
     try:
@@ -109,6 +122,7 @@ def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]
         measured: dict[str, Any] = page.evaluate(
             "() => { const r = Object.assign({}, window.rungs); delete r.hls;"
             " r.log = document.getElementById('log').textContent; return r; }")
+        measured["textTracks"] = page.evaluate(TEXT_TRACKS_JS)
         return measured, called
     finally:
         context.close()
@@ -177,6 +191,15 @@ def test_plays_early_and_upgrades_without_interruption(
     assert loss <= MAX_UPGRADE_LOSS_S, f"the upgrade cost {loss * 1000:.0f} ms of playback"
     assert first_frame_s < 15, first_frame_s
 
+    # Subtitles: the first master listed them (hls.js reads no other), and after the upgrade
+    # the track is the new Hls's alone (the old one's were left on the element: every cue
+    # showed twice), showing, with the cues after the upgrade loaded into it.
+    assert [(t["label"], t["mode"]) for t in measured["textTracks"]] == [("eng", "showing")], \
+        measured["textTracks"]
+    cues = {(round(c["start"], 2), c["text"]) for c in measured["textTracks"][0]["cues"]}
+    after = {(start, text) for start, _, text in TALK_CUES if start > upgrade["currentTime"] + 2}
+    assert after <= cues, (sorted(cues), upgrade["currentTime"])
+
 
 def _play_finished(rungs: RungsServer, stub: Any, browser: Any,
                    request: pb.TranscodeRequest) -> dict[str, Any]:
@@ -187,7 +210,8 @@ def _play_finished(rungs: RungsServer, stub: Any, browser: Any,
     assert final == pb.COMPLETE
     measured, _ = _play(browser, lambda _: f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}",
                         lambda: job)
-    assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]]
+    assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]], (
+        measured["errors"], measured["log"])
     return measured
 
 
@@ -251,3 +275,31 @@ def test_the_page_says_what_the_output_left_out(
     assert ("note: the source's audio is in a format FFmpeg cannot decode: the output has no "
             "sound\n") in measured["log"], measured["log"]
     shutil.rmtree(base / "out" / "silent")
+
+
+@pytest.mark.parametrize("segment_type", [pb.FMP4, pb.MPEGTS], ids=["fmp4", "mpegts"])
+def test_subtitles_show_at_their_times(
+        server: tuple[RungsServer, Any, Path], browser: Any, segment_type: int) -> None:
+    """A Matroska source with an ASS track and a SubRip one: the one flagged default is shown,
+    its cues at the source's times (hls.js places them by the X-TIMESTAMP-MAP against the
+    video's first timestamp, which differs between fMP4 and MPEG-TS), the override tags left
+    out and what WebVTT escapes shown as written."""
+    rungs, stub, base = server
+    name = f"subtitled_{pb.SegmentType.Name(segment_type).lower()}"
+    plain = media.make_video(base / f"{name}_plain.mp4", width=320, height=180, seconds=8)
+    media.make_subtitled(plain, base / "src" / f"{name}.mkv", [
+        media.SubtitleSpec([(1.0, 2.5, "First {\\i1}cue{\\i0}"),
+                            (5.25, 7.0, "Second <cue> & more\\Nline two")],
+                           codec="ass", language="eng", title="English", default=True),
+        media.SubtitleSpec([(3.0, 4.0, "Deuxième")], language="fre")])
+    measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
+        source=f"{name}.mkv", output=name,
+        options=pb.TranscodeOptions(ladder=[180], segment_seconds=2,
+                                    segment_type=segment_type)))
+    tracks = {t["label"]: t for t in measured["textTracks"]}
+    assert set(tracks) == {"English", "fre"}, measured["textTracks"]
+    assert tracks["English"]["mode"] == "showing", tracks
+    cues = [(round(c["start"], 2), round(c["end"], 2), c["text"])
+            for c in tracks["English"]["cues"]]
+    assert cues == [(1.0, 2.5, "First cue"), (5.25, 7.0, "Second <cue> & more\nline two")], cues
+    shutil.rmtree(base / "out" / name)

@@ -100,6 +100,9 @@
     rungs.upgrades.push(upgrade);
     const estimate = hls.bandwidthEstimate;
     hls.destroy();
+    // hls.js leaves the <track> elements of its subtitle renditions on a media element it hands
+    // over, and the new Hls adds its own: each subtitle showed twice, once for each.
+    for (const node of video.querySelectorAll("track")) node.remove();
     const next = newHls({
       startPosition: video.currentTime,
       // The master lists rungs lowest first: start on the newest (highest) one, and let ABR
