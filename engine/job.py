@@ -70,7 +70,13 @@ from engine.rung import (
 )
 from engine.segment import SEGMENT_TYPES, SegmentRecord
 from engine.stall import DecoderWatch, run_watched
-from engine.subtitles import MAX_CUES, MAX_TRACKS, SubtitleReader, SubtitleScan
+from engine.subtitles import (
+    MAX_CUES,
+    MAX_TRACK_BYTES,
+    MAX_TRACKS,
+    SubtitleReader,
+    SubtitleScan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,10 @@ log = logging.getLogger(__name__)
 PROGRESS_HZ = 4
 #: How long a job whose decoder is stuck waits for each of its other threads to stop.
 _ABANDON_JOIN_S = 10.0
+#: How long after the job starts early playback waits for the subtitle pass (a Matroska file
+#: is read through, and a film's can be tens of GB): after that, the first rung is listed
+#: without them, and the master lists them from the first rung's completion on.
+SUBTITLE_WAIT_S = 5.0
 
 
 class JobState(enum.StrEnum):
@@ -476,8 +486,9 @@ class Job:
             if self.subtitles is not None or not (wait or reader.done()):
                 return
             scan = reader.result()
-            scan.empty_tracks += publisher.set_subtitles(
+            empty, scan.cues_too_large = publisher.set_subtitles(
                 scan.tracks, self.decode_progress.origin_s or 0.0)
+            scan.empty_tracks += empty
             self.subtitles = scan
         finally:
             self._subtitles_lock.release()
@@ -486,12 +497,15 @@ class Job:
                              subtitles: SubtitleReader | None, segments: list[SegmentRecord],
                              codecs: str) -> None:
         """Early playback, on the first rung's thread: list the rung as each segment closes;
-        the first listing makes the job READY. Waits for the poster (READY promises one) and
-        for the subtitles (the first master playlist must list them), and lists nothing once
-        the job is stopping."""
+        the first listing makes the job READY. Waits for the poster (READY promises one) and,
+        up to ``SUBTITLE_WAIT_S``, for the subtitles (players read the first master playlist
+        only), and lists nothing once the job is stopping."""
         if self._stop.is_set() or not self._poster_written.is_set():
             return
         self._take_subtitles(publisher, subtitles, wait=False)
+        if subtitles is not None and self.subtitles is None \
+                and self._elapsed() >= SUBTITLE_WAIT_S:
+            publisher.stop_waiting()
         rung = self.rungs[0].rung
         progress = audio.progress() if audio is not None else None
         with self._emit_lock:
@@ -750,6 +764,9 @@ def _subtitle_notes(scan: SubtitleScan) -> list[str]:
     if scan.cues_over:
         notes.append(f"{_count(scan.cues_over, 'subtitle cue')} beyond the first "
                      f"{MAX_CUES:,} left out")
+    if scan.cues_too_large:
+        notes.append(f"{_count(scan.cues_too_large, 'subtitle cue')} left out: a subtitle "
+                     f"track's WebVTT is {MAX_TRACK_BYTES >> 20} MB at most")
     return notes
 
 

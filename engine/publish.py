@@ -177,9 +177,11 @@ class Publisher:
         self._event: dict[str, Sequence[SegmentRecord]] = {}
         self._audio_complete = False
         self._segment_seconds = segment_seconds
-        #: The subtitle renditions, with their segments; their playlists are written with the
-        #: first master playlist, of its type. While ``_subtitles_pending``, nothing is listed.
+        #: The subtitle renditions, with their segments; each one's playlist is written with the
+        #: first master playlist that lists it, of that master's type. While
+        #: ``_subtitles_pending``, nothing is listed.
         self._subtitles: list[tuple[SubtitleRendition, list[SegmentRecord]]] = []
+        self._subtitle_playlists: set[str] = set()
         self._subtitles_pending = False
         self._subtitles_length_s = math.inf
         self._lock = threading.Lock()
@@ -199,22 +201,31 @@ class Publisher:
         return [rendition.name for rendition, _ in self._subtitles]
 
     def expect_subtitles(self, length_s: float) -> None:
-        """List nothing until :meth:`set_subtitles` is called: players read the first master
-        playlist only, which must list them. They are kept up to ``length_s`` after the first
-        picture (the video's length)."""
+        """List nothing until :meth:`set_subtitles` is called (or :meth:`stop_waiting`):
+        players read the first master playlist only, which should list them. They are kept up
+        to ``length_s`` after the first picture (the video's length)."""
         self._subtitles_pending = True
         self._subtitles_length_s = length_s
 
-    def set_subtitles(self, tracks: Sequence[SubtitleTrack], origin_s: float) -> list[str]:
+    def stop_waiting(self) -> None:
+        """List the rungs without the subtitles expected; the master playlist lists them from
+        the first publication after :meth:`set_subtitles` (for players that load it then)."""
+        with self._lock:
+            self._subtitles_pending = False
+
+    def set_subtitles(self, tracks: Sequence[SubtitleTrack],
+                      origin_s: float) -> tuple[list[str], int]:
         """Write the WebVTT segments of ``tracks`` (cue times on the source's clock, whose
         ``origin_s`` is the first picture's time); the master playlists list them from now on.
-        A track with no cue in the video's time is left out: returns their names."""
-        left_out = []
+        Returns the names of the tracks left out (no cue in the video's time), and how many
+        cues were left out for size (see engine.subtitles.webvtt_segments)."""
+        left_out, cues_over = [], 0
         with self._lock:
             for track in tracks:
-                files = webvtt_segments(track.cues, origin_s, self._segment_seconds,
-                                        float(TIMELINE_START), self._subtitles_length_s)
-                if not files:
+                vtt = webvtt_segments(track.cues, origin_s, self._segment_seconds,
+                                      float(TIMELINE_START), self._subtitles_length_s)
+                cues_over += vtt.cues_over
+                if not vtt.files:
                     left_out.append(track.name)
                     continue
                 folder = f"{SUBTITLES_FOLDER}{len(self._subtitles) + 1}"
@@ -224,7 +235,7 @@ class Publisher:
                     raise OutputWriteError(
                         f"cannot write {self.out_dir / folder}: {exc.strerror or exc}") from exc
                 segments = []
-                for index, (text, duration) in enumerate(files):
+                for index, (text, duration) in enumerate(vtt.files):
                     name = f"seg_{index:05d}.vtt"
                     data = text.encode()
                     write_atomically(self.out_dir / folder / name, data, sync=False)
@@ -233,7 +244,7 @@ class Publisher:
                     f"{folder}/{MEDIA}", track.name, track.language, track.default,
                     track.forced), segments))
             self._subtitles_pending = False
-        return left_out
+        return left_out, cues_over
 
     def publish_early(self, rung: Rung, segments: Sequence[SegmentRecord], codecs: str,
                       frame_rate: Fraction, audio: EncodedAudio | None) -> bool:
@@ -343,13 +354,14 @@ class Publisher:
     def _write_master(self, variant: Variant) -> None:
         if self._subtitles_pending:
             raise RuntimeError("the subtitles must be set before the first master playlist")
-        if not self.variants:  # the first: the subtitles' playlists first, of its type
-            for rendition, segments in self._subtitles:
-                folder = rendition.uri.split("/")[0]
-                if self._event:
-                    self._write_event(folder, segments, ended=True)
-                else:
-                    self._write_vod(folder, segments)
+        for rendition, segments in self._subtitles:
+            if rendition.uri in self._subtitle_playlists:
+                continue
+            # A long track's segments can be longer than the rungs' (see
+            # engine.subtitles.webvtt_segments); a playlist's target duration is its own.
+            self._write_playlist(rendition.uri.split("/")[0], segments, bool(self._event), True,
+                                 max(self._target, target_duration(segments)))
+            self._subtitle_playlists.add(rendition.uri)
         others = [v for v in self.variants if v.uri != variant.uri]
         variants = sorted([*others, variant], key=lambda v: v.width * v.height)
         audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels)
@@ -361,12 +373,14 @@ class Publisher:
         self.variants = variants
 
     def _write_vod(self, folder: str, segments: Sequence[SegmentRecord]) -> None:
-        text = media_playlist(segments, self._target)
-        validate_media(text, segments)
-        write_atomically(self.out_dir / folder / MEDIA, text.encode())
+        self._write_playlist(folder, segments, False, True, self._target)
 
     def _write_event(self, folder: str, segments: Sequence[SegmentRecord], ended: bool) -> None:
-        text = media_playlist(segments, self._target, event=True, ended=ended)
-        validate_media(text, segments, event=True, ended=ended)
-        write_atomically(self.out_dir / folder / MEDIA, text.encode())
+        self._write_playlist(folder, segments, True, ended, self._target)
         self._event[folder] = segments
+
+    def _write_playlist(self, folder: str, segments: Sequence[SegmentRecord], event: bool,
+                        ended: bool, target: int) -> None:
+        text = media_playlist(segments, target, event=event, ended=ended)
+        validate_media(text, segments, event=event, ended=ended)
+        write_atomically(self.out_dir / folder / MEDIA, text.encode())

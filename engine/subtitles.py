@@ -42,6 +42,9 @@ MAX_TRACKS = 16
 #: file must not fill the memory or the output folder with text.
 MAX_CUES = 100_000
 MAX_CUE_CHARS = 1_000
+#: The most WebVTT files of a track, and the most text in them (see :func:`webvtt_segments`).
+MAX_SEGMENTS = 2_000
+MAX_TRACK_BYTES = 16 << 20
 #: How long a cue whose end is not given shows, at most (until the next cue, if sooner).
 OPEN_CUE_S = 5.0
 #: WebVTT's X-TIMESTAMP-MAP: the media time (90 kHz) at which cue time 0 is shown. Rungs'
@@ -89,9 +92,11 @@ class SubtitleScan:
     picture_tracks: int = 0
     tracks_over: int = 0
     empty_tracks: list[str] = field(default_factory=list)
-    #: Cues that did not decode, and cues beyond MAX_CUES.
+    #: Cues that did not decode, cues beyond MAX_CUES, and cues left out of the WebVTT files
+    #: for size (see :func:`webvtt_segments`; counted once they are written).
     damaged_cues: int = 0
     cues_over: int = 0
+    cues_too_large: int = 0
     #: Why the pass failed (its tracks are then not kept); None when it did not.
     failure: str | None = None
 
@@ -116,32 +121,69 @@ def cue_text(ass: bytes) -> str:
     return "\n".join(line for line in lines if line)[:MAX_CUE_CHARS]
 
 
+@dataclass(frozen=True)
+class WebVTTTrack:
+    """One track's WebVTT files, as :func:`webvtt_segments` cut them."""
+
+    #: Each file's text and the seconds it covers.
+    files: list[tuple[str, float]]
+    #: How long each file is (the last may be shorter): the job's segment length, or longer for
+    #: a track that would need more than ``MAX_SEGMENTS`` files.
+    segment_s: float
+    #: Cues left out because the track's files reached ``MAX_TRACK_BYTES``.
+    cues_over: int = 0
+
+
 def webvtt_segments(cues: tuple[Cue, ...], origin_s: float, segment_s: float,
-                    timeline_start_s: float, end_s: float) -> list[tuple[str, float]]:
-    """The WebVTT files of one track, ``(text, duration)`` each, ``segment_s`` long, from the
-    first picture (source time ``origin_s``) to the end of the last cue; a cue is repeated in
-    every segment it overlaps (players drop the repeats). Only what shows within ``end_s`` of
-    the first picture (the video's length) is kept: one cue stamped hours on would otherwise
-    make a file for every segment up to it. Empty when no cue shows in that time."""
-    shown = [(max(0.0, c.start_s - origin_s), min(end_s, c.end_s - origin_s), c.text)
-             for c in cues if c.end_s - origin_s > 0 and c.start_s - origin_s < end_s]
+                    timeline_start_s: float, end_s: float) -> WebVTTTrack:
+    """The WebVTT files of one track, from the first picture (source time ``origin_s``) to the
+    end of the last cue; a cue is repeated in every segment it overlaps (players drop the
+    repeats). Only what shows within ``end_s`` of the first picture (the video's length) is
+    kept: one cue stamped hours on would otherwise make a file for every segment up to it.
+    No file when no cue shows in that time.
+
+    Bounded whatever the cues: at most ``MAX_SEGMENTS`` files (longer ones for a longer track:
+    a header can declare six hours) and ``MAX_TRACK_BYTES`` of text (100,000 cues each
+    lasting the whole video would be repeated in every file)."""
+    shown = sorted(
+        (start, stop, text) for start, stop, text in (
+            (round(1000 * (c.start_s - origin_s)), round(1000 * (min(c.end_s - origin_s, end_s))),
+             c.text) for c in cues)
+        if stop > max(0, start))
     if not shown:
-        return []
-    end = max(stop for _, stop, _ in shown)
-    count = max(1, math.ceil(end / segment_s - 1e-9))
+        return WebVTTTrack([], segment_s)
+    last = max(stop for _, stop, _ in shown)
+    length = max(round(1000 * segment_s), math.ceil(last / MAX_SEGMENTS))
     header = (f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{round(timeline_start_s * _MPEGTS_HZ)},"
               "LOCAL:00:00:00.000\n")
-    files = []
-    for index in range(count):
-        begin, finish = index * segment_s, (index + 1) * segment_s
-        blocks = [f"\n{_timestamp(start)} --> {_timestamp(stop)}\n{text}\n"
-                  for start, stop, text in shown if start < finish and stop > begin]
-        files.append((header + "".join(blocks), round(min(segment_s, end - begin), 3)))
-    return files
+    files: list[tuple[str, float]] = []
+    budget = MAX_TRACK_BYTES
+    active: list[tuple[int, int, str]] = []  # started, not yet ended, in start order
+    following = cues_over = 0
+    for begin in range(0, last, length):
+        finish = begin + length
+        blocks = []
+        if budget >= 0:
+            while following < len(shown) and shown[following][0] < finish:
+                active.append(shown[following])
+                following += 1
+            active = [cue for cue in active if cue[1] > begin]
+            for written, (start, stop, text) in enumerate(active):
+                block = f"\n{_timestamp(max(0, start))} --> {_timestamp(stop)}\n{text}\n"
+                budget -= len(block)
+                if budget < 0:
+                    # Full: no more cues, here or after. Left out: the cues not written here,
+                    # those cut short, and those not started.
+                    cues_over = (len(active) - written
+                                 + sum(1 for cue in active[:written] if cue[1] > finish)
+                                 + len(shown) - following)
+                    break
+                blocks.append(block)
+        files.append((header + "".join(blocks), min(length, last - begin) / 1000))
+    return WebVTTTrack(files, length / 1000, cues_over)
 
 
-def _timestamp(seconds: float) -> str:
-    millis = round(seconds * 1000)
+def _timestamp(millis: int) -> str:
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
     return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}.{millis % 1000:03d}"

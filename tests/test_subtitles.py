@@ -50,16 +50,37 @@ def test_cue_text_leaves_out_ass_markup_and_escapes_what_webvtt_reserves() -> No
 
 def test_webvtt_segments_time_cues_from_the_first_picture() -> None:
     cues = (Cue(9.0, 10.5, "before and during"), Cue(11.5, 13.0, "across"),
-            Cue(3.0, 4.0, "long before"), Cue(20.0, 21.0, "after the end"))
-    files = webvtt_segments(cues, origin_s=10.0, segment_s=2.0, timeline_start_s=10.0,
-                            end_s=8.0)
-    assert [duration for _, duration in files] == [2.0, 1.0]
+            Cue(3.0, 4.0, "long before"), Cue(20.0, 21.0, "after the end"),
+            Cue(9.0, 10.0004, "ends with the first picture, to the millisecond"))
+    vtt = webvtt_segments(cues, origin_s=10.0, segment_s=2.0, timeline_start_s=10.0,
+                          end_s=8.0)
+    assert [duration for _, duration in vtt.files] == [2.0, 1.0]
+    assert (vtt.segment_s, vtt.cues_over) == (2.0, 0)
     header = "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:900000,LOCAL:00:00:00.000\n"
-    assert files[0][0] == (header + "\n00:00:00.000 --> 00:00:00.500\nbefore and during\n"
-                           "\n00:00:01.500 --> 00:00:03.000\nacross\n")
+    assert vtt.files[0][0] == (header + "\n00:00:00.000 --> 00:00:00.500\nbefore and during\n"
+                               "\n00:00:01.500 --> 00:00:03.000\nacross\n")
     # The cue across the boundary is in both segments, with the same times.
-    assert files[1][0] == header + "\n00:00:01.500 --> 00:00:03.000\nacross\n"
-    assert webvtt_segments(cues[2:3], 10.0, 2.0, 10.0, 8.0) == []
+    assert vtt.files[1][0] == header + "\n00:00:01.500 --> 00:00:03.000\nacross\n"
+    assert webvtt_segments(cues[2:3], 10.0, 2.0, 10.0, 8.0).files == []
+
+
+def test_webvtt_segments_are_bounded_whatever_the_cues(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header declaring six hours, a cue at its end, and 20,000 cues that each last all of
+    it: at most MAX_SEGMENTS files, longer ones, and MAX_TRACK_BYTES of text."""
+    six_hours = 6 * 3600.0
+    late = webvtt_segments((Cue(six_hours - 10, six_hours - 9, "late"),), 0.0, 4.0, 10.0,
+                           six_hours)
+    assert len(late.files) == engine.subtitles.MAX_SEGMENTS
+    assert late.segment_s == pytest.approx(10.796)
+    assert "late" in late.files[-1][0] and all("late" not in t for t, _ in late.files[:-1])
+    monkeypatch.setattr(engine.subtitles, "MAX_TRACK_BYTES", 1 << 20)
+    crowd = webvtt_segments(tuple(Cue(i / 1000, six_hours, f"cue {i}") for i in range(20_000)),
+                            0.0, 4.0, 10.0, six_hours)
+    assert len(crowd.files) == engine.subtitles.MAX_SEGMENTS
+    assert sum(len(text) for text, _ in crowd.files) <= (1 << 20) + 2000 * 60
+    # The first files take the budget; every cue runs on past them, so all are cut short.
+    written = [text.count("-->") for text, _ in crowd.files]
+    assert written[0] > 0 and written[-1] == 0 and crowd.cues_over == 20_000
 
 
 @pytest.mark.parametrize("early", [False, True], ids=["complete", "early"])
@@ -135,6 +156,33 @@ def test_early_playback_waits_for_the_subtitles(plain: Path, tmp_path: Path,
     assert run.job.time_to_ready_s is not None and run.job.time_to_ready_s >= 2.0
 
 
+def test_early_playback_waits_for_the_subtitles_a_while_only(
+        plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass longer than the wait: READY without them, and the master lists them (EVENT
+    playlists, as the rungs' are) as soon as the pass is over."""
+    _slow_pass(monkeypatch, 3.0)
+    monkeypatch.setattr(engine.job, "SUBTITLE_WAIT_S", 0.0)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    masters = []
+
+    def on_event(event: engine.job.JobEvent) -> None:
+        if event.type == "ready":
+            masters.append((tmp_path / "out" / "master.m3u8").read_text())
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True,
+                                                    segment_seconds=1), on_event)
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert len(masters) == 1 and "SUBTITLES" not in masters[0], masters
+    assert run.job.time_to_ready_s is not None and run.job.time_to_ready_s < 3.0
+    # (The poller may not see the last version before the job returns: the file is read too.)
+    texts = [s.text for s in run.polled_snapshots] + [(run.out / "master.m3u8").read_text()]
+    first = next(i for i, text in enumerate(texts) if "TYPE=SUBTITLES" in text)
+    assert first > 0 and all("TYPE=SUBTITLES" in text for text in texts[first:])
+    assert m3u8.load(str(run.out / "subtitles1" / "index.m3u8")).playlist_type == "event"
+    assert read_webvtt(run.out / "subtitles1" / "index.m3u8")[0] == (
+        0.5, 1.5, "Hello world\nline two")
+    assert run.job.notes == []
+
+
 def test_a_job_cancelled_during_the_subtitle_pass_leaves_nothing(
         plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = _slow_pass(monkeypatch, 1.0)
@@ -187,3 +235,16 @@ def test_a_job_that_fails_after_writing_the_subtitles_removes_them(
     run = run_job(source, tmp_path / "out", options(ladder=SMALL))
     assert run.state == JobState.FAILED
     assert not run.out.exists(), list(run.out.rglob("*"))
+
+
+def test_a_track_with_long_segments_is_listed_with_its_own_target_duration(
+        plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.subtitles, "MAX_SEGMENTS", 1)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True,
+                                                    segment_seconds=1))
+    assert run.state == JobState.COMPLETE, run.job.error
+    playlist = m3u8.load(str(run.out / "subtitles1" / "index.m3u8"))
+    assert [s.duration for s in playlist.segments] == [3.5]
+    assert playlist.target_duration == 4
+    assert m3u8.load(str(run.out / "144p" / "index.m3u8")).target_duration == 1
