@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -118,14 +119,16 @@ class _Worker:
 
 
 def run(seconds: float, seed: int = 1, workers: int = 2, out: Path | None = None,
-        timeout: float = 20.0, iterations: int | None = None) -> Report:
-    """Fuzz for ``seconds`` (or ``iterations`` inputs, whichever ends first)."""
+        timeout: float = 20.0, iterations: int | None = None,
+        only: Collection[str] = ()) -> Report:
+    """Fuzz for ``seconds`` (or ``iterations`` inputs, whichever ends first), on the seed files
+    named in ``only`` (all of them when empty)."""
     report = Report()
     lock = threading.Lock()
     counter = iter(range(iterations if iterations is not None else sys.maxsize))
     with tempfile.TemporaryDirectory(prefix="rungs-fuzz-") as temporary:
         work = Path(temporary)
-        seeds = [(path.name, path.read_bytes()) for path in mutate.make_seeds(work / "seeds")]
+        seeds = [(path.name, path.read_bytes()) for path in mutate.make_seeds(work / "seeds", only)]
         findings_dir = (out or work) / "findings"
         started = time.monotonic()
         deadline = started + seconds

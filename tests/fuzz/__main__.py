@@ -19,8 +19,11 @@ def main() -> int:
                              "engine.stall.STALL_S, after which a stuck decoder is a refusal)")
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"),
                         help="findings go to OUT/findings (default %(default)s)")
+    parser.add_argument("--seeds", nargs="+", default=(), metavar="NAME",
+                        help="fuzz only these seed files (tests/fuzz/mutate.py, SEEDS)")
     args = parser.parse_args()
-    report = run(args.seconds, args.seed, args.workers, args.out, args.timeout)
+    report = run(args.seconds, args.seed, args.workers, args.out, args.timeout,
+                 only=args.seeds)
     print(report.summary())
     for finding in report.findings:
         print(f"\n{finding.kind} at iteration {finding.iteration} ({finding.seed_file}, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,9 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
                                        audio_codec="libmp3lame")),
     ("mpeg2_mp2.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
                                        audio_codec="mp2")),
+    # Text subtitle tracks, which a job reads in a pass of its own.
+    ("subtitled.mkv", lambda p: _subtitled(p, ("ass", "subrip"))),
+    ("timed_text.mp4", lambda p: _subtitled(p, ("mov_text", "mov_text"))),
 )
 
 
@@ -78,9 +81,25 @@ def _av1(path: Path, **kwargs: Any) -> Path:
     return _small(path, codec="libsvtav1", codec_options={"preset": "12"}, **kwargs)
 
 
-def make_seeds(folder: Path) -> list[Path]:
+def _subtitled(path: Path, codecs: tuple[str, str]) -> Path:
+    plain = _small(path.with_name(f".{path.name}.plain.mp4"))
+    cues = [(t / 10, t / 10 + 0.15, f"{{\\i1}}cue{{\\i0}} {t}\\Nline & <b>")
+            for t in range(0, 10, 2)]
+    made = media.make_subtitled(plain, path, [
+        media.SubtitleSpec(cues, codec=codecs[0], language="eng", title="English",
+                           default=True),
+        media.SubtitleSpec(cues[1:3], codec=codecs[1], language="fre", forced=True)])
+    plain.unlink()
+    return made
+
+
+def make_seeds(folder: Path, only: Collection[str] = ()) -> list[Path]:
+    """The seed files (those named in ``only``, when given) made in ``folder``."""
+    unknown = set(only) - {name for name, _ in SEEDS}
+    if unknown:
+        raise ValueError(f"no such seed: {', '.join(sorted(unknown))}")
     folder.mkdir(parents=True, exist_ok=True)
-    return [make(folder / name) for name, make in SEEDS]
+    return [make(folder / name) for name, make in SEEDS if not only or name in only]
 
 
 def mutations(rng: random.Random, data: bytes) -> list[Op]:

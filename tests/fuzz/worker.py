@@ -5,7 +5,8 @@ Reads one JSON request per line on stdin (``{"path": ...}``), answers one JSON l
 upload before any encoder: :func:`engine.probe.open_source` (with the default limits), then
 :func:`engine.decode.decode_source` (with the default duration limit) for the first
 ``DECODE_SECONDS`` of video, the audio frames going through the real resampler and AAC encoder
-(:class:`engine.audio.AudioEncoder`).
+(:class:`engine.audio.AudioEncoder`), and for a source with subtitle tracks the subtitle pass
+and the WebVTT files (:mod:`engine.subtitles`).
 
 A :class:`~engine.errors.RungsError` is the expected answer to a bad file ("refused"); any other
 exception is a bug. The address space is capped (``MEMORY_LIMIT``) so a runaway allocation shows
@@ -15,6 +16,7 @@ as a failure instead of taking the machine down.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -27,12 +29,13 @@ import av.audio.frame
 import av.video.frame
 
 from engine.audio import AudioEncoder, AudioSettings
-from engine.decode import decode_source
+from engine.decode import DecodeProgress, decode_source
 from engine.errors import JobCancelledError, RungsError
-from engine.gop import FrameTime, KeyframeSchedule
+from engine.gop import TIMELINE_START, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import DEFAULT_MAX_DURATION_S, open_source
 from engine.stall import DecoderWatch, run_watched
+from engine.subtitles import read_subtitles, webvtt_segments
 
 DECODE_SECONDS = 2.0
 MEMORY_LIMIT = 3 << 30
@@ -52,6 +55,7 @@ def examine(path: Path, scratch: Path) -> dict[str, object]:
 
 def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]:
     cancel = threading.Event()
+    progress = DecodeProgress()
     frames = 0
     audio_frames = 0
     with open_source(path, watch=watch) as source:
@@ -79,13 +83,23 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
             # The duration limit a job passes too: a frame stamped days on (a damaged time in
             # a file that declares no length) is refused there, not filled up to.
             decode_source(source, schedule, on_video, on_audio if encoder else None, cancel,
-                          DEFAULT_MAX_DURATION_S)
+                          DEFAULT_MAX_DURATION_S, progress=progress)
         except JobCancelledError:
             pass
         finally:
             if encoder is not None:
                 encoder.abort()
-    return {"outcome": "decoded", "frames": frames, "audio_frames": audio_frames}
+        cues = 0
+        if source.info.subtitle_streams:
+            # As a job does, but raising what the job's reader would turn into a note.
+            scan = read_subtitles(path, threading.Event(), watch)
+            length = min(source.info.duration_s or math.inf, DEFAULT_MAX_DURATION_S)
+            for track in scan.tracks:
+                cues += len(track.cues)
+                webvtt_segments(track.cues, progress.origin_s or 0.0, 2.0,
+                                float(TIMELINE_START), length)
+    return {"outcome": "decoded", "frames": frames, "audio_frames": audio_frames, "cues": cues}
+
 
 
 def main() -> None:
