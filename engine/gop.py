@@ -37,6 +37,27 @@ RATE_WINDOW = Fraction(1)
 RATE_JITTER = Fraction(2, 100)
 
 
+#: The rates a camera's high-speed modes are multiples of: PAL's (100 and 200 fps), NTSC's
+#: (119.88 and 239.76 fps), and the cap's.
+_BASE_RATES = (Fraction(50), Fraction(60000, 1001), Fraction(60))
+
+
+def grid_rate(source_rate: Fraction | None, max_frame_rate: Fraction) -> Fraction:
+    """The rate of the grid a source faster than ``max_frame_rate`` is put on (see
+    :class:`KeyframeSchedule`): its own divided by 2, 3 or 4 where that is a camera's base rate
+    (``_BASE_RATES``, within ``RATE_JITTER``), else the cap. A 100 fps capture plays at 50 fps,
+    every other frame, where the 60 fps grid showed them unevenly (one source frame a slot,
+    then two). Any other source: the cap (144 and 90 fps have no such divisor)."""
+    if source_rate is None or source_rate <= max_frame_rate * GRID_ABOVE:
+        return max_frame_rate
+    for divisor in (2, 3, 4):
+        rate = source_rate / divisor
+        base = min(_BASE_RATES, key=lambda base: abs(rate - base))
+        if base <= max_frame_rate and abs(rate - base) <= RATE_JITTER * base:
+            return base
+    return max_frame_rate
+
+
 def segment_length(seconds: float) -> Fraction:
     """A segment length as the schedule counts it: exact, since 0.1 s and its like are not
     binary floats (the nearest fraction with a denominator up to 1000)."""
@@ -64,11 +85,12 @@ class KeyframeSchedule:
 
     Frames faster than ``max_frame_rate`` are dropped here, by time, so every rung gets the same
     frames. A source whose average rate is above the cap (``source_rate``: 90, 144 or 240 fps
-    captures) is put on the cap's grid instead: each frame goes to the slot of 1 /
-    ``max_frame_rate`` nearest to it, and a slot shows the first frame that comes to it (within
-    half a slot of its time), retimed to it. Dropping only the frames closer than the cap to the
-    last one kept every third frame of 144 fps (48 fps, listed as 60) and every other of 90
-    (45 fps); the grid keeps 60 fps, as the ffmpeg CLI's ``fps`` filter does.
+    captures) is put on a grid instead, of the cap's rate or a lower one that divides the
+    source's (see :func:`grid_rate`): each frame goes to the slot of 1 / ``rate`` nearest to
+    it, and a slot shows the first frame that comes to it (within half a slot of its time),
+    retimed to it. Dropping only the frames closer than the cap to the last one kept every
+    third frame of 144 fps (48 fps, listed as 60) and every other of 90 (45 fps); the grid keeps
+    60 fps, as the ffmpeg CLI's ``fps`` filter does.
 
     Any other source keeps its frames' own times, and the cap holds on average (a token
     bucket): the right to keep a frame comes at the cap's rate, up to ``BURST_FRAMES`` held,
@@ -83,8 +105,10 @@ class KeyframeSchedule:
         if segment_seconds <= 0:
             raise ValueError("segment length must be positive")
         self.segment_seconds = segment_seconds
-        self._min_interval = 1 / max_frame_rate
-        #: Whether frames are retimed to the cap's grid.
+        #: The most frames a second the schedule keeps: the cap, or the grid's lower rate.
+        self.rate = grid_rate(source_rate, max_frame_rate)
+        self._min_interval = 1 / self.rate
+        #: Whether frames are retimed to a grid.
         self.on_grid = source_rate is not None and source_rate > max_frame_rate * GRID_ABOVE
         self._source_interval = 1 / source_rate if source_rate else Fraction(0)
         self._last_slot = -1

@@ -366,7 +366,7 @@ class Job:
         self.source_frames = info.declared_frames
         self._frames_total = info.declared_frames or round(info.duration_s * float(info.frame_rate))
         if schedule.on_grid:  # the frames the cap keeps
-            self._frames_total = math.ceil(self._frames_total * MAX_FRAME_RATE / info.frame_rate)
+            self._frames_total = math.ceil(self._frames_total * schedule.rate / info.frame_rate)
         spill = self.options.spill_bytes
         if spill is None:
             spill = shutil.disk_usage(scratch).free // 2
@@ -426,7 +426,8 @@ class Job:
             if audio is not None:
                 publisher.set_audio(audio.close())
             self._take_subtitles(publisher, subtitles, wait=True)
-            self.notes = source_notes(info, self.decode_stats, audio, self.subtitles)
+            self.notes = source_notes(info, self.decode_stats, audio, self.subtitles,
+                                      schedule.rate)
             if not self._poster_written.is_set():
                 self._write_poster(publisher, poster.finish())
 
@@ -715,7 +716,8 @@ class Job:
 
 
 def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None,
-                 subtitles: SubtitleScan | None = None) -> list[str]:
+                 subtitles: SubtitleScan | None = None,
+                 frame_rate_cap: Fraction = MAX_FRAME_RATE) -> list[str]:
     """What of the source a complete job's output leaves out, in a line each for its user:
     an output without the source's sound, or with damaged packets left out, must not pass
     for the whole source without a word."""
@@ -738,7 +740,7 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | Non
         notes += _subtitle_notes(subtitles)
     if stats.frames_over_cap:
         notes.append(f"{_count(stats.frames_over_cap, 'frame')} of the source left out: the output "
-                     f"runs at {MAX_FRAME_RATE} fps at most")
+                     f"runs at {_rate(frame_rate_cap)} fps at most")
     if stats.bad_packets:
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
     if audio is not None and audio.skipped_frames:
@@ -768,6 +770,10 @@ def _subtitle_notes(scan: SubtitleScan) -> list[str]:
         notes.append(f"{_count(scan.cues_too_large, 'subtitle cue')} left out: a subtitle "
                      f"track's WebVTT is {MAX_TRACK_BYTES >> 20} MB at most")
     return notes
+
+
+def _rate(rate: Fraction) -> str:
+    return str(rate.numerator) if rate.denominator == 1 else f"{float(rate):.2f}"
 
 
 def _count(number: int, thing: str) -> str:

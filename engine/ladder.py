@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from engine.errors import InvalidOptionsError
+from engine.gop import grid_rate
 from engine.probe import SourceInfo
 
 #: Short sides of the default ladder, lowest (and first published) first.
@@ -129,7 +130,7 @@ def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> lis
     if wider is not None and fitted is not None and max(fitted) > max(sizes[kept[-1]]):
         kept.append(wider)
         sizes[wider] = fitted
-    frame_rate = min(source.frame_rate, MAX_FRAME_RATE)
+    frame_rate = min(source.frame_rate, grid_rate(source.frame_rate, MAX_FRAME_RATE))
     rungs = []
     for short in kept:
         width, height = sizes[short]

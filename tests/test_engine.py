@@ -676,6 +676,29 @@ def test_a_source_above_60_fps_becomes_60_fps_exactly(tmp_path: Path, name: str,
                              "output runs at 60 fps at most"]
 
 
+@pytest.mark.parametrize(("fps", "rate", "listed"), [
+    (Fraction(100), Fraction(50), "50"), (Fraction(120000, 1001), Fraction(60000, 1001), "59.94")])
+def test_a_camera_high_speed_mode_plays_at_its_base_rate(tmp_path: Path, fps: Fraction,
+                                                        rate: Fraction, listed: str) -> None:
+    """PAL's 100 fps and NTSC's 119.88 fps modes keep every other frame, at its own time, and
+    are listed at 50 and 59.94 fps. On the 60 fps grid, 100 fps showed one source frame a slot,
+    then two, by turns (a judder on every pan)."""
+    source = media.make_video(tmp_path / "fast.mp4", fps=fps, seconds=2.5, width=320,
+                              height=180, audio=False)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    frames = decode_rendition(run.out / "180p")
+    kept = round(2.5 * fps) // 2
+    assert [media.frame_index(f) for f in frames] == list(range(0, 2 * kept, 2))
+    start = Fraction(frames[0].pts) * frames[0].time_base
+    times = [Fraction(f.pts) * f.time_base - start for f in frames]
+    assert all(abs(t - k / rate) <= Fraction(1, 1000) for k, t in enumerate(times)), times
+    assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(
+        float(rate), abs=0.001)
+    assert run.job.notes == [f"{round(2.5 * fps) - kept} frames of the source left out: the "
+                             f"output runs at {listed} fps at most"]
+
+
 def test_a_damaged_time_too_far_out_for_the_timeline_is_no_time(tmp_path: Path) -> None:
     """144 fps on a millisecond clock is timed in thirds of milliseconds (see
     ``KeyframeSchedule.timeline_time_base``); a last frame damaged to 2^62 ms has no time in

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from engine.errors import InvalidOptionsError
-from engine.gop import KeyframeSchedule, segment_of
+from engine.gop import KeyframeSchedule, grid_rate, segment_of
 from engine.ladder import (
     DEFAULT_HEIGHTS,
     MAX_FRAME_RATE,
@@ -257,6 +257,18 @@ def test_a_fast_stretch_of_a_variable_rate_source_is_capped_to_60() -> None:
     assert 120 <= len(fast) <= 122
     assert all(b - a in (5, 10, 15) for a, b in itertools.pairwise(fast))
     assert [t for t in kept if not 720 <= t < 2160] == [t for t in ticks if not 720 <= t < 2160]
+
+
+@pytest.mark.parametrize(("source", "rate"), [
+    (100, 50), (200, 50), (150, 50), (98, 50), (Fraction(120000, 1001), Fraction(60000, 1001)),
+    (Fraction(240000, 1001), Fraction(60000, 1001)), (120, 60), (240, 60), (144, 60), (90, 60),
+    (165, 60), (75, 60), (1000, 60), (60, 60), (50, 60), (30, 60)])
+def test_a_camera_high_speed_mode_gets_its_base_rate_grid(source: int | Fraction,
+                                                          rate: int | Fraction) -> None:
+    """A source above the cap whose rate divides by 2, 3 or 4 to 50 or 59.94 fps goes on that
+    grid; any other on the cap's (and a source below the cap is on none, the cap holding)."""
+    assert grid_rate(Fraction(source), MAX_FRAME_RATE) == rate
+    assert KeyframeSchedule(Fraction(2), MAX_FRAME_RATE, Fraction(source)).rate == rate
 
 
 def test_144_fps_is_put_on_a_60_fps_grid() -> None:
