@@ -19,7 +19,7 @@ from engine.ladder import LadderOptions
 from engine.publish import Publisher
 from engine.subtitles import Cue, cue_text, webvtt_segments
 from tests import media
-from tests.conftest import options, run_job
+from tests.conftest import JobRun, options, run_job
 from tests.hostile import read_webvtt
 
 SMALL = LadderOptions(heights=(144,))
@@ -138,11 +138,8 @@ def _slow_pass(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Eve
     return started
 
 
-def test_early_playback_waits_for_the_subtitles(plain: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first rung's segments close before the subtitle pass is over: READY waits for it,
-    and the master that makes the job READY lists the subtitles."""
-    _slow_pass(monkeypatch, 2.0)
+def _early_job(plain: Path, tmp_path: Path) -> tuple[JobRun, list[str]]:
+    """An early-playback job on a subtitled source, complete, and its master at READY."""
     source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
     masters = []
 
@@ -152,6 +149,15 @@ def test_early_playback_waits_for_the_subtitles(plain: Path, tmp_path: Path,
     run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True,
                                                     segment_seconds=1), on_event)
     assert run.state == JobState.COMPLETE, run.job.error
+    return run, masters
+
+
+def test_early_playback_waits_for_the_subtitles(plain: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first rung's segments close before the subtitle pass is over: READY waits for it,
+    and the master that makes the job READY lists the subtitles."""
+    _slow_pass(monkeypatch, 2.0)
+    run, masters = _early_job(plain, tmp_path)
     assert len(masters) == 1 and "TYPE=SUBTITLES" in masters[0], masters
     assert run.job.time_to_ready_s is not None and run.job.time_to_ready_s >= 2.0
 
@@ -159,18 +165,10 @@ def test_early_playback_waits_for_the_subtitles(plain: Path, tmp_path: Path,
 def test_early_playback_waits_for_the_subtitles_a_while_only(
         plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pass longer than the wait: READY without them, and the master lists them (EVENT
-    playlists, as the rungs' are) as soon as the pass is over."""
+    playlists, as the rungs' are) once the pass is over, from the rung's completion on."""
     _slow_pass(monkeypatch, 3.0)
     monkeypatch.setattr(engine.job, "SUBTITLE_WAIT_S", 0.0)
-    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
-    masters = []
-
-    def on_event(event: engine.job.JobEvent) -> None:
-        if event.type == "ready":
-            masters.append((tmp_path / "out" / "master.m3u8").read_text())
-    run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True,
-                                                    segment_seconds=1), on_event)
-    assert run.state == JobState.COMPLETE, run.job.error
+    run, masters = _early_job(plain, tmp_path)
     assert len(masters) == 1 and "SUBTITLES" not in masters[0], masters
     assert run.job.time_to_ready_s is not None and run.job.time_to_ready_s < 3.0
     # (The poller may not see the last version before the job returns: the file is read too.)
