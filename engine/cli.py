@@ -323,6 +323,9 @@ class TimelineRenderer(EventRenderer):
                 f"time to ready {summary['time_to_ready_s']} s, total {summary['total_s']} s, "
                 f"frames decoded {summary['frames_decoded']} / source {summary['source_frames']}",
                 highlight=False)
+            if summary["subtitles"]:
+                self.console.print(f"subtitles: {', '.join(summary['subtitles'])}",
+                                   highlight=False, soft_wrap=True)
             for note in summary["notes"]:
                 self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
 

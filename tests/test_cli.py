@@ -162,6 +162,16 @@ def test_the_timeline_ends_with_what_the_output_left_out(tmp_path: Path) -> None
         "note: the source's audio is in a format FFmpeg cannot decode: the output has no sound")
 
 
+def test_the_timeline_names_the_subtitles_kept(tmp_path: Path) -> None:
+    source = hostile.subtitles_in_pictures(tmp_path)
+    result = run_cli("transcode", source, tmp_path / "out", "--ladder", "180")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == [
+        "subtitles: eng",
+        "note: 1 subtitle track not in text (DVD, Blu-ray or DVB pictures, teletext) not kept: "
+        "the output's subtitles are text"]
+
+
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "empty": (lambda d: _touch(d / "empty.mp4"), "empty"),
     "random bytes": (lambda d: media.make_random_bytes(d / "noise.mp4"), "not a video"),
