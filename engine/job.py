@@ -683,10 +683,14 @@ class Job:
                 shutil.rmtree(self.out_dir / status.rung.name, ignore_errors=True)
         if AUDIO_FOLDER in listed:
             _keep_listed(self.out_dir / AUDIO_FOLDER)
+        # Subtitles are written whole before a master lists them (or never, after a failure).
+        listed_subtitles = (self._publisher.listed_subtitle_folders
+                            if self._publisher is not None and kept else set())
+        for folder in self.out_dir.glob(f"{SUBTITLES_FOLDER}*"):
+            if folder.name not in listed_subtitles:
+                shutil.rmtree(folder, ignore_errors=True)
         if not kept:
             shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
-            for folder in self.out_dir.glob(f"{SUBTITLES_FOLDER}*"):  # written whole or not
-                shutil.rmtree(folder, ignore_errors=True)
             (self.out_dir / POSTER).unlink(missing_ok=True)
             if self._created_output:
                 with contextlib.suppress(OSError):  # not empty: someone else's files

@@ -200,6 +200,11 @@ class Publisher:
         """The names of the subtitle renditions written so far."""
         return [rendition.name for rendition, _ in self._subtitles]
 
+    @property
+    def listed_subtitle_folders(self) -> set[str]:
+        """The folders of the subtitle renditions a master playlist has listed."""
+        return {uri.split("/")[0] for uri in self._subtitle_playlists}
+
     def expect_subtitles(self, length_s: float) -> None:
         """List nothing until :meth:`set_subtitles` is called (or :meth:`stop_waiting`):
         players read the first master playlist only, which should list them. They are kept up

@@ -246,3 +246,22 @@ def test_a_track_with_long_segments_is_listed_with_its_own_target_duration(
     assert [s.duration for s in playlist.segments] == [3.5]
     assert playlist.target_duration == 4
     assert m3u8.load(str(run.out / "144p" / "index.m3u8")).target_duration == 1
+
+
+def test_subtitles_written_but_never_listed_are_removed(
+        plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first rung is listed early without them (the pass was late), they are written once
+    decoding is done, and the rung's completion fails: the early-listed rung stays playable,
+    and nothing is left that no playlist lists."""
+    def full_disk(*args: Any) -> None:
+        raise OutputWriteError("cannot write master.m3u8: No space left on device")
+    monkeypatch.setattr(Publisher, "publish", full_disk)
+    _slow_pass(monkeypatch, 1.0)
+    monkeypatch.setattr(engine.job, "SUBTITLE_WAIT_S", 0.0)
+    source = media.make_subtitled(plain, tmp_path / "s.mkv", [ENGLISH])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=True,
+                                                    segment_seconds=1))
+    assert run.state == JobState.FAILED
+    assert "SUBTITLES" not in (run.out / "master.m3u8").read_text()
+    assert sorted(p.name for p in run.out.iterdir()) == [
+        "144p", "audio", "master.m3u8", "poster.jpg"]
