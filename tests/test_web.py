@@ -48,7 +48,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     source, output = base / "src", base / "out"
     source.mkdir()
     output.mkdir()
-    media.make_video(source / "clip.mp4", width=640, height=360, seconds=4)
+    plain = media.make_video(base / "plain.mp4", width=640, height=360, seconds=4)
+    media.make_subtitled(plain, source / "clip.mp4", [
+        media.SubtitleSpec([(0.5, 1.5, "Hello")], codec="mov_text", language="eng")])
     (base / "secret.txt").write_text("not for the web\n")
     (output / "escape").symlink_to(base)
     (output / "notes.txt").write_text("not an output\n")
@@ -93,6 +95,7 @@ def test_playlists_are_never_cached_and_match_the_files(served: Served) -> None:
     ("fmp4", "360p/init.mp4", "video/mp4"),
     ("fmp4", "360p/seg_00000.m4s", "video/iso.segment"),
     ("mpegts", "360p/seg_00000.ts", "video/mp2t"),
+    ("mpegts", "subtitles1/seg_00000.vtt", "text/vtt; charset=utf-8"),
     ("fmp4", "poster.jpg", "image/jpeg"),
 ])
 def test_media_files_have_their_type_and_segments_are_immutable(
