@@ -125,11 +125,9 @@ def cue_text(ass: bytes) -> str:
 class WebVTTTrack:
     """One track's WebVTT files, as :func:`webvtt_segments` cut them."""
 
-    #: Each file's text and the seconds it covers.
+    #: Each file's text and the seconds it covers: the job's segment length (the last one's
+    #: may be shorter), or longer for a track that would need more than ``MAX_SEGMENTS`` files.
     files: list[tuple[str, float]]
-    #: How long each file is (the last may be shorter): the job's segment length, or longer for
-    #: a track that would need more than ``MAX_SEGMENTS`` files.
-    segment_s: float
     #: Cues left out because the track's files reached ``MAX_TRACK_BYTES``.
     cues_over: int = 0
 
@@ -151,7 +149,7 @@ def webvtt_segments(cues: tuple[Cue, ...], origin_s: float, segment_s: float,
              c.text) for c in cues)
         if stop > max(0, start))
     if not shown:
-        return WebVTTTrack([], segment_s)
+        return WebVTTTrack([])
     last = max(stop for _, stop, _ in shown)
     length = max(round(1000 * segment_s), math.ceil(last / MAX_SEGMENTS))
     header = (f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{round(timeline_start_s * _MPEGTS_HZ)},"
@@ -180,7 +178,7 @@ def webvtt_segments(cues: tuple[Cue, ...], origin_s: float, segment_s: float,
                     break
                 blocks.append(block)
         files.append((header + "".join(blocks), min(length, last - begin) / 1000))
-    return WebVTTTrack(files, length / 1000, cues_over)
+    return WebVTTTrack(files, cues_over)
 
 
 def _timestamp(millis: int) -> str:
