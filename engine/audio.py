@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -52,6 +53,8 @@ class EncodedAudio:
     segments: tuple[SegmentRecord, ...]
     codecs: str
     channels: int
+    #: The source track's language (a BCP 47 tag), None when it has none.
+    language: str | None = None
 
 
 class AudioEncoder:
@@ -59,8 +62,9 @@ class AudioEncoder:
 
     def __init__(self, out_dir: Path, segment_seconds: Fraction, segment_type: str,
                  settings: AudioSettings, duration_s: float = math.inf,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, language: str | None = None) -> None:
         self.settings = settings
+        self.language = language
         #: Checked while a long pause is filled: an hour of silence takes 25 s to encode here.
         self._cancel = cancel
         #: How long the source says it is: a gap reaching past that is a broken timestamp,
@@ -139,14 +143,15 @@ class AudioEncoder:
         self._queue(self._resampler.resample(None))
         self._encode(self._frames(final=True))
         self.writer.mux(self.stream.encode(None))
-        segments = self.writer.close()
-        return EncodedAudio(AUDIO_FOLDER, tuple(segments), AAC_LC_CODECS,
-                            self.settings.channels)
+        return self._rendition(self.writer.close())
 
     def progress(self) -> EncodedAudio:
         """The rendition as far as it is complete (segments closed so far); any thread."""
-        return EncodedAudio(AUDIO_FOLDER, tuple(self.writer.closed_segments()), AAC_LC_CODECS,
-                            self.settings.channels)
+        return self._rendition(self.writer.closed_segments())
+
+    def _rendition(self, segments: Sequence[SegmentRecord]) -> EncodedAudio:
+        return EncodedAudio(AUDIO_FOLDER, tuple(segments), AAC_LC_CODECS,
+                            self.settings.channels, self.language)
 
     def abort(self) -> None:
         self.writer.abort()

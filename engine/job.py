@@ -381,7 +381,8 @@ class Job:
         audio = None
         if info.audio is not None:
             audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
-                                 self.options.audio, info.duration_s or math.inf, self._stop)
+                                 self.options.audio, info.duration_s or math.inf, self._stop,
+                                 info.audio.language)
         poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
         subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
         if subtitles is not None:

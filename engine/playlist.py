@@ -48,6 +48,8 @@ class AudioRendition:
 
     uri: str
     channels: int
+    #: A BCP 47 tag; None: "und".
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,9 @@ def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None,
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if audio is not None:
         lines.append(
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",LANGUAGE="und",'
-            f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="{audio.channels}",URI="{audio.uri}"'
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",'
+            f'LANGUAGE="{audio.language or "und"}",DEFAULT=YES,AUTOSELECT=YES,'
+            f'CHANNELS="{audio.channels}",URI="{audio.uri}"'
         )
     default = next((s for s in subtitles if s.default), None)
     for rendition in subtitles:

@@ -30,6 +30,7 @@ import av.error
 import av.stream
 import av.video.codeccontext
 import av.video.frame
+import langcodes
 import numpy as np
 from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
@@ -80,6 +81,8 @@ class AudioInfo:
     codec: str
     sample_rate: int
     channels: int
+    #: The track's language as a BCP 47 tag (see :func:`language_tag`); None when untagged.
+    language: str | None = None
 
 
 #: FFmpeg's code for "unspecified" in each colour field below (ISO/IEC 23091-2 numbering).
@@ -577,7 +580,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     if audio_stream is not None:
         a = audio_stream.codec_context
         audio = AudioInfo(codec=a.name, sample_rate=a.sample_rate or 0,
-                          channels=a.channels or 0)
+                          channels=a.channels or 0, language=language_tag(audio_stream))
     pix_fmt = first.format.name
     info = SourceInfo(
         path=path,
@@ -631,6 +634,20 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
     decodable = [a for a in container.streams.audio if a.codec_context is not None]
     flagged = (a for a in decodable if a.disposition & av.stream.Disposition.default)
     return next(flagged, decodable[0] if decodable else None)
+
+
+def language_tag(stream: av.stream.Stream) -> str | None:
+    """A stream's language in the form an HLS master playlist's LANGUAGE takes (RFC 8216 and
+    RFC 5646): the shortest registered tag, so ``en`` for the ISO 639-2 ``eng`` containers
+    carry, ``fr`` for the bibliographic ``fre``. None for "undetermined" and for a tag the
+    registry does not know (players match LANGUAGE against the viewer's languages, and an
+    unknown one would never match)."""
+    tag = str(stream.metadata.get("language", "")).strip()
+    try:
+        tag = langcodes.standardize_tag(tag) if tag else ""
+    except ValueError:  # langcodes.LanguageTagError: not a tag at all
+        return None
+    return tag if tag and tag != "und" and langcodes.tag_is_valid(tag) else None
 
 
 def _credible_rate(rate: Fraction | None) -> bool:

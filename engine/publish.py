@@ -369,7 +369,8 @@ class Publisher:
             self._subtitle_playlists.add(rendition.uri)
         others = [v for v in self.variants if v.uri != variant.uri]
         variants = sorted([*others, variant], key=lambda v: v.width * v.height)
-        audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels)
+        audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels,
+                                self._audio.language)
                  if self._audio else None)
         subtitles = [rendition for rendition, _ in self._subtitles]
         text = master_playlist(variants, audio, subtitles)

@@ -31,7 +31,7 @@ import av.subtitles.stream
 from av.codec.codec import Properties
 
 from engine.errors import InvalidSourceError, JobCancelledError
-from engine.probe import CONTAINER_OPTIONS
+from engine.probe import CONTAINER_OPTIONS, language_tag
 from engine.stall import DecoderWatch, run_watched
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ _ASS_BLOCK = re.compile(r"(\{[^}]*\})")
 _ASS_DRAWING = re.compile(r"\\p(\d+)")
 #: FFmpeg's AV_CODEC_PROP_TEXT_SUB (PyAV's ``Properties`` is not typed as flags).
 _TEXT_SUB = cast(int, Properties.TEXT_SUB.value)
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 
 
 @dataclass(frozen=True)
@@ -317,9 +316,7 @@ def _track(stream: av.subtitles.stream.SubtitleStream,
         if end is None or not end > start:
             end = min(start + OPEN_CUE_S, max(following, start + 0.5))
         cues.append(Cue(start, end, text))
-    language = str(stream.metadata.get("language", "")).strip()
-    if not _LANGUAGE.fullmatch(language) or language.lower() == "und":
-        language = ""
+    language = language_tag(stream)
     title = "".join(c for c in str(stream.metadata.get("title", "")) if c.isprintable())
     name = title.replace('"', "'").strip()[:64] or language or f"Subtitles {number}"
     unique, copy = name, 2
@@ -327,6 +324,6 @@ def _track(stream: av.subtitles.stream.SubtitleStream,
         unique, copy = f"{name} ({copy})", copy + 1
     names.add(unique)
     flags = stream.disposition
-    return SubtitleTrack(unique, language or None, bool(flags & av.stream.Disposition.default),
+    return SubtitleTrack(unique, language, bool(flags & av.stream.Disposition.default),
                          bool(flags & av.stream.Disposition.forced), tuple(cues))
 

@@ -1247,13 +1247,16 @@ def several_audio(folder: Path) -> Path:
 
 
 def default_audio_second(folder: Path) -> Path:
-    """Two audio tracks, the first (a 440 Hz tone) flagged not default, the second (880 Hz) flagged
-    default: a commentary or second-language track before the main one. Players play the second."""
+    """Two audio tracks, the first (a 440 Hz tone, German) flagged not default, the second (880 Hz,
+    English) flagged default: a second-language track before the main one. Players play the
+    second."""
     path = folder / "default_audio_second.mkv"
     tones = [video(folder / f".tone_{hz}.mp4", tone_hz=hz) for hz in (440.0, 880.0)]
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(tones[0]), "-i",
                     str(tones[1]), "-map", "0:v", "-map", "0:a", "-map", "1:a", "-c", "copy",
-                    "-disposition:a:0", "0", "-disposition:a:1", "default", str(path)],
+                    "-disposition:a:0", "0", "-disposition:a:1", "default",
+                    "-metadata:s:a:0", "language=ger", "-metadata:s:a:1", "language=eng",
+                    str(path)],
                    check=True)
     for tone in tones:
         tone.unlink()
@@ -1358,6 +1361,14 @@ def _subtitles(expected: dict[str, list[tuple[float, float, str]]]) -> Callable[
         found = {name: [(round(start, 3), round(end, 3), text) for start, end, text in cues]
                  for name, cues in output.subtitles.items()}
         assert found == expected, found
+    return check
+
+
+def _audio_language(tag: str) -> Callable[[Output], None]:
+    """The master lists the audio rendition with this LANGUAGE."""
+    def check(output: Output) -> None:
+        master = m3u8.load(str(output.out / "master.m3u8"))
+        assert [m.language for m in master.media if m.type == "AUDIO"] == [tag], master.media
     return check
 
 
@@ -1682,10 +1693,11 @@ RECIPES: tuple[Recipe, ...] = (
            note="the cover picture is neither the video nor a second video stream"),
     Recipe("subtitled", lambda d, _: subtitled(d), L,
            check=_all(_dims(LANDSCAPE), _audio(), _subtitles({
-               "eng": [(0.1, 0.9, "Hello")], "fre": [(0.1, 0.9, "Bonjour")]})),
-           note="SubRip tracks are kept as WebVTT renditions, named by language"),
+               "en": [(0.1, 0.9, "Hello")], "fr": [(0.1, 0.9, "Bonjour")]})),
+           note="SubRip tracks are kept as WebVTT renditions, named by language (eng and the "
+                "bibliographic fre, as the shortest tags: en, fr)"),
     Recipe("subtitles_in_pictures", lambda d, _: subtitles_in_pictures(d), L,
-           check=_subtitles({"eng": [(0.2, 0.8, "Words")]}),
+           check=_subtitles({"en": [(0.2, 0.8, "Words")]}),
            note="a DVD subtitle track beside a text one: the text one is kept, the job says "
                 "the other is not", notes=("1 subtitle track not in text",)),
     Recipe("subtitle_cue_not_utf8", lambda d, _: subtitle_cue_not_utf8(d), L,
@@ -1693,7 +1705,7 @@ RECIPES: tuple[Recipe, ...] = (
            note="a SubRip cue whose bytes are not UTF-8 does not decode: left out, and said",
            notes=("1 damaged subtitle cue",)),
     Recipe("subtitles_hours_late", lambda d, _: subtitles_hours_late(d), L,
-           check=_subtitles({"eng": [(0.0, 0.5, "Early")]}),
+           check=_subtitles({"en": [(0.0, 0.5, "Early")]}),
            note="the video starts 2 s into the file and a cue is stamped 10 hours on: cues "
                 "are timed from the first picture, the one before it cut to it, the late one "
                 "left out (it would have made a WebVTT file every second up to it)"),
@@ -1733,7 +1745,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("audio_44k", lambda d, _: video(d / "audio_44k.mp4", sample_rate=44100), L,
            check=_audio(), note="resampled to 48 kHz"),
     Recipe("default_audio_second", lambda d, _: default_audio_second(d), L,
-           check=_audio_tones(880.0), note="the audio track flagged default is transcoded",
+           check=_all(_audio_tones(880.0), _audio_language("en")),
+           note="the audio track flagged default is transcoded, listed with its language",
            notes=("2 audio tracks",)),
     Recipe("several_audio", lambda d, _: several_audio(d), L, check=_audio(),
            note="the first audio track is used",

@@ -357,6 +357,7 @@ def test_audio_rendition(shared_run: JobRun) -> None:
     master = master_of(out)
     (audio_media,) = master.media
     assert (audio_media.type, audio_media.group_id, audio_media.channels) == ("AUDIO", "audio", "2")
+    assert audio_media.language == "und"  # the source's track has no language
     with av.open(io.BytesIO(whole_rendition(out / "audio"))) as container:
         (stream,) = container.streams
         assert stream.type == "audio"

@@ -94,12 +94,12 @@ def test_text_tracks_become_webvtt_renditions(plain: Path, tmp_path: Path, suffi
     run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=early))
     assert run.state == JobState.COMPLETE, run.job.error
     assert run.job.notes == []
-    english = "English" if suffix == ".mkv" else "eng"  # MP4 keeps no track title
-    assert run.job.summary()["subtitles"] == [english, "fre"]
+    english = "English" if suffix == ".mkv" else "en"  # MP4 keeps no track title
+    assert run.job.summary()["subtitles"] == [english, "fr"]
     master = m3u8.load(str(run.out / "master.m3u8"))
     texts = [m for m in master.media if m.type == "SUBTITLES"]
     assert [(m.name, m.language, m.default, m.autoselect, m.forced) for m in texts] == [
-        (english, "eng", "YES", "YES", "NO"), ("fre", "fre", "NO", "YES", "YES")]
+        (english, "en", "YES", "YES", "NO"), ("fr", "fr", "NO", "YES", "YES")]
     assert all(p.stream_info.subtitles == "subtitles" for p in master.playlists)
     # Of the type every playlist of the master has: EVENT once a rung was listed early.
     kinds = {m3u8.load(str(run.out / uri)).playlist_type
@@ -113,6 +113,22 @@ def test_text_tracks_become_webvtt_renditions(plain: Path, tmp_path: Path, suffi
     assert snapshots and all("TYPE=SUBTITLES" in s.text for s in snapshots)
     if not early:  # (an early-listed playlist grows: it has no end tag yet)
         assert not [s.problems for s in snapshots if s.problems]
+
+
+def test_languages_are_listed_as_the_shortest_registered_tags(plain: Path,
+                                                               tmp_path: Path) -> None:
+    """RFC 8216 wants LANGUAGE as an RFC 5646 tag, and players match it against the viewer's
+    languages: ISO 639-2 codes (German's bibliographic ``ger``) are listed by their shortest
+    form, a region is kept, and a code no registry has is left out (the name falls back)."""
+    languages = ["ger", "pt-BR", "xyz", "qaa"]
+    source = media.make_subtitled(plain, tmp_path / "languages.mkv", [
+        media.SubtitleSpec([(0.5, 1.0, f"Track {n}")], language=tag)
+        for n, tag in enumerate(languages)])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL))
+    assert run.state == JobState.COMPLETE, run.job.error
+    master = m3u8.load(str(run.out / "master.m3u8"))
+    assert [(m.name, m.language) for m in master.media if m.type == "SUBTITLES"] == [
+        ("de", "de"), ("pt-BR", "pt-BR"), ("Subtitles 3", None), ("qaa", "qaa")]
 
 
 def test_cues_are_timed_from_the_first_picture(plain: Path, tmp_path: Path) -> None:
