@@ -98,13 +98,24 @@ TEXT_TRACKS_JS = """() => Array.from(document.getElementById('video').textTracks
     start: c.startTime, end: c.endTime, text: c.getCueAsHTML().textContent}))}))"""
 
 
+#: Counts the Web Workers the page starts (hls.js transmuxes in one, which its instances share).
+COUNT_WORKERS_JS = """(() => {
+  const Original = window.Worker;
+  let started = 0;
+  window.Worker = function (...args) { started += 1; return new Original(...args); };
+  window.Worker.prototype = Original.prototype;
+  Object.defineProperty(window, "workersStarted", { get: () => started });
+})();"""
+
+
 def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]:
     """Open a fresh context, start the job with ``start()``, open its page, play to the end.
 
     Returns what the page measured (``window.rungs``, with ``textTracks``: see
-    ``TEXT_TRACKS_JS``) and the epoch ms of the Transcode call.
+    ``TEXT_TRACKS_JS``, and ``workersStarted``) and the epoch ms of the Transcode call.
     """
     context = browser.new_context()
+    context.add_init_script(COUNT_WORKERS_JS)
     try:
         page = context.new_page()
         cdp = context.new_cdp_session(page)
@@ -119,6 +130,7 @@ def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]
             "() => { const r = Object.assign({}, window.rungs); delete r.hls;"
             " r.log = document.getElementById('log').textContent; return r; }")
         measured["textTracks"] = page.evaluate(TEXT_TRACKS_JS)
+        measured["workersStarted"] = page.evaluate("window.workersStarted")
         return measured, called
     finally:
         context.close()
@@ -176,6 +188,9 @@ def test_plays_early_and_upgrades_without_interruption(
     # A failure here says when the upgrade came and which levels the player then loaded.
     assert sizes[0] == (640, 360) and sizes[-1] == (1280, 720), (sizes, upgrade, loads)
     assert upgrade["onScreenAt"] is not None, "the 720p picture never reached the screen"
+    # The new Hls took over the old one's transmuxing worker: starting one means compiling
+    # hls.js again, in a burst of CPU while the picture plays.
+    assert measured["workersStarted"] == 1, measured["workersStarted"]
     loss = _loss(measured, upgrade["at"], upgrade["onScreenAt"] + 1000)
     published_at = next(e["receivedAt"] for e in measured["events"]
                         if e["type"] == "rung_published" and e["rung"] == "720p")

@@ -41,6 +41,11 @@
   let master = null;
   const bitrates = new Map();  // rung name -> peak bandwidth, from rung_published
   let upgrading = false;
+  // Instances that handed the media over, destroyed once their successor has buffered a
+  // fragment: until then they keep hls.js's transmuxing worker alive (instances share it, and
+  // the last one to go terminates it), which the successor would otherwise start anew, compiling
+  // hls.js again in the middle of playback.
+  const retired = [];
 
   function log(text) {
     const line = `${((now() - performance.timeOrigin) / 1000).toFixed(2)}s  ${text}\n`;
@@ -63,6 +68,7 @@
       if (level) log(`playing level ${data.level}: ${level.width}x${level.height}`);
     });
     hls.on(Hls.Events.ERROR, (_, data) => {
+      if (hls !== rungs.hls) return;  // a retired instance: it loads nothing any more
       rungs.errors.push({ fatal: data.fatal, type: data.type, details: data.details });
       log(`hls.js ${data.fatal ? "fatal " : ""}error: ${data.type} ${data.details}`);
       if (!data.fatal) return;
@@ -99,7 +105,8 @@
                       keepUntil, onScreenAt: null, onScreenWidth: null };
     rungs.upgrades.push(upgrade);
     const estimate = hls.bandwidthEstimate;
-    hls.destroy();
+    hls.stopLoad();
+    retired.push(hls);
     // hls.js leaves the <track> elements of its subtitle renditions on a media element it hands
     // over, and the new Hls adds its own: each subtitle showed twice, once for each.
     for (const node of video.querySelectorAll("track")) node.remove();
@@ -120,6 +127,9 @@
       }
     });
     next.once(Hls.Events.MANIFEST_PARSED, () => { upgrading = false; maybeUpgrade(); });
+    next.once(Hls.Events.FRAG_BUFFERED, () => {
+      for (const old of retired.splice(0)) old.destroy();
+    });
     rungs.hls = next;
     next.attachMedia(media);
     next.loadSource(master);
