@@ -636,6 +636,10 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
     return next(flagged, decodable[0] if decodable else None)
 
 
+#: What may be a language tag (``_`` as some files write ``en_US``), to RFC 5646's 35 characters.
+_LANGUAGE = re.compile(r"(?=.{1,35}$)[A-Za-z0-9]+([-_][A-Za-z0-9]+)*")
+
+
 def language_tag(stream: av.stream.Stream) -> str | None:
     """A stream's language in the form an HLS master playlist's LANGUAGE takes (RFC 8216 and
     RFC 5646): the shortest registered tag, so ``en`` for the ISO 639-2 ``eng`` containers
@@ -643,8 +647,12 @@ def language_tag(stream: av.stream.Stream) -> str | None:
     registry does not know (players match LANGUAGE against the viewer's languages, and an
     unknown one would never match)."""
     tag = str(stream.metadata.get("language", "")).strip()
+    # langcodes' parser recurses once per subtag: a file's thousand-subtag "tag" overflowed
+    # the stack. RFC 5646 (4.4.1) has implementations keep 35 characters at least.
+    if not _LANGUAGE.fullmatch(tag):
+        return None
     try:
-        tag = langcodes.standardize_tag(tag) if tag else ""
+        tag = langcodes.standardize_tag(tag)
     except ValueError:  # langcodes.LanguageTagError: not a tag at all
         return None
     return tag if tag and tag != "und" and langcodes.tag_is_valid(tag) else None

@@ -73,7 +73,8 @@ class SubtitleTrack:
 
     #: What players show in their subtitle menu (the track's title, else its language).
     name: str
-    #: The language as the source tags it (ISO 639 ``eng``), None where it does not say.
+    #: The source's language tag as a BCP 47 one (``eng`` is ``en``: see
+    #: engine.probe.language_tag), None where it says none a registry knows.
     language: str | None
     #: The source flags it to be shown by default, or as forced (foreign dialogue only).
     default: bool

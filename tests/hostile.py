@@ -1227,6 +1227,24 @@ def subtitles_before_picture(folder: Path) -> Path:
     return path
 
 
+#: A language "tag" of a thousand variants: langcodes' parser recurses once per subtag.
+DEEP_LANGUAGE = "en-" + "-".join(["abcde"] * 1000)
+
+
+def language_tags_deep(folder: Path) -> Path:
+    """Sound and a SubRip track whose language tags are :data:`DEEP_LANGUAGE` (6 kB)."""
+    main = video(folder / ".main.mp4")
+    path = folder / "language_tags_deep.mkv"
+    media.make_subtitled(main, folder / ".subtitled.mkv", [
+        media.SubtitleSpec([(0.2, 0.8, "Words")], language=DEEP_LANGUAGE)])
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i",
+                    str(folder / ".subtitled.mkv"), "-map", "0", "-c", "copy",
+                    "-metadata:s:a:0", f"language={DEEP_LANGUAGE}", str(path)], check=True)
+    for leftover in (main, folder / ".subtitled.mkv"):
+        leftover.unlink()
+    return path
+
+
 def undecodable_audio_tracks(folder: Path) -> Path:
     """Two audio tracks, both with a Matroska codec ID nothing decodes (A_AAC made A_ZZZ)."""
     made = write_streams(folder / ".two_audio.mkv", video_pts=list(range(30)),
@@ -1709,6 +1727,10 @@ RECIPES: tuple[Recipe, ...] = (
            note="the video starts 2 s into the file and a cue is stamped 10 hours on: cues "
                 "are timed from the first picture, the one before it cut to it, the late one "
                 "left out (it would have made a WebVTT file every second up to it)"),
+    Recipe("language_tags_deep", lambda d, _: language_tags_deep(d), L,
+           check=_all(_audio_language("und"), _subtitles({"Subtitles 1": [(0.2, 0.8, "Words")]})),
+           note="language tags of a thousand subtags are no languages: the audio is und, the "
+                "subtitle track gets a name of its own"),
     Recipe("subtitles_before_picture", lambda d, _: subtitles_before_picture(d), L,
            check=_subtitles({}),
            note="every cue ends before the first picture: the track is not listed, and said",
