@@ -324,7 +324,8 @@ class TimelineRenderer(EventRenderer):
                 f"frames decoded {summary['frames_decoded']} / source {summary['source_frames']}",
                 highlight=False)
             if summary["subtitles"]:
-                self.console.print(f"subtitles: {', '.join(summary['subtitles'])}",
+                names = (track["name"] for track in summary["subtitles"])
+                self.console.print(f"subtitles: {', '.join(names)}",
                                    highlight=False, soft_wrap=True)
             for note in summary["notes"]:
                 self.console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -258,6 +258,7 @@ def _describe(event: pb.JobEvent) -> str:
         c = event.complete
         return (f"every rung published; time to ready {c.time_to_ready_seconds:.2f} s, "
                 f"total {c.total_seconds:.2f} s, frames {c.frames_decoded}/{c.source_frames}"
+                + (f"; subtitles: {', '.join(t.name for t in c.subtitles)}" if c.subtitles else "")
                 + "".join(f"; note: {note}" for note in c.notes))
     if kind == "failed":
         return f"{event.failed.error.code}: {event.failed.error.message}"
@@ -298,6 +299,9 @@ def _print_job(job: pb.Job) -> None:
         if rung.state == pb.PUBLISHED:
             line += f"  {rung.bandwidth / 1e6:.2f} Mbit/s peak"
         print(line)
+    for track in job.subtitles:
+        language = f" ({track.language})" if track.language else ""
+        print(f"  subtitle {track.name}{language}  {track.playlist}")
     for note in job.notes:
         print(f"  note     {note}")
     if job.HasField("error"):

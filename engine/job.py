@@ -590,7 +590,11 @@ class Job:
             "decoder": self.decoder,
             "source_frames": self.source_frames,
             "notes": list(self.notes),
-            "subtitles": self._publisher.subtitle_names if self._publisher else [],
+            "subtitles": [
+                {"name": t.name, "language": t.language, "default": t.default,
+                 "forced": t.forced, "playlist": str(self.out_dir / t.uri)}
+                for t in (self._publisher.subtitles if self._publisher else [])
+            ],
             "rungs": [
                 {"rung": s.rung.name, "width": s.rung.width, "height": s.rung.height,
                  "encoder": s.encoder, "state": s.state,

@@ -477,6 +477,7 @@ class _LiveJob:
             snapshot.frames_decoded = event.complete.frames_decoded
             snapshot.source_frames = event.complete.source_frames
             snapshot.notes[:] = event.complete.notes
+            snapshot.subtitles.extend(event.complete.subtitles)
         elif kind == "failed":
             snapshot.error.CopyFrom(event.failed.error)
         if event.state in TERMINAL_STATES:
@@ -538,7 +539,11 @@ class _LiveJob:
                 time_to_ready_seconds=data.get("time_to_ready_s") or 0.0,
                 total_seconds=data.get("total_s") or 0.0,
                 frames_decoded=_u32(data["frames_decoded"]),
-                source_frames=_u32(data["source_frames"]), notes=data["notes"])
+                source_frames=_u32(data["source_frames"]), notes=data["notes"],
+                subtitles=[pb.SubtitleTrack(
+                    name=t["name"], language=t["language"] or "", default=t["default"],
+                    forced=t["forced"], playlist=path(t["playlist"]))
+                    for t in data["subtitles"]])
         if event.type == "failed":
             return "failed", pb.FailedEvent(error=pb.Error(
                 code=data["code"], message=self._roots.client_message(data["message"])))

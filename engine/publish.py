@@ -196,9 +196,9 @@ class Publisher:
         return path
 
     @property
-    def subtitle_names(self) -> list[str]:
-        """The names of the subtitle renditions written so far."""
-        return [rendition.name for rendition, _ in self._subtitles]
+    def subtitles(self) -> list[SubtitleRendition]:
+        """The subtitle renditions written so far (URIs relative to ``out_dir``)."""
+        return [rendition for rendition, _ in self._subtitles]
 
     @property
     def listed_subtitle_folders(self) -> set[str]:

@@ -217,6 +217,37 @@ def test_watch_sees_every_milestone_in_order_and_status_agrees(
     assert again.ListJobs(pb.ListJobsRequest()) == listed
 
 
+def test_a_complete_job_lists_its_subtitle_tracks(start: Callable[..., Running],
+                                                  dirs: Dirs) -> None:
+    """The subtitle tracks the master playlist lists are in the complete event and in the job,
+    which the store keeps: name, language, flags and playlist (relative to the output root)."""
+    media.make_subtitled(dirs.source / "short.mp4", dirs.source / "subtitled.mkv", [
+        media.SubtitleSpec([(0.5, 1.5, "Hello")], language="eng", title="English",
+                           default=True),
+        media.SubtitleSpec([(1.0, 2.0, "Bonjour")], language="fre", forced=True),
+        media.SubtitleSpec([(2.0, 3.0, "???")], title="Commentary")])
+    running = start("subtitles")
+    job = transcode(running.stub, "subtitled.mkv", "subtitled")
+    complete = watch(running.stub, job.id)[-1].complete
+    listed = [(t.name, t.language, t.default, t.forced, t.playlist) for t in complete.subtitles]
+    assert [track[:4] for track in listed] == [("English", "en", True, False),
+                                               ("fr", "fr", False, True),
+                                               ("Commentary", "", False, False)]
+    master = m3u8.load(str(dirs.output / "subtitled" / "master.m3u8"))
+    assert [t.playlist for t in complete.subtitles] == [
+        f"subtitled/{m.uri}" for m in master.media if m.type == "SUBTITLES"]
+    assert all((dirs.output / t.playlist).is_file() for t in complete.subtitles)
+    status = running.stub.Status(pb.StatusRequest(job_id=job.id))
+    assert status.subtitles == complete.subtitles
+    shown = rungs("status", job.id, server=running).stdout
+    assert f"  subtitle English (en)  {listed[0][4]}\n" in shown, shown
+    assert f"  subtitle Commentary  {listed[2][4]}\n" in shown, shown
+    watched = rungs("watch", job.id, server=running).stdout
+    assert "; subtitles: English, fr, Commentary" in watched, watched
+    running.server.stop(grace=1)
+    assert start("subtitles").stub.Status(pb.StatusRequest(job_id=job.id)) == status
+
+
 def published_events_time(events: list[pb.JobEvent], rung: str) -> Any:
     return next(e.time for e in events
                 if e.HasField("rung_published") and e.rung_published.rung == rung)

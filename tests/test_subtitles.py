@@ -95,11 +95,13 @@ def test_text_tracks_become_webvtt_renditions(plain: Path, tmp_path: Path, suffi
     assert run.state == JobState.COMPLETE, run.job.error
     assert run.job.notes == []
     english = "English" if suffix == ".mkv" else "en"  # MP4 keeps no track title
-    assert run.job.summary()["subtitles"] == [english, "fr"]
+    subtitles = run.job.summary()["subtitles"]
+    assert [(t["name"], t["language"]) for t in subtitles] == [(english, "en"), ("fr", "fr")]
     master = m3u8.load(str(run.out / "master.m3u8"))
     texts = [m for m in master.media if m.type == "SUBTITLES"]
     assert [(m.name, m.language, m.default, m.autoselect, m.forced) for m in texts] == [
         (english, "en", "YES", "YES", "NO"), ("fr", "fr", "NO", "YES", "YES")]
+    assert [t["playlist"] for t in subtitles] == [str(run.out / m.uri) for m in texts]
     assert all(p.stream_info.subtitles == "subtitles" for p in master.playlists)
     # Of the type every playlist of the master has: EVENT once a rung was listed early.
     kinds = {m3u8.load(str(run.out / uri)).playlist_type
