@@ -590,6 +590,7 @@ class Job:
             "decoder": self.decoder,
             "source_frames": self.source_frames,
             "notes": list(self.notes),
+            "audio": self._audio_summary(),
             "subtitles": [
                 {"name": t.name, "language": t.language, "default": t.default,
                  "forced": t.forced, "playlist": str(self.out_dir / t.uri)}
@@ -605,6 +606,13 @@ class Job:
                 for s in self.rungs
             ],
         }
+
+    def _audio_summary(self) -> dict[str, Any] | None:
+        audio = self._publisher.audio if self._publisher else None
+        if audio is None:
+            return None
+        return {"language": audio.language, "channels": audio.channels,
+                "playlist": str(self.out_dir / audio.uri)}
 
     def _abandon(self, exc: InvalidSourceError) -> None:
         """The job's thread is stuck in the decoder: end the job from this one. The rungs'

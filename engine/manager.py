@@ -478,6 +478,8 @@ class _LiveJob:
             snapshot.source_frames = event.complete.source_frames
             snapshot.notes[:] = event.complete.notes
             snapshot.subtitles.extend(event.complete.subtitles)
+            if event.complete.HasField("audio"):
+                snapshot.audio.CopyFrom(event.complete.audio)
         elif kind == "failed":
             snapshot.error.CopyFrom(event.failed.error)
         if event.state in TERMINAL_STATES:
@@ -543,7 +545,11 @@ class _LiveJob:
                 subtitles=[pb.SubtitleTrack(
                     name=t["name"], language=t["language"] or "", default=t["default"],
                     forced=t["forced"], playlist=path(t["playlist"]))
-                    for t in data["subtitles"]])
+                    for t in data["subtitles"]],
+                audio=None if data["audio"] is None else pb.AudioTrack(
+                    language=data["audio"]["language"] or "",
+                    channels=data["audio"]["channels"],
+                    playlist=path(data["audio"]["playlist"])))
         if event.type == "failed":
             return "failed", pb.FailedEvent(error=pb.Error(
                 code=data["code"], message=self._roots.client_message(data["message"])))

@@ -196,6 +196,14 @@ class Publisher:
         return path
 
     @property
+    def audio(self) -> AudioRendition | None:
+        """The audio rendition the master playlist lists (None for rungs with no sound)."""
+        if self._audio is None:
+            return None
+        return AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels,
+                              self._audio.language)
+
+    @property
     def subtitles(self) -> list[SubtitleRendition]:
         """The subtitle renditions written so far (URIs relative to ``out_dir``)."""
         return [rendition for rendition, _ in self._subtitles]
@@ -369,11 +377,8 @@ class Publisher:
             self._subtitle_playlists.add(rendition.uri)
         others = [v for v in self.variants if v.uri != variant.uri]
         variants = sorted([*others, variant], key=lambda v: v.width * v.height)
-        audio = (AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels,
-                                self._audio.language)
-                 if self._audio else None)
         subtitles = [rendition for rendition, _ in self._subtitles]
-        text = master_playlist(variants, audio, subtitles)
+        text = master_playlist(variants, self.audio, subtitles)
         validate_master(text, variants, subtitles)
         write_atomically(self.master_path, text.encode())
         self.variants = variants

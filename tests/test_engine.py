@@ -358,6 +358,8 @@ def test_audio_rendition(shared_run: JobRun) -> None:
     (audio_media,) = master.media
     assert (audio_media.type, audio_media.group_id, audio_media.channels) == ("AUDIO", "audio", "2")
     assert audio_media.language == "und"  # the source's track has no language
+    assert shared_run.job.summary()["audio"] == {
+        "language": None, "channels": 2, "playlist": str(out / audio_media.uri)}
     with av.open(io.BytesIO(whole_rendition(out / "audio"))) as container:
         (stream,) = container.streams
         assert stream.type == "audio"

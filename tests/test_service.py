@@ -217,10 +217,11 @@ def test_watch_sees_every_milestone_in_order_and_status_agrees(
     assert again.ListJobs(pb.ListJobsRequest()) == listed
 
 
-def test_a_complete_job_lists_its_subtitle_tracks(start: Callable[..., Running],
-                                                  dirs: Dirs) -> None:
-    """The subtitle tracks the master playlist lists are in the complete event and in the job,
-    which the store keeps: name, language, flags and playlist (relative to the output root)."""
+def test_a_complete_job_lists_its_audio_and_subtitles(start: Callable[..., Running],
+                                                      dirs: Dirs) -> None:
+    """The audio and subtitle renditions the master playlist lists are in the complete event
+    and in the job, which the store keeps: language, flags and playlist (relative to the output
+    root)."""
     media.make_subtitled(dirs.source / "short.mp4", dirs.source / "subtitled.mkv", [
         media.SubtitleSpec([(0.5, 1.5, "Hello")], language="eng", title="English",
                            default=True),
@@ -237,11 +238,15 @@ def test_a_complete_job_lists_its_subtitle_tracks(start: Callable[..., Running],
     assert [t.playlist for t in complete.subtitles] == [
         f"subtitled/{m.uri}" for m in master.media if m.type == "SUBTITLES"]
     assert all((dirs.output / t.playlist).is_file() for t in complete.subtitles)
+    (audio,) = [m for m in master.media if m.type == "AUDIO"]
+    assert (complete.audio.language, complete.audio.channels, complete.audio.playlist) == (
+        "", 2, f"subtitled/{audio.uri}")
     status = running.stub.Status(pb.StatusRequest(job_id=job.id))
-    assert status.subtitles == complete.subtitles
+    assert status.subtitles == complete.subtitles and status.audio == complete.audio
     shown = rungs("status", job.id, server=running).stdout
     assert f"  subtitle English (en)  {listed[0][4]}\n" in shown, shown
     assert f"  subtitle Commentary  {listed[2][4]}\n" in shown, shown
+    assert f"  audio    und, 2 channels  {complete.audio.playlist}\n" in shown, shown
     watched = rungs("watch", job.id, server=running).stdout
     assert "; subtitles: English, fr, Commentary" in watched, watched
     running.server.stop(grace=1)
@@ -592,7 +597,8 @@ def test_status_and_watch_say_what_the_output_left_out(shared: Running, dirs: Di
     assert watched.stdout.rstrip().endswith(f"; note: {note}"), watched.stdout
     status = rungs("status", job_id, server=shared)
     assert f"  note     {note}\n" in status.stdout, status.stdout
-    assert json.loads(rungs("status", job_id, "--json", server=shared).stdout)["notes"] == [note]
+    shown = json.loads(rungs("status", job_id, "--json", server=shared).stdout)
+    assert shown["notes"] == [note] and "audio" not in shown  # a silent output
 
 
 def test_a_job_failed_on_its_source_exits_2_as_rungs_transcode_does(shared: Running,

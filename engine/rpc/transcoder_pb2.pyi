@@ -146,7 +146,7 @@ class Rung(_message.Message):
     def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., state: _Optional[_Union[RungState, str]] = ..., frames_done: _Optional[int] = ..., frames_total: _Optional[int] = ..., encoder: _Optional[str] = ..., bandwidth: _Optional[int] = ..., average_bandwidth: _Optional[int] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "source", "output", "options", "request_id", "rungs", "master_playlist", "poster", "created_at", "started_at", "ready_at", "completed_at", "ended_at", "frames_decoded", "source_frames", "error", "last_sequence", "notes", "subtitles")
+    __slots__ = ("id", "state", "source", "output", "options", "request_id", "rungs", "master_playlist", "poster", "created_at", "started_at", "ready_at", "completed_at", "ended_at", "frames_decoded", "source_frames", "error", "last_sequence", "notes", "subtitles", "audio")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,7 @@ class Job(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
     SUBTITLES_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     source: str
@@ -187,7 +188,18 @@ class Job(_message.Message):
     last_sequence: int
     notes: _containers.RepeatedScalarFieldContainer[str]
     subtitles: _containers.RepeatedCompositeFieldContainer[SubtitleTrack]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ...) -> None: ...
+    audio: AudioTrack
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Union[AudioTrack, _Mapping]] = ...) -> None: ...
+
+class AudioTrack(_message.Message):
+    __slots__ = ("language", "channels", "playlist")
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    PLAYLIST_FIELD_NUMBER: _ClassVar[int]
+    language: str
+    channels: int
+    playlist: str
+    def __init__(self, language: _Optional[str] = ..., channels: _Optional[int] = ..., playlist: _Optional[str] = ...) -> None: ...
 
 class SubtitleTrack(_message.Message):
     __slots__ = ("name", "language", "default", "forced", "playlist")
@@ -332,20 +344,22 @@ class EncoderFallbackEvent(_message.Message):
     def __init__(self, rung: _Optional[str] = ..., failed: _Optional[str] = ..., encoder: _Optional[str] = ..., segment: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CompleteEvent(_message.Message):
-    __slots__ = ("time_to_ready_seconds", "total_seconds", "frames_decoded", "source_frames", "notes", "subtitles")
+    __slots__ = ("time_to_ready_seconds", "total_seconds", "frames_decoded", "source_frames", "notes", "subtitles", "audio")
     TIME_TO_READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DECODED_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
     SUBTITLES_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     time_to_ready_seconds: float
     total_seconds: float
     frames_decoded: int
     source_frames: int
     notes: _containers.RepeatedScalarFieldContainer[str]
     subtitles: _containers.RepeatedCompositeFieldContainer[SubtitleTrack]
-    def __init__(self, time_to_ready_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ...) -> None: ...
+    audio: AudioTrack
+    def __init__(self, time_to_ready_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Union[AudioTrack, _Mapping]] = ...) -> None: ...
 
 class FailedEvent(_message.Message):
     __slots__ = ("error",)
