@@ -1,14 +1,15 @@
-"""The source's audio (the track :mod:`engine.probe` chose), encoded once to AAC-LC and shared by
-every rung.
+"""The source's audio (each track :mod:`engine.probe` keeps), encoded once to AAC-LC and shared
+by every rung.
 
-Audio is its own HLS rendition (``EXT-X-MEDIA`` group ``audio``) that every variant points to,
-so it is encoded and stored once however many rungs there are.
+Each track is its own HLS rendition (``EXT-X-MEDIA`` group ``audio``) that every variant points
+to, so it is encoded and stored once however many rungs there are.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from engine.segment import HlsWriter, SegmentRecord
 
 log = logging.getLogger(__name__)
 
+#: The main track's folder; the others' are ``audio2``, ``audio3`` ... (see :func:`audio_folder`).
 AUDIO_FOLDER = "audio"
+#: The name of every folder :func:`audio_folder` gives.
+AUDIO_FOLDERS = re.compile(rf"{AUDIO_FOLDER}\d*")
 #: Samples per AAC frame.
 FRAME_SAMPLES = 1024
 AAC_LC_CODECS = "mp4a.40.2"
@@ -45,9 +49,14 @@ class AudioSettings:
     bitrate: int = 128_000
 
 
+def audio_folder(number: int) -> str:
+    """The folder of the audio track ``number`` (1 for the main one)."""
+    return AUDIO_FOLDER if number == 1 else f"{AUDIO_FOLDER}{number}"
+
+
 @dataclass(frozen=True)
 class EncodedAudio:
-    """The complete audio rendition."""
+    """An audio rendition, as far as it is encoded."""
 
     folder: str
     segments: tuple[SegmentRecord, ...]
@@ -55,6 +64,8 @@ class EncodedAudio:
     channels: int
     #: The source track's language (a BCP 47 tag), None when it has none.
     language: str | None = None
+    #: What players show in their audio menu.
+    name: str = "Audio 1"
 
 
 class AudioEncoder:
@@ -62,15 +73,18 @@ class AudioEncoder:
 
     def __init__(self, out_dir: Path, segment_seconds: Fraction, segment_type: str,
                  settings: AudioSettings, duration_s: float = math.inf,
-                 cancel: threading.Event | None = None, language: str | None = None) -> None:
+                 cancel: threading.Event | None = None, language: str | None = None,
+                 folder: str = AUDIO_FOLDER, name: str = "Audio 1") -> None:
         self.settings = settings
         self.language = language
+        self.folder = folder
+        self.name = name
         #: Checked while a long pause is filled: an hour of silence takes 25 s to encode here.
         self._cancel = cancel
         #: How long the source says it is: a gap reaching past that is a broken timestamp,
         #: not a pause, and is closed up rather than filled (hours of silence).
         self.duration_s = duration_s
-        self.writer = HlsWriter(out_dir / AUDIO_FOLDER, segment_seconds, segment_type)
+        self.writer = HlsWriter(out_dir / folder, segment_seconds, segment_type)
         try:
             self.stream: av.audio.stream.AudioStream = self.writer.container.add_stream(
                 "aac", rate=settings.sample_rate)
@@ -150,8 +164,8 @@ class AudioEncoder:
         return self._rendition(self.writer.closed_segments())
 
     def _rendition(self, segments: Sequence[SegmentRecord]) -> EncodedAudio:
-        return EncodedAudio(AUDIO_FOLDER, tuple(segments), AAC_LC_CODECS,
-                            self.settings.channels, self.language)
+        return EncodedAudio(self.folder, tuple(segments), AAC_LC_CODECS,
+                            self.settings.channels, self.language, self.name)
 
     def abort(self) -> None:
         self.writer.abort()

@@ -299,9 +299,9 @@ def _print_job(job: pb.Job) -> None:
         if rung.state == pb.PUBLISHED:
             line += f"  {rung.bandwidth / 1e6:.2f} Mbit/s peak"
         print(line)
-    if job.HasField("audio"):
-        print(f"  audio    {job.audio.language or 'und'}, {job.audio.channels} channels  "
-              f"{job.audio.playlist}")
+    for sound in job.audio:
+        print(f"  audio    {sound.name} ({sound.language or 'und'}, {sound.channels} channels)  "
+              f"{sound.playlist}")
     for track in job.subtitles:
         language = f" ({track.language})" if track.language else ""
         print(f"  subtitle {track.name}{language}  {track.playlist}")

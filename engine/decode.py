@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import av
 import av.audio.frame
+import av.audio.stream
 import av.error
 import av.stream
 import av.video.codeccontext
@@ -118,16 +119,18 @@ after the first video frame) when that is well after it."""
 
 
 def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: VideoSink,
-                  on_audio: AudioSink | None, cancel: threading.Event,
+                  on_audio: Sequence[AudioSink], cancel: threading.Event,
                   max_seconds: float = math.inf,
-                  on_sound_start: SoundStartSink | None = None,
+                  on_sound_start: Sequence[SoundStartSink] = (),
                   progress: DecodeProgress | None = None) -> DecodeStats:
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream.
 
-    ``on_sound_start`` hears where late sound starts as soon as the first picture is placed:
-    early playback waits for the audio's first segment, which the decoder would otherwise
-    close only on reaching the sound (1080p with its sound 20 s in: READY at 5.2 s, against
-    1.5 s with sound from the start).
+    ``on_audio`` holds a sink for each of ``source.audio_streams``, in their order (tracks
+    without one are not decoded), ``on_sound_start`` likewise. Each sound-start sink hears
+    where its track's late sound starts as soon as the first picture is placed: early playback
+    waits for the audio's first segment, which the decoder would otherwise close only on
+    reaching the sound (1080p with its sound 20 s in: READY at 5.2 s, against 1.5 s with sound
+    from the start).
 
     Raises :class:`UnsupportedSourceError` once the video runs past ``max_seconds``: the probe
     refuses a source that declares a longer duration, but some declare none (a WebM recorded in
@@ -146,10 +149,17 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                             decode_order=source.info.container in DECODE_ORDER_PTS),
                         progress=progress)
     splices = _Splices(clock_may_jump(source.container))
-    audio_index = source.audio_stream.index if source.audio_stream is not None else -1
     video_packets = source.video_packets_read
     hidden_packets = source.hidden_packets_read
-    sound = _SoundPlacer(state, time_base, on_audio)
+    # A placer per track decoded, by stream index; the video's reach is counted by each.
+    tracks = list(zip(source.audio_streams, on_audio, strict=False))
+    placers = {stream.index: _SoundPlacer(state, time_base, sink) for stream, sink in tracks}
+    reach = list(placers.values()) or [_SoundPlacer(state, time_base, None)]
+
+    def video_reached(pts: int, dts: int | None, duration: int | None) -> int:
+        ends = [placer.video_reached(pts, dts, duration) for placer in reach]
+        return ends[0]  # the same for every placer
+
     bad = 0
 
     # Video first: the first video frame sets the time origin the audio is placed against.
@@ -157,21 +167,20 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
                 splices.note(video.index,
-                             sound.video_reached(item.pts, item.dts, item.duration) * time_base)
+                             video_reached(item.pts, item.dts, item.duration) * time_base)
             state.push(item)
     for item in source.pending:
-        if isinstance(item, av.Packet) and item.stream.index == audio_index:
+        if isinstance(item, av.Packet) and item.stream.index in placers:
             splices.join(item)
             for frame in _decode_quietly(item, source.watch):
-                sound.add(frame)
-    # Once the first picture is placed, audio read so far has been passed on (sound.end).
-    if on_audio is not None and on_sound_start is not None and sound.end is None \
-            and state.has_origin():
-        lead = _declared_sound_start(source)
-        if lead is not None:
+                placers[item.stream.index].add(frame)
+    # Once the first picture is placed, audio read so far has been passed on (placer.end).
+    for (stream, _), on_start in zip(tracks, on_sound_start, strict=False):
+        lead = _declared_sound_start(source, stream)
+        if placers[stream.index].end is None and state.has_origin() and lead is not None:
             lead -= state.origin_seconds()
             if SOUND_LEAD_IN_MIN_S <= lead <= MAX_AUDIO_LEAD_S:
-                on_sound_start(lead)
+                on_start(lead)
     for packet in _packets(source, state):
         if cancel.is_set():
             raise JobCancelledError("cancelled while decoding")
@@ -181,7 +190,9 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             video_packets += 1
             hidden_packets += packet.is_discard
             if packet.pts is not None:
-                sound.video_reached(packet.pts, packet.dts, packet.duration)
+                video_reached(packet.pts, packet.dts, packet.duration)
+        elif not is_video and packet.stream.index not in placers:
+            continue  # a track with no sink
         try:
             with source.watch.call():
                 frames = packet.decode()
@@ -200,14 +211,15 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             if isinstance(decoded, av.video.frame.VideoFrame):
                 state.push(decoded)
             elif isinstance(decoded, av.audio.frame.AudioFrame):
-                sound.add(decoded)
+                placers[packet.stream.index].add(decoded)
     state.finish()
-    sound.finish()
+    for placer in placers.values():
+        placer.finish()
     if state.decoded == 0:
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
-    _check_complete(source, video, video_packets,
-                    0 if sound.video_end is None else sound.video_end)
+    video_end = reach[0].video_end
+    _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
                        hidden_packets, bad, state.over_cap, state.peak_frame_rate())
 
@@ -310,12 +322,11 @@ def video_time_base(source: OpenSource) -> Fraction:
     return Fraction(source.video_stream.time_base or Fraction(1, 90000))
 
 
-def _declared_sound_start(source: OpenSource) -> float | None:
-    """Where the audio stream starts (seconds, on the packets' clock) as its container says:
+def _declared_sound_start(source: OpenSource, stream: av.audio.stream.AudioStream) -> float | None:
+    """Where an audio stream starts (seconds, on the packets' clock) as its container says:
     an MP4's index tells before any audio packet is read. None where the container does not
     say, or where its clock may jump (the packets' times are then spliced, see _Splices)."""
-    stream = source.audio_stream
-    if (stream is None or stream.start_time is None or stream.time_base is None
+    if (stream.start_time is None or stream.time_base is None
             or clock_may_jump(source.container)):
         return None
     return float(stream.start_time * stream.time_base)
@@ -407,10 +418,7 @@ def _packets(source: OpenSource, state: _VideoState) -> Iterator[av.Packet[Any]]
             # PyAV's demuxer raises this for a packet of a stream that appeared part way (an
             # MPEG-TS program table that changes), and its generator is over. The new stream is
             # not one of ours: demux on from where it stopped, with the same streams.
-            streams: list[av.stream.Stream] = [source.video_stream]
-            if source.audio_stream is not None:
-                streams.append(source.audio_stream)
-            packets = source.container.demux(streams)
+            packets = source.container.demux([source.video_stream, *source.audio_streams])
             continue
         yield packet
 

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +29,13 @@ import av.audio.frame
 import av.video.frame
 import m3u8
 
-from engine.audio import AUDIO_FOLDER, AudioEncoder, AudioSettings
+from engine.audio import (
+    AUDIO_FOLDER,
+    AUDIO_FOLDERS,
+    AudioEncoder,
+    AudioSettings,
+    audio_folder,
+)
 from engine.decode import DecodeProgress, DecodeStats, decode_source, video_time_base
 from engine.errors import (
     InvalidOptionsError,
@@ -47,6 +53,7 @@ from engine.poster import PosterPicker
 from engine.probe import (
     DEFAULT_MAX_DURATION_S,
     DEFAULT_MAX_PIXELS,
+    MAX_AUDIO_TRACKS,
     OpenSource,
     SourceInfo,
     open_source,
@@ -378,11 +385,17 @@ class Job:
         settings = EncodeSettings(segment, self.options.segment_type, time_base,
                                   info.orientation, colour=info.colour)
         publisher.video_range = info.colour.video_range
-        audio = None
-        if info.audio is not None:
-            audio = AudioEncoder(self.out_dir, segment, self.options.segment_type,
-                                 self.options.audio, info.duration_s or math.inf, self._stop,
-                                 info.audio.language)
+        audio: list[AudioEncoder] = []
+        try:
+            for number, track in enumerate(info.audio_tracks, 1):
+                audio.append(AudioEncoder(
+                    self.out_dir, segment, self.options.segment_type, self.options.audio,
+                    info.duration_s or math.inf, self._stop, track.language,
+                    audio_folder(number), track.name))
+        except BaseException:
+            for encoder in audio:
+                encoder.abort()
+            raise
         poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
         subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
         if subtitles is not None:
@@ -424,8 +437,8 @@ class Job:
             # a damaged header can declare fewer frames than it holds).
             self.source_frames = (max(info.declared_frames, self.decode_stats.video_packets)
                                   - self.decode_stats.hidden_packets)
-            if audio is not None:
-                publisher.set_audio(audio.close())
+            for encoder in audio:
+                publisher.set_audio(encoder.close())
             self._take_subtitles(publisher, subtitles, wait=True)
             self.notes = source_notes(info, self.decode_stats, audio, self.subtitles,
                                       schedule.rate)
@@ -451,24 +464,20 @@ class Job:
                 for thread in threads:
                     thread.join()
             fanout.close()
-            if audio is not None:
-                audio.abort()  # on a failure at any point; once it is closed, a no-op
+            for encoder in audio:
+                encoder.abort()  # on a failure at any point; once it is closed, a no-op
 
     def _decode(self, source: OpenSource, schedule: KeyframeSchedule, fanout: FanOut,
                 poster: PosterPicker, publisher: Publisher,
-                audio: AudioEncoder | None) -> DecodeStats:
+                audio: list[AudioEncoder]) -> DecodeStats:
         def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
             if not poster.done and poster.offer(frame, when):
                 self._write_poster(publisher, poster.finish())
             fanout.put(frame, when)
 
-        def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
-            assert audio is not None
-            audio.push(frame, seconds)
-
-        return decode_source(source, schedule, on_video, on_audio if audio else None, self._stop,
+        return decode_source(source, schedule, on_video, [a.push for a in audio], self._stop,
                              self.options.max_duration_s,
-                             on_sound_start=audio.lead_in if audio else None,
+                             on_sound_start=[a.lead_in for a in audio],
                              progress=self.decode_progress)
 
     def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
@@ -495,7 +504,7 @@ class Job:
         finally:
             self._subtitles_lock.release()
 
-    def _lead_segment_closed(self, publisher: Publisher, audio: AudioEncoder | None,
+    def _lead_segment_closed(self, publisher: Publisher, audio: list[AudioEncoder],
                              subtitles: SubtitleReader | None, segments: list[SegmentRecord],
                              codecs: str) -> None:
         """Early playback, on the first rung's thread: list the rung as each segment closes;
@@ -509,7 +518,7 @@ class Job:
                 and self._elapsed() >= SUBTITLE_WAIT_S:
             publisher.stop_waiting()
         rung = self.rungs[0].rung
-        progress = audio.progress() if audio is not None else None
+        progress = [encoder.progress() for encoder in audio]
         with self._emit_lock:
             if not publisher.publish_early(rung, segments, codecs, rung.frame_rate, progress):
                 return
@@ -590,7 +599,11 @@ class Job:
             "decoder": self.decoder,
             "source_frames": self.source_frames,
             "notes": list(self.notes),
-            "audio": self._audio_summary(),
+            "audio": [
+                {"name": a.name, "language": a.language, "channels": a.channels,
+                 "playlist": str(self.out_dir / a.uri)}
+                for a in (self._publisher.audio if self._publisher else [])
+            ],
             "subtitles": [
                 {"name": t.name, "language": t.language, "default": t.default,
                  "forced": t.forced, "playlist": str(self.out_dir / t.uri)}
@@ -606,13 +619,6 @@ class Job:
                 for s in self.rungs
             ],
         }
-
-    def _audio_summary(self) -> dict[str, Any] | None:
-        audio = self._publisher.audio if self._publisher else None
-        if audio is None:
-            return None
-        return {"language": audio.language, "channels": audio.channels,
-                "playlist": str(self.out_dir / audio.uri)}
 
     def _abandon(self, exc: InvalidSourceError) -> None:
         """The job's thread is stuck in the decoder: end the job from this one. The rungs'
@@ -694,8 +700,9 @@ class Job:
                 _keep_listed(self.out_dir / status.rung.name)
             elif status.rung.name not in kept:
                 shutil.rmtree(self.out_dir / status.rung.name, ignore_errors=True)
-        if AUDIO_FOLDER in listed:
-            _keep_listed(self.out_dir / AUDIO_FOLDER)
+        for name in listed:
+            if AUDIO_FOLDERS.fullmatch(name):
+                _keep_listed(self.out_dir / name)
         # Subtitles are written whole before a master lists them (or never, after a failure).
         listed_subtitles = (self._publisher.listed_subtitle_folders
                             if self._publisher is not None and kept else set())
@@ -703,7 +710,9 @@ class Job:
             if folder.name not in listed_subtitles:
                 shutil.rmtree(folder, ignore_errors=True)
         if not kept:
-            shutil.rmtree(self.out_dir / AUDIO_FOLDER, ignore_errors=True)
+            for sound in self.out_dir.glob(f"{AUDIO_FOLDER}*"):
+                if AUDIO_FOLDERS.fullmatch(sound.name):
+                    shutil.rmtree(sound, ignore_errors=True)
             (self.out_dir / POSTER).unlink(missing_ok=True)
             if self._created_output:
                 with contextlib.suppress(OSError):  # not empty: someone else's files
@@ -732,24 +741,33 @@ class Job:
                     log.exception("event listener failed")
 
 
-def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | None,
+def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEncoder],
                  subtitles: SubtitleScan | None = None,
                  frame_rate_cap: Fraction = MAX_FRAME_RATE) -> list[str]:
     """What of the source a complete job's output leaves out, in a line each for its user:
     an output without the source's sound, or with damaged packets left out, must not pass
     for the whole source without a word."""
     notes = []
-    if info.audio_streams and info.audio is None:
+    silent = [encoder for encoder in audio if not encoder.sound_frames]
+    if info.audio_streams and not audio:
         notes.append("the source's audio is in a format FFmpeg cannot decode: the output has "
                      "no sound")
-    elif audio is not None and not audio.sound_frames:
+    elif audio and len(silent) == len(audio):
         notes.append("all of the source's sound comes before its first picture: the output has "
-                     "no sound" if audio.early_frames else
+                     "no sound" if audio[0].early_frames else
                      "the source's audio track holds no sound that decodes: the output has no "
                      "sound")
-    if info.audio is not None and info.audio_streams > 1:
-        notes.append(f"the source has {info.audio_streams} audio tracks: only one is kept "
-                     "(the one flagged default, else the first that decodes)")
+    else:
+        notes += [f"audio track {encoder.name!r} "
+                  + ("has all of its sound before the first picture" if encoder.early_frames
+                     else "holds no sound that decodes")
+                  for encoder in silent]
+    if audio and info.audio_undecodable:
+        notes.append(f"{_count(info.audio_undecodable, 'audio track')} in a format FFmpeg "
+                     "cannot decode not kept")
+    if over := info.audio_streams - info.audio_undecodable - len(audio):
+        notes.append(f"{_count(over, 'audio track')} beyond the first {MAX_AUDIO_TRACKS} not "
+                     "kept")
     if info.video_streams > 1:
         notes.append(f"the source has {info.video_streams} video streams: only one is kept "
                      "(the one flagged default, else the largest)")
@@ -760,8 +778,8 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: AudioEncoder | Non
                      f"runs at {_rate(frame_rate_cap)} fps at most")
     if stats.bad_packets:
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
-    if audio is not None and audio.skipped_frames:
-        notes.append(f"{_count(audio.skipped_frames, 'damaged audio frame')} left out")
+    if skipped := sum(encoder.skipped_frames for encoder in audio):
+        notes.append(f"{_count(skipped, 'damaged audio frame')} left out")
     return notes
 
 

@@ -34,7 +34,7 @@ from typing import IO, Any
 import m3u8
 from google.protobuf.message import Message
 
-from engine.audio import AUDIO_FOLDER
+from engine.audio import AUDIO_FOLDER, AUDIO_FOLDERS
 from engine.errors import (
     DataDirInUseError,
     InvalidOptionsError,
@@ -478,8 +478,7 @@ class _LiveJob:
             snapshot.source_frames = event.complete.source_frames
             snapshot.notes[:] = event.complete.notes
             snapshot.subtitles.extend(event.complete.subtitles)
-            if event.complete.HasField("audio"):
-                snapshot.audio.CopyFrom(event.complete.audio)
+            snapshot.audio.extend(event.complete.audio)
         elif kind == "failed":
             snapshot.error.CopyFrom(event.failed.error)
         if event.state in TERMINAL_STATES:
@@ -546,10 +545,10 @@ class _LiveJob:
                     name=t["name"], language=t["language"] or "", default=t["default"],
                     forced=t["forced"], playlist=path(t["playlist"]))
                     for t in data["subtitles"]],
-                audio=None if data["audio"] is None else pb.AudioTrack(
-                    language=data["audio"]["language"] or "",
-                    channels=data["audio"]["channels"],
-                    playlist=path(data["audio"]["playlist"])))
+                audio=[pb.AudioTrack(
+                    name=a["name"], language=a["language"] or "", channels=a["channels"],
+                    playlist=path(a["playlist"]))
+                    for a in data["audio"]])
         if event.type == "failed":
             return "failed", pb.FailedEvent(error=pb.Error(
                 code=data["code"], message=self._roots.client_message(data["message"])))
@@ -909,8 +908,8 @@ def _remove_unpublished(output: Path, name: str) -> None:
         shutil.rmtree(output / name, ignore_errors=True)
 
 
-#: Folders a job writes into its output directory: rungs ("720p") and the audio.
-_JOB_FOLDER = re.compile(rf"\d+p|{AUDIO_FOLDER}")
+#: Folders a job writes into its output directory: rungs ("720p") and the audio ("audio2").
+_JOB_FOLDER = re.compile(rf"\d+p|{AUDIO_FOLDERS.pattern}")
 
 
 def _tidy_interrupted(output: Path, listed: set[str]) -> None:
@@ -922,12 +921,11 @@ def _tidy_interrupted(output: Path, listed: set[str]) -> None:
     emptied with overwrite, when the job started."""
     if not output.is_dir():
         return
-    keep_audio = bool(listed) and (output / AUDIO_FOLDER).is_dir()
     for child in output.iterdir():
         if child.is_symlink():
             continue
         if child.is_dir() and _JOB_FOLDER.fullmatch(child.name):
-            if child.name in listed or (child.name == AUDIO_FOLDER and keep_audio):
+            if child.name in listed or (listed and AUDIO_FOLDERS.fullmatch(child.name)):
                 _finish_listed(child)
             else:
                 shutil.rmtree(child, ignore_errors=True)

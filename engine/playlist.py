@@ -44,12 +44,14 @@ class Variant:
 
 @dataclass(frozen=True)
 class AudioRendition:
-    """The shared audio rendition as the master playlist lists it."""
+    """An audio rendition, shared by every rung, as the master playlist lists it."""
 
     uri: str
     channels: int
     #: A BCP 47 tag; None: "und".
     language: str | None = None
+    #: Unique in the group, with no double quote (see engine.probe.rendition_name).
+    name: str = "Audio 1"
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,13 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: boo
 
 
 def variant_bandwidth(video: Sequence[SegmentRecord],
-                      audio: Sequence[SegmentRecord]) -> tuple[int, int]:
-    """(BANDWIDTH, AVERAGE-BANDWIDTH) bits per second of a rung played with the shared audio.
+                      audio: Sequence[Sequence[SegmentRecord]]) -> tuple[int, int]:
+    """(BANDWIDTH, AVERAGE-BANDWIDTH) bits per second of a rung played with the shared audio
+    (the segments of each audio rendition).
 
     RFC 8216 4.3.4.2: the sum of the renditions' peak segment bit rates, and the sum of their
-    average segment bit rates, each rendition over its own segments. Pairing audio segment ``i``
+    average segment bit rates, each rendition over its own segments; of the audio renditions,
+    the one that needs the most (a player may pick any). Pairing audio segment ``i``
     with video segment ``i`` declared less than a player can need (the two are not cut at the
     same instants when the video's frames are seconds apart, or the audio ends early), and an
     average over the video's duration alone came out above the peak for audio that outlasts it.
@@ -117,7 +121,8 @@ def variant_bandwidth(video: Sequence[SegmentRecord],
         duration = sum(s.duration_s for s in segments)
         return 8 * sum(s.size_bytes for s in segments) / duration if duration > 0 else 0.0
 
-    return math.ceil(peak(video) + peak(audio)), math.ceil(average(video) + average(audio))
+    return (math.ceil(peak(video) + max(map(peak, audio), default=0.0)),
+            math.ceil(average(video) + max(map(average, audio), default=0.0)))
 
 
 def listed_frame_rate(rate: Fraction) -> Fraction:
@@ -127,17 +132,18 @@ def listed_frame_rate(rate: Fraction) -> Fraction:
     return nearest if abs(nearest - rate) <= RATE_JITTER * nearest else rate
 
 
-def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None,
+def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition],
                     subtitles: Sequence[SubtitleRendition] = ()) -> str:
     """The master playlist listing ``variants`` in the order given (lowest first), each with
     the audio and the subtitle renditions. A group has one DEFAULT=YES at most (RFC 8216
-    4.3.4.1.1): the first subtitle rendition flagged default."""
+    4.3.4.1.1): the first audio rendition (the main track), the first subtitle rendition
+    flagged default."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    if audio is not None:
+    for index, sound in enumerate(audio):
         lines.append(
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",'
-            f'LANGUAGE="{audio.language or "und"}",DEFAULT=YES,AUTOSELECT=YES,'
-            f'CHANNELS="{audio.channels}",URI="{audio.uri}"'
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="{sound.name}",'
+            f'LANGUAGE="{sound.language or "und"}",DEFAULT={"NO" if index else "YES"},'
+            f'AUTOSELECT=YES,CHANNELS="{sound.channels}",URI="{sound.uri}"'
         )
     default = next((s for s in subtitles if s.default), None)
     for rendition in subtitles:
@@ -156,7 +162,7 @@ def master_playlist(variants: Sequence[Variant], audio: AudioRendition | None,
         ]
         if v.video_range != "SDR":  # RFC 8216bis 4.4.6.2: absent means SDR
             attributes.append(f"VIDEO-RANGE={v.video_range}")
-        if audio is not None:
+        if audio:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         if subtitles:
             attributes.append(f'SUBTITLES="{SUBTITLE_GROUP}"')
@@ -179,8 +185,9 @@ def validate_media(text: str, segments: Sequence[SegmentRecord], *, event: bool 
 
 
 def validate_master(text: str, variants: Sequence[Variant],
+                    audio: Sequence[AudioRendition] = (),
                     subtitles: Sequence[SubtitleRendition] = ()) -> None:
-    """Parse a master playlist back and check it lists exactly ``variants`` and
+    """Parse a master playlist back and check it lists exactly ``variants``, ``audio`` and
     ``subtitles``."""
     parsed = m3u8.loads(text)
     if not parsed.is_variant:
@@ -188,6 +195,9 @@ def validate_master(text: str, variants: Sequence[Variant],
     listed = [(p.uri, p.stream_info.bandwidth) for p in parsed.playlists]
     if listed != [(v.uri, v.bandwidth) for v in variants]:
         raise ValueError("master playlist does not list the published rungs")
+    sounds = [(m.uri, m.name) for m in parsed.media if m.type == "AUDIO"]
+    if sounds != [(a.uri, a.name) for a in audio]:
+        raise ValueError("master playlist does not list the audio renditions")
     texts = [(m.uri, m.name) for m in parsed.media if m.type == "SUBTITLES"]
     if texts != [(s.uri, s.name) for s in subtitles]:
         raise ValueError("master playlist does not list the subtitle renditions")

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -74,15 +74,22 @@ DEFAULT_MAX_PIXELS = 7680 * 4320
 DEFAULT_MAX_DURATION_S = 6 * 3600.0
 
 
+#: Audio tracks kept at most; a file's further tracks are left out (and noted).
+MAX_AUDIO_TRACKS = 8
+
+
 @dataclass(frozen=True)
 class AudioInfo:
-    """The audio stream Rungs will encode (see :func:`_audio_stream`)."""
+    """An audio stream Rungs will encode (see :func:`_audio_streams`)."""
 
     codec: str
     sample_rate: int
     channels: int
     #: The track's language as a BCP 47 tag (see :func:`language_tag`); None when untagged.
     language: str | None = None
+    #: What players show in their audio menu: unique among the tracks kept (see
+    #: :func:`rendition_name`).
+    name: str = "Audio 1"
 
 
 #: FFmpeg's code for "unspecified" in each colour field below (ISO/IEC 23091-2 numbering).
@@ -197,9 +204,12 @@ class SourceInfo:
     bit_depth: int
     #: Frames the container declares (0 when it does not say).
     declared_frames: int
-    audio: AudioInfo | None
-    #: Audio streams in the source, decodable or not; only ``audio`` is kept.
+    #: The audio tracks kept, the one players should play first (see :func:`_audio_streams`).
+    audio_tracks: tuple[AudioInfo, ...] = ()
+    #: Audio streams in the source, decodable or not; only ``audio_tracks`` are kept.
     audio_streams: int = 0
+    #: Of those, the ones FFmpeg cannot decode.
+    audio_undecodable: int = 0
     #: Video streams other than cover pictures; only the one described here is kept.
     video_streams: int = 1
     #: Subtitle streams, none of which is kept.
@@ -207,6 +217,11 @@ class SourceInfo:
     #: ``software`` or the hardware device type that decodes the video.
     decoder: str = "software"
     colour: Colour = field(default_factory=Colour)
+
+    @property
+    def audio(self) -> AudioInfo | None:
+        """The main audio track (None for a source with none that decodes)."""
+        return self.audio_tracks[0] if self.audio_tracks else None
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -220,8 +235,8 @@ class SourceInfo:
 class OpenSource:
     """An opened source: the container, its description, and what was read to describe it.
 
-    ``packets`` is the one demux pass over the video and the chosen audio stream (the decodable
-    one flagged default, else the first decodable one); ``pending`` holds the frames and audio
+    ``packets`` is the one demux pass over the video and the audio streams kept (see
+    :func:`_audio_streams`); ``pending`` holds the frames and audio
     packets the probe already took from it, in order, for the decode stage to use first. Use as
     a context manager; the container is closed on every path.
     """
@@ -231,13 +246,14 @@ class OpenSource:
                  packets: Iterator[av.Packet[Any]],
                  pending: list[av.video.frame.VideoFrame | av.Packet[Any]],
                  packets_read: int, hidden_read: int,
-                 audio_stream: av.audio.stream.AudioStream | None,
+                 audio_streams: Sequence[av.audio.stream.AudioStream],
                  watch: DecoderWatch) -> None:
         self._container: av.container.InputContainer | None = container
         self.info = info
         self._video_stream: av.video.stream.VideoStream | None = video_stream
-        #: The audio stream ``info.audio`` describes, demuxed with the video (None: no audio).
-        self.audio_stream = audio_stream
+        #: The audio streams ``info.audio_tracks`` describe, in their order, demuxed with the
+        #: video.
+        self.audio_streams = list(audio_streams)
         self.packets = packets
         self.pending = pending
         #: Video packets already demuxed by the probe, and how many of them are never shown
@@ -275,7 +291,7 @@ class OpenSource:
         self._container.close()
         self._container = None
         self._video_stream = None
-        self.audio_stream = None
+        self.audio_streams = []
         self.packets = iter(())
         self.pending = []
         # The probe's first frame is in a reference cycle with the side-data container PyAV
@@ -562,9 +578,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     # The same limit for the decoder that decodes the video: a stream whose size grows past it
     # part way through gets those frames refused (and counted as corrupt), not allocated.
     ctx.options = {**ctx.options, **_decoder_limits(max_pixels)}
-    audio_stream = _audio_stream(container)
-    streams = [stream, *([audio_stream] if audio_stream is not None else [])]
-    packets = container.demux(streams)
+    audio_streams = _audio_streams(container)
+    packets = container.demux([stream, *audio_streams])
     pending, video_packets, hidden_packets = _read_first_frame(packets, stream, name, watch)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
 
@@ -576,11 +591,12 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         average = ctx.framerate
     frame_rate = Fraction(average) if average else Fraction(30)
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-    audio = None
-    if audio_stream is not None:
-        a = audio_stream.codec_context
-        audio = AudioInfo(codec=a.name, sample_rate=a.sample_rate or 0,
-                          channels=a.channels or 0, language=language_tag(audio_stream))
+    names: set[str] = set()
+    audio_tracks = tuple(
+        AudioInfo(codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate or 0,
+                  channels=a.codec_context.channels or 0, language=language_tag(a),
+                  name=rendition_name(a, f"Audio {number}", names))
+        for number, a in enumerate(audio_streams, 1))
     pix_fmt = first.format.name
     info = SourceInfo(
         path=path,
@@ -595,15 +611,16 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         pixel_format=pix_fmt,
         bit_depth=max((c.bits for c in first.format.components), default=8),
         declared_frames=stream.frames,
-        audio=audio,
+        audio_tracks=audio_tracks,
         audio_streams=len(container.streams.audio),
+        audio_undecodable=sum(a.codec_context is None for a in container.streams.audio),
         video_streams=len(_pictures(container)),
         subtitle_streams=len(container.streams.subtitles),
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
     )
     return OpenSource(container, info, stream, packets, pending, video_packets, hidden_packets,
-                      audio_stream, watch)
+                      audio_streams, watch)
 
 
 def _pictures(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
@@ -627,13 +644,29 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     return max(candidates, key=area, default=None)
 
 
-def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
-    """The audio stream a player plays: of those FFmpeg can decode (PyAV gives the others no
-    codec context), the first the file flags as default, else the first. A commentary or
+def _audio_streams(container: av.container.InputContainer) -> list[av.audio.stream.AudioStream]:
+    """The audio streams kept, up to ``MAX_AUDIO_TRACKS``, of those FFmpeg can decode (PyAV
+    gives the others no codec context), in the file's order but for the one a player plays
+    first: the first the file flags as default, else the first. A commentary or
     second-language track may come first, flagged not default, as the main one's is."""
     decodable = [a for a in container.streams.audio if a.codec_context is not None]
-    flagged = (a for a in decodable if a.disposition & av.stream.Disposition.default)
-    return next(flagged, decodable[0] if decodable else None)
+    main = next((a for a in decodable if a.disposition & av.stream.Disposition.default),
+                decodable[0] if decodable else None)
+    kept = [main] if main is not None else []
+    return kept + [a for a in decodable if a is not main][:MAX_AUDIO_TRACKS - len(kept)]
+
+
+def rendition_name(stream: av.stream.Stream, fallback: str, names: set[str]) -> str:
+    """What players show for ``stream`` in their menus (an HLS rendition's NAME): its title,
+    else its language (:func:`language_tag`), else ``fallback``; with no double quote, which
+    NAME cannot hold, and made unique among ``names`` (to which it is added)."""
+    title = "".join(c for c in str(stream.metadata.get("title", "")) if c.isprintable())
+    name = title.replace('"', "'").strip()[:64] or language_tag(stream) or fallback
+    unique, copy = name, 2
+    while unique in names:
+        unique, copy = f"{name} ({copy})", copy + 1
+    names.add(unique)
+    return unique
 
 
 #: What may be a language tag (``_`` as some files write ``en_US``), to RFC 5646's 35 characters.

@@ -167,7 +167,8 @@ class Publisher:
         self.variants: list[Variant] = []
         #: The rungs' HLS VIDEO-RANGE (the source's), set before the first is published.
         self.video_range = "SDR"
-        self._audio: EncodedAudio | None = None
+        #: The audio renditions by folder, in the tracks' order, each as far as it is listed.
+        self._audio: dict[str, EncodedAudio] = {}
         # Fixed from the start: an EVENT playlist's target duration must not change. A segment
         # ends at the first frame at or after its end, or at a repeated frame in a gap (decode's
         # GAP_TOLERANCE_S), and EXTINF rounds half up (2.5 s segments of 29.97 fps video last
@@ -175,7 +176,8 @@ class Publisher:
         self._target = max(1, math.floor(segment_seconds + GAP_TOLERANCE_S + Fraction(1, 2)))
         #: Folders whose playlists are EVENT playlists, with their segments.
         self._event: dict[str, Sequence[SegmentRecord]] = {}
-        self._audio_complete = False
+        #: Folders of the audio renditions that are complete (or were dropped, having none).
+        self._audio_complete: set[str] = set()
         self._segment_seconds = segment_seconds
         #: The subtitle renditions, with their segments; each one's playlist is written with the
         #: first master playlist that lists it, of that master's type. While
@@ -196,12 +198,11 @@ class Publisher:
         return path
 
     @property
-    def audio(self) -> AudioRendition | None:
-        """The audio rendition the master playlist lists (None for rungs with no sound)."""
-        if self._audio is None:
-            return None
-        return AudioRendition(f"{self._audio.folder}/{MEDIA}", self._audio.channels,
-                              self._audio.language)
+    def audio(self) -> list[AudioRendition]:
+        """The audio renditions the master playlist lists, the main track's first (none for
+        rungs with no sound)."""
+        return [AudioRendition(f"{a.folder}/{MEDIA}", a.channels, a.language, a.name)
+                for a in self._audio.values()]
 
     @property
     def subtitles(self) -> list[SubtitleRendition]:
@@ -260,28 +261,29 @@ class Publisher:
         return left_out, cues_over
 
     def publish_early(self, rung: Rung, segments: Sequence[SegmentRecord], codecs: str,
-                      frame_rate: Fraction, audio: EncodedAudio | None) -> bool:
-        """List the first rung while it encodes, with the segments complete so far (and the
-        audio's, once it has one). Returns True the first time, when the master starts listing
-        it."""
+                      frame_rate: Fraction, audio: Sequence[EncodedAudio]) -> bool:
+        """List the first rung while it encodes, with the segments complete so far (and each
+        audio track's, once every one has one). Returns True the first time, when the master
+        starts listing it."""
         with self._lock:
             if self._subtitles_pending:
                 return False
-            if audio is not None and not audio.segments and not self._audio_complete:
+            # Never replace a complete audio playlist with an earlier, partial view of it.
+            growing = [a for a in audio if a.folder not in self._audio_complete]
+            if any(not a.segments for a in growing):
                 # Not before the audio has a segment too (audio that starts late): a listed
                 # playlist with none stalls players, and a job stopped then kept it so.
                 return False
-            # Never replace the complete audio playlist with an earlier, partial view of it.
-            if audio is not None and not self._audio_complete:
-                self._audio = audio
-                self._write_event(audio.folder, audio.segments, ended=False)
+            for track in growing:
+                self._audio[track.folder] = track
+                self._write_event(track.folder, track.segments, ended=False)
             self._write_event(rung.name, segments, ended=False)
             if self.variants:
                 return False
             # Until the rung is complete its peak is not known: declare the VBV ceiling, which no
             # segment can exceed, so players never pick a rung their bandwidth cannot carry.
             ceiling = 1000 * (rung.maxrate_kbps + rung.bufsize_kbps / self._target)
-            peak, average = variant_bandwidth(segments, audio.segments if audio else ())
+            peak, average = variant_bandwidth(segments, self._audio_segments())
             self._write_master(Variant(
                 uri=f"{rung.name}/{MEDIA}", bandwidth=max(peak, math.ceil(ceiling)),
                 average_bandwidth=average, codecs=self._codecs(codecs), width=rung.width,
@@ -289,18 +291,19 @@ class Publisher:
             return True
 
     def set_audio(self, audio: EncodedAudio) -> None:
-        """Publish the complete audio rendition (before any rung lists it, or ended).
+        """Publish a complete audio rendition (before any rung lists it, or ended); the
+        tracks in their order.
 
         A rendition without a segment (every audio frame came before the first picture, so none
-        was kept) is not published: the rungs are listed video-only.
+        was kept) is not published: with no other, the rungs are listed video-only.
         """
         with self._lock:
             if not audio.segments:
                 self._drop_audio(audio)
                 return
             self._target = max(self._target, target_duration(audio.segments))
-            self._audio = audio
-            self._audio_complete = True
+            self._audio[audio.folder] = audio
+            self._audio_complete.add(audio.folder)
             if audio.folder in self._event:
                 self._write_event(audio.folder, audio.segments, ended=True)
             else:
@@ -323,8 +326,7 @@ class Publisher:
                 self._write_event(encoded.folder, encoded.segments, ended=True)
             else:
                 self._write_vod(encoded.folder, encoded.segments)
-            audio_segments = self._audio.segments if self._audio else ()
-            peak, average = variant_bandwidth(encoded.segments, audio_segments)
+            peak, average = variant_bandwidth(encoded.segments, self._audio_segments())
             variant = Variant(
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
@@ -343,15 +345,19 @@ class Publisher:
             return list(self._event)
 
     def _drop_audio(self, audio: EncodedAudio) -> None:
-        self._audio = None
-        self._audio_complete = True
+        listed = self._audio.pop(audio.folder, None) is not None
+        self._audio_complete.add(audio.folder)
         self._event.pop(audio.folder, None)
-        if self.variants:  # listed early with the (empty) audio group: list them without it
-            variants = [dataclasses.replace(v, codecs=v.codecs.replace(f",{audio.codecs}", ""))
-                        for v in self.variants]
-            self.variants = variants
-            self._write_master(variants[0])
+        if self.variants and listed:  # listed early (empty): list the rungs without it
+            if not self._audio:
+                self.variants = [
+                    dataclasses.replace(v, codecs=v.codecs.replace(f",{audio.codecs}", ""))
+                    for v in self.variants]
+            self._write_master(self.variants[0])
         shutil.rmtree(self.out_dir / audio.folder, ignore_errors=True)
+
+    def _audio_segments(self) -> list[tuple[SegmentRecord, ...]]:
+        return [a.segments for a in self._audio.values()]
 
     def withdraw(self) -> None:
         """Take the master down (an unlink needs no disk space): for when the early-listed
@@ -362,7 +368,9 @@ class Publisher:
             self._event = {}
 
     def _codecs(self, video: str) -> str:
-        return video + (f",{self._audio.codecs}" if self._audio else "")
+        # Every audio rendition is AAC-LC: the variant's CODECS names it once.
+        codecs = {a.codecs for a in self._audio.values()}
+        return ",".join([video, *sorted(codecs)])
 
     def _write_master(self, variant: Variant) -> None:
         if self._subtitles_pending:
@@ -379,7 +387,7 @@ class Publisher:
         variants = sorted([*others, variant], key=lambda v: v.width * v.height)
         subtitles = [rendition for rendition, _ in self._subtitles]
         text = master_playlist(variants, self.audio, subtitles)
-        validate_master(text, variants, subtitles)
+        validate_master(text, variants, self.audio, subtitles)
         write_atomically(self.master_path, text.encode())
         self.variants = variants
 

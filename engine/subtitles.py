@@ -31,7 +31,7 @@ import av.subtitles.stream
 from av.codec.codec import Properties
 
 from engine.errors import InvalidSourceError, JobCancelledError
-from engine.probe import CONTAINER_OPTIONS, language_tag
+from engine.probe import CONTAINER_OPTIONS, language_tag, rendition_name
 from engine.stall import DecoderWatch, run_watched
 
 log = logging.getLogger(__name__)
@@ -317,14 +317,8 @@ def _track(stream: av.subtitles.stream.SubtitleStream,
         if end is None or not end > start:
             end = min(start + OPEN_CUE_S, max(following, start + 0.5))
         cues.append(Cue(start, end, text))
-    language = language_tag(stream)
-    title = "".join(c for c in str(stream.metadata.get("title", "")) if c.isprintable())
-    name = title.replace('"', "'").strip()[:64] or language or f"Subtitles {number}"
-    unique, copy = name, 2
-    while unique in names:
-        unique, copy = f"{name} ({copy})", copy + 1
-    names.add(unique)
+    name = rendition_name(stream, f"Subtitles {number}", names)
     flags = stream.disposition
-    return SubtitleTrack(unique, language, bool(flags & av.stream.Disposition.default),
+    return SubtitleTrack(name, language_tag(stream), bool(flags & av.stream.Disposition.default),
                          bool(flags & av.stream.Disposition.forced), tuple(cues))
 

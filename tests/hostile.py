@@ -1257,6 +1257,16 @@ def undecodable_audio_tracks(folder: Path) -> Path:
     return path
 
 
+def one_audio_track_undecodable(folder: Path) -> Path:
+    """Two audio tracks, the first with a Matroska codec ID nothing decodes (A_AAC made A_ZZZ)."""
+    made = write_streams(folder / ".one_undecodable.mkv", video_pts=list(range(30)),
+                         time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0), (44100, 2, 1.0, 0)])
+    path = folder / "one_audio_track_undecodable.mkv"
+    path.write_bytes(made.read_bytes().replace(b"A_AAC", b"A_ZZZ", 1))
+    made.unlink()
+    return path
+
+
 def several_audio(folder: Path) -> Path:
     """Three audio tracks (stereo 48 kHz, 5.1 44.1 kHz, mono 22.05 kHz) with the video."""
     return write_streams(folder / "several_audio.mkv", video_pts=list(range(30)),
@@ -1382,6 +1392,25 @@ def _subtitles(expected: dict[str, list[tuple[float, float, str]]]) -> Callable[
     return check
 
 
+def _audio_renditions(*expected: tuple[str, str, str, str]) -> Callable[[Output], None]:
+    """The master lists these audio renditions, in this order: (NAME, LANGUAGE, DEFAULT, URI),
+    and every one's playlist lists segments."""
+    def check(output: Output) -> None:
+        master = m3u8.load(str(output.out / "master.m3u8"))
+        listed = [(m.name, m.language, m.default, m.uri) for m in master.media
+                  if m.type == "AUDIO"]
+        assert listed == list(expected), listed
+        assert all(m3u8.load(str(output.out / uri)).segments for *_, uri in expected)
+    return check
+
+
+def _untagged_audio(count: int) -> Callable[[Output], None]:
+    """The master lists ``count`` audio renditions with no name or language of their own."""
+    return _audio_renditions(*((f"Audio {n}", "und", "NO" if n > 1 else "YES",
+                                f"{'audio' if n == 1 else f'audio{n}'}/index.m3u8")
+                               for n in range(1, count + 1)))
+
+
 def _audio_language(tag: str) -> Callable[[Output], None]:
     """The master lists the audio rendition with this LANGUAGE."""
     def check(output: Output) -> None:
@@ -1412,10 +1441,10 @@ def _seconds_about(seconds: float) -> Callable[[Output], None]:
     return check
 
 
-def _published_sound(output: Output) -> tuple[np.ndarray, int]:
-    """The audio rendition's first channel, decoded segment by segment, and its sample rate."""
+def _published_sound(output: Output, folder: str = "audio") -> tuple[np.ndarray, int]:
+    """An audio rendition's first channel, decoded segment by segment, and its sample rate."""
     samples, rate = [], 0
-    for _, blob in _segments(output.out / "audio" / "index.m3u8"):
+    for _, blob in _segments(output.out / folder / "index.m3u8"):
         with av.open(io.BytesIO(blob)) as container:
             for frame in container.decode(audio=0):
                 samples.append(frame.to_ndarray()[0])
@@ -1423,12 +1452,12 @@ def _published_sound(output: Output) -> tuple[np.ndarray, int]:
     return np.concatenate(samples), rate
 
 
-def _audio_tones(*hz: float) -> Callable[[Output], None]:
-    """The published audio, cut into ``len(hz)`` equal parts, has each part's loudest frequency
-    at its ``hz`` (within 5%; a tenth of each part at either end is left out, where the tones
-    meet)."""
+def _audio_tones(*hz: float, folder: str = "audio") -> Callable[[Output], None]:
+    """The published audio (in ``folder``), cut into ``len(hz)`` equal parts, has each part's
+    loudest frequency at its ``hz`` (within 5%; a tenth of each part at either end is left out,
+    where the tones meet)."""
     def check(output: Output) -> None:
-        sound, rate = _published_sound(output)
+        sound, rate = _published_sound(output, folder)
         part = len(sound) // len(hz)
         found = []
         for index in range(len(hz)):
@@ -1767,12 +1796,28 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("audio_44k", lambda d, _: video(d / "audio_44k.mp4", sample_rate=44100), L,
            check=_audio(), note="resampled to 48 kHz"),
     Recipe("default_audio_second", lambda d, _: default_audio_second(d), L,
-           check=_all(_audio_tones(880.0), _audio_language("en")),
-           note="the audio track flagged default is transcoded, listed with its language",
-           notes=("2 audio tracks",)),
-    Recipe("several_audio", lambda d, _: several_audio(d), L, check=_audio(),
-           note="the first audio track is used",
-           notes=("3 audio tracks",)),
+           check=_all(_audio_tones(880.0), _audio_tones(440.0, folder="audio2"),
+                      _audio_renditions(("en", "en", "YES", "audio/index.m3u8"),
+                                        ("de", "de", "NO", "audio2/index.m3u8"))),
+           note="both tracks are kept, the one flagged default first, each with its language"),
+    Recipe("several_audio", lambda d, _: several_audio(d), L,
+           check=_all(_audio(), _untagged_audio(3)),
+           note="every audio track is kept, in the file's order"),
+    Recipe("ten_audio_tracks",
+           lambda d, _: write_streams(d / "ten_audio_tracks.mkv", video_pts=list(range(15)),
+                                      time_base=Fraction(1, 30), audio=[(48000, 1, 0.5, 0)] * 10),
+           L, check=_all(_audio(), _untagged_audio(8)),
+           note="the first eight tracks are kept", notes=("2 audio tracks beyond the first 8",)),
+    Recipe("one_audio_track_undecodable", lambda d, _: one_audio_track_undecodable(d), L,
+           check=_all(_audio(), _untagged_audio(1)), note="the track that decodes is kept",
+           notes=("1 audio track in a format",)),
+    Recipe("second_audio_track_empty",
+           lambda d, _: write_streams(d / "second_audio_track_empty.mkv",
+                                      video_pts=list(range(30)), time_base=Fraction(1, 30),
+                                      audio=[(48000, 2, 1.0, 0), (48000, 2, 0.0, 0)]),
+           L, check=_all(_audio(), _untagged_audio(1)),
+           note="a track without a packet beside one with sound is left out",
+           notes=("audio track 'Audio 2' holds no sound",)),
     Recipe("audio_longer",
            lambda d, _: write_streams(d / "audio_longer.mp4", video_pts=list(range(30)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 2.5, 0)]),

@@ -64,6 +64,10 @@ class Watcher(Poller):
             self.views.append(view)
 
 
+#: 3 s of sound that starts 5 s in.
+LATE = (48000, 2, 3.0, 5 * 48000)
+
+
 @pytest.fixture(scope="module")
 def early_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return media.make_video(tmp_path_factory.mktemp("early") / "in.mp4", width=640, height=360,
@@ -121,12 +125,15 @@ def test_a_single_rung_ends_as_a_complete_event_playlist(early_source: Path,
     assert view.types["audio/index.m3u8"] == "event" and view.ended["audio/index.m3u8"]
 
 
-def test_a_rung_is_not_listed_before_its_audio_has_a_segment(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tracks", [[LATE], [(48000, 2, 8.0, 0), LATE]],
+                         ids=["late", "second late"])
+def test_a_rung_is_not_listed_before_its_audio_has_a_segment(
+        tmp_path: Path, tracks: list[tuple[int, int, float, int]]) -> None:
     # Audio that starts 5 s in (a recording whose sound came on late) closes its first
     # segment long after the video's first: listed then, the master named an audio playlist
-    # with nothing in it, which a cancel at that moment left for good.
+    # with nothing in it, which a cancel at that moment left for good. So does a second track.
     source = hostile.write_streams(tmp_path / "late_audio.mkv", video_pts=list(range(240)),
-                                   time_base=Fraction(1, 30), audio=[(48000, 2, 3.0, 5 * 48000)])
+                                   time_base=Fraction(1, 30), audio=tracks)
     out = tmp_path / "out"
     with Watcher(out) as watcher:
         run = run_job(source, out, options(early_playback=True,
@@ -185,3 +192,28 @@ def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(early_sourc
         assert {p.name for p in (out / folder).iterdir()} == needed
     assert sorted(p.name for p in out.iterdir()) == ["180p", "audio", "master.m3u8",
                                                      "poster.jpg"]
+
+
+def test_a_cancel_after_the_first_segment_ends_every_audio_track(tmp_path: Path) -> None:
+    source = hostile.write_streams(tmp_path / "two_tracks.mkv", video_pts=list(range(210)),
+                                   time_base=Fraction(1, 30),
+                                   audio=[(48000, 2, 7.0, 0), (44100, 1, 7.0, 0)])
+    out = tmp_path / "out"
+    listed = threading.Event()
+    job = Job(source, out, options(early_playback=True),
+              on_event=lambda event: listed.set() if event.type == "first_segment" else None)
+    job.start()
+    assert listed.wait(60)
+    job.cancel()
+    assert job.wait(10)
+    assert job.state == JobState.CANCELLED
+    view = read_view(out)
+    assert view is not None and view.problems == []
+    assert view.ended["audio/index.m3u8"] and view.ended["audio2/index.m3u8"]
+    assert sorted(p.name for p in out.iterdir()) == ["180p", "audio", "audio2", "master.m3u8",
+                                                     "poster.jpg"]
+    for folder in ("180p", "audio", "audio2"):  # with what their playlists list, nothing else
+        playlist = m3u8.loads((out / folder / "index.m3u8").read_text())
+        needed = {"index.m3u8", *(s.uri for s in playlist.segments),
+                  *(m.uri for m in playlist.segment_map)}
+        assert {p.name for p in (out / folder).iterdir()} == needed, folder

@@ -46,7 +46,9 @@ from engine import (
 from engine.decode import decode_source
 from engine.gop import TIMELINE_START, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
+from engine.playlist import variant_bandwidth
 from engine.probe import open_source
+from engine.segment import SegmentRecord
 from tests import hostile, isobmff, media
 from tests.conftest import (
     LADDER,
@@ -294,6 +296,20 @@ def bit_rates(folder: Path, playlist: m3u8.M3U8) -> tuple[float, float]:
     return max(rates), total / sum(s.duration for s in playlist.segments)
 
 
+def test_a_variant_counts_the_audio_rendition_that_needs_the_most() -> None:
+    """RFC 8216 4.3.4.2: a player may pick any rendition of the audio group, so BANDWIDTH and
+    AVERAGE-BANDWIDTH add the largest audio peak and average to the video's (each over its own
+    segments: the peak and average may come from different renditions)."""
+    video = [SegmentRecord("v0", 2.0, 250_000), SegmentRecord("v1", 2.0, 500_000)]
+    steady = [SegmentRecord("a0", 2.0, 30_000), SegmentRecord("a1", 2.0, 30_000)]
+    bursty = [SegmentRecord("b0", 2.0, 40_000), SegmentRecord("b1", 2.0, 0)]
+    # Peaks 120 and 160 kbit/s, averages 120 and 80.
+    assert variant_bandwidth(video, [steady, bursty]) == (2_000_000 + 160_000,
+                                                          1_500_000 + 120_000)
+    assert variant_bandwidth(video, [bursty, steady]) == (2_160_000, 1_620_000)
+    assert variant_bandwidth(video, []) == (2_000_000, 1_500_000)
+
+
 def test_master_attributes_match_segments_on_disk(shared_run: JobRun) -> None:
     out = shared_run.out
     master = master_of(out)
@@ -358,8 +374,9 @@ def test_audio_rendition(shared_run: JobRun) -> None:
     (audio_media,) = master.media
     assert (audio_media.type, audio_media.group_id, audio_media.channels) == ("AUDIO", "audio", "2")
     assert audio_media.language == "und"  # the source's track has no language
-    assert shared_run.job.summary()["audio"] == {
-        "language": None, "channels": 2, "playlist": str(out / audio_media.uri)}
+    assert shared_run.job.summary()["audio"] == [{
+        "name": "Audio 1", "language": None, "channels": 2,
+        "playlist": str(out / audio_media.uri)}]
     with av.open(io.BytesIO(whole_rendition(out / "audio"))) as container:
         (stream,) = container.streams
         assert stream.type == "audio"
@@ -791,7 +808,7 @@ def test_sound_is_placed_against_pictures_whose_times_are_all_negative(tmp_path:
         assert first.pts * stream.time_base < -500_000
     with open_source(source) as opened:
         decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE), on_video,
-                      lambda frame, seconds: placed.append(seconds), threading.Event())
+                      [lambda frame, seconds: placed.append(seconds)], threading.Event())
     assert pictures == 30 and placed
     assert 0 <= placed[0] < 0.1
     assert all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 1.1
@@ -820,7 +837,7 @@ def test_sound_reach_counts_on_the_clock_the_pictures_are_placed_by(tmp_path: Pa
     with open_source(source) as opened:
         decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
                       lambda frame, when: pictures.append(when.seconds),
-                      lambda frame, seconds: placed.append(seconds), threading.Event())
+                      [lambda frame, seconds: placed.append(seconds)], threading.Event())
     assert len(pictures) == 30 and pictures[-1] < 1.1
     assert placed and 0 <= placed[0] < 0.1, placed[:3]
     assert all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 1.1
@@ -840,7 +857,7 @@ def test_sound_stamped_as_far_past_the_declared_end_as_a_damaged_picture_is_clos
         assert opened.info.duration_s == pytest.approx(2.0, abs=0.1)
         decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
                       lambda frame, when: pictures.append(when.seconds),
-                      lambda frame, seconds: placed.append(seconds), threading.Event())
+                      [lambda frame, seconds: placed.append(seconds)], threading.Event())
     assert len(pictures) == 60 and pictures[-1] < 2.1
     assert placed and all(b > a for a, b in itertools.pairwise(placed)) and placed[-1] < 2.1
 
@@ -860,7 +877,7 @@ def test_a_picture_after_a_gap_is_judged_by_the_next_one(
     with open_source(source) as opened:
         decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
                       lambda frame, when: shown.setdefault(media.frame_index(frame), when.seconds),
-                      None, threading.Event())
+                      [], threading.Event())
     assert sorted(shown) == list(range(60))
     assert shown[picture] == pytest.approx(shown_at, abs=0.05)
     assert shown[picture - 1] == pytest.approx((picture - 1) / 30, abs=0.05)

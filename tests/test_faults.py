@@ -33,6 +33,7 @@ import pytest
 
 import engine.fanout
 import engine.job
+import engine.manager
 import engine.rung
 import engine.segment
 from engine import Job, JobEvent, JobState, LadderOptions, TranscodeOptions
@@ -208,6 +209,26 @@ def test_kill_9_mid_job_then_restart_leaves_a_clean_playable_output(
         assert second.stop(signal.SIGTERM) == 0
     for server in (first, second):
         assert "Traceback" not in server.log.read_text()
+
+
+def test_a_restart_ends_every_listed_audio_track_and_removes_the_rest(tmp_path: Path) -> None:
+    """What a job killed after its early listing leaves: growing playlists (the rung's and
+    each audio track's), a segment being written in each folder, a rung not listed yet. The
+    restarted server ends what the master lists, as it is, and removes the rest."""
+    out = tmp_path / "job"
+    for folder in ("180p", "audio", "audio2", "360p"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / "seg_00000.m4s").write_bytes(b"listed")
+        (out / folder / "seg_00001.m4s").write_bytes(b"half written")
+        (out / folder / "index.m3u8").write_text(
+            "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:EVENT\n"
+            "#EXTINF:2.000,\nseg_00000.m4s\n")
+    engine.manager._tidy_interrupted(out, {"180p"})
+    assert sorted(p.name for p in out.iterdir()) == ["180p", "audio", "audio2"]
+    for folder in ("180p", "audio", "audio2"):
+        assert sorted(p.name for p in (out / folder).iterdir()) == ["index.m3u8",
+                                                                    "seg_00000.m4s"]
+        assert m3u8.load(str(out / folder / "index.m3u8")).is_endlist
 
 
 # -- a reader at 50 Hz ----------------------------------------------------------------------------

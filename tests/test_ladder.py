@@ -30,7 +30,7 @@ def source(width: int, height: int, *, rotation: int = 0, sar: Fraction = Fracti
         path="test.mp4", container="mov,mp4,m4a,3gp,3g2,mj2", codec="h264", width=width,
         height=height, sample_aspect_ratio=sar, orientation=Orientation(rotation), frame_rate=fps,
         duration_s=10.0, pixel_format="yuv420p", bit_depth=8,
-        declared_frames=300, audio=None,
+        declared_frames=300,
     )
 
 

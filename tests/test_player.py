@@ -112,7 +112,8 @@ def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]
     """Open a fresh context, start the job with ``start()``, open its page, play to the end.
 
     Returns what the page measured (``window.rungs``, with ``textTracks``: see
-    ``TEXT_TRACKS_JS``, and ``workersStarted``) and the epoch ms of the Transcode call.
+    ``TEXT_TRACKS_JS``, ``workersStarted``, and ``audioTracks``: hls.js's audio tracks, each
+    ``[name, lang, selected]``) and the epoch ms of the Transcode call.
     """
     context = browser.new_context()
     context.add_init_script(COUNT_WORKERS_JS)
@@ -131,6 +132,9 @@ def _play(browser: Any, url_of: Any, start: Any) -> tuple[dict[str, Any], float]
             " r.log = document.getElementById('log').textContent; return r; }")
         measured["textTracks"] = page.evaluate(TEXT_TRACKS_JS)
         measured["workersStarted"] = page.evaluate("window.workersStarted")
+        measured["audioTracks"] = page.evaluate(
+            "() => { const h = window.rungs.hls; return h ? h.audioTracks.map("
+            "(t, i) => [t.name, t.lang, i === h.audioTrack]) : null; }")
         return measured, called
     finally:
         context.close()
@@ -264,6 +268,20 @@ def test_a_source_whose_sound_starts_late_plays_from_the_start(
     assert samples[0]["currentTime"] < 1.0 and samples[-1]["currentTime"] > 9.5, samples
     assert measured["maxRms"] > 0.05  # the tone after the silence is heard
     shutil.rmtree(base / "out" / "late_sound")
+
+
+def test_every_audio_track_is_offered_and_the_default_one_plays(
+        server: tuple[RungsServer, Any, Path], browser: Any) -> None:
+    """A German track, then the English one the file flags default: hls.js offers both, by
+    name and language, and plays the English one, heard to the end."""
+    rungs, stub, base = server
+    source = hostile.default_audio_second(base / "src")
+    measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
+        source=source.name, output="languages",
+        options=pb.TranscodeOptions(ladder=[180], segment_seconds=2)))
+    assert measured["audioTracks"] == [["en", "en", True], ["de", "de", False]]
+    assert measured["maxRms"] > 0.05
+    shutil.rmtree(base / "out" / "languages")
 
 
 def test_the_page_says_what_the_output_left_out(

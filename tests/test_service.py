@@ -238,15 +238,14 @@ def test_a_complete_job_lists_its_audio_and_subtitles(start: Callable[..., Runni
     assert [t.playlist for t in complete.subtitles] == [
         f"subtitled/{m.uri}" for m in master.media if m.type == "SUBTITLES"]
     assert all((dirs.output / t.playlist).is_file() for t in complete.subtitles)
-    (audio,) = [m for m in master.media if m.type == "AUDIO"]
-    assert (complete.audio.language, complete.audio.channels, complete.audio.playlist) == (
-        "", 2, f"subtitled/{audio.uri}")
+    assert [(a.name, a.language, a.channels, a.playlist) for a in complete.audio] == [
+        ("Audio 1", "", 2, f"subtitled/{m.uri}") for m in master.media if m.type == "AUDIO"]
     status = running.stub.Status(pb.StatusRequest(job_id=job.id))
     assert status.subtitles == complete.subtitles and status.audio == complete.audio
     shown = rungs("status", job.id, server=running).stdout
     assert f"  subtitle English (en)  {listed[0][4]}\n" in shown, shown
     assert f"  subtitle Commentary  {listed[2][4]}\n" in shown, shown
-    assert f"  audio    und, 2 channels  {complete.audio.playlist}\n" in shown, shown
+    assert f"  audio    Audio 1 (und, 2 channels)  {complete.audio[0].playlist}\n" in shown, shown
     watched = rungs("watch", job.id, server=running).stdout
     assert "; subtitles: English, fr, Commentary" in watched, watched
     running.server.stop(grace=1)
@@ -598,7 +597,7 @@ def test_status_and_watch_say_what_the_output_left_out(shared: Running, dirs: Di
     status = rungs("status", job_id, server=shared)
     assert f"  note     {note}\n" in status.stdout, status.stdout
     shown = json.loads(rungs("status", job_id, "--json", server=shared).stdout)
-    assert shown["notes"] == [note] and "audio" not in shown  # a silent output
+    assert shown["notes"] == [note] and shown["audio"] == []  # a silent output
 
 
 def test_a_job_failed_on_its_source_exits_2_as_rungs_transcode_does(shared: Running,

@@ -188,18 +188,20 @@ class Job(_message.Message):
     last_sequence: int
     notes: _containers.RepeatedScalarFieldContainer[str]
     subtitles: _containers.RepeatedCompositeFieldContainer[SubtitleTrack]
-    audio: AudioTrack
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Union[AudioTrack, _Mapping]] = ...) -> None: ...
+    audio: _containers.RepeatedCompositeFieldContainer[AudioTrack]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Iterable[_Union[AudioTrack, _Mapping]]] = ...) -> None: ...
 
 class AudioTrack(_message.Message):
-    __slots__ = ("language", "channels", "playlist")
+    __slots__ = ("name", "language", "channels", "playlist")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     PLAYLIST_FIELD_NUMBER: _ClassVar[int]
+    name: str
     language: str
     channels: int
     playlist: str
-    def __init__(self, language: _Optional[str] = ..., channels: _Optional[int] = ..., playlist: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., language: _Optional[str] = ..., channels: _Optional[int] = ..., playlist: _Optional[str] = ...) -> None: ...
 
 class SubtitleTrack(_message.Message):
     __slots__ = ("name", "language", "default", "forced", "playlist")
@@ -358,8 +360,8 @@ class CompleteEvent(_message.Message):
     source_frames: int
     notes: _containers.RepeatedScalarFieldContainer[str]
     subtitles: _containers.RepeatedCompositeFieldContainer[SubtitleTrack]
-    audio: AudioTrack
-    def __init__(self, time_to_ready_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Union[AudioTrack, _Mapping]] = ...) -> None: ...
+    audio: _containers.RepeatedCompositeFieldContainer[AudioTrack]
+    def __init__(self, time_to_ready_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Iterable[_Union[AudioTrack, _Mapping]]] = ...) -> None: ...
 
 class FailedEvent(_message.Message):
     __slots__ = ("error",)

@@ -85,7 +85,7 @@ def test_decode(benchmark: Any, source: Path) -> None:
     def decode() -> int:
         with open_source(source) as opened:
             stats = decode_source(opened, KeyframeSchedule(SEGMENT, MAX_FRAME_RATE),
-                                  lambda frame, when: None, None, threading.Event())
+                                  lambda frame, when: None, [], threading.Event())
         return stats.frames_decoded
 
     decoded = benchmark.pedantic(decode, rounds=5, iterations=1, warmup_rounds=1)

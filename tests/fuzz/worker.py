@@ -28,8 +28,8 @@ from pathlib import Path
 import av.audio.frame
 import av.video.frame
 
-from engine.audio import AudioEncoder, AudioSettings
-from engine.decode import DecodeProgress, decode_source
+from engine.audio import AudioEncoder, AudioSettings, audio_folder
+from engine.decode import AudioSink, DecodeProgress, decode_source
 from engine.errors import JobCancelledError, RungsError
 from engine.gop import TIMELINE_START, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
@@ -60,11 +60,11 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
     audio_frames = 0
     with open_source(path, watch=watch) as source:
         schedule = KeyframeSchedule(Fraction(2), MAX_FRAME_RATE)
-        encoder = None
-        if source.info.audio is not None:
-            # No declared length (the job passes the source's): every source is fuzzed as if it
-            # were a live recording, whose pauses in the sound are filled however long.
-            encoder = AudioEncoder(scratch, Fraction(2), "fmp4", AudioSettings())
+        # No declared length (the job passes the source's): every source is fuzzed as if it
+        # were a live recording, whose pauses in the sound are filled however long.
+        encoders = [AudioEncoder(scratch, Fraction(2), "fmp4", AudioSettings(),
+                                 folder=audio_folder(number))
+                    for number in range(1, len(source.info.audio_tracks) + 1)]
 
         def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
             nonlocal frames
@@ -73,21 +73,22 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
             if when.seconds >= DECODE_SECONDS:
                 cancel.set()  # decode_source stops at its next packet
 
-        def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
-            nonlocal audio_frames
-            audio_frames += 1
-            assert encoder is not None
-            encoder.push(frame, seconds)
+        def sink(encoder: AudioEncoder) -> AudioSink:
+            def on_audio(frame: av.audio.frame.AudioFrame, seconds: float) -> None:
+                nonlocal audio_frames
+                audio_frames += 1
+                encoder.push(frame, seconds)
+            return on_audio
 
         try:
             # The duration limit a job passes too: a frame stamped days on (a damaged time in
             # a file that declares no length) is refused there, not filled up to.
-            decode_source(source, schedule, on_video, on_audio if encoder else None, cancel,
+            decode_source(source, schedule, on_video, [sink(e) for e in encoders], cancel,
                           DEFAULT_MAX_DURATION_S, progress=progress)
         except JobCancelledError:
             pass
         finally:
-            if encoder is not None:
+            for encoder in encoders:
                 encoder.abort()
         cues = 0
         if source.info.subtitle_streams:
