@@ -69,6 +69,8 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
                                        audio_codec="libmp3lame")),
     ("mpeg2_mp2.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
                                        audio_codec="mp2")),
+    # Several audio tracks, each decoded and encoded (engine.decode places each on its own).
+    *((f"two_audio.{suffix}", lambda p: _two_audio(p)) for suffix in ("mkv", "mp4", "ts")),
     # Text subtitle tracks, which a job reads in a pass of its own.
     ("subtitled.mkv", lambda p: _subtitled(p, ("ass", "subrip"))),
     ("timed_text.mp4", lambda p: _subtitled(p, ("mov_text", "mov_text"))),
@@ -79,6 +81,12 @@ def _av1(path: Path, **kwargs: Any) -> Path:
     # SVT-AV1 prints a banner of its settings to stderr unless told to log errors only.
     os.environ.setdefault("SVT_LOG", "1")
     return _small(path, codec="libsvtav1", codec_options={"preset": "12"}, **kwargs)
+
+
+def _two_audio(path: Path) -> Path:
+    return hostile.write_streams(path, video_pts=list(range(30)), time_base=Fraction(1, 30),
+                                 width=160, height=90,
+                                 audio=[(48000, 2, 1.0, 0), (44100, 1, 1.0, 1024)])
 
 
 def _subtitled(path: Path, codecs: tuple[str, str]) -> Path:
