@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,41 @@ def test_every_audio_track_is_offered_and_the_default_one_plays(
     assert measured["audioTracks"] == [["en", "en", True], ["de", "de", False]]
     assert measured["maxRms"] > 0.05
     shutil.rmtree(base / "out" / "languages")
+
+
+def test_the_audio_track_chosen_stays_through_an_upgrade(
+        server: tuple[RungsServer, Any, Path], browser: Any) -> None:
+    """The page offers the source's audio tracks; one chosen while the first rung plays is the
+    one the upgraded player plays (a new Hls starts on the master's default track)."""
+    rungs, stub, base = server
+    hostile.write_streams(base / "src" / "dubbed.mkv", video_pts=list(range(360)),
+                          time_base=Fraction(1, 30), width=1280, height=720,
+                          audio=[(48000, 2, 12.0, 0), (48000, 2, 12.0, 0)])
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        job = stub.Transcode(pb.TranscodeRequest(
+            source="dubbed.mkv", output="dubbed",
+            options=pb.TranscodeOptions(ladder=[180, 720], segment_seconds=2)), timeout=30)
+        page.goto(f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}")
+        page.wait_for_selector("#audio option", state="attached", timeout=60_000)
+        assert page.is_visible("#sound")
+        assert page.eval_on_selector_all("#audio option", "os => os.map(o => o.text)") == [
+            "Audio 1 (und)", "Audio 2 (und)"]
+        page.select_option("#audio", "1")
+        chosen = page.evaluate("performance.timeOrigin + performance.now()")
+        page.wait_for_function(
+            "window.rungs.ended && window.rungs.upgrades.length > 0 && "
+            "window.rungs.hls.audioTracks.length === 2", timeout=120_000)
+        measured = page.evaluate(
+            "() => ({upgrades: window.rungs.upgrades, errors: window.rungs.errors,"
+            " track: window.rungs.hls.audioTrack, menu: document.getElementById('audio').value})")
+    finally:
+        context.close()
+    assert not [e for e in measured["errors"] if e["fatal"]], measured["errors"]
+    assert measured["upgrades"][0]["at"] > chosen, (measured["upgrades"], chosen)
+    assert (measured["track"], measured["menu"]) == (1, "1")
+    shutil.rmtree(base / "out" / "dubbed")
 
 
 def test_the_page_says_what_the_output_left_out(

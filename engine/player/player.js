@@ -76,7 +76,32 @@
       else if (data.type === Hls.ErrorTypes.NETWORK_ERROR) hls.startLoad();
     });
     hls.on(Hls.Events.MANIFEST_PARSED, () => maybeUpgrade());
+    hls.on(Hls.Events.AUDIO_TRACKS_UPDATED, () => showAudioTracks(hls));
+    hls.on(Hls.Events.AUDIO_TRACK_SWITCHED, () => showAudioTracks(hls));
     return hls;
+  }
+
+  // The source's audio tracks (languages, commentary), offered where there are several. The
+  // choice goes with every upgrade: each new Hls would start on the master's default track.
+  const audioMenu = document.getElementById("audio");
+  audioMenu.addEventListener("change", () => {
+    if (rungs.hls) rungs.hls.audioTrack = Number(audioMenu.value);
+  });
+
+  function showAudioTracks(hls) {
+    if (hls !== rungs.hls) return;
+    const tracks = hls.audioTracks;
+    audioMenu.replaceChildren(...tracks.map((track, index) => {
+      const label = track.lang && track.lang !== track.name ? `${track.name} (${track.lang})`
+                                                            : track.name;
+      return new Option(label, String(index), false, index === hls.audioTrack);
+    }));
+    document.getElementById("sound").hidden = tracks.length < 2;
+  }
+
+  function audioChoice(hls) {
+    const track = hls.audioTracks[hls.audioTrack];
+    return track ? { name: track.name, lang: track.lang } : undefined;
   }
 
   function start(masterUrl) {
@@ -116,6 +141,7 @@
       // step down from there if the network cannot carry it.
       startLevel: rungs.published.length - 1,
       abrEwmaDefaultEstimate: estimate > 0 ? estimate : undefined,
+      audioPreference: audioChoice(hls),
     });
     // The old rung's buffered seconds would otherwise play out before the new rung shows. What
     // plays until the new rung's first fragment can arrive is kept; the rest is dropped, at a
