@@ -320,6 +320,47 @@ def test_the_audio_track_chosen_stays_through_an_upgrade(
     shutil.rmtree(base / "out" / "dubbed")
 
 
+@pytest.mark.parametrize("choice", ["fr", "off"])
+def test_the_subtitles_chosen_stay_through_an_upgrade(
+        server: tuple[RungsServer, Any, Path], browser: Any, choice: str) -> None:
+    """English subtitles, shown by default, and French: the viewer picks French, or none, in
+    the video's own menu while the first rung plays; after the upgrade the new Hls shows what
+    was chosen, not the master's default."""
+    rungs, stub, base = server
+    source = base / "src" / "bilingual.mkv"
+    if not source.exists():
+        plain = media.make_video(base / "bilingual_plain.mp4", width=1280, height=720,
+                                 seconds=12)
+        cues = [(float(start), start + 1.5, f"cue {start}") for start in range(1, 12, 2)]
+        media.make_subtitled(plain, source, [
+            media.SubtitleSpec(cues, language="eng", default=True),
+            media.SubtitleSpec(cues, language="fre")])
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        job = stub.Transcode(pb.TranscodeRequest(
+            source=source.name, output=f"bilingual-{choice}",
+            options=pb.TranscodeOptions(ladder=[180, 720], segment_seconds=2)), timeout=30)
+        page.goto(f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}")
+        page.wait_for_function("document.getElementById('video').textTracks.length === 2",
+                               timeout=60_000)
+        # As the browser's menu does: the chosen track showing, the others disabled.
+        page.evaluate("""choice => {
+            for (const t of document.getElementById('video').textTracks)
+              t.mode = t.language === choice ? 'showing' : 'disabled'; }""", choice)
+        chosen = page.evaluate("performance.timeOrigin + performance.now()")
+        page.wait_for_function("window.rungs.ended && window.rungs.upgrades.length > 0",
+                               timeout=120_000)
+        upgrades = page.evaluate("window.rungs.upgrades")
+        tracks = page.evaluate(TEXT_TRACKS_JS)
+    finally:
+        context.close()
+    assert upgrades[0]["at"] > chosen, (upgrades, chosen)
+    showing = [t["language"] for t in tracks if t["mode"] == "showing"]
+    assert showing == ([] if choice == "off" else [choice]), tracks
+    shutil.rmtree(base / "out" / f"bilingual-{choice}")
+
+
 def test_the_page_says_what_the_output_left_out(
         server: tuple[RungsServer, Any, Path], browser: Any) -> None:
     """A source whose sound nothing decodes plays, silent, and its page says why."""

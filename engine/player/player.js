@@ -104,6 +104,15 @@
     return track ? { name: track.name, lang: track.lang } : undefined;
   }
 
+  // The name of the subtitle track shown (the viewer's choice in the video's own menu, or the
+  // default), null for none, undefined before hls.js has read them: a new Hls would start on
+  // the master's default track.
+  function subtitleChoice(hls) {
+    if (hls.subtitleTracks.length === 0) return undefined;
+    const track = hls.subtitleTracks[hls.subtitleTrack];
+    return track ? track.name : null;
+  }
+
   function start(masterUrl) {
     if (rungs.hls || !Hls.isSupported()) {
       if (!Hls.isSupported()) log("this browser has no Media Source Extensions: cannot play");
@@ -123,6 +132,9 @@
     if (!hls || upgrading || !hls.levels || hls.levels.length === 0) return;
     if (rungs.published.length <= hls.levels.length) return;
     const keepUntil = switchPoint(hls);
+    // Read before the media goes: hls.js forgets the subtitle track shown when it lets go.
+    const sound = audioChoice(hls);
+    const subtitles = subtitleChoice(hls);
     const media = hls.transferMedia();
     if (!media) return;
     upgrading = true;
@@ -141,7 +153,7 @@
       // step down from there if the network cannot carry it.
       startLevel: rungs.published.length - 1,
       abrEwmaDefaultEstimate: estimate > 0 ? estimate : undefined,
-      audioPreference: audioChoice(hls),
+      audioPreference: sound,
     });
     // The old rung's buffered seconds would otherwise play out before the new rung shows. What
     // plays until the new rung's first fragment can arrive is kept; the rest is dropped, at a
@@ -155,6 +167,13 @@
     next.once(Hls.Events.MANIFEST_PARSED, () => { upgrading = false; maybeUpgrade(); });
     next.once(Hls.Events.FRAG_BUFFERED, () => {
       for (const old of retired.splice(0)) old.destroy();
+      // The new Hls's tracks are on the element now, the default one showing: show the one
+      // chosen instead, as the video's menu does (hls.js follows what the element shows).
+      if (subtitles !== undefined) {
+        for (const track of video.textTracks) {
+          track.mode = track.label === subtitles ? "showing" : "disabled";
+        }
+      }
     });
     rungs.hls = next;
     next.attachMedia(media);
