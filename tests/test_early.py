@@ -10,7 +10,7 @@ from pathlib import Path
 import m3u8
 import pytest
 
-from engine import Job, JobEvent, JobState, LadderOptions
+from engine import Job, JobState, LadderOptions
 from tests import hostile, media
 from tests.conftest import LADDER, SEGMENT_SECONDS, options, run_job
 from tests.polling import Poller
@@ -165,39 +165,15 @@ def test_sound_that_starts_late_is_led_in_before_the_decoder_reaches_it(tmp_path
     hostile.sound_begins_at(9.0)(hostile.read_ladder(out))
 
 
-def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(early_source: Path,
-                                                                      tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    listed = threading.Event()
-
-    def on_event(event: JobEvent) -> None:
-        if event.type == "first_segment":
-            listed.set()
-
-    job = Job(early_source, out, options(early_playback=True), on_event=on_event)
-    job.start()
-    assert listed.wait(60)
-    job.cancel()
-    assert job.wait(10)
-    assert job.state == JobState.CANCELLED
-    view = read_view(out)
-    assert view is not None and view.problems == []
-    assert view.variants == ["180p/index.m3u8"]
-    assert view.ended["180p/index.m3u8"] and view.ended["audio/index.m3u8"]
-    # Nothing unlisted is left in the kept folders, and unlisted rungs are gone.
-    for folder in ("180p", "audio"):
-        playlist = m3u8.loads((out / folder / "index.m3u8").read_text())
-        needed = {"index.m3u8", *(s.uri for s in playlist.segments),
-                  *(m.uri for m in playlist.segment_map)}
-        assert {p.name for p in (out / folder).iterdir()} == needed
-    assert sorted(p.name for p in out.iterdir()) == ["180p", "audio", "master.m3u8",
-                                                     "poster.jpg"]
-
-
-def test_a_cancel_after_the_first_segment_ends_every_audio_track(tmp_path: Path) -> None:
-    source = hostile.write_streams(tmp_path / "two_tracks.mkv", video_pts=list(range(210)),
-                                   time_base=Fraction(1, 30),
-                                   audio=[(48000, 2, 7.0, 0), (44100, 1, 7.0, 0)])
+@pytest.mark.parametrize("tracks", [1, 2], ids=["one audio track", "two"])
+def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(
+        early_source: Path, tmp_path: Path, tracks: int) -> None:
+    """The rung listed early and every audio track are ended where they are, with what their
+    playlists list and nothing else; unlisted rungs are gone."""
+    source = early_source if tracks == 1 else hostile.write_streams(
+        tmp_path / "two_tracks.mkv", video_pts=list(range(210)), time_base=Fraction(1, 30),
+        audio=[(48000, 2, 7.0, 0), (44100, 1, 7.0, 0)])
+    audio = ["audio", "audio2"][:tracks]
     out = tmp_path / "out"
     listed = threading.Event()
     job = Job(source, out, options(early_playback=True),
@@ -209,11 +185,12 @@ def test_a_cancel_after_the_first_segment_ends_every_audio_track(tmp_path: Path)
     assert job.state == JobState.CANCELLED
     view = read_view(out)
     assert view is not None and view.problems == []
-    assert view.ended["audio/index.m3u8"] and view.ended["audio2/index.m3u8"]
-    assert sorted(p.name for p in out.iterdir()) == ["180p", "audio", "audio2", "master.m3u8",
-                                                     "poster.jpg"]
-    for folder in ("180p", "audio", "audio2"):  # with what their playlists list, nothing else
+    assert view.variants == ["180p/index.m3u8"]
+    assert all(view.ended[f"{folder}/index.m3u8"] for folder in ["180p", *audio])
+    for folder in ["180p", *audio]:
         playlist = m3u8.loads((out / folder / "index.m3u8").read_text())
         needed = {"index.m3u8", *(s.uri for s in playlist.segments),
                   *(m.uri for m in playlist.segment_map)}
         assert {p.name for p in (out / folder).iterdir()} == needed, folder
+    assert sorted(p.name for p in out.iterdir()) == ["180p", *audio, "master.m3u8",
+                                                     "poster.jpg"]
