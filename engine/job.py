@@ -25,7 +25,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av.audio.frame
 import av.video.frame
 import m3u8
 

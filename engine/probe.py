@@ -219,11 +219,6 @@ class SourceInfo:
     colour: Colour = field(default_factory=Colour)
 
     @property
-    def audio(self) -> AudioInfo | None:
-        """The main audio track (None for a source with none that decodes)."""
-        return self.audio_tracks[0] if self.audio_tracks else None
-
-    @property
     def display_size(self) -> tuple[int, int]:
         """Width and height as shown to a viewer: sample aspect ratio and rotation applied."""
         width = round(self.width * self.sample_aspect_ratio)
