@@ -19,6 +19,7 @@ from pathlib import Path
 import av.audio.frame
 import av.audio.stream
 import av.error
+import numpy as np
 
 from engine.errors import JobCancelledError
 from engine.gop import TIMELINE_START
@@ -36,6 +37,9 @@ AAC_LC_CODECS = "mp4a.40.2"
 #: A frame starting this much later than the samples before it end leaves a gap (a paused
 #: recording, a dropout), kept as silence; less is decoder jitter, closed up.
 MAX_AUDIO_GAP_S = 0.1
+#: Largest sample magnitude passed to the encoder: full scale is 1.0, and one far beyond it is
+#: damage (the encoder's transform of 1e38 overflows).
+MAX_SAMPLE = 1e4
 #: Silence is queued at most this much at a time (a gap of hours must not fill memory).
 _SILENCE_CHUNK_S = 1
 
@@ -111,6 +115,8 @@ class AudioEncoder:
         self.early_frames = 0
         #: Decoded frames of the source's sound taken in.
         self.sound_frames = 0
+        #: Samples silenced for not being finite (see :meth:`_make_finite`).
+        self.damaged_samples = 0
 
     def lead_in(self, seconds: float) -> None:
         """Silence from the first picture to ``seconds``, where the source says its sound
@@ -212,6 +218,7 @@ class AudioEncoder:
 
     def _queue(self, frames: list[av.audio.frame.AudioFrame]) -> None:
         for out in frames:
+            self._make_finite(out)
             # The FIFO checks that timestamps run on, and that every frame has the first one's
             # time base: a resampler with nothing to convert passes the decoder's on (1/90000
             # in MPEG-TS), a converting one gives its rate's, so after the source's audio
@@ -221,6 +228,19 @@ class AudioEncoder:
             out.time_base = self._sample_time_base
             self._fifo.write(out)
             self._queued += out.samples
+
+    def _make_finite(self, frame: av.audio.frame.AudioFrame) -> None:
+        """Silence the samples of ``frame`` (planar float, from the resampler) that are not
+        finite or far out of range. A damaged stream's decoder can give NaN or infinity (a
+        mutated FLV's Nellymoser track), and FFmpeg's AAC encoder refuses a frame whose
+        transform is not finite, and every frame after it, as they overlap: the job failed."""
+        for plane in frame.planes:
+            samples = np.frombuffer(memoryview(plane), dtype=np.float32, count=frame.samples)
+            if (np.abs(samples) <= MAX_SAMPLE).all():  # False for NaN
+                continue
+            damaged = ~(np.abs(samples) <= MAX_SAMPLE)
+            np.copyto(samples, 0.0, where=damaged)
+            self.damaged_samples += int(damaged.sum())
 
     def _frames(self, final: bool) -> list[av.audio.frame.AudioFrame]:
         """Whole encoder frames from the FIFO; with ``final``, the short last one too."""

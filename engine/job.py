@@ -779,6 +779,9 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEnco
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
     if skipped := sum(encoder.skipped_frames for encoder in audio):
         notes.append(f"{_count(skipped, 'damaged audio frame')} left out")
+    if damaged := sum(encoder.damaged_samples for encoder in audio):
+        notes.append(f"{_count(damaged, 'damaged audio sample')} silenced (not a number, or "
+                     "far out of range)")
     return notes
 
 

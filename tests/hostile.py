@@ -1915,6 +1915,14 @@ RECIPES: tuple[Recipe, ...] = (
                                [["int", 27361, 4, 128], ["int", 27526, 4, 32768]]), E,
            note="the probe failed on an audio stream FFmpeg has no decoder for",
            notes=("cannot decode",)),
+    # Found by ``python -m tests.fuzz --seed 3057`` once every audio track was decoded.
+    Recipe("fuzz_flv_samples_not_finite",
+           lambda d, _: fuzzed(d, "fuzz_flv_samples_not_finite", "plain.flv",
+                               [["dup", 15617, 860, 8252]]), L,
+           check=_audio(),
+           note="a copied chunk made a second (Nellymoser) audio track whose decoder gave NaN "
+                "samples, which FFmpeg's AAC encoder refused: the job failed",
+           notes=("damaged audio sample",)),
     # Found by ``python -m tests.fuzz --seed 798094`` (no answer in 20 s).
     Recipe("fuzz_ts_decode_time_hours_ahead",
            lambda d, _: fuzzed(d, "fuzz_ts_decode_time_hours_ahead", "plain.ts", [

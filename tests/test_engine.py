@@ -43,6 +43,7 @@ from engine import (
     OutputExistsError,
     RungSettings,
 )
+from engine.audio import AudioEncoder, AudioSettings
 from engine.decode import decode_source
 from engine.gop import TIMELINE_START, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
@@ -406,6 +407,34 @@ def test_fmp4_tracks_start_in_their_own_fragment_times(shared_run: JobRun) -> No
     assert {starts[name] for name in RUNG_NAMES} == {TIMELINE_START}, starts
     # The AAC encoder's priming frame comes before the first sound.
     assert starts["audio"] == TIMELINE_START - Fraction(1024, 48000), starts
+
+
+def test_samples_that_are_not_finite_are_silenced(tmp_path: Path) -> None:
+    """A damaged stream's decoder can give NaN, infinity or absurd samples; FFmpeg's AAC
+    encoder refused such a frame (EINVAL) and every frame after it: the job failed. They are
+    silenced and counted; the sound around them is kept."""
+    encoder = AudioEncoder(tmp_path, Fraction(2), "fmp4", AudioSettings())
+    rate, tone = 48000, np.sin(2 * np.pi * 440 * np.arange(4800) / 48000).astype(np.float32)
+    for index in range(10):  # 1 s in 0.1 s frames; the fourth one damaged
+        samples = np.stack([tone, tone]) * 0.5
+        if index == 3:
+            samples[0, :3] = [np.nan, np.inf, -np.inf]
+            samples[1, 100] = 1e38
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        encoder.push(frame, index * 0.1)
+    encoded = encoder.close()
+    assert encoder.damaged_samples == 4
+    sound = np.concatenate([frame.to_ndarray()[0] for segment in encoded.segments
+                            for frame in _decode_audio(tmp_path / "audio", segment.uri)])
+    assert np.isfinite(sound).all() and np.abs(sound).max() < 1.0
+    assert len(sound) >= rate  # every frame was encoded, the damaged one too
+
+
+def _decode_audio(folder: Path, uri: str) -> list[av.AudioFrame]:
+    data = (folder / "init.mp4").read_bytes() + (folder / uri).read_bytes()
+    with av.open(io.BytesIO(data)) as container:
+        return list(container.decode(audio=0))
 
 
 def test_sound_that_starts_late_is_led_in_with_silence(tmp_path: Path) -> None:
