@@ -409,6 +409,15 @@ def test_fmp4_tracks_start_in_their_own_fragment_times(shared_run: JobRun) -> No
     assert starts["audio"] == TIMELINE_START - Fraction(1024, 48000), starts
 
 
+def test_the_summary_lists_every_audio_track_with_its_language(tmp_path: Path) -> None:
+    source = hostile.default_audio_second(tmp_path)  # German, then English flagged default
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert [(a["name"], a["language"], Path(a["playlist"]).parent.name)
+            for a in run.job.summary()["audio"]] == [("en", "en", "audio"),
+                                                     ("de", "de", "audio2")]
+
+
 def test_samples_that_are_not_finite_are_silenced(tmp_path: Path) -> None:
     """A damaged stream's decoder can give NaN, infinity or absurd samples; FFmpeg's AAC
     encoder refused such a frame (EINVAL) and every frame after it: the job failed. They are
