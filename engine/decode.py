@@ -151,15 +151,10 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     splices = _Splices(clock_may_jump(source.container))
     video_packets = source.video_packets_read
     hidden_packets = source.hidden_packets_read
-    # A placer per track decoded, by stream index; the video's reach is counted by each.
+    reach = _VideoReach(state, time_base)
+    # A placer per track decoded, by stream index, each judging its sound by the one reach.
     tracks = list(zip(source.audio_streams, on_audio, strict=False))
-    placers = {stream.index: _SoundPlacer(state, time_base, sink) for stream, sink in tracks}
-    reach = list(placers.values()) or [_SoundPlacer(state, time_base, None)]
-
-    def video_reached(pts: int, dts: int | None, duration: int | None) -> int:
-        ends = [placer.video_reached(pts, dts, duration) for placer in reach]
-        return ends[0]  # the same for every placer
-
+    placers = {stream.index: _SoundPlacer(state, reach, sink) for stream, sink in tracks}
     bad = 0
 
     # Video first: the first video frame sets the time origin the audio is placed against.
@@ -167,7 +162,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
                 splices.note(video.index,
-                             video_reached(item.pts, item.dts, item.duration) * time_base)
+                             reach.reached(item.pts, item.dts, item.duration) * time_base)
             state.push(item)
     for item in source.pending:
         if isinstance(item, av.Packet) and item.stream.index in placers:
@@ -190,7 +185,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
             video_packets += 1
             hidden_packets += packet.is_discard
             if packet.pts is not None:
-                video_reached(packet.pts, packet.dts, packet.duration)
+                reach.reached(packet.pts, packet.dts, packet.duration)
         elif not is_video and packet.stream.index not in placers:
             continue  # a track with no sink
         try:
@@ -218,28 +213,19 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     if state.decoded == 0:
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
-    video_end = reach[0].video_end
-    _check_complete(source, video, video_packets, 0 if video_end is None else video_end)
+    _check_complete(source, video, video_packets,
+                    0 if reach.video_end is None else reach.video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
                        hidden_packets, bad, state.over_cap, state.peak_frame_rate())
 
 
-class _SoundPlacer:
-    """Passes decoded sound on in seconds from the time origin, which the first picture fixes.
+class _VideoReach:
+    """How far the video read so far reaches, which sound far past is taken for damaged
+    timestamps; one for every audio track."""
 
-    Sound decoded before that picture is placed (the deinterlacer holds pictures back) is held
-    until it is: placed against none, it lands at its absolute time. The placer also keeps how
-    far the video has reached, because sound far past it is taken for damaged timestamps.
-    """
-
-    def __init__(self, state: _VideoState, time_base: Fraction,
-                 on_audio: AudioSink | None) -> None:
+    def __init__(self, state: _VideoState, time_base: Fraction) -> None:
         self._state = state
         self._time_base = time_base
-        self._on_audio = on_audio
-        self._held: list[tuple[av.audio.frame.AudioFrame, float]] = []
-        #: Where the sound passed on so far ends, in seconds from the time origin.
-        self.end: float | None = None
         #: The furthest point of the source's video clock any packet reached (``time_base``).
         self.video_end: int | None = None
         # How far the video read so far reaches, in seconds from the time origin; None until a
@@ -259,7 +245,7 @@ class _SoundPlacer:
         # picture is placed there is no origin to count it against.
         self._uncounted: int | None = None
 
-    def video_reached(self, pts: int, dts: int | None, duration: int | None) -> int:
+    def reached(self, pts: int, dts: int | None, duration: int | None) -> int:
         """Count a video packet or frame; returns where it ends on its presentation clock
         (``time_base`` units)."""
         length = max(0, duration or 0)
@@ -269,12 +255,46 @@ class _SoundPlacer:
         placed = (pts if believed is None else believed) + length
         self._uncounted = placed if self._uncounted is None else max(self._uncounted, placed)
         if self._state.has_origin():
-            self._count_reach()
+            self._count()
         return end
+
+    def seconds(self) -> float:
+        """How far the video reaches, in seconds from the time origin (placed by now)."""
+        self._count()
+        return 0.0 if self._reach is None else self._reach
+
+    def _count(self) -> None:
+        if self._uncounted is None:
+            return
+        at = float(self._uncounted * self._time_base) - self._state.origin_seconds()
+        self._uncounted = None
+        if self._reach is not None and self._state.jumps_past_end(
+                round(at / self._state.time_base), round(self._reach / self._state.time_base)):
+            # Not where the video reaches: its picture goes on from the one before (see
+            # _VideoState._relative_pts), and sound stamped as far on is damaged too.
+            return
+        self._reach = at if self._reach is None else max(self._reach, at)
+
+
+class _SoundPlacer:
+    """Passes one track's decoded sound on in seconds from the time origin, which the first
+    picture fixes.
+
+    Sound decoded before that picture is placed (the deinterlacer holds pictures back) is held
+    until it is: placed against none, it lands at its absolute time.
+    """
+
+    def __init__(self, state: _VideoState, reach: _VideoReach, on_audio: AudioSink) -> None:
+        self._state = state
+        self._reach = reach
+        self._on_audio = on_audio
+        self._held: list[tuple[av.audio.frame.AudioFrame, float]] = []
+        #: Where the sound passed on so far ends, in seconds from the time origin.
+        self.end: float | None = None
 
     def add(self, frame: av.audio.frame.AudioFrame) -> None:
         """Pass a decoded audio frame on, or hold it until the first picture is placed."""
-        if self._on_audio is None or frame.pts is None or frame.time_base is None:
+        if frame.pts is None or frame.time_base is None:
             return
         self._held.append((frame, float(frame.pts * frame.time_base)))
         if self._state.has_origin():
@@ -286,10 +306,8 @@ class _SoundPlacer:
             self._release()
 
     def _release(self) -> None:
-        assert self._on_audio is not None
         origin = self._state.origin_seconds()
-        self._count_reach()
-        reach = 0.0 if self._reach is None else self._reach
+        reach = self._reach.seconds()
         for held, seconds in self._held:
             at = seconds - origin
             before = self.end if self.end is not None else 0.0
@@ -303,18 +321,6 @@ class _SoundPlacer:
             self.end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
             self._on_audio(held, at)
         self._held.clear()
-
-    def _count_reach(self) -> None:
-        if self._uncounted is None:
-            return
-        at = float(self._uncounted * self._time_base) - self._state.origin_seconds()
-        self._uncounted = None
-        if self._reach is not None and self._state.jumps_past_end(
-                round(at / self._state.time_base), round(self._reach / self._state.time_base)):
-            # Not where the video reaches: its picture goes on from the one before (see
-            # _VideoState._relative_pts), and sound stamped as far on is damaged too.
-            return
-        self._reach = at if self._reach is None else max(self._reach, at)
 
 
 def video_time_base(source: OpenSource) -> Fraction:
