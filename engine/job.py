@@ -383,7 +383,6 @@ class Job:
         time_base = schedule.timeline_time_base(video_time_base(source))
         settings = EncodeSettings(segment, self.options.segment_type, time_base,
                                   info.orientation, colour=info.colour)
-        publisher.video_range = info.colour.video_range
         audio: list[AudioEncoder] = []
         try:
             for number, track in enumerate(info.audio_tracks, 1):
@@ -395,7 +394,7 @@ class Job:
             for encoder in audio:
                 encoder.abort()
             raise
-        poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
+        poster = PosterPicker(rungs[0], info.orientation, info.duration_s, info.colour)
         subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
         if subtitles is not None:
             # Up to the video's declared length, else the longest a job takes.

@@ -38,8 +38,6 @@ class Variant:
     width: int
     height: int
     frame_rate: Fraction
-    #: HLS VIDEO-RANGE: SDR, or PQ / HLG for high dynamic range.
-    video_range: str = "SDR"
 
 
 @dataclass(frozen=True)
@@ -160,8 +158,6 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
             f"RESOLUTION={v.width}x{v.height}",
             f"FRAME-RATE={float(listed_frame_rate(v.frame_rate)):.3f}",
         ]
-        if v.video_range != "SDR":  # RFC 8216bis 4.4.6.2: absent means SDR
-            attributes.append(f"VIDEO-RANGE={v.video_range}")
         if audio:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         if subtitles:

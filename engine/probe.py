@@ -102,15 +102,16 @@ _PRIMARIES = frozenset(int(p) for p in ColorPrimaries)
 _TRANSFERS = frozenset(int(t) for t in ColorTrc)
 #: FFmpeg's AVFMT_TS_DISCONT flag of a demuxer.
 _TS_DISCONT = 0x0200
-#: HLS VIDEO-RANGE of the high-dynamic-range transfer functions (others are SDR).
-_HDR_RANGES = {int(ColorTrc.SMPTE2084): "PQ", int(ColorTrc.ARIB_STD_B67): "HLG"}
+#: The high-dynamic-range transfer functions: PQ and HLG.
+_HDR_TRANSFERS = frozenset((int(ColorTrc.SMPTE2084), int(ColorTrc.ARIB_STD_B67)))
 
 
 @dataclass(frozen=True)
 class Colour:
     """How a source's sample values are meant to be shown. Scaling keeps the matrix, primaries
-    and transfer, so every rung is tagged with the source's; full-range samples (as some phones
-    record) are scaled into video range, which is what players assume when a tag is missing."""
+    and transfer of an SDR source, so its rungs are tagged with them; full-range samples (as
+    some phones record) are scaled into video range, which is what players assume when a tag
+    is missing. An HDR source's rungs are mapped to SDR (engine.tonemap)."""
 
     full_range: bool = False
     matrix: int = UNSPECIFIED
@@ -118,9 +119,9 @@ class Colour:
     transfer: int = UNSPECIFIED
 
     @property
-    def video_range(self) -> str:
-        """HLS ``VIDEO-RANGE``: ``PQ`` or ``HLG`` for HDR transfer functions, else ``SDR``."""
-        return _HDR_RANGES.get(self.transfer, "SDR")
+    def hdr(self) -> bool:
+        """Whether the transfer is high dynamic range: PQ or HLG."""
+        return self.transfer in _HDR_TRANSFERS
 
     @classmethod
     def of(cls, frame: av.video.frame.VideoFrame) -> Colour:

@@ -165,8 +165,6 @@ class Publisher:
     def __init__(self, out_dir: Path, segment_seconds: float) -> None:
         self.out_dir = out_dir
         self.variants: list[Variant] = []
-        #: The rungs' HLS VIDEO-RANGE (the source's), set before the first is published.
-        self.video_range = "SDR"
         #: The audio renditions by folder, in the tracks' order, each as far as it is listed.
         self._audio: dict[str, EncodedAudio] = {}
         # Fixed from the start: an EVENT playlist's target duration must not change. A segment
@@ -287,7 +285,7 @@ class Publisher:
             self._write_master(Variant(
                 uri=f"{rung.name}/{MEDIA}", bandwidth=max(peak, math.ceil(ceiling)),
                 average_bandwidth=average, codecs=self._codecs(codecs), width=rung.width,
-                height=rung.height, frame_rate=frame_rate, video_range=self.video_range))
+                height=rung.height, frame_rate=frame_rate))
             return True
 
     def set_audio(self, audio: EncodedAudio) -> None:
@@ -330,7 +328,7 @@ class Publisher:
             variant = Variant(
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
-                height=encoded.rung.height, frame_rate=frame_rate, video_range=self.video_range,
+                height=encoded.rung.height, frame_rate=frame_rate,
             )
             self._write_master(variant)
             return variant

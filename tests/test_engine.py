@@ -987,18 +987,39 @@ def test_full_range_source_is_scaled_into_video_range_and_keeps_its_colour_tags(
     assert "VIDEO-RANGE" not in (run.out / "master.m3u8").read_text()
 
 
-def test_hdr_source_keeps_its_transfer_and_the_master_says_pq(tmp_path: Path) -> None:
-    source = media.make_luma_ramp(tmp_path / "pq.mp4", full_range=False, matrix=9,
-                                  primaries=9, transfer=16, pix_fmt="yuv420p10le")
+#: Anchors of the HDR ramp test: (signal 0..1, the 8-bit video-range luma the rungs show it
+#: as). PQ: 0.5081 is 100 cd/m2 (SMPTE ST 2084), which SDR shows at 100/203 of its white
+#: (below the knee, light is kept), so 16 + 219 * (100 / 203) ** (1 / 2.4) = 179; 0.7518 is
+#: 1,000 cd/m2, the peak, SDR's white. HLG: 0.5 is a scene light of 1/12, shown at 1000 *
+#: (1/12) ** 1.2 = 50.7 cd/m2 (BT.2100), so 139; 1.0 is the peak.
+_HDR_ANCHORS = {16: [(0.0, 16), (0.5081, 179), (0.7518, 235), (1.0, 235)],
+                18: [(0.0, 16), (0.5, 139), (1.0, 235)]}
+
+
+@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
+def test_an_hdr_source_is_mapped_to_sdr(tmp_path: Path, transfer: int) -> None:
+    """A PQ or HLG grey ramp (10-bit BT.2020): every rung and the poster are SDR BT.709,
+    tagged so, with the light the source asks for up to reference white and its peak at
+    SDR's white. Untouched, 8-bit PQ would show 100 cd/m2 at luma 127, dark and flat."""
+    source = media.make_luma_ramp(tmp_path / "hdr.mp4", full_range=False, matrix=9,
+                                  primaries=9, transfer=transfer, pix_fmt="yuv420p10le")
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180))))
     assert run.state == JobState.COMPLETE, run.job.error
-    master = master_of(run.out)
-    assert [p.stream_info.video_range for p in master.playlists] == ["PQ", "PQ"]
+    assert "VIDEO-RANGE" not in (run.out / "master.m3u8").read_text()
+    with av.open(str(run.out / "poster.jpg")) as container:
+        poster = next(container.decode(video=0)).to_ndarray(format="gray").mean(axis=0)
     for folder in variant_dirs(run.out):
-        colour_range, matrix, primaries, transfer, luma = colour_of(folder)
-        assert (colour_range, matrix, primaries, transfer) == (1, 9, 9, 16), folder.name
-        columns = luma.mean(axis=0)  # 10-bit video range to 8-bit video range
-        assert abs(columns[0] - 16) <= 3 and abs(columns[-1] - 235) <= 3, folder.name
+        colour_range, matrix, primaries, transfer_out, luma = colour_of(folder)
+        assert (colour_range, matrix, primaries, transfer_out) == (1, 1, 1, 1), folder.name
+        columns = luma.mean(axis=0)
+        assert np.all(np.diff(columns) > -2), folder.name  # the ramp still rises
+        for signal, shown in _HDR_ANCHORS[transfer]:
+            column = round(signal * (len(columns) - 1))
+            assert abs(columns[column] - shown) <= 4, (folder.name, signal, columns[column])
+            # The poster is full range: 0-255 for 16-235.
+            full = (shown - 16) * 255 / 219
+            at = round(signal * (len(poster) - 1))
+            assert abs(poster[at] - full) <= 5, ("poster", signal, poster[at])
 
 
 @pytest.mark.parametrize("top_field_first", [True, False], ids=["tff", "bff"])

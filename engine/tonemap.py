@@ -1,0 +1,196 @@
+"""Map a high-dynamic-range picture (PQ or HLG) to standard dynamic range, BT.709.
+
+The rungs are 8-bit H.264, too few steps for HDR's range, and a player or screen that ignores
+the tags shows PQ or HLG samples as an SDR picture: dark and flat (100 cd/m2 in PQ is luma
+127 of 235). So an HDR source's rungs and poster are made SDR, as most services do for their
+H.264 ladders.
+
+How: each rung's scaler converts its (already scaled) frames to RGB, looks every pixel up in
+a 3D table with FFmpeg's ``lut3d`` filter, and converts back to YUV with the BT.709 matrix.
+The table is computed here from the standards' formulas. FFmpeg's scaler can map colours too
+(its ``out_transfer``), but it spent 1 to 2 s building its tables for every rung, and it reads
+the source's peak from frame metadata the frame cache does not keep: it either clipped
+everything over reference white or, assuming a 10,000 cd/m2 peak, showed reference white at
+luma 149.
+
+The mapping, per table entry:
+
+1. The source's signal to display light in cd/m2: PQ's EOTF (SMPTE ST 2084), or HLG's inverse
+   OETF and its OOTF for a 1,000 cd/m2 display (ITU-R BT.2100).
+2. BT.2020 (or the source's) primaries to BT.709, with HDR reference white (203 cd/m2, ITU-R
+   BT.2408) as SDR's white. A colour BT.709 cannot show is moved towards the grey of its
+   luminance until no channel is negative, rather than clipped per channel (which would
+   shift its hue).
+3. Light is brought into SDR's range by one factor on all three channels (so hues stay), set
+   by the brightest channel: up to 60 % of reference white it is kept as it is, and brighter
+   light is compressed (an extended Reinhard curve) so the source's nominal peak of 1,000
+   cd/m2 reaches SDR's white. (Compressing luminance instead left saturated highlights over
+   white, and fitting them back made their colour jump with the smallest change.)
+4. Encoded for a BT.1886 display (gamma 2.4), so an SDR screen shows the light of step 3.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av.video.format
+import av.video.frame
+import numpy as np
+from av.filter import Graph
+
+from engine.probe import Colour
+
+#: Table points per axis. With tetrahedral interpolation, 65 keeps 8-bit outputs within a
+#: few steps of the formulas, most within one (tests/test_tonemap.py measures it); 33 was
+#: twice as far off where colours leave BT.709's gamut.
+LUT_SIZE = 65
+#: HDR reference (diffuse) white in cd/m2, ITU-R BT.2408.
+REFERENCE_WHITE = 203.0
+#: The brightest light kept apart from white: HLG's nominal display peak, and what most PQ
+#: masters are graded to (a source's own mastering metadata is not read).
+PEAK = 1000.0
+#: Below this share of reference white (in the brightest channel), light is kept unchanged.
+KNEE = 0.6
+#: The SDR display's gamma (ITU-R BT.1886).
+SDR_GAMMA = 2.4
+
+_PQ = 16  # ColorTrc.SMPTE2084 (the other HDR transfer is HLG)
+
+#: CIE xy of red, green, blue and white (all D65) of the primaries FFmpeg numbers so.
+_CHROMATICITIES = {
+    1: ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060), (0.3127, 0.3290)),  # BT.709
+    9: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046), (0.3127, 0.3290)),  # BT.2020
+    12: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060), (0.3127, 0.3290)),  # Display P3
+}
+#: HDR is defined on BT.2020 (BT.2100); an untagged or unknown source is taken as that.
+_HDR_PRIMARIES = 9
+#: FFmpeg scale filter's names for the YUV matrices (``bt2020`` is the non-constant one).
+_MATRIX_NAMES = {1: "bt709", 4: "fcc", 5: "bt470", 6: "smpte170m", 7: "smpte240m",
+                 9: "bt2020", 10: "bt2020"}
+
+#: What an HDR source's rungs are: SDR, BT.709 matrix, primaries and transfer.
+SDR_BT709 = Colour(matrix=1, primaries=1, transfer=1)
+
+
+def shown_as(colour: Colour) -> Colour:
+    """The colour description a rung of a ``colour`` source is tagged with (after scaling,
+    which makes every rung video range, and after the mapping of HDR to SDR)."""
+    if colour.hdr:
+        return SDR_BT709
+    return Colour(matrix=colour.matrix, primaries=colour.primaries, transfer=colour.transfer)
+
+
+class ToneMapper:
+    """Frames of ``width`` x ``height`` in ``pixel_format`` from an HDR source (``colour``), in,
+    the same frames in SDR BT.709, out. One per thread, like the scaler it follows."""
+
+    def __init__(self, colour: Colour, width: int, height: int, pixel_format: str) -> None:
+        full = "pc" if pixel_format.startswith("yuvj") else "tv"
+        matrix = _MATRIX_NAMES.get(colour.matrix, "bt2020")
+        self._graph = Graph()
+        chain = [
+            self._graph.add_buffer(width=width, height=height,
+                                   format=av.video.format.VideoFormat(pixel_format),
+                                   time_base=Fraction(1, 1000)),
+            self._graph.add("scale", f"in_color_matrix={matrix}:in_range={full}"),
+            # 16-bit RGB keeps the fractions of the 8-bit YUV samples through the table.
+            self._graph.add("format", "gbrp16le"),
+        ]
+        with tempfile.TemporaryDirectory(prefix="rungs-lut-") as folder:
+            table = Path(folder) / "tonemap.cube"
+            table.write_text(_cube(colour.transfer, colour.primaries))
+            # lut3d reads its file as the filter is made.
+            chain.append(self._graph.add("lut3d", f"file={table}:interp=tetrahedral"))
+        chain += [
+            self._graph.add("scale", f"out_color_matrix=bt709:out_range={full}"),
+            self._graph.add("format", pixel_format),
+            self._graph.add("buffersink"),
+        ]
+        for upstream, downstream in itertools.pairwise(chain):
+            upstream.link_to(downstream)
+        self._graph.configure()
+
+    def map(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
+        """``frame`` in SDR BT.709."""
+        self._graph.vpush(frame)
+        out = self._graph.vpull()
+        assert isinstance(out, av.video.frame.VideoFrame)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cube(transfer: int, primaries: int) -> str:
+    """The table as an Adobe .cube file (red varies fastest), computed once per process."""
+    axis = np.linspace(0.0, 1.0, LUT_SIZE)
+    blue, green, red = np.meshgrid(axis, axis, axis, indexing="ij")
+    signal = np.stack([red.ravel(), green.ravel(), blue.ravel()], axis=-1)
+    table = sdr_signal(signal, transfer, primaries)
+    return f"LUT_3D_SIZE {LUT_SIZE}\n" + "%.6f %.6f %.6f\n" * len(table) % tuple(table.ravel())
+
+
+def sdr_signal(signal: np.ndarray, transfer: int, primaries: int) -> np.ndarray:
+    """SDR BT.709 R'G'B' (0..1) of HDR R'G'B' ``signal`` (..., 3) with ``transfer`` (PQ or HLG)
+    and ``primaries``: the mapping of the module's docstring, exactly (the table samples it)."""
+    to_xyz = _rgb_to_xyz(_CHROMATICITIES.get(primaries, _CHROMATICITIES[_HDR_PRIMARIES]))
+    light = _display_light(np.clip(signal, 0.0, 1.0), transfer, to_xyz[1])
+    to_709 = np.linalg.inv(_rgb_to_xyz(_CHROMATICITIES[1])) @ to_xyz
+    relative = _above_black(light @ to_709.T / REFERENCE_WHITE, light @ to_xyz[1] / REFERENCE_WHITE)
+    # Compressing the brightest channel (not luminance) keeps every channel within SDR's
+    # white; the same factor on all three keeps the hue.
+    brightest = relative.max(axis=-1)
+    scale = np.divide(_compress(brightest), brightest, out=np.zeros_like(brightest),
+                      where=brightest > 0)
+    encoded: np.ndarray = np.clip(relative * scale[..., None], 0.0, 1.0) ** (1 / SDR_GAMMA)
+    return encoded
+
+
+def _display_light(signal: np.ndarray, transfer: int, luma: np.ndarray) -> np.ndarray:
+    """Linear light in cd/m2 of the display the source was made for."""
+    if transfer == _PQ:
+        m1, m2 = 2610 / 16384, 2523 / 4096 * 128
+        c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+        power = signal ** (1 / m2)
+        pq: np.ndarray = 10000.0 * (np.maximum(power - c1, 0.0) / (c2 - c3 * power)) ** (1 / m1)
+        return pq
+    a = 0.17883277
+    b, c = 1 - 4 * a, 0.5 - a * np.log(4 * a)
+    scene = np.where(signal <= 0.5, signal ** 2 / 3,
+                     (np.exp((np.maximum(signal, 0.5) - c) / a) + b) / 12)
+    # BT.2100's OOTF for a 1,000 cd/m2 display: system gamma 1.2, applied to luminance.
+    light: np.ndarray = PEAK * (scene @ luma)[..., None] ** 0.2 * scene
+    return light
+
+
+def _compress(relative: np.ndarray) -> np.ndarray:
+    """Luminance as a share of reference white, to a share of SDR white (0..1): unchanged up
+    to the knee, then extended Reinhard, reaching 1 at the peak with the slope still 1 at the
+    knee; beyond the peak, 1."""
+    span = (PEAK / REFERENCE_WHITE - KNEE) / (1 - KNEE)
+    over = np.maximum(relative - KNEE, 0.0) / (1 - KNEE)
+    rolled = KNEE + (1 - KNEE) * over * (1 + over / span ** 2) / (1 + over)
+    compressed: np.ndarray = np.where(relative <= KNEE, relative, np.minimum(rolled, 1.0))
+    return compressed
+
+
+def _above_black(rgb: np.ndarray, luminance: np.ndarray) -> np.ndarray:
+    """``rgb`` moved towards the grey of its ``luminance`` just enough that no channel is
+    negative: a colour outside BT.709's gamut becomes the nearest one inside of its hue."""
+    grey = luminance[..., None]
+    low = rgb.min(axis=-1, keepdims=True)
+    keep = np.divide(grey, grey - low, out=np.ones_like(grey), where=low < 0)
+    fitted: np.ndarray = grey + (rgb - grey) * keep
+    return fitted
+
+
+def _rgb_to_xyz(chromaticities: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """The RGB to CIE XYZ matrix of primaries and white given as xy (SMPTE RP 177)."""
+    *rgb, white = chromaticities
+    columns = np.array([[x / y, 1.0, (1 - x - y) / y] for x, y in rgb]).T
+    x, y = white
+    weights = np.linalg.solve(columns, np.array([x / y, 1.0, (1 - x - y) / y]))
+    matrix: np.ndarray = columns * weights
+    return matrix

@@ -1,0 +1,110 @@
+"""HDR to SDR: the table FFmpeg looks colours up in against the formulas it samples, and the
+formulas against the standards' own figures."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from engine.probe import Colour
+from engine.tonemap import ToneMapper, sdr_signal
+
+#: ITU-R BT.2087's matrix from linear BT.709 RGB to linear BT.2020 RGB.
+BT709_TO_BT2020 = np.array([[0.6274, 0.3293, 0.0433],
+                            [0.0691, 0.9195, 0.0114],
+                            [0.0164, 0.0880, 0.8956]])
+#: (Kr, Kb) of the YUV matrices.
+BT2020_K, BT709_K = (0.2627, 0.0593), (0.2126, 0.0722)
+
+
+def pq_signal(nits: np.ndarray) -> np.ndarray:
+    """SMPTE ST 2084's inverse EOTF."""
+    m1, m2 = 2610 / 16384, 2523 / 4096 * 128
+    c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+    power = (np.asarray(nits) / 10000.0) ** m1
+    signal: np.ndarray = ((c1 + c2 * power) / (1 + c3 * power)) ** m2
+    return signal
+
+
+def yuv_to_rgb(yuv: np.ndarray, k: tuple[float, float]) -> np.ndarray:
+    """8-bit video-range Y'CbCr to R'G'B' 0..1."""
+    kr, kb = k
+    luma, cb, cr = (yuv[..., 0] - 16) / 219, (yuv[..., 1] - 128) / 224, (yuv[..., 2] - 128) / 224
+    red, blue = luma + 2 * (1 - kr) * cr, luma + 2 * (1 - kb) * cb
+    green = (luma - kr * red - kb * blue) / (1 - kr - kb)
+    return np.stack([red, green, blue], axis=-1)
+
+
+def rgb_to_yuv(rgb: np.ndarray, k: tuple[float, float]) -> np.ndarray:
+    """R'G'B' 0..1 to 8-bit video-range Y'CbCr (not rounded)."""
+    kr, kb = k
+    luma = kr * rgb[..., 0] + (1 - kr - kb) * rgb[..., 1] + kb * rgb[..., 2]
+    return np.stack([16 + 219 * luma, 128 + 224 * (rgb[..., 2] - luma) / (2 * (1 - kb)),
+                     128 + 224 * (rgb[..., 0] - luma) / (2 * (1 - kr))], axis=-1)
+
+
+def planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    return [np.frombuffer(memoryview(p), np.uint8).reshape(-1, p.line_size)[:p.height, :p.width]
+            for p in frame.planes]
+
+
+@pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
+def test_the_table_keeps_to_the_formulas(transfer: int) -> None:
+    """576 random colours, each a flat 32-pixel block of a BT.2020 4:2:0 frame, through the
+    mapper (YUV to RGB, the table, RGB to BT.709 YUV), against the formulas applied to the
+    same colours. Blocks that large keep each centre clear of its neighbours' chroma."""
+    count, block = 24, 32
+    rng = np.random.default_rng(transfer)
+    shape = (count, count)
+    colours = np.stack([rng.integers(16, 236, shape), rng.integers(16, 241, shape),
+                        rng.integers(16, 241, shape)], axis=-1)
+    frame = av.VideoFrame(count * block, count * block, "yuv420p")
+    for index, plane in enumerate(planes(frame)):
+        size = block if index == 0 else block // 2
+        plane[:] = np.kron(colours[..., index], np.ones((size, size), dtype=np.int64))
+    mapper = ToneMapper(Colour(matrix=9, primaries=9, transfer=transfer), frame.width,
+                        frame.height, "yuv420p")
+    out = planes(mapper.map(frame))
+    centre, chroma_centre = block // 2, block // 4
+    got = np.stack([out[0][centre::block, centre::block],
+                    out[1][chroma_centre::block // 2, chroma_centre::block // 2],
+                    out[2][chroma_centre::block // 2, chroma_centre::block // 2]], axis=-1)
+    source = np.clip(yuv_to_rgb(colours.astype(float), BT2020_K), 0.0, 1.0)
+    expected = rgb_to_yuv(sdr_signal(source, transfer, 9), BT709_K)
+    error = np.abs(got - expected)
+    # Measured: mean 0.4-0.5, 99th percentile 1.2-3.2, worst 3.8-8.3 steps, the worst where
+    # colours leave BT.709's gamut and the mapping bends sharply.
+    assert error.mean() < 1.0 and np.percentile(error, 99) < 5 and error.max() < 12, (
+        error.mean(), np.percentile(error, 99), error.max())
+
+
+@pytest.mark.parametrize("nits", [1.0, 20.0, 50.0, 100.0])
+def test_a_colour_bt709_can_show_is_kept_below_the_knee(nits: float) -> None:
+    """Colours of BT.709's gamut, up to 60 % of reference white (203 cd/m2), made BT.2020 PQ by
+    the standards' own matrix and curve, come out as the same BT.709 colours at the same
+    light, for a gamma-2.4 screen whose white is reference white. (No channel is 0: the
+    4-digit matrix leaves a trace there that the gamma curve magnifies.)"""
+    colours = np.array([[1.0, 1.0, 1.0], [1.0, 0.2, 0.1], [0.1, 1.0, 0.3], [0.2, 0.3, 1.0],
+                        [1.0, 1.0, 0.05], [0.6, 0.05, 0.9]])
+    linear_709 = colours * nits / colours.max(axis=1, keepdims=True)
+    signal = pq_signal(linear_709 @ BT709_TO_BT2020.T)
+    expected = (linear_709 / 203) ** (1 / 2.4)
+    np.testing.assert_allclose(sdr_signal(signal, 16, 9), expected, atol=0.004)
+
+
+def test_a_colour_outside_bt709_keeps_its_hue_and_luminance() -> None:
+    """BT.2020's own primaries at 40 cd/m2 are outside BT.709's gamut: each comes out on its
+    edge (a channel at 0), as light as it was, on the line from its grey through the colour
+    BT.709 would need (clipping each channel would drop light and turn the hue)."""
+    bt2020_primaries = np.eye(3) * 40.0
+    out = sdr_signal(pq_signal(bt2020_primaries), 16, 9) ** 2.4
+    unreachable = bt2020_primaries @ np.linalg.inv(BT709_TO_BT2020).T / 203
+    luminance = bt2020_primaries @ np.array([0.2627, 0.6780, 0.0593]) / 203
+    np.testing.assert_allclose(out @ np.array([0.2126, 0.7152, 0.0722]), luminance, rtol=0.01)
+    np.testing.assert_allclose(out.min(axis=1), 0.0, atol=1e-4)
+    grey = luminance[:, None]
+    towards, needed = out - grey, unreachable - grey
+    cosine = (towards * needed).sum(axis=1) / np.linalg.norm(towards, axis=1) / np.linalg.norm(
+        needed, axis=1)
+    np.testing.assert_allclose(cosine, 1.0, atol=1e-4)
