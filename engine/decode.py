@@ -46,6 +46,7 @@ from engine.probe import (
     tag_seconds,
 )
 from engine.stall import DecoderWatch
+from engine.tonemap import ToneMapper
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                         source_ticks=int(time_base / timeline),
                         timestamps=_TimestampGuess(
                             decode_order=source.info.container in DECODE_ORDER_PTS),
-                        progress=progress)
+                        progress=progress, colour=source.info.colour)
     splices = _Splices(clock_may_jump(source.container))
     video_packets = source.video_packets_read
     hidden_packets = source.hidden_packets_read
@@ -531,9 +532,10 @@ class _VideoState:
                  frame_rate: Fraction = Fraction(30), declared_seconds: Fraction = Fraction(0),
                  *, limit: _Limit,
                  timestamps: _TimestampGuess, source_ticks: int = 1,
-                 progress: DecodeProgress | None = None) -> None:
+                 progress: DecodeProgress | None = None, colour: Colour | None = None) -> None:
         """``time_base`` is the timeline's (see ``KeyframeSchedule.timeline_time_base``), in
-        which the source's ticks are ``source_ticks`` long."""
+        which the source's ticks are ``source_ticks`` long. Frames of an HDR source
+        (``colour``) are mapped to SDR (see engine.tonemap)."""
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
@@ -550,6 +552,7 @@ class _VideoState:
         self._timestamps = timestamps
         self._source_ticks = source_ticks
         self._converter = VideoReformatter()
+        self._tone_mapper = ToneMapper(colour) if colour is not None and colour.hdr else None
         self._deinterlacer = Deinterlacer(time_base, codec.field_order)
         self._codec = codec
         # The first frame's size and shape as shown, and its black (see _normalise).
@@ -679,6 +682,8 @@ class _VideoState:
         """8-bit 4:2:0 at the first frame's size: a stream whose picture size changes part way
         (spliced recordings) has its later frames fitted into that size, so every stage after
         this one sees one size (the frame cache and the rungs' scalers are sized once)."""
+        if self._tone_mapper is not None:
+            frame = self._tone_mapper.map(frame)
         if self._size is None:
             self._size = (frame.width, frame.height)
             self._shape = self._display_aspect(frame)

@@ -83,6 +83,7 @@ from engine.subtitles import (
     SubtitleReader,
     SubtitleScan,
 )
+from engine.tonemap import decoded_as
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ class Job:
         results = self._results = [None] * len(rungs)
         time_base = schedule.timeline_time_base(video_time_base(source))
         settings = EncodeSettings(segment, self.options.segment_type, time_base,
-                                  info.orientation, colour=info.colour)
+                                  info.orientation, colour=decoded_as(info.colour))
         audio: list[AudioEncoder] = []
         try:
             for number, track in enumerate(info.audio_tracks, 1):
@@ -394,7 +395,7 @@ class Job:
             for encoder in audio:
                 encoder.abort()
             raise
-        poster = PosterPicker(rungs[0], info.orientation, info.duration_s, info.colour)
+        poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
         subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
         if subtitles is not None:
             # Up to the video's declared length, else the longest a job takes.

@@ -12,7 +12,7 @@ import numpy as np
 from engine.decode import plane_array
 from engine.gop import FrameTime
 from engine.ladder import Rung
-from engine.probe import Colour, Orientation
+from engine.probe import Orientation
 from engine.scale import Scaler
 
 #: Aim about this far in, where titles and fades are usually over.
@@ -26,11 +26,9 @@ MAX_WAIT_SECONDS = Fraction(5)
 class PosterPicker:
     """Watches frames in order and keeps the first good one at or after the target time."""
 
-    def __init__(self, rung: Rung, orientation: Orientation, duration_s: float,
-                 colour: Colour) -> None:
+    def __init__(self, rung: Rung, orientation: Orientation, duration_s: float) -> None:
         self.rung = rung
         self.orientation = orientation
-        self.colour = colour
         # Short videos: aim a third of the way in, so the poster is not the very first frame.
         self.target = min(TARGET_SECONDS, Fraction(duration_s).limit_denominator(1000) / 3)
         self.jpeg: bytes | None = None
@@ -64,8 +62,7 @@ class PosterPicker:
 
     def _scaled(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
         # A fresh scaler each time: this runs a handful of times per job.
-        return Scaler(self.rung.width, self.rung.height, self.orientation, "yuvj420p",
-                      colour=self.colour).scale(frame)
+        return Scaler(self.rung.width, self.rung.height, self.orientation, "yuvj420p").scale(frame)
 
     @staticmethod
     def _brightness(frame: av.video.frame.VideoFrame) -> float:

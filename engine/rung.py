@@ -31,7 +31,6 @@ from engine.ladder import MAX_FRAME_RATE, Rung
 from engine.probe import Colour, Orientation
 from engine.scale import Scaler
 from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
-from engine.tonemap import shown_as
 
 
 def encoder_gop(segment: Fraction) -> int:
@@ -142,7 +141,7 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     if settings.nice:
         lower_thread_priority(settings.nice)
     scaler = Scaler(rung.width, rung.height, settings.orientation,
-                    full_range=settings.colour.full_range, colour=settings.colour)
+                    full_range=settings.colour.full_range)
     with _ScaledAhead(frames, scaler, settings.nice, cancel, rung.name) as scaled:
         return _encode_scaled(rung, encoder, iter(scaled), out_dir, settings, cancel, progress,
                               fallback, on_fallback, on_segment)
@@ -309,7 +308,7 @@ class _Output:
             stream.codec_context.time_base = settings.time_base
             stream.codec_context.options = encoder_options(encoder, rung,
                                                            encoder_gop(settings.segment_seconds))
-            _tag_colour(stream.codec_context, shown_as(settings.colour))
+            _tag_colour(stream.codec_context, settings.colour)
             if encoder == SOFTWARE_ENCODER:
                 if settings.threads is EncoderThreads.FRAMES:
                     stream.codec_context.thread_type = "FRAME"
@@ -451,8 +450,8 @@ def _encode(stream: av.video.stream.VideoStream, frame: av.video.frame.VideoFram
 
 
 def _tag_colour(context: av.video.codeccontext.VideoCodecContext, colour: Colour) -> None:
-    """Write the rung's colour description into the encoded stream (the scaler has made its
-    samples video range, and SDR: see :func:`engine.tonemap.shown_as`)."""
+    """Write the source's colour description into the encoded stream (the scaler has made
+    its samples video range)."""
     context.color_range = ColorRange.MPEG
     context.colorspace = colour.matrix
     context.color_primaries = colour.primaries

@@ -11,8 +11,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
 from engine.decode import PIXEL_FORMAT, plane_array
-from engine.probe import Colour, Orientation
-from engine.tonemap import ToneMapper
+from engine.probe import Orientation
 
 #: AREA keeps detail when shrinking 4K to 720p and is about twice as fast as BICUBIC here.
 INTERPOLATION = Interpolation.AREA
@@ -22,13 +21,11 @@ class Scaler:
     """Frames in at the source's coded size, frames out at ``width`` x ``height``, upright.
 
     With ``full_range``, the frames coming in hold full-range samples (whatever they are
-    tagged: the frame cache's are not) and the frames going out video-range ones. Frames of
-    an HDR source (``colour``) come out mapped to SDR BT.709.
+    tagged: the frame cache's are not) and the frames going out video-range ones.
     """
 
     def __init__(self, width: int, height: int, orientation: Orientation,
-                 pixel_format: str = PIXEL_FORMAT, full_range: bool = False,
-                 colour: Colour | None = None) -> None:
+                 pixel_format: str = PIXEL_FORMAT, full_range: bool = False) -> None:
         self.width = width
         self.height = height
         self.orientation = orientation
@@ -37,19 +34,14 @@ class Scaler:
             {"src_color_range": ColorRange.JPEG, "dst_color_range": ColorRange.MPEG}
             if full_range else {})
         self._reformatter = VideoReformatter()
-        self._coded = (height, width) if orientation.sideways else (width, height)
-        # Mapped after scaling: the table costs per pixel, and the rungs are mostly smaller.
-        self._tone_mapper = (ToneMapper(colour, *self._coded, pixel_format)
-                             if colour is not None and colour.hdr else None)
 
     def scale(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
         """A frame of the target size (the input itself when nothing needs doing)."""
-        width, height = self._coded
+        sideways = self.orientation.sideways
+        width, height = (self.height, self.width) if sideways else (self.width, self.height)
         out = self._reformatter.reformat(frame, width=width, height=height,
                                          format=self.pixel_format, interpolation=INTERPOLATION,
                                          **self._ranges)
-        if self._tone_mapper is not None:
-            out = self._tone_mapper.map(out)
         if self.orientation == Orientation():
             return out
         return orient(out, self.orientation)

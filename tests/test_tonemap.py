@@ -3,11 +3,18 @@ formulas against the standards' own figures."""
 
 from __future__ import annotations
 
+import threading
+from fractions import Fraction
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
 
-from engine.probe import Colour
+from engine.decode import decode_source
+from engine.gop import KeyframeSchedule
+from engine.ladder import MAX_FRAME_RATE
+from engine.probe import Colour, open_source
 from engine.tonemap import ToneMapper, sdr_signal
 
 #: ITU-R BT.2087's matrix from linear BT.709 RGB to linear BT.2020 RGB.
@@ -63,9 +70,7 @@ def test_the_table_keeps_to_the_formulas(transfer: int) -> None:
     for index, plane in enumerate(planes(frame)):
         size = block if index == 0 else block // 2
         plane[:] = np.kron(colours[..., index], np.ones((size, size), dtype=np.int64))
-    mapper = ToneMapper(Colour(matrix=9, primaries=9, transfer=transfer), frame.width,
-                        frame.height, "yuv420p")
-    out = planes(mapper.map(frame))
+    out = planes(ToneMapper(Colour(matrix=9, primaries=9, transfer=transfer)).map(frame))
     centre, chroma_centre = block // 2, block // 4
     got = np.stack([out[0][centre::block, centre::block],
                     out[1][chroma_centre::block // 2, chroma_centre::block // 2],
@@ -108,3 +113,43 @@ def test_a_colour_outside_bt709_keeps_its_hue_and_luminance() -> None:
     cosine = (towards * needed).sum(axis=1) / np.linalg.norm(towards, axis=1) / np.linalg.norm(
         needed, axis=1)
     np.testing.assert_allclose(cosine, 1.0, atol=1e-4)
+
+
+def test_the_decoder_maps_a_10_bit_source_before_the_frames_are_made_8_bit(
+        tmp_path: Path) -> None:
+    """A lossless 10-bit PQ picture of BT.709's green as a BT.2020 source holds it, its luma
+    varying by less than an 8-bit step. Green's red channel is near 0 in BT.709, where the
+    mapping is steepest. The decoder passes on the table applied to the 10-bit samples;
+    applied after rounding to 8 bits (as the rungs did at first) it is off by several steps
+    there, which compressed pictures show as blocks."""
+    green = pq_signal(np.array([0.05, 1.0, 0.05]) @ BT709_TO_BT2020.T * 100)
+    y, u, v = rgb_to_yuv(green, BT2020_K) * 4  # 10-bit codes
+    path = tmp_path / "green.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
+        context = stream.codec_context
+        context.colorspace, context.color_primaries, context.color_trc = 9, 9, 16
+        for index in range(3):
+            frame = av.VideoFrame(64, 64, "yuv420p10le")
+            for number, plane in enumerate(frame.planes):
+                rows = np.frombuffer(memoryview(plane), np.uint16).reshape(
+                    -1, plane.line_size // 2)[:plane.height, :plane.width]
+                rows[:] = (np.round(y + np.linspace(-6, 6, plane.width)) if number == 0
+                           else round(u if number == 1 else v))
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    passed_on: list[av.VideoFrame] = []
+    with open_source(path) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: passed_on.append(frame), [], threading.Event())
+    with av.open(str(path)) as container:
+        source = next(container.decode(video=0))
+    assert source.format.name == "yuv420p10le"
+    colour = Colour(matrix=9, primaries=9, transfer=16)
+    from_10_bits = planes(ToneMapper(colour).map(source))[0].astype(int)
+    from_8_bits = planes(ToneMapper(colour).map(source.reformat(format="yuv420p")))[0]
+    assert passed_on and passed_on[0].format.name == "yuv420p"
+    assert np.abs(planes(passed_on[0])[0] - from_10_bits).max() <= 1
+    assert np.abs(from_8_bits - from_10_bits).max() >= 3
