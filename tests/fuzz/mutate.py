@@ -71,6 +71,14 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
                                        audio_codec="mp2")),
     # Several audio tracks, each decoded and encoded (engine.decode places each on its own).
     *((f"two_audio.{suffix}", lambda p: _two_audio(p)) for suffix in ("mkv", "mp4", "ts")),
+    # HDR, which the decoder maps to SDR from the source's 10 bits (engine.tonemap).
+    ("hlg.mov", lambda p: _small(p, codec="libx265", pix_fmt="yuv420p10le", fps=Fraction(25),
+                                 codec_options={"preset": "ultrafast", "x265-params": (
+                                     "log-level=error:colorprim=bt2020:transfer=arib-std-b67:"
+                                     "colormatrix=bt2020nc")})),
+    ("pq.mkv", lambda p: _small(p, pix_fmt="yuv420p10le", codec_options={
+        "preset": "veryfast",
+        "x264-params": "colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc"})),
     # Text subtitle tracks, which a job reads in a pass of its own.
     ("subtitled.mkv", lambda p: _subtitled(p, ("ass", "subrip"))),
     ("timed_text.mp4", lambda p: _subtitled(p, ("mov_text", "mov_text"))),
