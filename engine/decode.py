@@ -39,6 +39,7 @@ from engine.gop import FrameRateMeter, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import (
     MP4_DEMUXER,
+    UNSPECIFIED,
     Colour,
     OpenSource,
     clock_may_jump,
@@ -55,6 +56,12 @@ PIXEL_FORMAT = "yuv420p"
 #: Black and grey chroma in PIXEL_FORMAT (video range; full range's black is 0).
 _VIDEO_RANGE_BLACK = 16
 _NEUTRAL_CHROMA = 128
+#: The matrices (AVColorSpace) FFmpeg's scaler takes. It refuses to convert a frame tagged
+#: with another, such as a damaged header's value or BT.2020's constant-luminance matrix, and
+#: the job failed. The conversions here are YUV to YUV (the matrix plays no part) or RGB to
+#: YUV (BT.601, as for untagged RGB), so such a tag is cleared for them; the rungs' tags come
+#: from the probe (Colour.of).
+_SCALER_MATRICES = frozenset((0, 1, 2, 4, 5, 6, 7, 9))
 #: Give up on a source when more than this share of its video packets fail to decode (and more
 #: than 10: a few bad packets at the start are no share yet).
 MAX_BAD_PACKET_SHARE = 0.2
@@ -682,6 +689,8 @@ class _VideoState:
         """8-bit 4:2:0 at the first frame's size: a stream whose picture size changes part way
         (spliced recordings) has its later frames fitted into that size, so every stage after
         this one sees one size (the frame cache and the rungs' scalers are sized once)."""
+        if frame.colorspace not in _SCALER_MATRICES:
+            frame.colorspace = UNSPECIFIED
         if self._tone_mapper is not None:
             frame = self._tone_mapper.map(frame)
         if self._size is None:

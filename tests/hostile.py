@@ -1923,6 +1923,13 @@ RECIPES: tuple[Recipe, ...] = (
            note="a copied chunk made a second (Nellymoser) audio track whose decoder gave NaN "
                 "samples, which FFmpeg's AAC encoder refused: the job failed",
            notes=("damaged audio sample",)),
+    # Found by ``python -m tests.fuzz --seed 3060``.
+    Recipe("fuzz_mov_matrix_unknown",
+           lambda d, _: fuzzed(d, "fuzz_mov_matrix_unknown", "prores_pcm.mov",
+                               [["int", 60, 4, 2147483648]]), L,
+           check=_all(_frames_at_least(30), _seconds_about(1.0)),
+           note="a damaged first frame tagged matrix 128: FFmpeg's scaler refused to make it "
+                "8-bit, and the job failed with INTERNAL"),
     # Found by ``python -m tests.fuzz --seed 798094`` (no answer in 20 s).
     Recipe("fuzz_ts_decode_time_hours_ahead",
            lambda d, _: fuzzed(d, "fuzz_ts_decode_time_hours_ahead", "plain.ts", [
