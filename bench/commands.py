@@ -7,6 +7,7 @@ Every x264 setting comes from :func:`engine.hwaccel.encoder_options` for the run
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,4 +157,15 @@ def _input(ffmpeg: str, source: Path) -> list[str]:
 
 def _frame_rate_cap(source_fps: float) -> str:
     """The engine drops frames above 60 fps; so do the baselines."""
-    return f"fps={MAX_FRAME_RATE}," if source_fps > float(MAX_FRAME_RATE) + 0.01 else ""
+    return f"fps={MAX_FRAME_RATE}," if _capped(source_fps) else ""
+
+
+def _capped(source_fps: float) -> bool:
+    return source_fps > float(MAX_FRAME_RATE) + 0.01
+
+
+def rung_frames(source_frames: int, source_fps: float) -> int:
+    """How many frames each rung of a source has: above 60 fps, the 60 fps grid's."""
+    if not _capped(source_fps):
+        return source_frames
+    return math.ceil(source_frames * float(MAX_FRAME_RATE) / source_fps)

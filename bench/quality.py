@@ -3,6 +3,10 @@
 One ffmpeg pass per rung: the rung's media playlist (HLS demuxer) and the source are decoded once,
 the source is scaled with ``flags=area`` (the engine's AREA scaler), and the ``psnr`` and ``ssim``
 filters compare them frame by frame; the averages are parsed from stderr.
+
+A rung of a source above 60 fps has half its frames or fewer, each at a source frame's time, so
+those are the frames compared. The filters stop at the rung's end (``shortest``): they went on
+to pair its last frame with the source's next, which on 3 s of 120 fps took 0.77 dB off the PSNR.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def measure(ffmpeg: str, playlist: Path, source: Path, width: int, height: int,
     graph = (f"[1:v]setpts=PTS-STARTPTS,scale={width}:{height}:flags=area,format=yuv420p,"
              "split[ref1][ref2];"
              "[0:v]setpts=PTS-STARTPTS,format=yuv420p,split[out1][out2];"
-             f"[out1][ref1]psnr=stats_file={_STATS};[out2][ref2]ssim")
+             f"[out1][ref1]psnr=stats_file={_STATS}:shortest=1;[out2][ref2]ssim=shortest=1")
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-i", str(playlist.resolve()),
             "-i", str(source.resolve()), "-lavfi", graph, "-f", "null", "-"]
     # Run in work_dir so the stats file name needs no escaping inside the filter graph.

@@ -254,3 +254,28 @@ def test_the_whole_harness_runs_and_writes_its_results(tmp_path: Path) -> None:
     verdicts = [t["verdict"] for t in doc["targets"]]
     assert len(verdicts) >= 8 and set(verdicts) <= {"PASS", "MISS", "SKIP"}, verdicts
     assert (results / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rung_of_a_source_above_60_fps_is_compared_frame_for_frame(tmp_path: Path) -> None:
+    """Quality of a 60 fps rung (the engine's cap) of 1 s of 120 fps: its 60 frames are each
+    compared with the source frame of its time. The filters went on past the rung's end and
+    paired its last frame with the source's next one: 61 comparisons, PSNR pulled down."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from bench import quality
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    source = tmp_path / "fast.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x90:r=120:d=1",
+                    "-c:v", "libx264", "-preset", "veryfast", str(source)], check=True)
+    rung = tmp_path / "rung"
+    rung.mkdir()
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(source), "-vf", "fps=60", "-c:v", "libx264",
+                    "-qp", "0", "-f", "hls", "-hls_playlist_type", "vod",
+                    str(rung / "index.m3u8")], check=True)
+    measured = quality.measure(ffmpeg, rung / "index.m3u8", source, 160, 90, tmp_path / "work")
+    assert measured.frames == commands.rung_frames(120, 120.0) == 60
+    assert measured.psnr_db > 45  # lossless, against the same frames
+    assert commands.rung_frames(300, 30.0) == 300 and commands.rung_frames(250, 59.94) == 250
