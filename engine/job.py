@@ -767,6 +767,9 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEnco
     if over := info.audio_streams - info.audio_undecodable - len(audio):
         notes.append(f"{_count(over, 'audio track')} beyond the first {MAX_AUDIO_TRACKS} not "
                      "kept")
+    if info.colour.hdr:
+        notes.append(f"the source is HDR ({info.colour.dynamic_range}): the output is SDR "
+                     "(BT.709), its highlights compressed")
     if info.video_streams > 1:
         notes.append(f"the source has {info.video_streams} video streams: only one is kept "
                      "(the one flagged default, else the largest)")

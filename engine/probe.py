@@ -102,8 +102,8 @@ _PRIMARIES = frozenset(int(p) for p in ColorPrimaries)
 _TRANSFERS = frozenset(int(t) for t in ColorTrc)
 #: FFmpeg's AVFMT_TS_DISCONT flag of a demuxer.
 _TS_DISCONT = 0x0200
-#: The high-dynamic-range transfer functions: PQ and HLG.
-_HDR_TRANSFERS = frozenset((int(ColorTrc.SMPTE2084), int(ColorTrc.ARIB_STD_B67)))
+#: The high-dynamic-range transfer functions' names (others are SDR).
+_HDR_TRANSFERS = {int(ColorTrc.SMPTE2084): "PQ", int(ColorTrc.ARIB_STD_B67): "HLG"}
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,14 @@ class Colour:
     transfer: int = UNSPECIFIED
 
     @property
+    def dynamic_range(self) -> str:
+        """``PQ`` or ``HLG`` for the high-dynamic-range transfer functions, else ``SDR``."""
+        return _HDR_TRANSFERS.get(self.transfer, "SDR")
+
+    @property
     def hdr(self) -> bool:
         """Whether the transfer is high dynamic range: PQ or HLG."""
-        return self.transfer in _HDR_TRANSFERS
+        return self.dynamic_range != "SDR"
 
     @classmethod
     def of(cls, frame: av.video.frame.VideoFrame) -> Colour:

@@ -1006,6 +1006,8 @@ def test_an_hdr_source_is_mapped_to_sdr(tmp_path: Path, transfer: int) -> None:
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180))))
     assert run.state == JobState.COMPLETE, run.job.error
     assert "VIDEO-RANGE" not in (run.out / "master.m3u8").read_text()
+    assert run.job.notes == [f"the source is HDR ({'PQ' if transfer == 16 else 'HLG'}): the "
+                             "output is SDR (BT.709), its highlights compressed"]
     with av.open(str(run.out / "poster.jpg")) as container:
         poster = next(container.decode(video=0)).to_ndarray(format="gray").mean(axis=0)
     for folder in variant_dirs(run.out):
