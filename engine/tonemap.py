@@ -2,8 +2,7 @@
 
 The rungs are 8-bit H.264, too few steps for HDR's range, and a player or screen that ignores
 the tags shows PQ or HLG samples as an SDR picture: dark and flat (100 cd/m2 in PQ is luma
-127 of 235). So an HDR source's rungs and poster are made SDR, as most services do for their
-H.264 ladders.
+127 of 235). So an HDR source's rungs and poster are made SDR.
 
 How: the decoder converts each frame, at the source's size and depth (before the frame cache
 makes it 8-bit), to 16-bit RGB, looks every pixel up in a 3D table with FFmpeg's ``lut3d``
@@ -179,9 +178,9 @@ def _display_light(signal: np.ndarray, transfer: int, luma: np.ndarray) -> np.nd
 
 
 def _compress(relative: np.ndarray) -> np.ndarray:
-    """Luminance as a share of reference white, to a share of SDR white (0..1): unchanged up
-    to the knee, then extended Reinhard, reaching 1 at the peak with the slope still 1 at the
-    knee; beyond the peak, 1."""
+    """Light (of the brightest channel) as a share of reference white, to a share of SDR white
+    (0..1): unchanged up to the knee, then extended Reinhard, reaching 1 at the peak with the
+    slope still 1 at the knee; beyond the peak, 1."""
     span = (PEAK / REFERENCE_WHITE - KNEE) / (1 - KNEE)
     over = np.maximum(relative - KNEE, 0.0) / (1 - KNEE)
     rolled = KNEE + (1 - KNEE) * over * (1 + over / span ** 2) / (1 + over)
