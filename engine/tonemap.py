@@ -6,7 +6,7 @@ the tags shows PQ or HLG samples as an SDR picture: dark and flat (100 cd/m2 in 
 
 How: the decoder converts each frame, at the source's size and depth (before the frame cache
 makes it 8-bit), to 16-bit RGB, looks every pixel up in a 3D table with FFmpeg's ``lut3d``
-filter, and converts back to YUV with the BT.709 matrix. That costs about 25 ms of CPU per
+filter, and converts back to YUV with the BT.709 matrix. That costs about 27 ms of CPU per
 1080p frame and 70 per 4K one here, on the way to the first rung. Mapped in each rung instead,
 after scaling (less work for the first rung), the steps of 8-bit PQ came out as blocks in
 saturated colours: 32 dB PSNR against the mapping of the 10-bit source, on colour bars.
