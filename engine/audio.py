@@ -236,11 +236,10 @@ class AudioEncoder:
         transform is not finite, and every frame after it, as they overlap: the job failed."""
         for plane in frame.planes:
             samples = np.frombuffer(memoryview(plane), dtype=np.float32, count=frame.samples)
-            if (np.abs(samples) <= MAX_SAMPLE).all():  # False for NaN
-                continue
-            damaged = ~(np.abs(samples) <= MAX_SAMPLE)
-            np.copyto(samples, 0.0, where=damaged)
-            self.damaged_samples += int(damaged.sum())
+            damaged = ~(np.abs(samples) <= MAX_SAMPLE)  # NaN compares False: damaged too
+            if damaged.any():
+                np.copyto(samples, 0.0, where=damaged)
+                self.damaged_samples += int(damaged.sum())
 
     def _frames(self, final: bool) -> list[av.audio.frame.AudioFrame]:
         """Whole encoder frames from the FIFO; with ``final``, the short last one too."""

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from engine.decode import decode_source
+from engine.decode import decode_source, plane_array
 from engine.gop import KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import Colour, open_source
@@ -52,8 +52,7 @@ def rgb_to_yuv(rgb: np.ndarray, k: tuple[float, float]) -> np.ndarray:
 
 
 def planes(frame: av.VideoFrame) -> list[np.ndarray]:
-    return [np.frombuffer(memoryview(p), np.uint8).reshape(-1, p.line_size)[:p.height, :p.width]
-            for p in frame.planes]
+    return [plane_array(plane) for plane in frame.planes]
 
 
 @pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
