@@ -3,7 +3,8 @@
 Frames leave this stage progressive (see engine.deinterlace), as 8-bit 4:2:0 (``yuv420p``) at
 the source's coded size, with ``pts`` relative to the first video frame and the segment they
 open or belong to. Converting 10-bit, 4:2:2 or hardware (nv12) frames here, once, means every
-rung downstream reads one format.
+rung downstream reads one format. An HDR source's frames leave as 10-bit 4:2:0
+(``yuv420p10le``) instead: each rung maps them to SDR at its own size (see engine.tonemap).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import av.audio.stream
 import av.error
 import av.stream
 import av.video.codeccontext
+import av.video.format
 import av.video.frame
 import av.video.stream
 import numpy as np
@@ -47,13 +49,14 @@ from engine.probe import (
     tag_seconds,
 )
 from engine.stall import DecoderWatch
-from engine.tonemap import ToneMapper
 
 log = logging.getLogger(__name__)
 
 #: The pixel format every stage after decode works in.
 PIXEL_FORMAT = "yuv420p"
-#: Black and grey chroma in PIXEL_FORMAT (video range; full range's black is 0).
+#: An HDR source's instead: 8 bits are too few for PQ or HLG before they are mapped to SDR.
+HDR_PIXEL_FORMAT = "yuv420p10le"
+#: Black and grey chroma in 8 bits (video range; full range's black is 0).
 _VIDEO_RANGE_BLACK = 16
 _NEUTRAL_CHROMA = 128
 #: The matrices (AVColorSpace) FFmpeg's scaler takes. It refuses to convert a frame tagged
@@ -155,7 +158,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                         source_ticks=int(time_base / timeline),
                         timestamps=_TimestampGuess(
                             decode_order=source.info.container in DECODE_ORDER_PTS),
-                        progress=progress, colour=source.info.colour)
+                        progress=progress, pixel_format=frame_format(source.info.colour))
     splices = _Splices(clock_may_jump(source.container))
     video_packets = source.video_packets_read
     hidden_packets = source.hidden_packets_read
@@ -539,10 +542,11 @@ class _VideoState:
                  frame_rate: Fraction = Fraction(30), declared_seconds: Fraction = Fraction(0),
                  *, limit: _Limit,
                  timestamps: _TimestampGuess, source_ticks: int = 1,
-                 progress: DecodeProgress | None = None, colour: Colour | None = None) -> None:
+                 progress: DecodeProgress | None = None,
+                 pixel_format: str = PIXEL_FORMAT) -> None:
         """``time_base`` is the timeline's (see ``KeyframeSchedule.timeline_time_base``), in
-        which the source's ticks are ``source_ticks`` long. Frames of an HDR source
-        (``colour``) are mapped to SDR (see engine.tonemap)."""
+        which the source's ticks are ``source_ticks`` long; frames are passed on in
+        ``pixel_format`` (see :func:`frame_format`)."""
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
@@ -559,13 +563,16 @@ class _VideoState:
         self._timestamps = timestamps
         self._source_ticks = source_ticks
         self._converter = VideoReformatter()
-        self._tone_mapper = ToneMapper(colour) if colour is not None and colour.hdr else None
+        self._format = pixel_format
+        self._sample = sample_type(pixel_format)
+        # 16 and 128 in 8 bits, 64 and 512 in 10.
+        self._depth_shift = av.video.format.VideoFormat(pixel_format).components[0].bits - 8
         self._deinterlacer = Deinterlacer(time_base, codec.field_order)
         self._codec = codec
         # The first frame's size and shape as shown, and its black (see _normalise).
         self._size: tuple[int, int] | None = None
         self._shape = Fraction(1)
-        self._black = _VIDEO_RANGE_BLACK
+        self._black = _VIDEO_RANGE_BLACK << self._depth_shift
         self._last_kept: int | None = None
         self._last_frame: av.video.frame.VideoFrame | None = None
         # How long the source shows the last placed frame (time_base units, 0: unknown).
@@ -686,22 +693,22 @@ class _VideoState:
         self.sink(frame, placed)
 
     def _normalise(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
-        """8-bit 4:2:0 at the first frame's size: a stream whose picture size changes part way
-        (spliced recordings) has its later frames fitted into that size, so every stage after
-        this one sees one size (the frame cache and the rungs' scalers are sized once)."""
+        """4:2:0 in the decoder's format, at the first frame's size: a stream whose picture size
+        changes part way (spliced recordings) has its later frames fitted into that size, so
+        every stage after this one sees one size (the frame cache and the rungs' scalers are
+        sized once)."""
         if frame.colorspace not in _SCALER_MATRICES:
             frame.colorspace = UNSPECIFIED
-        if self._tone_mapper is not None:
-            frame = self._tone_mapper.map(frame)
         if self._size is None:
             self._size = (frame.width, frame.height)
             self._shape = self._display_aspect(frame)
-            self._black = 0 if Colour.of(frame).full_range else _VIDEO_RANGE_BLACK
+            self._black = (0 if Colour.of(frame).full_range
+                           else _VIDEO_RANGE_BLACK << self._depth_shift)
         width, height = self._size
         if (frame.width, frame.height) != self._size:
             return self._fitted(frame, width, height)
-        if frame.format.name != PIXEL_FORMAT:
-            frame = self._converter.reformat(frame, format=PIXEL_FORMAT)
+        if frame.format.name != self._format:
+            frame = self._converter.reformat(frame, format=self._format)
         return frame
 
     def _display_aspect(self, frame: av.video.frame.VideoFrame) -> Fraction:
@@ -723,17 +730,18 @@ class _VideoState:
         elif wider < 1 - ASPECT_TOLERANCE:
             inner_width = min(width, max(2, 2 * round(width * wider / 2)))
         inner = self._converter.reformat(frame, width=inner_width, height=inner_height,
-                                         format=PIXEL_FORMAT)
+                                         format=self._format)
         if (inner_width, inner_height) == (width, height):
             return inner
-        out = av.video.frame.VideoFrame(width, height, PIXEL_FORMAT)
+        out = av.video.frame.VideoFrame(width, height, self._format)
         left, top = (width - inner_width) // 4 * 2, (height - inner_height) // 4 * 2
         for index, (source, target) in enumerate(zip(inner.planes, out.planes, strict=True)):
             shift = 0 if index == 0 else 1
-            pixels = plane_array(target)
-            pixels[:] = self._black if index == 0 else _NEUTRAL_CHROMA
+            pixels = plane_array(target, self._sample)
+            pixels[:] = self._black if index == 0 else _NEUTRAL_CHROMA << self._depth_shift
             pixels[top >> shift:(top >> shift) + source.height,
-                   left >> shift:(left >> shift) + source.width] = plane_array(source)
+                   left >> shift:(left >> shift) + source.width] = plane_array(source,
+                                                                               self._sample)
         return out
 
     def _shown_for(self, duration: int, pts: int) -> int:
@@ -890,13 +898,28 @@ class _TimestampGuess:
 def _copy(frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
     """A new frame with the same pictures (its own pts; the sinks may still hold the original)."""
     out = av.video.frame.VideoFrame(frame.width, frame.height, frame.format.name)
+    sample = sample_type(frame.format.name)
     for source, target in zip(frame.planes, out.planes, strict=True):
-        plane_array(target)[:] = plane_array(source)
+        plane_array(target, sample)[:] = plane_array(source, sample)
     return out
 
 
-def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
-    """A writable numpy view of an 8-bit plane's visible pixels (without line padding)."""
-    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
+def frame_format(colour: Colour) -> str:
+    """The pixel format the decoder passes a ``colour`` source's frames on in."""
+    return HDR_PIXEL_FORMAT if colour.hdr else PIXEL_FORMAT
+
+
+def sample_type(pixel_format: str) -> type[np.unsignedinteger[Any]]:
+    """The numpy type of one sample of a planar ``pixel_format`` (8 bits or more)."""
+    bits = av.video.format.VideoFormat(pixel_format).components[0].bits
+    return np.uint8 if bits <= 8 else np.uint16
+
+
+def plane_array(plane: av.video.plane.VideoPlane,
+                sample: type[np.unsignedinteger[Any]] = np.uint8) -> np.ndarray:
+    """A writable numpy view of a plane's visible samples (without line padding), of type
+    ``sample`` (see :func:`sample_type`)."""
+    size = np.dtype(sample).itemsize
+    rows = np.frombuffer(memoryview(plane), dtype=sample).reshape(-1, plane.line_size // size)
     view: np.ndarray = rows[: plane.height, : plane.width]
     return view

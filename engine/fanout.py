@@ -40,12 +40,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import av.video.frame
 import numpy as np
 
-from engine.decode import PIXEL_FORMAT, plane_array
+from engine.decode import PIXEL_FORMAT, plane_array, sample_type
 from engine.errors import JobCancelledError, OutputWriteError
 from engine.gop import FrameTime
 
@@ -80,11 +80,12 @@ class FanOut:
 
     def __init__(self, rungs: int, width: int, height: int, budget_bytes: int,
                  scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int,
-                 take_turns: bool = True, expected_frames: int = 0) -> None:
+                 take_turns: bool = True, expected_frames: int = 0,
+                 pixel_format: str = PIXEL_FORMAT) -> None:
         self.cancel = cancel
         self._lead: queue.Queue[Item | _End] = queue.Queue(LEAD_QUEUE_FRAMES)
         self.cache = (FrameCache(rungs - 1, width, height, budget_bytes, scratch_dir, cancel,
-                                 spill_budget_bytes, take_turns, expected_frames)
+                                 spill_budget_bytes, take_turns, expected_frames, pixel_format)
                       if rungs > 1 else None)
 
     def put(self, frame: av.video.frame.VideoFrame, time: FrameTime) -> None:
@@ -159,19 +160,23 @@ class FrameCache:
     :meth:`__init__`). Readers each take every frame in order; a slot is reused once all have
     taken it. Reader 0 starts once every frame is in, reader ``n`` once reader ``n - 1`` is
     :meth:`done` (without ``take_turns``, all of them once every frame is in); all of them start
-    as soon as the cache is full.
+    as soon as the cache is full. Frames are 4:2:0 in ``pixel_format``, 8 or 16 bits a sample.
     """
 
     def __init__(self, readers: int, width: int, height: int, budget_bytes: int,
                  scratch_dir: Path, cancel: threading.Event, spill_budget_bytes: int,
-                 take_turns: bool = True, expected_frames: int = 0) -> None:
+                 take_turns: bool = True, expected_frames: int = 0,
+                 pixel_format: str = PIXEL_FORMAT) -> None:
         self.readers = readers
         self.take_turns = take_turns
         self.width, self.height = width, height
-        chroma_width, chroma_height = (width + 1) // 2, (height + 1) // 2
-        self._packed = _packed(((width, height), (chroma_width, chroma_height),
-                                (chroma_width, chroma_height)))
-        self.frame_bytes = width * height + 2 * chroma_width * chroma_height
+        self.pixel_format = pixel_format
+        self._sample = sample_type(pixel_format)
+        size = np.dtype(self._sample).itemsize
+        # Each plane's visible bytes: a line's, and its lines.
+        planes = ((width * size, height),) + 2 * (((width + 1) // 2 * size, (height + 1) // 2),)
+        self._packed = _packed(planes)
+        self.frame_bytes = sum(line * lines for line, lines in planes)
         #: Spill slots are whole blocks, so that direct I/O can read and write them; a large
         #: frame's also have room for the blocks of memory that hold its planes, to be written
         #: from there (see :func:`_blocks_of`). A smaller frame is copied: those blocks would
@@ -180,9 +185,7 @@ class FrameCache:
         self._slot_bytes = _round_up(self.frame_bytes, _BLOCK)
         if self.frame_bytes >= _DIRECT_MIN_BYTES:
             self._slot_bytes = max(self._slot_bytes, sum(
-                _blocks_room(_round_up(plane_width, _LINE_ALIGN) * plane_height)
-                for plane_width, plane_height in ((width, height), (chroma_width, chroma_height),
-                                                  (chroma_width, chroma_height))))
+                _blocks_room(_round_up(line, _LINE_ALIGN) * lines) for line, lines in planes))
         self._max_slots = max(0, budget_bytes // self.frame_bytes)
         if expected_frames > self._max_slots:
             # The pool would hold only the first frames (5 of 10 s of 4K), and the decoder
@@ -263,7 +266,7 @@ class FrameCache:
         """Every frame, in order, for one reader; each reader has its own read buffer."""
         self._wait_turn(reader)
         buffer = _aligned(self._slot_bytes)
-        frames = _FrameRing(self.width, self.height)
+        frames = _FrameRing(self.width, self.height, self.pixel_format)
         index = 0
         while True:
             entry = self._wait_for(index)
@@ -271,14 +274,14 @@ class FrameCache:
                 return
             frame = frames.take()
             if entry.slot is not None:
-                self._copy_out(self._slots[entry.slot], entry.planes, frame)
+                self._copy_out(self._slots[entry.slot], entry.planes, frame, self._sample)
             else:
                 assert entry.spill is not None
                 end = max(offset + line * plane.height
                           for (offset, line), plane in zip(entry.planes, frame.planes, strict=True))
                 _transfer(_read_at, self._spill_file(), [buffer[:_round_up(end, _BLOCK)]],
                           entry.spill * self._slot_bytes, self._spill_path)
-                self._copy_out(buffer, entry.planes, frame)
+                self._copy_out(buffer, entry.planes, frame, self._sample)
             self._release(index)
             yield frame, entry.time
             index += 1
@@ -404,18 +407,26 @@ class FrameCache:
 
     def _copy_in(self, frame: av.video.frame.VideoFrame, buffer: np.ndarray) -> None:
         for plane, (offset, _) in zip(frame.planes, self._packed, strict=True):
-            view = plane_array(plane)
+            view = _plane_bytes(plane, self._sample)
             buffer[offset:offset + view.size].reshape(view.shape)[:] = view
 
     @staticmethod
-    def _copy_out(buffer: np.ndarray, planes: Planes, frame: av.video.frame.VideoFrame) -> None:
+    def _copy_out(buffer: np.ndarray, planes: Planes, frame: av.video.frame.VideoFrame,
+                  sample: type[np.unsignedinteger[Any]]) -> None:
         for plane, (offset, line) in zip(frame.planes, planes, strict=True):
+            view = _plane_bytes(plane, sample)
             rows = buffer[offset:offset + line * plane.height].reshape(plane.height, line)
-            plane_array(plane)[:] = rows[:, :plane.width]
+            view[:] = rows[:, :view.shape[1]]
 
 
 #: Where each plane of a frame lies in a slot: its offset and its line size, in bytes.
 Planes = tuple[tuple[int, int], ...]
+
+
+def _plane_bytes(plane: av.video.plane.VideoPlane,
+                 sample: type[np.unsignedinteger[Any]]) -> np.ndarray:
+    """A writable view of a plane's visible bytes, a row of them for each line."""
+    return plane_array(plane, sample).view(np.uint8)
 
 
 def _packed(sizes: tuple[tuple[int, int], ...]) -> Planes:
@@ -474,8 +485,9 @@ class _FrameRing:
     #: Frames kept for reuse; more are in flight only when a reader runs far ahead.
     SIZE = 8
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, pixel_format: str) -> None:
         self.width, self.height = width, height
+        self.pixel_format = pixel_format
         self._frames: collections.deque[av.video.frame.VideoFrame] = collections.deque()
 
     def take(self) -> av.video.frame.VideoFrame:
@@ -484,7 +496,7 @@ class _FrameRing:
             frame = self._frames.popleft()
             frame.make_writable()
         else:
-            frame = av.video.frame.VideoFrame(self.width, self.height, PIXEL_FORMAT)
+            frame = av.video.frame.VideoFrame(self.width, self.height, self.pixel_format)
             if len(self._frames) == self.SIZE:
                 self._frames.popleft()  # still in use: forget it
         self._frames.append(frame)

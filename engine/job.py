@@ -35,7 +35,13 @@ from engine.audio import (
     AudioSettings,
     audio_folder,
 )
-from engine.decode import DecodeProgress, DecodeStats, decode_source, video_time_base
+from engine.decode import (
+    DecodeProgress,
+    DecodeStats,
+    decode_source,
+    frame_format,
+    video_time_base,
+)
 from engine.errors import (
     InvalidOptionsError,
     InvalidSourceError,
@@ -83,7 +89,6 @@ from engine.subtitles import (
     SubtitleReader,
     SubtitleScan,
 )
-from engine.tonemap import decoded_as
 
 log = logging.getLogger(__name__)
 
@@ -379,11 +384,12 @@ class Job:
             spill = shutil.disk_usage(scratch).free // 2
         fanout = FanOut(len(rungs), info.width, info.height, self.options.cache_bytes, scratch,
                         self._stop, spill, take_turns=not self.options.rungs_at_once,
-                        expected_frames=self._frames_total)
+                        expected_frames=self._frames_total,
+                        pixel_format=frame_format(info.colour))
         results = self._results = [None] * len(rungs)
         time_base = schedule.timeline_time_base(video_time_base(source))
         settings = EncodeSettings(segment, self.options.segment_type, time_base,
-                                  info.orientation, colour=decoded_as(info.colour))
+                                  info.orientation, colour=info.colour)
         audio: list[AudioEncoder] = []
         try:
             for number, track in enumerate(info.audio_tracks, 1):
@@ -395,7 +401,7 @@ class Job:
             for encoder in audio:
                 encoder.abort()
             raise
-        poster = PosterPicker(rungs[0], info.orientation, info.duration_s)
+        poster = PosterPicker(rungs[0], info.orientation, info.duration_s, info.colour)
         subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
         if subtitles is not None:
             # Up to the video's declared length, else the longest a job takes.

@@ -9,10 +9,10 @@ import av.codec
 import av.video.frame
 import numpy as np
 
-from engine.decode import plane_array
+from engine.decode import plane_array, sample_type
 from engine.gop import FrameTime
 from engine.ladder import Rung
-from engine.probe import Orientation
+from engine.probe import Colour, Orientation
 from engine.scale import Scaler
 
 #: Aim about this far in, where titles and fades are usually over.
@@ -26,9 +26,13 @@ MAX_WAIT_SECONDS = Fraction(5)
 class PosterPicker:
     """Watches frames in order and keeps the first good one at or after the target time."""
 
-    def __init__(self, rung: Rung, orientation: Orientation, duration_s: float) -> None:
+    def __init__(self, rung: Rung, orientation: Orientation, duration_s: float,
+                 colour: Colour | None = None) -> None:
         self.rung = rung
         self.orientation = orientation
+        #: The source's: an HDR one's frames come in 10 bits and are mapped to SDR.
+        self.colour = colour
+        self._scaler: Scaler | None = None
         # Short videos: aim a third of the way in, so the poster is not the very first frame.
         self.target = min(TARGET_SECONDS, Fraction(duration_s).limit_denominator(1000) / 3)
         self.jpeg: bytes | None = None
@@ -61,12 +65,17 @@ class PosterPicker:
         return self.jpeg
 
     def _scaled(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
-        # A fresh scaler each time: this runs a handful of times per job.
-        return Scaler(self.rung.width, self.rung.height, self.orientation, "yuvj420p").scale(frame)
+        if self._scaler is None:
+            self._scaler = Scaler(self.rung.width, self.rung.height, self.orientation,
+                                  "yuvj420p", colour=self.colour)
+        return self._scaler.scale(frame)
 
     @staticmethod
     def _brightness(frame: av.video.frame.VideoFrame) -> float:
-        return float(np.mean(plane_array(frame.planes[0])[::8, ::8]))
+        """Mean luma on 0-255 (of the signal: an HDR one's as it comes)."""
+        bits = frame.format.components[0].bits
+        luma = plane_array(frame.planes[0], sample_type(frame.format.name))[::8, ::8]
+        return float(np.mean(luma)) / (1 << (bits - 8))
 
 
 def _jpeg(frame: av.video.frame.VideoFrame) -> bytes:

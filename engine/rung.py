@@ -31,6 +31,7 @@ from engine.ladder import MAX_FRAME_RATE, Rung
 from engine.probe import Colour, Orientation
 from engine.scale import Scaler
 from engine.segment import INIT_SEGMENT, HlsWriter, SegmentRecord, avc1_codecs
+from engine.tonemap import mapped_as
 
 
 def encoder_gop(segment: Fraction) -> int:
@@ -104,7 +105,8 @@ class EncodeSettings:
     orientation: Orientation
     #: Added to the rung thread's nice value (Linux: per thread); 0 leaves it alone.
     nice: int = 0
-    #: The source's colour description, which every rung is tagged with.
+    #: The source's colour description, which every rung is tagged with (an HDR source's
+    #: rungs are mapped to SDR BT.709, and tagged so: see engine.tonemap).
     colour: Colour = field(default_factory=Colour)
     #: How libx264 uses the cores (see :func:`encoder_threads`).
     threads: EncoderThreads = EncoderThreads.SLICES
@@ -141,7 +143,7 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
     if settings.nice:
         lower_thread_priority(settings.nice)
     scaler = Scaler(rung.width, rung.height, settings.orientation,
-                    full_range=settings.colour.full_range)
+                    full_range=settings.colour.full_range, colour=settings.colour)
     with _ScaledAhead(frames, scaler, settings.nice, cancel, rung.name) as scaled:
         return _encode_scaled(rung, encoder, iter(scaled), out_dir, settings, cancel, progress,
                               fallback, on_fallback, on_segment)
@@ -308,7 +310,7 @@ class _Output:
             stream.codec_context.time_base = settings.time_base
             stream.codec_context.options = encoder_options(encoder, rung,
                                                            encoder_gop(settings.segment_seconds))
-            _tag_colour(stream.codec_context, settings.colour)
+            _tag_colour(stream.codec_context, mapped_as(settings.colour))
             if encoder == SOFTWARE_ENCODER:
                 if settings.threads is EncoderThreads.FRAMES:
                     stream.codec_context.thread_type = "FRAME"

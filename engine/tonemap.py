@@ -4,12 +4,15 @@ The rungs are 8-bit H.264, too few steps for HDR's range, and a player or screen
 the tags shows PQ or HLG samples as an SDR picture: dark and flat (100 cd/m2 in PQ is luma
 127 of 235). So an HDR source's rungs and poster are made SDR.
 
-How: the decoder converts each frame, at the source's size and depth (before the frame cache
-makes it 8-bit), to 16-bit RGB, looks every pixel up in a 3D table with FFmpeg's ``lut3d``
-filter, and converts back to YUV with the BT.709 matrix. That costs about 27 ms of CPU per
-1080p frame and 70 per 4K one here, on the way to the first rung. Mapped in each rung instead,
-after scaling (less work for the first rung), the steps of 8-bit PQ came out as blocks in
-saturated colours: 32 dB PSNR against the mapping of the 10-bit source, on colour bars.
+How: the decoder keeps an HDR source's frames in 10 bits (the frame cache too), and each rung
+(and the poster) maps them at its own size: FFmpeg's scaler scales them and converts them to
+16-bit RGB in one step, its ``lut3d`` filter looks every pixel up in a 3D table, and the scaler
+converts back to YUV with the BT.709 matrix. Mapping costs about 70 ms of CPU per 4K frame
+here, 20 per 1080p one and 10 per 720p one; mapped once in the decoder at the source's size,
+every 4K frame cost the full 70 ms on the way to the first rung, which doubled the time to
+playable of 4K. Mapped after the frames were made 8-bit, the steps of 8-bit PQ came out as
+blocks in saturated colours: 32 dB PSNR against the mapping of the 10-bit source, on colour
+bars.
 
 The table is computed here from the standards' formulas. FFmpeg's scaler can map colours too
 (its ``out_transfer``), but it spent 1 to 2 s building its tables for each graph; its default
@@ -76,28 +79,31 @@ _HDR_PRIMARIES = 9
 _MATRIX_NAMES = {1: "bt709", 4: "fcc", 5: "bt470", 6: "smpte170m", 7: "smpte240m",
                  9: "bt2020", 10: "bt2020"}
 
-#: What the decoder passes on for an HDR source: SDR, BT.709 matrix, primaries and transfer.
+#: What an HDR source's rungs and poster are: SDR, BT.709 matrix, primaries and transfer.
 SDR_BT709 = Colour(matrix=1, primaries=1, transfer=1)
 
 
-def decoded_as(colour: Colour) -> Colour:
-    """The colour description of the frames the decoder passes on for a ``colour`` source
-    (and so of its rungs): an HDR source's are mapped to SDR BT.709 in video range."""
+def mapped_as(colour: Colour) -> Colour:
+    """The colour description of a ``colour`` source's rungs: an HDR source's are mapped to
+    SDR BT.709 in video range."""
     return SDR_BT709 if colour.hdr else colour
 
 
 class ToneMapper:
-    """Decoded frames of an HDR source (``colour``), in whatever size and YUV or RGB format
-    the decoder gives, in; the same frames in 8-bit 4:2:0 SDR BT.709, video range, out.
-    One per thread."""
+    """Frames of an HDR source (``colour``), in whatever size and YUV or RGB format they come,
+    in; the same frames scaled to ``width`` x ``height`` (with ``interpolation``), in 8-bit
+    4:2:0 SDR BT.709, video range, out. One per thread."""
 
-    def __init__(self, colour: Colour) -> None:
+    def __init__(self, colour: Colour, width: int, height: int,
+                 interpolation: str = "area") -> None:
         self.colour = colour
+        self.width, self.height = width, height
+        self.interpolation = interpolation
         self._graph: Graph | None = None
         self._shape: tuple[int, int, str] | None = None
 
     def map(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
-        """``frame`` in SDR BT.709."""
+        """``frame`` in SDR BT.709, at the mapper's size."""
         shape = (frame.width, frame.height, frame.format.name)
         if self._graph is None or shape != self._shape:
             # A source whose picture size or format changes part way gets a graph per run.
@@ -114,7 +120,8 @@ class ToneMapper:
         chain = [
             graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
                              time_base=Fraction(1, 1000)),
-            graph.add("scale", f"in_color_matrix={matrix}:in_range={source_range}"),
+            graph.add("scale", f"w={self.width}:h={self.height}:flags={self.interpolation}"
+                               f":in_color_matrix={matrix}:in_range={source_range}"),
             # 16-bit RGB keeps a 10-bit source's precision through the table.
             graph.add("format", "gbrp16le"),
         ]

@@ -1168,6 +1168,38 @@ def test_spilled_frames_read_back_equal(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("width", "height", "in_memory"),
+                         [(1920, 1080, False), (322, 182, False), (322, 182, True)],
+                         ids=["spilled whole", "spilled through a copy", "in memory"])
+def test_10_bit_frames_come_back_equal(tmp_path: Path, width: int, height: int,
+                                       in_memory: bool) -> None:
+    """An HDR source's frames stay 10-bit in the cache (engine.tonemap): two bytes a sample,
+    every one of which comes back, from memory or from the scratch file."""
+    budget = 3 * width * height * 3 if in_memory else 0
+    cache = engine.fanout.FrameCache(1, width, height, budget, tmp_path, threading.Event(),
+                                     1 << 30, pixel_format="yuv420p10le")
+    rng = np.random.default_rng(3)
+    sent = []
+    for index in range(3):
+        frame = av.VideoFrame(width, height, "yuv420p10le")
+        for plane in frame.planes:
+            view = engine.fanout.plane_array(plane, np.uint16)
+            view[:] = rng.integers(0, 1024, view.shape, dtype=np.uint16)
+        sent.append([engine.fanout.plane_array(p, np.uint16).copy() for p in frame.planes])
+        cache.put(frame, _time(index))
+    cache.finish()
+    assert (cache.stats.frames_in_memory, cache.stats.frames_spilled) == (
+        (3, 0) if in_memory else (0, 3))
+    got = [(frame.format.name, [engine.fanout.plane_array(p, np.uint16).copy()
+                                for p in frame.planes]) for frame, _ in cache.frames(0)]
+    assert len(got) == 3
+    for (name, planes), expected in zip(got, sent, strict=True):
+        assert name == "yuv420p10le"
+        for plane, want in zip(planes, expected, strict=True):
+            np.testing.assert_array_equal(plane, want)
+    cache.close()
+
+
 def test_spilled_frames_give_their_disk_back_once_every_reader_has_them(tmp_path: Path) -> None:
     """Once the decoder is done, a spilled frame the last reader has taken frees its blocks of
     the scratch file at once, not when the file is deleted at the end."""

@@ -14,7 +14,8 @@ import pytest
 from engine.decode import decode_source, plane_array
 from engine.gop import KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
-from engine.probe import Colour, open_source
+from engine.probe import Colour, Orientation, open_source
+from engine.scale import Scaler
 from engine.tonemap import ToneMapper, sdr_signal
 
 #: ITU-R BT.2087's matrix from linear BT.709 RGB to linear BT.2020 RGB.
@@ -69,7 +70,8 @@ def test_the_table_keeps_to_the_formulas(transfer: int) -> None:
     for index, plane in enumerate(planes(frame)):
         size = block if index == 0 else block // 2
         plane[:] = np.kron(colours[..., index], np.ones((size, size), dtype=np.int64))
-    out = planes(ToneMapper(Colour(matrix=9, primaries=9, transfer=transfer)).map(frame))
+    out = planes(ToneMapper(Colour(matrix=9, primaries=9, transfer=transfer), frame.width,
+                            frame.height).map(frame))
     centre, chroma_centre = block // 2, block // 4
     got = np.stack([out[0][centre::block, centre::block],
                     out[1][chroma_centre::block // 2, chroma_centre::block // 2],
@@ -114,13 +116,12 @@ def test_a_colour_outside_bt709_keeps_its_hue_and_luminance() -> None:
     np.testing.assert_allclose(cosine, 1.0, atol=1e-4)
 
 
-def test_the_decoder_maps_a_10_bit_source_before_the_frames_are_made_8_bit(
-        tmp_path: Path) -> None:
+def test_the_frames_stay_10_bit_until_each_rung_maps_them(tmp_path: Path) -> None:
     """A lossless 10-bit PQ picture of BT.709's green as a BT.2020 source holds it, its luma
     varying by less than an 8-bit step. Green's red channel is near 0 in BT.709, where the
-    mapping is steepest. The decoder passes on the table applied to the 10-bit samples;
-    applied after rounding to 8 bits (as the rungs did at first) it is off by several steps
-    there, which compressed pictures show as blocks."""
+    mapping is steepest. The decoder passes on the 10-bit samples as they are, and a rung's
+    scaler maps them; the table applied after rounding to 8 bits (as the rungs did at first) is
+    off by several steps there, which compressed pictures show as blocks."""
     green = pq_signal(np.array([0.05, 1.0, 0.05]) @ BT709_TO_BT2020.T * 100)
     y, u, v = rgb_to_yuv(green, BT2020_K) * 4  # 10-bit codes
     path = tmp_path / "green.mp4"
@@ -147,8 +148,12 @@ def test_the_decoder_maps_a_10_bit_source_before_the_frames_are_made_8_bit(
         source = next(container.decode(video=0))
     assert source.format.name == "yuv420p10le"
     colour = Colour(matrix=9, primaries=9, transfer=16)
-    from_10_bits = planes(ToneMapper(colour).map(source))[0].astype(int)
-    from_8_bits = planes(ToneMapper(colour).map(source.reformat(format="yuv420p")))[0]
-    assert passed_on and passed_on[0].format.name == "yuv420p"
-    assert np.abs(planes(passed_on[0])[0] - from_10_bits).max() <= 1
+    assert passed_on and passed_on[0].format.name == "yuv420p10le"
+    for got, expected in zip(passed_on[0].planes, source.planes, strict=True):
+        assert np.array_equal(plane_array(got, np.uint16), plane_array(expected, np.uint16))
+    from_10_bits = planes(ToneMapper(colour, 64, 64).map(source))[0].astype(int)
+    from_8_bits = planes(ToneMapper(colour, 64, 64).map(source.reformat(format="yuv420p")))[0]
+    mapped = Scaler(64, 64, Orientation(), colour=colour).scale(passed_on[0])
+    assert mapped.format.name == "yuv420p"
+    assert np.abs(planes(mapped)[0] - from_10_bits).max() <= 1
     assert np.abs(from_8_bits - from_10_bits).max() >= 3
