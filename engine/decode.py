@@ -572,7 +572,7 @@ class _VideoState:
         # The first frame's size and shape as shown, and its black (see _normalise).
         self._size: tuple[int, int] | None = None
         self._shape = Fraction(1)
-        self._black = _VIDEO_RANGE_BLACK << self._depth_shift
+        self._black = _VIDEO_RANGE_BLACK
         self._last_kept: int | None = None
         self._last_frame: av.video.frame.VideoFrame | None = None
         # How long the source shows the last placed frame (time_base units, 0: unknown).

@@ -361,6 +361,32 @@ def make_black_start_video(path: str | Path, black_seconds: float = 0.5, **kwarg
     return make_video(path, black_seconds=black_seconds, **kwargs)
 
 
+def make_pq_pictures(path: str | Path, pictures: Sequence[Sequence[np.ndarray | int]],
+                     first: int = 0) -> Path:
+    """Write 10-bit 4:2:0 PQ BT.2020 pictures losslessly (H.264 at QP 0, 30 fps), frame
+    numbers from ``first``: each picture is its Y, U and V samples (an array of a plane's
+    size, or one value for the whole plane), as they are. The size is the first luma array's,
+    64x64 with none."""
+    path = Path(path)
+    height, width = next((luma.shape for luma, *_ in pictures if not isinstance(luma, int)),
+                         (64, 64))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p10le"
+        context = stream.codec_context
+        context.colorspace, context.color_primaries, context.color_trc = 9, 9, 16
+        for index, picture in enumerate(pictures, first):
+            frame = av.VideoFrame(width, height, "yuv420p10le")
+            for plane, samples in zip(frame.planes, picture, strict=True):
+                rows = np.frombuffer(memoryview(plane), np.uint16).reshape(
+                    -1, plane.line_size // 2)[:plane.height, :plane.width]
+                rows[:] = samples
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
 def make_luma_ramp(
     path: str | Path,
     *,

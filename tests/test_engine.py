@@ -48,7 +48,7 @@ from engine.decode import decode_source
 from engine.gop import TIMELINE_START, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.playlist import variant_bandwidth
-from engine.probe import open_source
+from engine.probe import Colour, open_source
 from engine.segment import SegmentRecord
 from tests import hostile, isobmff, media
 from tests.conftest import (
@@ -1103,16 +1103,38 @@ def test_mpegts_segments(tmp_path: Path, source_video: Path, source_frames: int)
         assert variant.stream_info.codecs.endswith(",mp4a.40.2")
 
 
-def test_poster_skips_a_black_start(tmp_path: Path) -> None:
-    source = media.make_black_start_video(tmp_path / "black.mp4", black_seconds=1.5,
-                                          seconds=3.0, audio=False)
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv420p10le"], ids=["sdr", "pq"])
+def test_poster_skips_a_black_start(tmp_path: Path, pix_fmt: str) -> None:
+    """Also from an HDR source, whose frames come to the poster in 10 bits (black is 64)."""
+    hdr = {"x264-params": "colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc"}
+    source = media.make_black_start_video(
+        tmp_path / "black.mp4", black_seconds=1.5, seconds=3.0, audio=False, pix_fmt=pix_fmt,
+        codec_options={"preset": "veryfast", **(hdr if pix_fmt != "yuv420p" else {})})
     with av.open(str(source)) as container:
-        assert gray(next(container.decode(video=0))).max() < 24  # really starts black
+        first = next(container.decode(video=0))
+        assert Colour.of(first).hdr == (pix_fmt != "yuv420p")
+        assert gray(first).max() < 24  # really starts black
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
     with av.open(str(run.out / "poster.jpg")) as container:
         (poster,) = container.decode(video=0)
     assert gray(poster).mean() > 60
+
+
+def test_an_hdr_posters_black_start_is_told_from_a_dark_half(tmp_path: Path) -> None:
+    """The poster reads an HDR source's 10-bit luma as such: after 1.5 s of black come pictures
+    whose left half is black and right half bright, and the poster is one of those. (Read as
+    bytes, a 10-bit plane's left half looked black too, and the poster was a black frame.)"""
+    black = (64, 512, 512)
+    luma = np.full((64, 128), 64)
+    luma[:, 64:] = 700
+    source = media.make_pq_pictures(tmp_path / "half.mp4", [black] * 45 + [(luma, 512, 512)] * 45)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(64,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    with av.open(str(run.out / "poster.jpg")) as container:
+        (poster,) = container.decode(video=0)
+    picture = gray(poster)
+    assert picture[:, :56].mean() < 30 and picture[:, 72:].mean() > 150
 
 
 @pytest.mark.parametrize(("width", "height", "wider_lines", "copies"),

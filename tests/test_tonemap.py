@@ -17,6 +17,7 @@ from engine.ladder import MAX_FRAME_RATE
 from engine.probe import Colour, Orientation, open_source
 from engine.scale import Scaler
 from engine.tonemap import ToneMapper, sdr_signal
+from tests import media
 
 #: ITU-R BT.2087's matrix from linear BT.709 RGB to linear BT.2020 RGB.
 BT709_TO_BT2020 = np.array([[0.6274, 0.3293, 0.0433],
@@ -124,22 +125,8 @@ def test_the_frames_stay_10_bit_until_each_rung_maps_them(tmp_path: Path) -> Non
     off by several steps there, which compressed pictures show as blocks."""
     green = pq_signal(np.array([0.05, 1.0, 0.05]) @ BT709_TO_BT2020.T * 100)
     y, u, v = rgb_to_yuv(green, BT2020_K) * 4  # 10-bit codes
-    path = tmp_path / "green.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30, options={"qp": "0"})
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
-        context = stream.codec_context
-        context.colorspace, context.color_primaries, context.color_trc = 9, 9, 16
-        for index in range(3):
-            frame = av.VideoFrame(64, 64, "yuv420p10le")
-            for number, plane in enumerate(frame.planes):
-                rows = np.frombuffer(memoryview(plane), np.uint16).reshape(
-                    -1, plane.line_size // 2)[:plane.height, :plane.width]
-                rows[:] = (np.round(y + np.linspace(-6, 6, plane.width)) if number == 0
-                           else round(u if number == 1 else v))
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    luma = np.tile(np.round(y + np.linspace(-6, 6, 64)), (64, 1))
+    path = media.make_pq_pictures(tmp_path / "green.mp4", [(luma, round(u), round(v))] * 3)
     passed_on: list[av.VideoFrame] = []
     with open_source(path) as opened:
         decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
@@ -157,3 +144,48 @@ def test_the_frames_stay_10_bit_until_each_rung_maps_them(tmp_path: Path) -> Non
     assert mapped.format.name == "yuv420p"
     assert np.abs(planes(mapped)[0] - from_10_bits).max() <= 1
     assert np.abs(from_8_bits - from_10_bits).max() >= 3
+
+
+def test_10_bit_frames_repeated_in_a_pause_or_fitted_with_bars_keep_every_sample(
+        tmp_path: Path) -> None:
+    """An HDR recording paused for 2 s, whose picture then changes shape (64x64, then 64x32):
+    the frame repeated in the pause is the last one before it, sample for sample, and the
+    later frames are fitted in with 10-bit black bars (64, and chroma 512)."""
+    square, wide = (300, 400, 600), (700, 500, 300)
+    before = media.make_pq_pictures(tmp_path / "before.ts", [square] * 30)
+    after = media.make_pq_pictures(
+        tmp_path / "after.ts",
+        [(np.full((32, 64), wide[0]), *wide[1:])] * 30, first=90)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(before.read_bytes() + after.read_bytes())
+    passed_on: list[tuple[av.VideoFrame, Fraction]] = []
+    with open_source(joined) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: passed_on.append((frame, when.seconds)), [],
+                      threading.Event())
+    assert all(frame.format.name == "yuv420p10le" for frame, _ in passed_on)
+    repeated = [frame for frame, seconds in passed_on if 1 < seconds < 3]
+    assert repeated
+    for frame in repeated:
+        for plane, value in zip(frame.planes, square, strict=True):
+            assert (plane_array(plane, np.uint16) == value).all()
+    last = passed_on[-1][0]
+    assert (last.width, last.height) == (64, 64)
+    luma, blue, red = (plane_array(plane, np.uint16) for plane in last.planes)
+    assert (luma[:16] == 64).all() and (luma[48:] == 64).all()
+    assert (luma[20:44] == wide[0]).all()
+    for chroma, value in ((blue, wide[1]), (red, wide[2])):
+        assert (chroma[:8] == 512).all() and (chroma[24:] == 512).all()
+        assert (chroma[10:22] == value).all()
+
+
+def test_the_mapper_scales_frames_to_its_size() -> None:
+    """A rung's mapper scales as it maps (a 4K frame mapped at 4K for a 720p rung cost seven
+    times the CPU): a 10-bit 64x64 frame comes out 32x16, 8-bit 4:2:0, whatever its format."""
+    mapper = ToneMapper(Colour(matrix=9, primaries=9, transfer=18), 32, 16)
+    for pixel_format in ("yuv420p10le", "yuv422p10le"):
+        frame = av.VideoFrame(64, 64, pixel_format)
+        for plane in frame.planes:
+            plane_array(plane, np.uint16)[:] = 512
+        out = mapper.map(frame)
+        assert (out.width, out.height, out.format.name) == (32, 16, "yuv420p")
