@@ -29,11 +29,12 @@ import av.audio.frame
 import av.video.frame
 
 from engine.audio import AudioEncoder, AudioSettings, audio_folder
-from engine.decode import AudioSink, DecodeProgress, decode_source
+from engine.decode import AudioSink, DecodeProgress, decode_source, frame_format
 from engine.errors import JobCancelledError, RungsError
 from engine.gop import TIMELINE_START, FrameTime, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import DEFAULT_MAX_DURATION_S, open_source
+from engine.scale import Scaler
 from engine.stall import DecoderWatch, run_watched
 from engine.subtitles import read_subtitles, webvtt_segments
 
@@ -66,10 +67,17 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
                                  folder=audio_folder(number))
                     for number in range(1, len(source.info.audio_tracks) + 1)]
 
+        # A small rung's scaler, as a job's: it maps an HDR source's frames to SDR.
+        info = source.info
+        scaler = Scaler(64, 36, info.orientation, full_range=info.colour.full_range,
+                        colour=info.colour)
+
         def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
             nonlocal frames
             frames += 1
-            assert frame.format.name == "yuv420p", frame.format.name
+            assert frame.format.name == frame_format(info.colour), frame.format.name
+            scaled = scaler.scale(frame)
+            assert scaled.format.name == "yuv420p", scaled.format.name
             if when.seconds >= DECODE_SECONDS:
                 cancel.set()  # decode_source stops at its next packet
 
