@@ -49,6 +49,7 @@ from engine.probe import (
     tag_seconds,
 )
 from engine.stall import DecoderWatch
+from engine.tonemap import ToneMapper
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,13 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                   on_audio: Sequence[AudioSink], cancel: threading.Event,
                   max_seconds: float = math.inf,
                   on_sound_start: Sequence[SoundStartSink] = (),
-                  progress: DecodeProgress | None = None) -> DecodeStats:
+                  progress: DecodeProgress | None = None,
+                  map_to_sdr: bool = False) -> DecodeStats:
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream.
+
+    An HDR source's frames are passed on in 10 bits, to be mapped to SDR by each rung; with
+    ``map_to_sdr``, they are mapped here, at the source's size, and passed on in 8 bits (see
+    engine.tonemap).
 
     ``on_audio`` holds a sink for each of ``source.audio_streams``, in their order (tracks
     without one are not decoded), ``on_sound_start`` likewise. Each sound-start sink hears
@@ -158,7 +164,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                         source_ticks=int(time_base / timeline),
                         timestamps=_TimestampGuess(
                             decode_order=source.info.container in DECODE_ORDER_PTS),
-                        progress=progress, pixel_format=frame_format(source.info.colour))
+                        progress=progress, pixel_format=frame_format(source.info.colour),
+                        tone_map=source.info.colour if map_to_sdr else None)
     splices = _Splices(clock_may_jump(source.container))
     video_packets = source.video_packets_read
     hidden_packets = source.hidden_packets_read
@@ -543,10 +550,11 @@ class _VideoState:
                  *, limit: _Limit,
                  timestamps: _TimestampGuess, source_ticks: int = 1,
                  progress: DecodeProgress | None = None,
-                 pixel_format: str = PIXEL_FORMAT) -> None:
+                 pixel_format: str = PIXEL_FORMAT, tone_map: Colour | None = None) -> None:
         """``time_base`` is the timeline's (see ``KeyframeSchedule.timeline_time_base``), in
         which the source's ticks are ``source_ticks`` long; frames are passed on in
-        ``pixel_format`` (see :func:`frame_format`)."""
+        ``pixel_format`` (see :func:`frame_format`), or, given an HDR ``tone_map`` (the
+        source's colour), mapped to SDR in 8 bits."""
         self.schedule = schedule
         self._limit = limit
         self.time_base = time_base
@@ -567,6 +575,8 @@ class _VideoState:
         self._sample = sample_type(pixel_format)
         # 16 and 128 in 8 bits, 64 and 512 in 10.
         self._depth_shift = av.video.format.VideoFormat(pixel_format).components[0].bits - 8
+        self._tone_map = tone_map if tone_map is not None and tone_map.hdr else None
+        self._tone_mapper: ToneMapper | None = None
         self._deinterlacer = Deinterlacer(time_base, codec.field_order)
         self._codec = codec
         # The first frame's size and shape as shown, and its black (see _normalise).
@@ -682,7 +692,7 @@ class _VideoState:
             return
         self._last_duration = duration
         self._rate.add(placed.pts)
-        self._keep(self._normalise(frame), placed)
+        self._keep(self._map(self._normalise(frame)), placed)
 
     def _keep(self, frame: av.video.frame.VideoFrame, placed: FrameTime) -> None:
         frame.pts = placed.pts
@@ -691,6 +701,14 @@ class _VideoState:
         self._last_frame = frame
         self.kept += 1
         self.sink(frame, placed)
+
+    def _map(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
+        """``frame`` (normalised) mapped to SDR, if this decoder maps."""
+        if self._tone_map is None:
+            return frame
+        if self._tone_mapper is None:
+            self._tone_mapper = ToneMapper(self._tone_map, frame.width, frame.height)
+        return self._tone_mapper.map(frame)
 
     def _normalise(self, frame: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
         """4:2:0 in the decoder's format, at the first frame's size: a stream whose picture size

@@ -172,20 +172,10 @@ class FrameCache:
         self.width, self.height = width, height
         self.pixel_format = pixel_format
         self._sample = sample_type(pixel_format)
-        size = np.dtype(self._sample).itemsize
-        # Each plane's visible bytes: a line's, and its lines.
-        planes = ((width * size, height),) + 2 * (((width + 1) // 2 * size, (height + 1) // 2),)
+        planes = _plane_sizes(width, height, pixel_format)
         self._packed = _packed(planes)
         self.frame_bytes = sum(line * lines for line, lines in planes)
-        #: Spill slots are whole blocks, so that direct I/O can read and write them; a large
-        #: frame's also have room for the blocks of memory that hold its planes, to be written
-        #: from there (see :func:`_blocks_of`). A smaller frame is copied: those blocks would
-        #: add more to its slot on disk (a 360p frame's by 6%, a 720p one's by 1.2%) than the copy
-        #: costs.
-        self._slot_bytes = _round_up(self.frame_bytes, _BLOCK)
-        if self.frame_bytes >= _DIRECT_MIN_BYTES:
-            self._slot_bytes = max(self._slot_bytes, sum(
-                _blocks_room(_round_up(line, _LINE_ALIGN) * lines) for line, lines in planes))
+        self._slot_bytes = _spill_slot_size(planes)
         self._max_slots = max(0, budget_bytes // self.frame_bytes)
         if expected_frames > self._max_slots:
             # The pool would hold only the first frames (5 of 10 s of 4K), and the decoder
@@ -216,6 +206,15 @@ class FrameCache:
         self._cond = threading.Condition()
         self.cancel = cancel
         self.stats = CacheStats()
+
+    @staticmethod
+    def holds(frames: int, width: int, height: int, pixel_format: str, budget_bytes: int,
+              spill_budget_bytes: int) -> bool:
+        """Whether a cache with these budgets has room for all ``frames``, so that its
+        readers take turns."""
+        planes = _plane_sizes(width, height, pixel_format)
+        return (frames * sum(line * lines for line, lines in planes) <= budget_bytes
+                or frames * _spill_slot_size(planes) <= spill_budget_bytes)
 
     def put(self, frame: av.video.frame.VideoFrame, time: FrameTime) -> None:
         with self._cond:
@@ -427,6 +426,28 @@ def _plane_bytes(plane: av.video.plane.VideoPlane,
                  sample: type[np.unsignedinteger[Any]]) -> np.ndarray:
     """A writable view of a plane's visible bytes, a row of them for each line."""
     return plane_array(plane, sample).view(np.uint8)
+
+
+def _plane_sizes(width: int, height: int, pixel_format: str) -> tuple[tuple[int, int], ...]:
+    """Each 4:2:0 plane's visible bytes: a line's, and its lines."""
+    size = np.dtype(sample_type(pixel_format)).itemsize
+    return ((width * size, height),) + 2 * (((width + 1) // 2 * size, (height + 1) // 2),)
+
+
+def _spill_slot_size(planes: tuple[tuple[int, int], ...]) -> int:
+    """The room a frame of these planes takes on disk.
+
+    Spill slots are whole blocks, so that direct I/O can read and write them; a large frame's
+    also have room for the blocks of memory that hold its planes, to be written from there (see
+    :func:`_blocks_of`). A smaller frame is copied: those blocks would add more to its slot on
+    disk (a 360p frame's by 6%, a 720p one's by 1.2%) than the copy costs.
+    """
+    frame_bytes = sum(line * lines for line, lines in planes)
+    slot = _round_up(frame_bytes, _BLOCK)
+    if frame_bytes >= _DIRECT_MIN_BYTES:
+        slot = max(slot, sum(_blocks_room(_round_up(line, _LINE_ALIGN) * lines)
+                             for line, lines in planes))
+    return slot
 
 
 def _packed(sizes: tuple[tuple[int, int], ...]) -> Planes:

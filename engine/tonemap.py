@@ -12,7 +12,9 @@ here, 20 per 1080p one and 10 per 720p one; mapped once in the decoder at the so
 every 4K frame cost the full 70 ms on the way to the first rung, which doubled the time to
 playable of 4K. Mapped after the frames were made 8-bit, the steps of 8-bit PQ came out as
 blocks in saturated colours: 32 dB PSNR against the mapping of the 10-bit source, on colour
-bars.
+bars. 10-bit frames take twice the frame cache's room, though; where they would not all fit
+(60 s of 4K takes 45 GB of disk in 10 bits), the decoder maps them at the source's size and
+the cache holds 8 bits, as before (see engine.job).
 
 The table is computed here from the standards' formulas. FFmpeg's scaler can map colours too
 (its ``out_transfer``), but it spent 1 to 2 s building its tables for each graph; its default

@@ -996,15 +996,37 @@ _HDR_ANCHORS = {16: [(0.0, 16), (0.5081, 179), (0.7518, 235), (1.0, 235)],
                 18: [(0.0, 16), (0.5, 139), (1.0, 235)]}
 
 
+@pytest.mark.parametrize("disk", ["room", "short"])
 @pytest.mark.parametrize("transfer", [16, 18], ids=["pq", "hlg"])
-def test_an_hdr_source_is_mapped_to_sdr(tmp_path: Path, transfer: int) -> None:
+def test_an_hdr_source_is_mapped_to_sdr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        transfer: int, disk: str) -> None:
     """A PQ or HLG grey ramp (10-bit BT.2020): every rung and the poster are SDR BT.709,
     tagged so, with the light the source asks for up to reference white and its peak at
-    SDR's white. Untouched, 8-bit PQ would show 100 cd/m2 at luma 127, dark and flat."""
+    SDR's white. Untouched, 8-bit PQ would show 100 cd/m2 at luma 127, dark and flat.
+
+    The frame cache holds the frames in 10 bits for the rungs to map; with disk room for
+    its frames in 8 bits only, the decoder maps them and the cache holds 8 bits, so the later
+    rungs still take turns (at once, they need more memory)."""
     source = media.make_luma_ramp(tmp_path / "hdr.mp4", full_range=False, matrix=9,
                                   primaries=9, transfer=transfer, pix_fmt="yuv420p10le")
-    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180))))
+    caches: list[engine.fanout.FrameCache | None] = []
+
+    class Recorded(engine.fanout.FanOut):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            caches.append(self.cache)
+
+    monkeypatch.setattr(engine.job, "FanOut", Recorded)
+    room = {}
+    if disk == "short":  # the source's 15 frames of 320x180 in 8 bits
+        planes = engine.fanout._plane_sizes(320, 180, "yuv420p")
+        room = {"cache_bytes": 0, "spill_bytes": 15 * engine.fanout._spill_slot_size(planes)}
+    run = run_job(source, tmp_path / "out",
+                  options(ladder=LadderOptions(heights=(90, 180)), **room))
     assert run.state == JobState.COMPLETE, run.job.error
+    (cache,) = caches
+    assert cache is not None and not cache.stats.readers_at_once
+    assert cache.pixel_format == ("yuv420p10le" if disk == "room" else "yuv420p")
     assert "VIDEO-RANGE" not in (run.out / "master.m3u8").read_text()
     assert run.job.notes == [f"the source is HDR ({'PQ' if transfer == 16 else 'HLG'}): the "
                              "output is SDR (BT.709), its highlights compressed"]
