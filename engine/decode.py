@@ -4,7 +4,8 @@ Frames leave this stage progressive (see engine.deinterlace), as 8-bit 4:2:0 (``
 the source's coded size, with ``pts`` relative to the first video frame and the segment they
 open or belong to. Converting 10-bit, 4:2:2 or hardware (nv12) frames here, once, means every
 rung downstream reads one format. An HDR source's frames leave as 10-bit 4:2:0
-(``yuv420p10le``) instead: each rung maps them to SDR at its own size (see engine.tonemap).
+(``yuv420p10le``) instead: each rung maps them to SDR at its own size (see engine.tonemap);
+where the frame cache has no room for them in 10 bits, this stage maps them (``map_to_sdr``).
 """
 
 from __future__ import annotations
