@@ -202,7 +202,7 @@ def _quality(setup: Setup, run: SystemRun) -> None:
         measured = quality.measure(setup.ffmpeg, run.out_dir / plan.name / commands.PLAYLIST,
                                    setup.source.path, plan.rung.width, plan.rung.height,
                                    setup.work_dir / "quality" / run.system / plan.name)
-        expected = commands.rung_frames(setup.source.frames, setup.source.frame_rate)
+        expected = commands.rung_frames(setup.source.frames, setup.source.frame_rate, plan)
         if measured.frames != expected:
             _log(f"warning: {run.system} {plan.name}: quality compared {measured.frames} frames,"
                  f" expected {expected}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from engine.audio import AUDIO_FOLDER, AudioSettings
 from engine.gop import segment_length
 from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
-from engine.ladder import MAX_FRAME_RATE, Rung, plan_ladder
+from engine.ladder import Rung, plan_ladder
 from engine.probe import open_source
 from engine.publish import MEDIA as PLAYLIST
 from engine.rung import encoder_gop
@@ -68,7 +68,7 @@ def ffmpeg_all_at_once(ffmpeg: str, source: Path, rungs: list[RungPlan], out_dir
                        source_fps: float) -> list[str]:
     """One process: decode once, split, scale and encode every rung, audio once."""
     labels = [f"v{plan.name}" for plan in rungs]
-    pre = _frame_rate_cap(source_fps)
+    pre = _frame_rate_cap(rungs[0], source_fps)
     graph = f"[0:v]{pre}split={len(rungs)}" + "".join(f"[s{i}]" for i in range(len(rungs)))
     for index, (plan, label) in enumerate(zip(rungs, labels, strict=True)):
         graph += f";[s{index}]{scale_filter(plan.rung)}[{label}]"
@@ -85,7 +85,7 @@ def ffmpeg_one_rung(ffmpeg: str, source: Path, plan: RungPlan, out_dir: Path,
                     segment_seconds: float, with_audio: bool, thread_type: str | None,
                     source_fps: float) -> list[str]:
     """One process for one rung (and, for the first rung, the audio): a decode of its own."""
-    graph = f"[0:v]{_frame_rate_cap(source_fps)}{scale_filter(plan.rung)}[v]"
+    graph = f"[0:v]{_frame_rate_cap(plan, source_fps)}{scale_filter(plan.rung)}[v]"
     argv = [*_input(ffmpeg, source), "-filter_complex", graph,
             "-map", "[v]", *video_codec(plan, segment_seconds, thread_type), "-an",
             *hls_output(out_dir / plan.name, segment_seconds)]
@@ -99,19 +99,21 @@ def decode_only(ffmpeg: str, source: Path) -> list[str]:
     return [*_input(ffmpeg, source), "-map", "0:v:0", "-f", "null", "-"]
 
 
-def raw_frames(ffmpeg: str, source: Path, raw: Path, source_fps: float) -> list[str]:
-    """Decode the source's video once into a file of raw 8-bit 4:2:0 frames."""
-    return [*_input(ffmpeg, source), "-map", "0:v:0", "-vf", f"{_frame_rate_cap(source_fps)}"
-            "format=yuv420p", "-f", "rawvideo", str(raw)]
+def raw_frames(ffmpeg: str, source: Path, raw: Path, plan: RungPlan,
+               source_fps: float) -> list[str]:
+    """Decode the source's video once into a file of raw 8-bit 4:2:0 frames, at the rungs'
+    frame rate (``plan``'s)."""
+    return [*_input(ffmpeg, source), "-map", "0:v:0", "-vf",
+            f"{_frame_rate_cap(plan, source_fps)}format=yuv420p", "-f", "rawvideo", str(raw)]
 
 
-def encode_only(ffmpeg: str, raw: Path, width: int, height: int, frame_rate: float,
-                plan: RungPlan, out_dir: Path, segment_seconds: float,
-                thread_type: str | None) -> list[str]:
-    """One rung from raw decoded frames: the encoder's (and scaler's) own cost, no decode."""
-    rate = min(frame_rate, float(MAX_FRAME_RATE))
+def encode_only(ffmpeg: str, raw: Path, width: int, height: int, plan: RungPlan,
+                out_dir: Path, segment_seconds: float, thread_type: str | None) -> list[str]:
+    """One rung from raw decoded frames (:func:`raw_frames`): the encoder's (and scaler's) own
+    cost, no decode."""
     return [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-y", "-f", "rawvideo",
-            "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-r", f"{rate:g}", "-i", str(raw),
+            "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-r", str(plan.rung.frame_rate),
+            "-i", str(raw),
             "-vf", scale_filter(plan.rung), *video_codec(plan, segment_seconds, thread_type),
             *hls_output(out_dir / plan.name, segment_seconds)]
 
@@ -155,17 +157,20 @@ def _input(ffmpeg: str, source: Path) -> list[str]:
             "-i", str(source)]
 
 
-def _frame_rate_cap(source_fps: float) -> str:
-    """The engine drops frames above 60 fps; so do the baselines."""
-    return f"fps={MAX_FRAME_RATE}," if _capped(source_fps) else ""
+def _frame_rate_cap(plan: RungPlan, source_fps: float) -> str:
+    """The engine puts a source above 60 fps on a slower grid, its rungs' frame rate (see
+    engine.gop.grid_rate: 120 fps plays at 60, 100 fps at 50); so do the baselines."""
+    return f"fps={plan.rung.frame_rate}," if _slower(plan, source_fps) else ""
 
 
-def _capped(source_fps: float) -> bool:
-    return source_fps > float(MAX_FRAME_RATE) + 0.01
+def _slower(plan: RungPlan, source_fps: float) -> bool:
+    # The source's rate is rounded to 3 decimals (bench.sources).
+    return float(plan.rung.frame_rate) < source_fps - 0.01
 
 
-def rung_frames(source_frames: int, source_fps: float) -> int:
-    """How many frames each rung of a source has: above 60 fps, the 60 fps grid's."""
-    if not _capped(source_fps):
+def rung_frames(source_frames: int, source_fps: float, plan: RungPlan) -> int:
+    """How many frames each rung of a source has: fewer where its rate is slower."""
+    if not _slower(plan, source_fps):
         return source_frames
-    return math.ceil(source_frames * float(MAX_FRAME_RATE) / source_fps)
+    # A hair under, so that a whole product of floats (120 x 0.5) does not round up.
+    return math.ceil(source_frames * float(plan.rung.frame_rate) / source_fps - 1e-6)

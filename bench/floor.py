@@ -64,8 +64,8 @@ def prepare(setup: Setup, folder: Path) -> Path:
     """Decode the source once into ``folder/frames.yuv`` (not timed)."""
     folder.mkdir(parents=True, exist_ok=True)
     raw = folder / "frames.yuv"
-    _run(commands.raw_frames(setup.ffmpeg, setup.source.path, raw, setup.source.frame_rate),
-         folder / "prepare.log")
+    _run(commands.raw_frames(setup.ffmpeg, setup.source.path, raw, setup.rungs[0],
+                             setup.source.frame_rate), folder / "prepare.log")
     return raw
 
 
@@ -79,7 +79,7 @@ def run(setup: Setup, raw: Path, out: Path) -> FloorRun:
     for plan in setup.rungs:
         (out / plan.name).mkdir(parents=True)
         encode = _run(commands.encode_only(setup.ffmpeg, raw, source.width, source.height,
-                                           source.frame_rate, plan, out, setup.segment_seconds,
+                                           plan, out, setup.segment_seconds,
                                            setup.ffmpeg_thread_type),
                       out / f"{plan.name}.log")
         walls[plan.name], cpus[plan.name] = encode.wall_s, encode.cpu_s

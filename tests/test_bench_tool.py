@@ -11,14 +11,15 @@ from bench import commands, report
 from bench.measure import run_measured
 from bench.outputs import settings_differences, x264_settings
 from bench.systems import ALL_AT_ONCE, PER_RUNG, RUNGS, RUNGS_GRPC
+from engine.gop import grid_rate
 from engine.hwaccel import SOFTWARE_ENCODER, encoder_options
-from engine.ladder import Rung, default_settings
+from engine.ladder import MAX_FRAME_RATE, Rung, default_settings
 
 
-def plan(short_side: int, width: int) -> commands.RungPlan:
+def plan(short_side: int, width: int, frame_rate: Fraction = Fraction(30)) -> commands.RungPlan:
     settings = default_settings(short_side)
     assert settings.preset and settings.crf is not None and settings.maxrate_kbps
-    rung = Rung(f"{short_side}p", width, short_side, Fraction(30), settings.preset, settings.crf,
+    rung = Rung(f"{short_side}p", width, short_side, frame_rate, settings.preset, settings.crf,
                 settings.maxrate_kbps, settings.bufsize_kbps or 2 * settings.maxrate_kbps)
     return commands.RungPlan(rung, encoder_options(SOFTWARE_ENCODER, rung,
                                                    commands.gop_frames(4.0)))
@@ -42,12 +43,39 @@ def test_all_at_once_uses_the_engine_settings(tmp_path: Path) -> None:
 
 
 def test_one_rung_has_its_own_decode_and_optional_audio(tmp_path: Path) -> None:
-    argv = commands.ffmpeg_one_rung("ffmpeg", tmp_path / "in.mp4", plan(1080, 1920), tmp_path,
+    fast = plan(1080, 1920, grid_rate(Fraction(120), MAX_FRAME_RATE))  # the ladder's, for 120 fps
+    argv = commands.ffmpeg_one_rung("ffmpeg", tmp_path / "in.mp4", fast, tmp_path,
                                     2.0, False, "slice", 120.0)
     assert argv.count("-i") == 1 and "-b:a" not in argv
     assert argv[argv.index("-thread_type") + 1] == "slice"
     assert argv[argv.index("-filter_complex") + 1].startswith("[0:v]fps=60,scale=1920:1080")
     assert "expr:gte(t,n_forced*2)" in argv
+
+
+def test_the_baselines_keep_the_frames_the_engine_keeps(tmp_path: Path) -> None:
+    """A 100 fps source's rungs play at 50 fps (engine.gop.grid_rate: every other frame),
+    not at the 60 fps cap: the baselines, the floor's raw frames and the expected frame count
+    follow the rungs' rate."""
+    rungs = [plan(720, 1280, grid_rate(Fraction(100), MAX_FRAME_RATE)), plan(1080, 1920,
+                                                                               Fraction(50))]
+    assert rungs[0].rung.frame_rate == 50
+    all_at_once = commands.ffmpeg_all_at_once("ffmpeg", tmp_path / "in.mp4", rungs, tmp_path,
+                                              4.0, False, None, 100.0)
+    assert all_at_once[all_at_once.index("-filter_complex") + 1].startswith("[0:v]fps=50,split")
+    raw = commands.raw_frames("ffmpeg", tmp_path / "in.mp4", tmp_path / "raw", rungs[0], 100.0)
+    assert raw[raw.index("-vf") + 1] == "fps=50,format=yuv420p"
+    encode = commands.encode_only("ffmpeg", tmp_path / "raw", 3840, 2160, rungs[1], tmp_path,
+                                  4.0, None)
+    assert encode[encode.index("-r") + 1] == "50"
+    assert commands.rung_frames(300, 100.0, rungs[0]) == 150
+    same = plan(720, 1280, Fraction(30000, 1001))
+    assert commands.rung_frames(300, 29.97, same) == 300
+    assert "fps=" not in " ".join(commands.raw_frames("ffmpeg", tmp_path / "in.mp4",
+                                                      tmp_path / "raw", same, 29.97))
+    # bench.sources rounds the source's rate to 3 decimals, here up: no frame is dropped.
+    rounded_up = plan(720, 1280, Fraction(299996, 10000))
+    assert "fps=" not in " ".join(commands.raw_frames("ffmpeg", tmp_path / "in.mp4",
+                                                      tmp_path / "raw", rounded_up, 30.0))
 
 
 def summaries(**rungs: Any) -> dict[str, dict[str, Any]]:
@@ -276,6 +304,8 @@ def test_a_rung_of_a_source_above_60_fps_is_compared_frame_for_frame(tmp_path: P
                     "-qp", "0", "-f", "hls", "-hls_playlist_type", "vod",
                     str(rung / "index.m3u8")], check=True)
     measured = quality.measure(ffmpeg, rung / "index.m3u8", source, 160, 90, tmp_path / "work")
-    assert measured.frames == commands.rung_frames(120, 120.0) == 60
+    sixty = plan(90, 160, grid_rate(Fraction(120), MAX_FRAME_RATE))
+    assert measured.frames == commands.rung_frames(120, 120.0, sixty) == 60
     assert measured.psnr_db > 45  # lossless, against the same frames
-    assert commands.rung_frames(300, 30.0) == 300 and commands.rung_frames(250, 59.94) == 250
+    assert commands.rung_frames(300, 30.0, plan(90, 160)) == 300
+    assert commands.rung_frames(250, 59.94, plan(90, 160, Fraction(60000, 1001))) == 250
