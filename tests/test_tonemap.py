@@ -3,6 +3,7 @@ formulas against the standards' own figures."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +17,7 @@ from engine.gop import KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
 from engine.probe import Colour, Orientation, open_source
 from engine.scale import Scaler
-from engine.tonemap import ToneMapper, sdr_signal
+from engine.tonemap import LUT_SIZE, ToneMapper, _cube, _decimals, sdr_signal
 from tests import media
 
 #: ITU-R BT.2087's matrix from linear BT.709 RGB to linear BT.2020 RGB.
@@ -84,6 +85,24 @@ def test_the_table_keeps_to_the_formulas(transfer: int) -> None:
     # colours leave BT.709's gamut and the mapping bends sharply.
     assert error.mean() < 1.0 and np.percentile(error, 99) < 5 and error.max() < 12, (
         error.mean(), np.percentile(error, 99), error.max())
+
+
+def test_the_table_file_writes_each_value_as_python_would() -> None:
+    """The table's numbers are written digit by digit with NumPy (Python's formatting took a
+    quarter of a second): the same text as ``%.6f``, ends and rounding included; and every
+    table the mapper builds is Python's text exactly."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate([[[0.0, 1.0, 0.5], [1e-7, 4e-7, 0.9999996]], rng.random((2000, 3)),
+                             rng.integers(0, 10**6, (500, 3)) / 10**6])
+    expected = "%.6f %.6f %.6f\n" * len(values) % tuple(values.ravel())
+    assert _decimals(values).decode() == expected
+    axis = np.linspace(0.0, 1.0, LUT_SIZE)
+    blue, green, red = np.meshgrid(axis, axis, axis, indexing="ij")
+    grid = np.stack([red.ravel(), green.ravel(), blue.ravel()], axis=-1)
+    for transfer, primaries in itertools.product((16, 18), (1, 9, 12)):
+        table = sdr_signal(grid, transfer, primaries)
+        assert _cube(transfer, primaries).decode() == f"LUT_3D_SIZE {LUT_SIZE}\n" + (
+            "%.6f %.6f %.6f\n" * len(table) % tuple(table.ravel()))
 
 
 @pytest.mark.parametrize("nits", [1.0, 20.0, 50.0, 100.0])
