@@ -208,3 +208,22 @@ def test_the_mapper_scales_frames_to_its_size() -> None:
             plane_array(plane, np.uint16)[:] = 512
         out = mapper.map(frame)
         assert (out.width, out.height, out.format.name) == (32, 16, "yuv420p")
+
+
+def test_mappers_that_start_together_compute_the_table_once() -> None:
+    """A job's first rung and its poster build their mappers at the same moment (the first
+    frame goes to both): the table, a tenth of a second of NumPy, is computed once."""
+    _cube.cache_clear()
+    barrier = threading.Barrier(3)
+
+    def build() -> None:
+        frame = av.VideoFrame(64, 64, "yuv420p10le")
+        barrier.wait()
+        ToneMapper(Colour(matrix=9, primaries=9, transfer=16), 32, 16).map(frame)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _cube.cache_info().misses == 1, _cube.cache_info()
