@@ -490,12 +490,13 @@ class Job:
                 poster: PosterPicker, publisher: Publisher, map_to_sdr: bool,
                 audio: list[AudioEncoder]) -> DecodeStats:
         def on_video(frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
-            # The rungs first: the poster's first frame is scaled as a fallback, which for an
-            # HDR source means building a tone-mapping graph (0.1 s) before the first rung
-            # could start on it.
-            fanout.put(frame, when)
+            # The poster first, before any other thread has the frame: PyAV's reformatter
+            # sets the colour fields of the frame it scales and restores them after, so two
+            # threads scaling one frame at once can read each other's. Handed to the rungs
+            # first, an HDR source's poster (8-bit cache) came out too bright in a CI run.
             if not poster.done and poster.offer(frame, when):
                 self._write_poster(publisher, poster.finish())
+            fanout.put(frame, when)
 
         return decode_source(source, schedule, on_video, [a.push for a in audio], self._stop,
                              self.options.max_duration_s,

@@ -130,7 +130,7 @@ class ToneMapper:
         ]
         with tempfile.TemporaryDirectory(prefix="rungs-lut-") as folder:
             table = Path(folder) / "tonemap.cube"
-            with _CUBE_LOCK:  # the first rung and the poster ask at once: compute it once
+            with _CUBE_LOCK:  # rungs that start together (at once) would each compute it
                 cube = _cube(self.colour.transfer, self.colour.primaries)
             table.write_bytes(cube)
             # lut3d reads its file as the filter is made.

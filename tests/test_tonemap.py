@@ -211,8 +211,8 @@ def test_the_mapper_scales_frames_to_its_size() -> None:
 
 
 def test_mappers_that_start_together_compute_the_table_once() -> None:
-    """A job's first rung and its poster build their mappers at the same moment (the first
-    frame goes to both): the table, a tenth of a second of NumPy, is computed once."""
+    """Mappers built at the same moment (rungs that start together, ``rungs_at_once``) compute
+    the table, a tenth of a second of NumPy, once."""
     _cube.cache_clear()
     barrier = threading.Barrier(3)
 
