@@ -174,7 +174,7 @@ class FrameCache:
         self._sample = sample_type(pixel_format)
         planes = _plane_sizes(width, height, pixel_format)
         self._packed = _packed(planes)
-        self.frame_bytes = sum(line * lines for line, lines in planes)
+        self.frame_bytes = _frame_bytes(planes)
         self._slot_bytes = _spill_slot_size(planes)
         self._max_slots = max(0, budget_bytes // self.frame_bytes)
         if expected_frames > self._max_slots:
@@ -213,7 +213,7 @@ class FrameCache:
         """Whether a cache with these budgets has room for all ``frames``, so that its
         readers take turns."""
         planes = _plane_sizes(width, height, pixel_format)
-        return (frames * sum(line * lines for line, lines in planes) <= budget_bytes
+        return (frames * _frame_bytes(planes) <= budget_bytes
                 or frames * _spill_slot_size(planes) <= spill_budget_bytes)
 
     def put(self, frame: av.video.frame.VideoFrame, time: FrameTime) -> None:
@@ -434,6 +434,11 @@ def _plane_sizes(width: int, height: int, pixel_format: str) -> tuple[tuple[int,
     return ((width * size, height),) + 2 * (((width + 1) // 2 * size, (height + 1) // 2),)
 
 
+def _frame_bytes(planes: tuple[tuple[int, int], ...]) -> int:
+    """A frame's visible bytes: what a memory slot holds."""
+    return sum(line * lines for line, lines in planes)
+
+
 def _spill_slot_size(planes: tuple[tuple[int, int], ...]) -> int:
     """The room a frame of these planes takes on disk.
 
@@ -442,7 +447,7 @@ def _spill_slot_size(planes: tuple[tuple[int, int], ...]) -> int:
     :func:`_blocks_of`). A smaller frame is copied: those blocks would add more to its slot on
     disk (a 360p frame's by 6%, a 720p one's by 1.2%) than the copy costs.
     """
-    frame_bytes = sum(line * lines for line, lines in planes)
+    frame_bytes = _frame_bytes(planes)
     slot = _round_up(frame_bytes, _BLOCK)
     if frame_bytes >= _DIRECT_MIN_BYTES:
         slot = max(slot, sum(_blocks_room(_round_up(line, _LINE_ALIGN) * lines)
