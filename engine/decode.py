@@ -829,13 +829,20 @@ class _VideoState:
         else:
             pts = raw - self._first_pts
             if self._last_pts >= 0 and pts <= self._last_pts:
-                # Time went back or stood still (recordings joined end to end, a clock reset, a
-                # broken muxer): go on one frame interval after the last frame, and count the
-                # following timestamps from there so they keep their own spacing. Adding a
-                # single tick instead squeezed every later frame into the frame-rate cap,
-                # which dropped them.
+                # Time stood still or went back: the frame goes one frame interval after the
+                # last. By more than the longest frame interval, the clock was reset
+                # (recordings joined end to end, a broken muxer): the following timestamps
+                # count from there, so they keep their own spacing (adding a single tick
+                # instead squeezed every later frame into the frame-rate cap, which dropped
+                # them). By less, the frame was stamped alike or a little early (a muxer that
+                # wrote two frames at one time, a recorder's jitter): the frames after it keep
+                # their times. Counted from it, each such frame had put every later one a
+                # frame interval later: 4 s of 60 fps stamped in pairs played for 8 s, a frame
+                # interval behind its sound more with each pair.
+                back = self._last_pts - pts
                 pts = self._last_pts + self._step
-                self._first_pts = raw - pts
+                if back > self._max_step:
+                    self._first_pts = raw - pts
             elif self.jumps_past_end(pts, self._last_pts):
                 # A damaged timestamp, not a pause: the gap up to it would be filled with the
                 # last picture (a 2 s FLV whose one frame was stamped an hour on came out an

@@ -637,10 +637,12 @@ def video_frame_late(folder: Path, name: str, late_s: int) -> Path:
                                lambda index: index + late_s * 30 if index == 45 else index)
 
 
-def live_mkv_restamped(path: Path, sound_leap_s: int, stamp: Callable[[int], int]) -> Path:
+def live_mkv_restamped(path: Path, sound_leap_s: int, stamp: Callable[[int], int],
+                       dts_delay: int = 0) -> Path:
     """2 s of live Matroska (30 fps, no B-frames, so decode order is display order) whose
     picture ``index`` is stamped ``stamp(index)`` (in frames) and whose sound starts
-    ``sound_leap_s`` on."""
+    ``sound_leap_s`` on. ``dts_delay``: frames the decode times run behind, which lets a
+    picture be stamped up to that many frames early (no earlier than its decode time)."""
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     encoder.time_base, encoder.framerate = Fraction(1, 30), Fraction(30)
@@ -662,7 +664,7 @@ def live_mkv_restamped(path: Path, sound_leap_s: int, stamp: Callable[[int], int
         out.mux(sound.encode(None))
         for index, packet in enumerate(packets):
             packet.stream, packet.time_base = picture, Fraction(1, 30)
-            packet.dts = index
+            packet.dts = index - dts_delay
             packet.pts = stamp(index)
             out.mux(packet)
     return path

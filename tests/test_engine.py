@@ -819,6 +819,70 @@ def test_60_fps_whose_clock_jitters_keeps_every_frame(tmp_path: Path, name: str,
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(60)
 
 
+@pytest.mark.parametrize(("rate", "ms"), [
+    # 60 fps whose muxer wrote two frames at each time.
+    (60, [1000 * (index // 2 * 2) // 60 for index in range(240)]),
+    # 30 fps whose every tenth frame is stamped as the one before it (the ffmpeg CLI writes a
+    # frame stamped early so, and Matroska can hold no earlier time).
+    (30, [1000 * (index - (index % 10 == 5)) // 30 for index in range(120)]),
+])
+def test_frames_stamped_alike_keep_the_rest_in_time(tmp_path: Path, rate: int,
+                                                    ms: list[int]) -> None:
+    """4 s of frames, some stamped at the time of the frame before them: each goes a frame
+    interval after the one before it, and the frames after it keep their own times, so the
+    video still ends at 4 s, with its sound. Each such frame used to put every later one a
+    frame interval later (as a clock reset does): the pairs lasted 8 s and the others 4.4 s,
+    the picture further behind the sound with each."""
+    source = hostile.write_streams(tmp_path / "stamped.mkv", time_base=Fraction(1, 1000),
+                                   rate=Fraction(rate), video_pts=ms,
+                                   codec_options={"preset": "veryfast", "bf": "0"})
+    placed: list[tuple[int, float]] = []
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: placed.append((media.frame_index(frame),
+                                                         float(when.seconds))), [],
+                      threading.Event())
+    assert [index for index, _ in placed] == list(range(len(ms)))
+    seconds = [at for _, at in placed]
+    assert all(b > a for a, b in itertools.pairwise(seconds))
+    # Each frame within a frame interval (and the clock's millisecond) of its own time.
+    assert max(abs(at - stamp / 1000) for at, stamp in zip(seconds, ms, strict=True)) <= (
+        1 / rate + 0.001)
+
+
+def test_frames_stamped_a_little_early_keep_the_rest_in_time(tmp_path: Path) -> None:
+    """2 s of 30 fps whose every tenth frame is stamped two frames early, behind the frame
+    before it: it goes a frame interval after that one (its own place), and the frames after
+    it keep their times. Each used to put every later frame a frame interval later."""
+    source = hostile.live_mkv_restamped(tmp_path / "early.mkv", 0,
+                                        lambda index: index - 2 * (index % 10 == 5), dts_delay=2)
+    placed: list[tuple[int, float]] = []
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: placed.append((media.frame_index(frame),
+                                                         float(when.seconds))), [],
+                      threading.Event())
+    assert [index for index, _ in placed] == list(range(60))
+    assert max(abs(at - index / 30) for index, at in placed) < 0.002, placed
+
+
+def test_after_a_clock_reset_the_frames_keep_their_own_spacing(tmp_path: Path) -> None:
+    """2 s whose first second is stamped 10 s on and whose second second counts from 1 s
+    again, at 15 fps (a frame every other 30 fps tick): a reset, not a frame stamped a little
+    early. The frames after it go on from the last one, 1/15 s apart, as stamped."""
+    source = hostile.live_mkv_restamped(
+        tmp_path / "reset.mkv", 0,
+        lambda index: index + 300 if index < 30 else 30 + 2 * (index - 30))
+    placed: list[float] = []
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: placed.append(float(when.seconds)), [],
+                      threading.Event())
+    assert len(placed) == 60
+    assert placed[30] == pytest.approx(placed[29] + 1 / 30, abs=0.002)
+    assert [round(30 * (b - a)) for a, b in itertools.pairwise(placed[30:])] == [2] * 29
+
+
 def test_sound_is_placed_against_pictures_whose_times_are_all_negative(tmp_path: Path) -> None:
     """A fragmented MP4 whose video fragment was damaged to start at -2^33 ticks (155 hours
     before its sound, which starts at 0): the sound is far past every picture read, a broken
