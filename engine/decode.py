@@ -565,6 +565,8 @@ class _VideoState:
         self.over_cap = 0
         self._first_pts: int | None = None
         self._last_pts = -1
+        #: The last frame stood still or went back a little (see :meth:`_relative_pts`).
+        self._behind = False
         # One frame interval in time_base units: what a frame with no usable timestamp adds.
         self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
         # Intervals longer than this are gaps, not the frame rate.
@@ -828,21 +830,24 @@ class _VideoState:
             pts = self._last_pts + self._step if self._last_pts >= 0 else 0
         else:
             pts = raw - self._first_pts
+            behind, self._behind = self._behind, False
             if self._last_pts >= 0 and pts <= self._last_pts:
                 # Time stood still or went back: the frame goes one frame interval after the
-                # last. By more than the longest frame interval, the clock was reset
-                # (recordings joined end to end, a broken muxer): the following timestamps
-                # count from there, so they keep their own spacing (adding a single tick
-                # instead squeezed every later frame into the frame-rate cap, which dropped
-                # them). By less, the frame was stamped alike or a little early (a muxer that
-                # wrote two frames at one time, a recorder's jitter): the frames after it keep
-                # their times. Counted from it, each such frame had put every later one a
-                # frame interval later: 4 s of 60 fps stamped in pairs played for 8 s, a frame
+                # last. By more than the longest frame interval, or for a second frame running,
+                # the clock was reset (recordings joined end to end, a broken muxer) or the
+                # last frame was stamped late (damage): the following timestamps count from
+                # there, so they keep their own spacing (adding a single tick instead squeezed
+                # every later frame into the frame-rate cap, which dropped them). By less, for
+                # one frame, it was stamped alike or a little early (a muxer that wrote two
+                # frames at one time, a recorder's jitter): the frames after it keep their
+                # times. Counted from it, each such frame had put every later one a frame
+                # interval later: 4 s of 60 fps stamped in pairs played for 8 s, a frame
                 # interval behind its sound more with each pair.
                 back = self._last_pts - pts
                 pts = self._last_pts + self._step
-                if back > self._max_step:
+                if back > self._max_step or behind:
                     self._first_pts = raw - pts
+                self._behind = True
             elif self.jumps_past_end(pts, self._last_pts):
                 # A damaged timestamp, not a pause: the gap up to it would be filled with the
                 # last picture (a 2 s FLV whose one frame was stamped an hour on came out an
