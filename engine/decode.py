@@ -565,7 +565,7 @@ class _VideoState:
         self.over_cap = 0
         self._first_pts: int | None = None
         self._last_pts = -1
-        #: The last frame stood still or went back a little (see :meth:`_relative_pts`).
+        #: The last frame's timestamp stood still or went back (see :meth:`_relative_pts`).
         self._behind = False
         # One frame interval in time_base units: what a frame with no usable timestamp adds.
         self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
@@ -824,13 +824,13 @@ class _VideoState:
         if self._first_pts is None:
             self._first_pts = raw if raw is not None else 0
             self.progress.origin_s = self.origin_seconds()
+        behind, self._behind = self._behind, False
         if raw is None:
             # The first frame starts the timeline at 0, wherever its timestamp went (a
             # Matroska file whose first frames are before its start has none on them).
             pts = self._last_pts + self._step if self._last_pts >= 0 else 0
         else:
             pts = raw - self._first_pts
-            behind, self._behind = self._behind, False
             if self._last_pts >= 0 and pts <= self._last_pts:
                 # Time stood still or went back: the frame goes one frame interval after the
                 # last. By more than the longest frame interval, or for a second frame running,
