@@ -819,6 +819,18 @@ def test_60_fps_whose_clock_jitters_keeps_every_frame(tmp_path: Path, name: str,
     assert master_of(run.out).playlists[0].stream_info.frame_rate == pytest.approx(60)
 
 
+def placed_frames(source: Path) -> list[tuple[int, float]]:
+    """Each frame the decode stage passes on: the index drawn in its picture, and the time,
+    in seconds, it is placed at."""
+    placed: list[tuple[int, float]] = []
+    with open_source(source) as opened:
+        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
+                      lambda frame, when: placed.append((media.frame_index(frame),
+                                                         float(when.seconds))), [],
+                      threading.Event())
+    return placed
+
+
 @pytest.mark.parametrize(("rate", "ms"), [
     # 60 fps whose muxer wrote two frames at each time.
     (60, [1000 * (index // 2 * 2) // 60 for index in range(240)]),
@@ -836,12 +848,7 @@ def test_frames_stamped_alike_keep_the_rest_in_time(tmp_path: Path, rate: int,
     source = hostile.write_streams(tmp_path / "stamped.mkv", time_base=Fraction(1, 1000),
                                    rate=Fraction(rate), video_pts=ms,
                                    codec_options={"preset": "veryfast", "bf": "0"})
-    placed: list[tuple[int, float]] = []
-    with open_source(source) as opened:
-        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
-                      lambda frame, when: placed.append((media.frame_index(frame),
-                                                         float(when.seconds))), [],
-                      threading.Event())
+    placed = placed_frames(source)
     assert [index for index, _ in placed] == list(range(len(ms)))
     seconds = [at for _, at in placed]
     assert all(b > a for a, b in itertools.pairwise(seconds))
@@ -856,12 +863,7 @@ def test_frames_stamped_a_little_early_keep_the_rest_in_time(tmp_path: Path) -> 
     it keep their times. Each used to put every later frame a frame interval later."""
     source = hostile.live_mkv_restamped(tmp_path / "early.mkv", 0,
                                         lambda index: index - 2 * (index % 10 == 5), dts_delay=2)
-    placed: list[tuple[int, float]] = []
-    with open_source(source) as opened:
-        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
-                      lambda frame, when: placed.append((media.frame_index(frame),
-                                                         float(when.seconds))), [],
-                      threading.Event())
+    placed = placed_frames(source)
     assert [index for index, _ in placed] == list(range(60))
     assert max(abs(at - index / 30) for index, at in placed) < 0.002, placed
 
@@ -873,11 +875,7 @@ def test_after_a_clock_reset_the_frames_keep_their_own_spacing(tmp_path: Path) -
     source = hostile.live_mkv_restamped(
         tmp_path / "reset.mkv", 0,
         lambda index: index + 300 if index < 30 else 30 + 2 * (index - 30))
-    placed: list[float] = []
-    with open_source(source) as opened:
-        decode_source(opened, KeyframeSchedule(Fraction(2), MAX_FRAME_RATE),
-                      lambda frame, when: placed.append(float(when.seconds)), [],
-                      threading.Event())
+    placed = [at for _, at in placed_frames(source)]
     assert len(placed) == 60
     assert placed[30] == pytest.approx(placed[29] + 1 / 30, abs=0.002)
     assert [round(30 * (b - a)) for a, b in itertools.pairwise(placed[30:])] == [2] * 29
