@@ -542,6 +542,20 @@ class _Limit:
 _INT64 = 2**63
 
 
+@dataclass
+class _Held:
+    """A frame held back until the next one shows where it goes (see ``_VideoState._place``)."""
+
+    frame: av.video.frame.VideoFrame
+    #: Its time as stamped, and the last frame's before it (time_base units from the origin).
+    pts: int
+    before: int
+    #: The frame interval before it.
+    step: int
+    #: Whether it came after a gap (more than the longest frame interval), not a long interval.
+    gap: bool
+
+
 class _VideoState:
     """Turns decoded frames into normalised, scheduled frames for the sink."""
 
@@ -599,9 +613,8 @@ class _VideoState:
         # whether a frame lasted far longer than it was shown: then no such duration is believed.
         self._previous: tuple[int, int] | None = None
         self._durations_lie = False
-        # A frame that came after a gap, its time, and the last frame's time before it: held
-        # until the next frame tells a pause from a damaged time (see _place).
-        self._held: tuple[av.video.frame.VideoFrame, int, int] | None = None
+        # A frame that came after a gap or late (see _place), held until the next frame tells.
+        self._held: _Held | None = None
 
     def peak_frame_rate(self) -> Fraction | None:
         peak = self._rate.peak()
@@ -649,32 +662,52 @@ class _VideoState:
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
         self._place_held(frame)
-        before = self._last_pts
+        before, step = self._last_pts, self._step
         pts = self._relative_pts(frame)
-        if before >= 0 and pts - before > self._max_step:
+        if before >= 0 and pts - before > min(self._max_step, step * 3 // 2):
             # A pause, or one damaged time far ahead (a frame of a 4 s WebM that declares no
             # length, stamped 5 hours on, made the video 5 hours long: 4 s of frames after it,
-            # on time again, went on from it): the next frame tells.
-            self._held = (frame, pts, before)
+            # on time again, went on from it); or, within the longest frame interval, a frame
+            # stamped late or a dropped frame. The next frame tells.
+            self._held = _Held(frame, pts, before, step, gap=pts - before > self._max_step)
             return
         self._place_at(frame, pts)
 
     def _place_held(self, following: av.video.frame.VideoFrame | None) -> None:
-        """Place the frame held after a gap, now that ``following`` (None: no more frames)
-        shows which it was: where the next frame comes back to just after the frames before the
-        gap (within the longest frame interval), its time was damaged and it goes a frame
-        interval after them. A next frame stamped a little before it (jitter after a pause)
-        leaves the pause as it is."""
+        """Place the frame held after a gap or a long interval, now that ``following`` (None:
+        no more frames) shows which it was.
+
+        After a gap: where the next frame comes back to just after the frames before the gap
+        (within the longest frame interval), its time was damaged and it goes a frame interval
+        after them. A next frame stamped a little before it (jitter after a pause) leaves the
+        pause as it is.
+
+        After a long interval: where the next frame comes less than half a frame interval
+        after it (or at or before it) and at most two intervals after the frames before it,
+        it was stamped late (a recorder that wrote a frame a frame late, then the next one on
+        time) and goes halfway between its neighbours. Left where it was stamped, it took the
+        next frame's place: the next frame went one of these long intervals after it, and the
+        one after that, on time again and so behind, counted as a clock reset. 4 s of 30 fps
+        with every tenth frame stamped a frame late lost 4 frames to the frame-rate cap and
+        ended 0.8 s after its sound."""
         if self._held is None:
             return
-        held, pts, before = self._held
-        self._held = None
+        held, self._held = self._held, None
+        pts = held.pts
         raw = None if following is None else (
             following.pts if following.pts is not None else following.dts)
-        if raw is not None and before < raw - (self._first_pts or 0) <= before + self._max_step:
-            pts = before + self._step
+        if raw is not None:
+            after = raw - (self._first_pts or 0)
+            if held.gap and held.before < after <= held.before + self._max_step:
+                pts = held.before + held.step
+            elif (not held.gap and after < held.pts + held.step // 2
+                  and after <= held.before + 2 * held.step + held.step // 4):
+                pts = (held.before + after) // 2 if after > held.before + 1 else (
+                    held.before + held.step)
+                self._step = held.step
+        if pts != held.pts:
             self._last_pts = pts
-        self._place_at(held, pts)
+        self._place_at(held.frame, pts)
 
     def _place_at(self, frame: av.video.frame.VideoFrame, pts: int) -> None:
         if pts * self.time_base > self._limit.seconds:  # before a gap up to it is filled

@@ -868,6 +868,37 @@ def test_frames_stamped_a_little_early_keep_the_rest_in_time(tmp_path: Path) -> 
     assert max(abs(at - index / 30) for index, at in placed) < 0.002, placed
 
 
+def test_frames_stamped_a_frame_late_keep_the_rest_in_time(tmp_path: Path) -> None:
+    """4 s of 30 fps on a millisecond clock whose every tenth frame is stamped a frame late:
+    at the next frame's time, or a millisecond before it. Each goes between its neighbours,
+    and every frame is kept, in time with the sound. Left where it was stamped, the first kind
+    took the next frame's place (which the frame-rate cap then dropped), and the second pushed
+    the next frame on, after which every later frame counted as a clock reset: 4 frames lost
+    and the video 0.8 s longer than its sound."""
+    ms = [1000 * index // 30 + 33 * (index % 10 == 5) for index in range(120)]
+    source = hostile.write_streams(tmp_path / "late.mkv", time_base=Fraction(1, 1000),
+                                   rate=Fraction(30), video_pts=ms,
+                                   codec_options={"preset": "veryfast", "bf": "0"})
+    placed = placed_frames(source)
+    assert [index for index, _ in placed] == list(range(120))
+    assert all(b > a for (_, a), (_, b) in itertools.pairwise(placed))
+    assert max(abs(at - index / 30) for index, at in placed) < 1 / 30, placed
+    assert placed[-1][1] == pytest.approx(119 / 30, abs=0.002)
+
+
+def test_frames_after_a_dropped_frame_keep_their_times(tmp_path: Path) -> None:
+    """30 fps with every tenth frame missing (a recorder that dropped it): the frame after
+    each hole is held until the next frame shows it was not stamped late, and stays where it
+    was stamped."""
+    ms = [1000 * index // 30 for index in range(120) if index % 10 != 5]
+    source = hostile.write_streams(tmp_path / "dropped.mkv", time_base=Fraction(1, 1000),
+                                   rate=Fraction(30), video_pts=ms,
+                                   codec_options={"preset": "veryfast", "bf": "0"})
+    placed = placed_frames(source)
+    assert [index for index, _ in placed] == list(range(len(ms)))
+    assert max(abs(at - stamp / 1000) for (_, at), stamp in zip(placed, ms, strict=True)) < 0.002
+
+
 def test_after_a_clock_reset_the_frames_keep_their_own_spacing(tmp_path: Path) -> None:
     """2 s whose first second is stamped 10 s on and whose second second counts from 1 s
     again, at 15 fps (a frame every other 30 fps tick): a reset, not a frame stamped a little
