@@ -542,7 +542,7 @@ class _Limit:
 _INT64 = 2**63
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Held:
     """A frame held back until the next one shows where it goes (see ``_VideoState._place``)."""
 
