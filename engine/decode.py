@@ -552,8 +552,6 @@ class _Held:
     before: int
     #: The frame interval before it.
     step: int
-    #: Whether it came after a gap (more than the longest frame interval), not a long interval.
-    gap: bool
 
 
 class _VideoState:
@@ -669,7 +667,7 @@ class _VideoState:
             # length, stamped 5 hours on, made the video 5 hours long: 4 s of frames after it,
             # on time again, went on from it); or, within the longest frame interval, a frame
             # stamped late or a dropped frame. The next frame tells.
-            self._held = _Held(frame, pts, before, step, gap=pts - before > self._max_step)
+            self._held = _Held(frame, pts, before, step)
             return
         self._place_at(frame, pts)
 
@@ -698,9 +696,10 @@ class _VideoState:
             following.pts if following.pts is not None else following.dts)
         if raw is not None:
             after = raw - (self._first_pts or 0)
-            if held.gap and held.before < after <= held.before + self._max_step:
+            gap = held.pts - held.before > self._max_step
+            if gap and held.before < after <= held.before + self._max_step:
                 pts = held.before + held.step
-            elif (not held.gap and after < held.pts + held.step // 2
+            elif (not gap and after < held.pts + held.step // 2
                   and after <= held.before + 2 * held.step + held.step // 4):
                 pts = (held.before + after) // 2 if after > held.before + 1 else (
                     held.before + held.step)

@@ -871,7 +871,8 @@ def test_frames_stamped_a_little_early_keep_the_rest_in_time(tmp_path: Path) -> 
 def test_frames_stamped_a_frame_late_keep_the_rest_in_time(tmp_path: Path) -> None:
     """4 s of 30 fps on a millisecond clock whose every tenth frame is stamped a frame late:
     at the next frame's time, or a millisecond before it. Each goes between its neighbours,
-    and every frame is kept, in time with the sound. Left where it was stamped, the first kind
+    and every frame is kept at its own time, so the picture ends with its sound (the last
+    frame at 119/30 s). Left where it was stamped, the first kind
     took the next frame's place (which the frame-rate cap then dropped), and the second pushed
     the next frame on, after which every later frame counted as a clock reset: 4 frames lost
     and the video 0.8 s longer than its sound."""
