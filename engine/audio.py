@@ -158,9 +158,17 @@ class AudioEncoder:
             return
         self._encode(self._frames(final=False))
 
-    def close(self) -> EncodedAudio:
-        """Flush the encoder and finish the rendition."""
+    def close(self, video_end_s: float = 0.0) -> EncodedAudio:
+        """Flush the encoder and finish the rendition, its sound followed by silence up to
+        ``video_end_s`` (where the picture ends, in seconds from the first frame).
+
+        A browser plays only where picture and sound are both buffered: hls.js stalled for
+        good where the sound of 12 s of video ended at 2 s, once its buffer ahead (30 s by
+        default, 3 s in that test) held no more of the picture than of the sound, and never
+        reached the end (hls.js issue 7266)."""
         self._queue(self._resampler.resample(None))
+        if self._next_pts is not None:  # a track with sound; one without is left out
+            self._silence(round(video_end_s * self.settings.sample_rate) - self._queued)
         self._encode(self._frames(final=True))
         self.writer.mux(self.stream.encode(None))
         return self._rendition(self.writer.close())

@@ -110,6 +110,9 @@ class DecodeStats:
     #: The highest rate the kept frames keep up for a second (see :class:`FrameRateMeter`), at
     #: most the cap; None for a single frame.
     peak_frame_rate: Fraction | None
+    #: Where the last kept frame stops being shown, in seconds from the first one: the
+    #: video's length as the rungs play it.
+    end_s: Fraction = Fraction(0)
 
 
 @dataclass
@@ -229,13 +232,15 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     state.finish()
     for placer in placers.values():
         placer.finish()
+    state.hold_last_until(max((placer.end for placer in placers.values()
+                               if placer.end is not None), default=0.0))
     if state.decoded == 0:
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")
     _check_complete(source, video, video_packets,
                     0 if reach.video_end is None else reach.video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
-                       hidden_packets, bad, state.over_cap, state.peak_frame_rate())
+                       hidden_packets, bad, state.over_cap, state.peak_frame_rate(), state.end_s)
 
 
 class _VideoReach:
@@ -600,6 +605,8 @@ class _VideoState:
         self._black = _VIDEO_RANGE_BLACK
         self._last_kept: int | None = None
         self._last_frame: av.video.frame.VideoFrame | None = None
+        #: Where the last kept frame stops being shown, in seconds from the first one.
+        self.end_s = Fraction(0)
         # How long the source shows the last placed frame (time_base units, 0: unknown).
         self._last_duration = 0
         # The video's declared length in time_base units; None when the container declares none.
@@ -657,6 +664,29 @@ class _VideoState:
             # A slideshow or a screen recording that ends on a still holds its last frame for
             # seconds.
             self._fill_gap(self._last_kept + self._last_duration)
+
+    def hold_last_until(self, seconds: float) -> None:
+        """Show the last frame until ``seconds`` (from the first frame, at most the duration
+        limit) where the sound goes on for longer than a gap past the picture.
+
+        A browser plays only where picture and sound are both buffered: hls.js stalled for
+        good at the end of 2 s of picture whose sound went on to 12 s, once its buffer ahead
+        (30 s by default, 3 s in that test) held no more of the sound than of the picture
+        (hls.js issue 7543). The last frame is repeated at each segment start, as in a gap, or
+        once where it ends if no segment starts before ``seconds``."""
+        if self._last_kept is None or self._last_frame is None:
+            return
+        until = Fraction(min(seconds, self._limit.seconds))
+        if until - self.end_s <= MAX_FRAME_INTERVAL_S:
+            return
+        end = math.ceil(until / self.time_base)
+        self._fill_gap(end)
+        if self.end_s < until:
+            at = max(self.end_s, self._last_kept * self.time_base + 1 / MAX_FRAME_RATE)
+            repeat_pts = math.ceil(at / self.time_base)
+            placed = self.schedule.place(repeat_pts, self.time_base, end - repeat_pts)
+            if placed is not None:
+                self._keep(_copy(self._last_frame), placed)
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
         self._place_held(frame)
@@ -733,6 +763,9 @@ class _VideoState:
         frame.pts = placed.pts
         frame.time_base = self.time_base
         self._last_kept = placed.pts
+        # A frame the source gives no duration is shown for a frame interval, as the rungs
+        # show it (engine.rung._PacketDurations).
+        self.end_s = placed.seconds + (placed.duration or self._step) * self.time_base
         self._last_frame = frame
         self.kept += 1
         self.sink(frame, placed)

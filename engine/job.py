@@ -457,7 +457,7 @@ class Job:
             self.source_frames = (max(info.declared_frames, self.decode_stats.video_packets)
                                   - self.decode_stats.hidden_packets)
             for encoder in audio:
-                publisher.set_audio(encoder.close())
+                publisher.set_audio(encoder.close(float(self.decode_stats.end_s)))
             self._take_subtitles(publisher, subtitles, wait=True)
             self.notes = source_notes(info, self.decode_stats, audio, self.subtitles,
                                       schedule.rate)

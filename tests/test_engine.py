@@ -467,6 +467,62 @@ def test_sound_that_starts_late_is_led_in_with_silence(tmp_path: Path) -> None:
     assert heard - float(TIMELINE_START) == pytest.approx(first_sound, abs=0.03)
 
 
+def _playlist_seconds(folder: Path) -> float:
+    return sum(segment.duration for segment in load(folder / "index.m3u8").segments)
+
+
+def test_sound_that_ends_early_is_followed_by_silence_to_the_end_of_the_picture(
+        tmp_path: Path) -> None:
+    """6 s of picture whose sound stops after 1 s: the audio rendition lasts as long as the
+    picture. A browser plays only where both are buffered: hls.js stalled for good at 2 s
+    where the sound of 12 s of picture stopped there."""
+    source = hostile.audio_runs(tmp_path / "short_sound.mp4", list(range(180)), [(1.0, 0)])
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (video,) = variant_dirs(run.out)
+    assert _playlist_seconds(video) == pytest.approx(6.0, abs=0.01)
+    assert 6.0 <= _playlist_seconds(run.out / "audio") <= 6.05
+    with av.open(str(run.out / "audio" / "index.m3u8")) as playlist:
+        frames = [(float(frame.time) - float(TIMELINE_START), np.abs(frame.to_ndarray()).max())
+                  for frame in playlist.decode(audio=0) if frame.time is not None]
+    assert max(level for at, level in frames if at < 0.9) > 0.1  # the tone
+    assert max(level for at, level in frames if at > 1.1) < 0.01  # then silence
+    assert frames[-1][0] > 5.9
+
+
+@pytest.mark.parametrize(("segment", "sound"), [
+    (2.0, 6.0),  # copies of the last frame at 2 and 4 s
+    (4.0, 3.5),  # no segment starts before the sound ends: one copy where the last frame ends
+])
+def test_a_picture_that_ends_before_its_sound_is_held_until_the_sound_ends(
+        tmp_path: Path, segment: float, sound: float) -> None:
+    """2 s of picture whose sound goes on: the last frame stays on screen until the sound ends,
+    repeated at each segment start as in a pause. hls.js stalled for good at the end of 2 s of
+    picture whose sound went on to 12 s."""
+    source = hostile.audio_runs(tmp_path / "long_sound.mp4", list(range(60)), [(sound, 0)])
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,)),
+                                                    segment_seconds=segment))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (video,) = variant_dirs(run.out)
+    audio_seconds = _playlist_seconds(run.out / "audio")
+    assert audio_seconds == pytest.approx(sound, abs=0.05)
+    assert _playlist_seconds(video) == pytest.approx(sound, abs=0.03)
+    playlist = load(video / "index.m3u8")
+    assert all(round(s.duration) <= playlist.target_duration for s in playlist.segments)
+    assert_segments_start_with_the_only_keyframe(video)
+    frames = decode_rendition(video)
+    times = [float(frame.time) - float(TIMELINE_START) for frame in frames]
+    held = [gray(frame) for frame, at in zip(frames, times, strict=True) if at >= 2.0]
+    assert held and len(frames) == 60 + len(held)
+    def distance(picture: np.ndarray, index: int) -> float:
+        return float(np.abs(picture.astype(float) - gray(frames[index])).mean())
+
+    # Each copy is the last frame (encoded again, so not bit for bit), not an earlier one.
+    assert all(distance(picture, 59) < distance(picture, 58) / 2 for picture in held), [
+        (distance(picture, 59), distance(picture, 58)) for picture in held]
+    assert run.job.summary()["frames_decoded"] == 60
+
+
 def test_poster(shared_run: JobRun) -> None:
     poster = shared_run.out / "poster.jpg"
     data = poster.read_bytes()

@@ -208,13 +208,18 @@ def test_plays_early_and_upgrades_without_interruption(
     assert first_frame_s < 15, first_frame_s
 
 
-def _play_finished(rungs: RungsServer, stub: Any, browser: Any,
-                   request: pb.TranscodeRequest) -> dict[str, Any]:
-    """Run a job to COMPLETE, then play its page to the end without a fatal error."""
+def _run_to_complete(stub: Any, request: pb.TranscodeRequest) -> pb.Job:
     job = stub.Transcode(request, timeout=30)
     for event in stub.Watch(pb.WatchRequest(job_id=job.id), timeout=120):
         final = event.state
     assert final == pb.COMPLETE
+    return job
+
+
+def _play_finished(rungs: RungsServer, stub: Any, browser: Any,
+                   request: pb.TranscodeRequest) -> dict[str, Any]:
+    """Run a job to COMPLETE, then play its page to the end without a fatal error."""
+    job = _run_to_complete(stub, request)
     measured, _ = _play(browser, lambda _: f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}",
                         lambda: job)
     assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]], (
@@ -269,6 +274,51 @@ def test_a_source_whose_sound_starts_late_plays_from_the_start(
     assert samples[0]["currentTime"] < 1.0 and samples[-1]["currentTime"] > 9.5, samples
     assert measured["maxRms"] > 0.05  # the tone after the silence is heard
     shutil.rmtree(base / "out" / "late_sound")
+
+
+#: A page that plays ``?src=`` with hls.js buffering 1 s ahead: less than the time between the
+#: two tracks' ends, as hls.js's default 30 s is for tracks that end more than 30 s apart.
+SMALL_BUFFER_PAGE = """<!doctype html><video id="video" muted></video>
+<script src="/hls.js"></script><script>
+const video = document.getElementById("video");
+window.played = { ended: false, errors: [] };
+const hls = new Hls({ maxBufferLength: 1, maxMaxBufferLength: 1 });
+hls.on(Hls.Events.ERROR, (_, data) => window.played.errors.push(data.details));
+hls.on(Hls.Events.MANIFEST_PARSED, () => video.play());
+video.addEventListener("ended", () => { window.played.ended = true; });
+hls.loadSource(new URLSearchParams(location.search).get("src"));
+hls.attachMedia(video);
+</script>"""
+
+
+@pytest.mark.parametrize(("frames", "sound_s"), [(180, 1.0), (30, 6.0)],
+                         ids=["sound_ends_first", "picture_ends_first"])
+def test_picture_and_sound_of_different_lengths_play_to_the_end(
+        server: tuple[RungsServer, Any, Path], browser: Any, frames: int, sound_s: float) -> None:
+    """6 s of picture with 1 s of sound, and 1 s of picture with 6 s of sound. A browser plays
+    only where both are buffered, and ends only once both tracks have ended: hls.js stalled
+    for good where the shorter track ended (hls.js issues 7266 and 7543)."""
+    rungs, stub, base = server
+    name = f"lengths_{frames}"
+    hostile.audio_runs(base / "src" / f"{name}.mp4", list(range(frames)), [(sound_s, 0)])
+    _run_to_complete(stub, pb.TranscodeRequest(
+        source=f"{name}.mp4", output=name,
+        options=pb.TranscodeOptions(ladder=[180], segment_seconds=1)))
+    origin = f"http://127.0.0.1:{rungs.http_port}"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.route(f"{origin}/small-buffer?**", lambda route: route.fulfill(
+            body=SMALL_BUFFER_PAGE, content_type="text/html"))
+        page.goto(f"{origin}/small-buffer?src=/out/{name}/master.m3u8")
+        deadline = time.monotonic() + 20  # 6 s of media
+        while not page.evaluate("window.played.ended") and time.monotonic() < deadline:
+            time.sleep(0.25)
+        played = page.evaluate("() => ({ ...window.played, at: video.currentTime })")
+    finally:
+        context.close()
+    assert played["ended"] and played["at"] > 5.9, played
+    shutil.rmtree(base / "out" / name)
 
 
 def test_every_audio_track_is_offered_and_the_default_one_plays(
