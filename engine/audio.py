@@ -173,6 +173,12 @@ class AudioEncoder:
         self.writer.mux(self.stream.encode(None))
         return self._rendition(self.writer.close())
 
+    @property
+    def end_s(self) -> float:
+        """Where the sound taken in so far ends, in seconds from the first picture (0 for a
+        track with none)."""
+        return self._queued / self.settings.sample_rate if self._next_pts is not None else 0.0
+
     def progress(self) -> EncodedAudio:
         """The rendition as far as it is complete (segments closed so far); any thread."""
         return self._rendition(self.writer.closed_segments())

@@ -139,7 +139,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                   max_seconds: float = math.inf,
                   on_sound_start: Sequence[SoundStartSink] = (),
                   progress: DecodeProgress | None = None,
-                  map_to_sdr: bool = False) -> DecodeStats:
+                  map_to_sdr: bool = False,
+                  sound_end: Callable[[], float] | None = None) -> DecodeStats:
     """Demux and decode ``source`` once, calling the sinks in presentation order per stream.
 
     An HDR source's frames are passed on in 10 bits, to be mapped to SDR by each rung; with
@@ -158,7 +159,13 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     a browser, a live Matroska capture) and a header can understate it.
 
     ``progress``, if given, counts the frames decoded as they come (a cancelled or failed
-    decode still says how far it got)."""
+    decode still says how far it got).
+
+    ``sound_end``, if given, says where the sound passed on ends (seconds from the first
+    frame) once all of it is: where that is past the picture's end, the last frame is held
+    until then (see ``_VideoState.hold_last_until``). It is asked of the sinks rather than
+    taken from the sound's timestamps, since those may be damaged: sound stamped past the
+    video's declared length is closed up, not played after a pause (engine.audio)."""
     video = source.video_stream
     time_base = video_time_base(source)
     timeline = schedule.timeline_time_base(time_base)
@@ -232,8 +239,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     state.finish()
     for placer in placers.values():
         placer.finish()
-    state.hold_last_until(max((placer.end for placer in placers.values()
-                               if placer.end is not None), default=0.0))
+    if sound_end is not None:
+        state.hold_last_until(sound_end())
     if state.decoded == 0:
         raise DecodeError(
             f"source {Path(source.info.path).name!r} has no decodable video frame")

@@ -501,7 +501,8 @@ class Job:
         return decode_source(source, schedule, on_video, [a.push for a in audio], self._stop,
                              self.options.max_duration_s,
                              on_sound_start=[a.lead_in for a in audio],
-                             progress=self.decode_progress, map_to_sdr=map_to_sdr)
+                             progress=self.decode_progress, map_to_sdr=map_to_sdr,
+                             sound_end=lambda: max((a.end_s for a in audio), default=0.0))
 
     def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
         path = publisher.write_poster(jpeg)

@@ -523,6 +523,20 @@ def test_a_picture_that_ends_before_its_sound_is_held_until_the_sound_ends(
     assert run.job.summary()["frames_decoded"] == 60
 
 
+def test_sound_stamped_past_the_declared_end_does_not_hold_the_picture(tmp_path: Path) -> None:
+    """2 s of picture whose sound comes in four runs of 0.5 s stamped 50 s apart, past the
+    length the MP4 declares: damaged times, closed up (as before). Judged by those times, the
+    sound went on to 150.5 s, and the last frame was held until then, with 148 s of silence
+    encoded after the sound."""
+    runs = [(0.5, start * 50 * 48000) for start in range(4)]
+    source = hostile.audio_runs(tmp_path / "far_sound.mp4", list(range(60)), runs)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (video,) = variant_dirs(run.out)
+    assert _playlist_seconds(video) == pytest.approx(2.0, abs=0.01)
+    assert 2.0 <= _playlist_seconds(run.out / "audio") <= 2.05
+
+
 def test_poster(shared_run: JobRun) -> None:
     poster = shared_run.out / "poster.jpg"
     data = poster.read_bytes()
