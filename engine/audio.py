@@ -117,6 +117,8 @@ class AudioEncoder:
         self.sound_frames = 0
         #: Samples silenced for not being finite (see :meth:`_make_finite`).
         self.damaged_samples = 0
+        #: Seconds of silence after the sound, up to the end of the picture (see :meth:`close`).
+        self.silence_after_s = 0.0
 
     def lead_in(self, seconds: float) -> None:
         """Silence from the first picture to ``seconds``, where the source says its sound
@@ -168,7 +170,9 @@ class AudioEncoder:
         reached the end (hls.js issue 7266)."""
         self._queue(self._resampler.resample(None))
         if self._next_pts is not None:  # a track with sound; one without is left out
-            self._silence(round(video_end_s * self.settings.sample_rate) - self._queued)
+            missing = round(video_end_s * self.settings.sample_rate) - self._queued
+            self._silence(missing)
+            self.silence_after_s = max(0, missing) / self.settings.sample_rate
         self._encode(self._frames(final=True))
         self.writer.mux(self.stream.encode(None))
         return self._rendition(self.writer.close())

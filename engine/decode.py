@@ -113,6 +113,9 @@ class DecodeStats:
     #: Where the last kept frame stops being shown, in seconds from the first one: the
     #: video's length as the rungs play it.
     end_s: Fraction = Fraction(0)
+    #: How long the last frame is shown past its own end, for sound that goes on (see
+    #: ``_VideoState.hold_last_until``).
+    held_for_sound_s: Fraction = Fraction(0)
 
 
 @dataclass
@@ -247,7 +250,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     _check_complete(source, video, video_packets,
                     0 if reach.video_end is None else reach.video_end)
     return DecodeStats(state.decoded, state.kept, max(video_packets, state.decoded),
-                       hidden_packets, bad, state.over_cap, state.peak_frame_rate(), state.end_s)
+                       hidden_packets, bad, state.over_cap, state.peak_frame_rate(), state.end_s,
+                       state.held_for_sound_s)
 
 
 class _VideoReach:
@@ -614,6 +618,7 @@ class _VideoState:
         self._last_frame: av.video.frame.VideoFrame | None = None
         #: Where the last kept frame stops being shown, in seconds from the first one.
         self.end_s = Fraction(0)
+        self.held_for_sound_s = Fraction(0)
         # How long the source shows the last placed frame (time_base units, 0: unknown).
         self._last_duration = 0
         # The video's declared length in time_base units; None when the container declares none.
@@ -686,6 +691,7 @@ class _VideoState:
         until = Fraction(min(seconds, self._limit.seconds))
         if until - self.end_s <= MAX_FRAME_INTERVAL_S:
             return
+        own_end = self.end_s
         end = math.ceil(until / self.time_base)
         self._fill_gap(end)
         if self.end_s < until:
@@ -694,6 +700,7 @@ class _VideoState:
             placed = self.schedule.place(repeat_pts, self.time_base, end - repeat_pts)
             if placed is not None:
                 self._keep(_copy(self._last_frame), placed)
+        self.held_for_sound_s = self.end_s - own_end
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
         self._place_held(frame)

@@ -36,6 +36,7 @@ from engine.audio import (
     audio_folder,
 )
 from engine.decode import (
+    MAX_FRAME_INTERVAL_S,
     PIXEL_FORMAT,
     DecodeProgress,
     DecodeStats,
@@ -768,9 +769,9 @@ class Job:
 def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEncoder],
                  subtitles: SubtitleScan | None = None,
                  frame_rate_cap: Fraction = MAX_FRAME_RATE) -> list[str]:
-    """What of the source a complete job's output leaves out, in a line each for its user:
-    an output without the source's sound, or with damaged packets left out, must not pass
-    for the whole source without a word."""
+    """What of the source a complete job's output leaves out or adds, in a line each for its
+    user: an output without the source's sound, or with damaged packets left out, must not
+    pass for the whole source without a word, nor one longer than its picture or its sound."""
     notes = []
     silent = [encoder for encoder in audio if not encoder.sound_frames]
     if info.audio_streams and not audio:
@@ -803,6 +804,12 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEnco
     if stats.frames_over_cap:
         notes.append(f"{_count(stats.frames_over_cap, 'frame')} of the source left out: the output "
                      f"runs at {_rate(frame_rate_cap)} fps at most")
+    if stats.held_for_sound_s:
+        notes.append(f"the sound goes on {float(stats.held_for_sound_s):.1f} s past the last "
+                     "picture, which is shown until the sound ends")
+    notes += [f"audio track {encoder.name!r} ends {encoder.silence_after_s:.1f} s before the "
+              "picture: silence to its end" for encoder in audio
+              if encoder.sound_frames and encoder.silence_after_s > MAX_FRAME_INTERVAL_S]
     if stats.bad_packets:
         notes.append(f"{_count(stats.bad_packets, 'damaged video packet')} left out")
     if skipped := sum(encoder.skipped_frames for encoder in audio):

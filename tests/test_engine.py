@@ -488,6 +488,8 @@ def test_sound_that_ends_early_is_followed_by_silence_to_the_end_of_the_picture(
     assert max(level for at, level in frames if at < 0.9) > 0.1  # the tone
     assert max(level for at, level in frames if at > 1.1) < 0.01  # then silence
     assert frames[-1][0] > 5.9
+    assert run.job.notes == [
+        "audio track 'Audio 1' ends 5.0 s before the picture: silence to its end"]
 
 
 @pytest.mark.parametrize(("segment", "sound"), [
@@ -521,6 +523,8 @@ def test_a_picture_that_ends_before_its_sound_is_held_until_the_sound_ends(
     assert all(distance(picture, 59) < distance(picture, 58) / 2 for picture in held), [
         (distance(picture, 59), distance(picture, 58)) for picture in held]
     assert run.job.summary()["frames_decoded"] == 60
+    assert run.job.notes == [f"the sound goes on {sound - 2:.1f} s past the last picture, "
+                             "which is shown until the sound ends"]
 
 
 def test_sound_stamped_past_the_declared_end_does_not_hold_the_picture(tmp_path: Path) -> None:
@@ -535,6 +539,7 @@ def test_sound_stamped_past_the_declared_end_does_not_hold_the_picture(tmp_path:
     (video,) = variant_dirs(run.out)
     assert _playlist_seconds(video) == pytest.approx(2.0, abs=0.01)
     assert 2.0 <= _playlist_seconds(run.out / "audio") <= 2.05
+    assert run.job.notes == []
 
 
 def test_poster(shared_run: JobRun) -> None:
