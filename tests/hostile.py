@@ -1581,6 +1581,10 @@ def _rotated(degrees: int) -> Recipe:
                   check=_dims(LANDSCAPE if degrees == 180 else PORTRAIT))
 
 
+#: The note of a track whose sound ends before the picture: a damaged file's may lose its end.
+_SILENCE_TO_THE_END = "before the picture: silence to its end"
+
+
 #: Every case, in a fixed order. Names are test ids; files are unique within the corpus.
 RECIPES: tuple[Recipe, ...] = (
     # Not media at all.
@@ -1823,11 +1827,17 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("audio_longer",
            lambda d, _: write_streams(d / "audio_longer.mp4", video_pts=list(range(30)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 2.5, 0)]),
-           L, check=_audio()),
+           L, check=_all(_audio(), _seconds_about(2.5), _audio_seconds_about(2.5)),
+           note="the last picture is held until the sound ends: hls.js stalled for good where "
+                "the shorter track ended",
+           notes=("the sound goes on 1.5 s past the last picture",)),
     Recipe("audio_shorter",
            lambda d, _: write_streams(d / "audio_shorter.mp4", video_pts=list(range(45)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 0.3, 0)]),
-           L, check=_audio()),
+           L, check=_all(_audio(), _seconds_about(1.5), _audio_seconds_about(1.5)),
+           note="silence follows the sound to the end of the picture: hls.js stalled for good "
+                "where the shorter track ended",
+           notes=("ends 1.2 s before the picture: silence to its end",)),
     Recipe("no_audio", lambda d, _: video(d / "no_audio.mp4", audio=False), L, check=_no_audio),
     Recipe("starts_late", lambda d, _: starts_late(d), L, check=_frames_at_least(30)),
     Recipe("avi_dropped_frame", lambda d, _: avi_dropped_frame(d), L,
@@ -1847,9 +1857,10 @@ RECIPES: tuple[Recipe, ...] = (
            check=_all(_seconds_about(1.0), _audio_seconds_about(1.0)),
            note="a jump past the source's duration is a broken clock: closed up, not filled"),
     Recipe("jump_forward", lambda d, _: jump_forward(d), L,
-           check=_all(_frames_at_least(30), _seconds_about(3.0)),
+           check=_all(_frames_at_least(30), _seconds_about(3.0), _audio_seconds_about(3.0)),
            note="the gap is kept (it is real time); the last frame is repeated at each segment "
-                "start inside it, so no segment is longer than the segment length"),
+                "start inside it, so no segment is longer than the segment length",
+           notes=("ends 2.0 s before the picture: silence to its end",)),
     Recipe("bogus_last_duration", lambda d, _: bogus_last_duration(d), L,
            check=_all(_frames_at_least(30), _seconds_about(1.0)),
            note="no frame is shown past the video's declared length"),
@@ -1911,7 +1922,7 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: fuzzed(d, "fuzz_mov_bad_audio_frame", "rotated.mov",
                                [["int", 27856, 4, 128], ["flip", 23728, 1]]), E,
            note="an audio frame the resampler cannot convert failed the whole job",
-           notes=("damaged audio frame",)),
+           notes=("damaged audio frame",), may_note=(_SILENCE_TO_THE_END,)),
     Recipe("fuzz_mp4_audio_without_decoder",
            lambda d, _: fuzzed(d, "fuzz_mp4_audio_without_decoder", "plain.mp4",
                                [["int", 27361, 4, 128], ["int", 27526, 4, 32768]]), E,
@@ -1924,7 +1935,7 @@ RECIPES: tuple[Recipe, ...] = (
            check=_audio(),
            note="a copied chunk made a second (Nellymoser) audio track whose decoder gave NaN "
                 "samples, which FFmpeg's AAC encoder refused: the job failed",
-           notes=("damaged audio sample",)),
+           notes=("damaged audio sample",), may_note=(_SILENCE_TO_THE_END,)),
     # Found by ``python -m tests.fuzz --seed 3060``.
     Recipe("fuzz_mov_matrix_unknown",
            lambda d, _: fuzzed(d, "fuzz_mov_matrix_unknown", "prores_pcm.mov",
