@@ -618,6 +618,7 @@ class _VideoState:
         self._last_frame: av.video.frame.VideoFrame | None = None
         #: Where the last kept frame stops being shown, in seconds from the first one.
         self.end_s = Fraction(0)
+        #: How long the last frame is held past its own end for the sound (hold_last_until).
         self.held_for_sound_s = Fraction(0)
         # How long the source shows the last placed frame (time_base units, 0: unknown).
         self._last_duration = 0

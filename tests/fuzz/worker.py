@@ -91,8 +91,12 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
         try:
             # The duration limit a job passes too: a frame stamped days on (a damaged time in
             # a file that declares no length) is refused there, not filled up to.
-            decode_source(source, schedule, on_video, [sink(e) for e in encoders], cancel,
-                          DEFAULT_MAX_DURATION_S, progress=progress)
+            stats = decode_source(source, schedule, on_video, [sink(e) for e in encoders],
+                                  cancel, DEFAULT_MAX_DURATION_S, progress=progress,
+                                  sound_end=lambda: max((e.end_s for e in encoders),
+                                                        default=0.0))
+            for encoder in encoders:  # as a job does: the sound fills the picture's length
+                encoder.close(float(stats.end_s))
         except JobCancelledError:
             pass
         finally:
