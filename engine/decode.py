@@ -239,7 +239,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
                 state.push(decoded)
             elif isinstance(decoded, av.audio.frame.AudioFrame):
                 placers[packet.stream.index].add(decoded)
-    state.finish()
+    state.finish(sound_end() if sound_end is not None else 0.0)
     for placer in placers.values():
         placer.finish()
     if sound_end is not None:
@@ -667,12 +667,14 @@ class _VideoState:
         for ready in self._deinterlacer.push(frame):
             self._place(ready)
 
-    def finish(self) -> None:
+    def finish(self, sound_end_s: float = 0.0) -> None:
         """Pass on the frames still held back (by the deinterlacer, or after a gap), then fill
-        the time the last frame is held, as a gap before a frame would be."""
+        the time the last frame is held, as a gap before a frame would be. ``sound_end_s``
+        (where the sound ends, seconds from the first frame) judges a last frame that came
+        after a gap (see :meth:`_place_held`)."""
         for ready in self._deinterlacer.flush():
             self._place(ready)
-        self._place_held(None)
+        self._place_held(None, sound_end_s)
         if self._last_kept is not None and self._last_duration > 0:
             # A slideshow or a screen recording that ends on a still holds its last frame for
             # seconds.
@@ -716,7 +718,8 @@ class _VideoState:
             return
         self._place_at(frame, pts)
 
-    def _place_held(self, following: av.video.frame.VideoFrame | None) -> None:
+    def _place_held(self, following: av.video.frame.VideoFrame | None,
+                    sound_end_s: float = 0.0) -> None:
         """Place the frame held after a gap or a long interval, now that ``following`` (None:
         no more frames) shows which it was.
 
@@ -732,16 +735,28 @@ class _VideoState:
         next frame's place: the next frame went one of these long intervals after it, and the
         one after that, on time again and so behind, counted as a clock reset. 4 s of 30 fps
         with every tenth frame stamped a frame late lost 4 frames to the frame-rate cap and
-        ended 0.8 s after its sound."""
+        ended 0.8 s after its sound.
+
+        The last frame, after a gap, with no next frame to tell: in a file that declares no
+        length, where it comes more than ``MAX_AUDIO_LEAD_S`` past both the frames before it
+        and the end of the sound (``sound_end_s``), its time was damaged, as sound that far past
+        the picture is taken to be, and it goes a frame interval after them. A 2 s live
+        Matroska file whose last frame was stamped an hour on came out an hour long, and with
+        its sound now filled to the picture's end (engine.audio), took 23 s instead of 9 s."""
         if self._held is None:
             return
         held, self._held = self._held, None
         pts = held.pts
         raw = None if following is None else (
             following.pts if following.pts is not None else following.dts)
-        if raw is not None:
+        gap = held.pts - held.before > self._max_step
+        if following is None:
+            reached = max(held.before, math.ceil(sound_end_s / self.time_base))
+            if (gap and self._declared_end is None
+                    and held.pts - reached > MAX_AUDIO_LEAD_S / self.time_base):
+                pts = held.before + held.step
+        elif raw is not None:
             after = raw - (self._first_pts or 0)
-            gap = held.pts - held.before > self._max_step
             if gap and held.before < after <= held.before + self._max_step:
                 pts = held.before + held.step
             elif (not gap and after < held.pts + held.step // 2

@@ -1090,6 +1090,24 @@ def test_a_picture_after_a_gap_is_judged_by_the_next_one(
     assert shown[picture - 1] == pytest.approx((picture - 1) / 30, abs=0.05)
 
 
+@pytest.mark.parametrize(("last_at", "seconds"), [(3600.0, 2.0), (30.0, 30.033)],
+                         ids=["an hour on", "a pause"])
+def test_a_last_picture_after_a_gap_is_judged_by_the_sound(
+        tmp_path: Path, last_at: float, seconds: float) -> None:
+    """2 s of live Matroska (no declared length, sound to 2 s) whose last picture is stamped
+    ``last_at`` s on, with no picture after it to tell. An hour on, more than a minute past
+    the pictures and the sound before it, is a damaged time: it went on for an hour (the
+    last picture at each segment start, and the sound filled with an hour of silence). 30 s
+    on is a pause and is kept; the sound is filled up to the picture's end."""
+    source = hostile.live_mkv_restamped(tmp_path / "last.mkv", 0,
+                                        lambda i: i + round(last_at * 30) - 59 if i == 59 else i)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (video,) = variant_dirs(run.out)
+    assert _playlist_seconds(video) == pytest.approx(seconds, abs=0.05)
+    assert _playlist_seconds(run.out / "audio") == pytest.approx(seconds, abs=0.05)
+
+
 @pytest.mark.parametrize("live", [False, True])
 def test_a_default_frame_duration_that_lies_is_not_believed(tmp_path: Path, live: bool) -> None:
     """Matroska whose default frame duration says 1000 s (100 s when written live, with no
