@@ -166,9 +166,11 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
 
     ``sound_end``, if given, says where the sound passed on ends (seconds from the first
     frame) once all of it is: where that is past the picture's end, the last frame is held
-    until then (see ``_VideoState.hold_last_until``). It is asked of the sinks rather than
-    taken from the sound's timestamps, since those may be damaged: sound stamped past the
-    video's declared length is closed up, not played after a pause (engine.audio)."""
+    until then (see ``_VideoState.hold_last_until``), and a last frame after a gap is judged
+    against it (see ``_VideoState._place_held``; without it, the sound counts as ending with
+    the first frame). It is asked of the sinks rather than taken from the sound's timestamps,
+    since those may be damaged: sound stamped past the video's declared length is closed up,
+    not played after a pause (engine.audio)."""
     video = source.video_stream
     time_base = video_time_base(source)
     timeline = schedule.timeline_time_base(time_base)
