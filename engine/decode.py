@@ -616,10 +616,9 @@ class _VideoState:
         self._size: tuple[int, int] | None = None
         self._shape = Fraction(1)
         self._black = _VIDEO_RANGE_BLACK
-        self._last_kept: int | None = None
+        # The last frame kept, and where it was placed.
         self._last_frame: av.video.frame.VideoFrame | None = None
-        #: Where the last kept frame stops being shown, in seconds from the first one.
-        self.end_s = Fraction(0)
+        self._last_placed: FrameTime | None = None
         #: How long the last frame is held past its own end for the sound (hold_last_until).
         self.held_for_sound_s = Fraction(0)
         # How long the source shows the last placed frame (time_base units, 0: unknown).
@@ -677,10 +676,20 @@ class _VideoState:
         for ready in self._deinterlacer.flush():
             self._place(ready)
         self._place_held(None, sound_end_s)
-        if self._last_kept is not None and self._last_duration > 0:
+        if self._last_placed is not None and self._last_duration > 0:
             # A slideshow or a screen recording that ends on a still holds its last frame for
             # seconds.
-            self._fill_gap(self._last_kept + self._last_duration)
+            self._fill_gap(self._last_placed.pts + self._last_duration)
+
+    @property
+    def end_s(self) -> Fraction:
+        """Where the last kept frame stops being shown, in seconds from the first one. A frame
+        the source gives no duration is shown for a frame interval, as the rungs show it
+        (engine.rung._PacketDurations)."""
+        last = self._last_placed
+        if last is None:
+            return Fraction(0)
+        return last.seconds + (last.duration or self._step) * self.time_base
 
     def hold_last_until(self, seconds: float) -> None:
         """Show the last frame until ``seconds`` (from the first frame, at most the duration
@@ -691,7 +700,7 @@ class _VideoState:
         (30 s by default, 3 s in that test) held no more of the sound than of the picture
         (hls.js issue 7543). The last frame is repeated at each segment start, as in a gap, or
         once where it ends if no segment starts before ``seconds``."""
-        if self._last_kept is None or self._last_frame is None:
+        if self._last_placed is None:
             return
         until = Fraction(min(seconds, self._limit.seconds))
         if until - self.end_s <= MAX_FRAME_INTERVAL_S:
@@ -700,11 +709,7 @@ class _VideoState:
         end = math.ceil(until / self.time_base)
         self._fill_gap(end)
         if self.end_s < until:
-            at = max(self.end_s, self._last_kept * self.time_base + 1 / MAX_FRAME_RATE)
-            repeat_pts = math.ceil(at / self.time_base)
-            placed = self.schedule.place(repeat_pts, self.time_base, end - repeat_pts)
-            if placed is not None:
-                self._keep(_copy(self._last_frame), placed)
+            self._repeat_last(self.end_s, end)
         self.held_for_sound_s = self.end_s - own_end
 
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
@@ -794,10 +799,7 @@ class _VideoState:
     def _keep(self, frame: av.video.frame.VideoFrame, placed: FrameTime) -> None:
         frame.pts = placed.pts
         frame.time_base = self.time_base
-        self._last_kept = placed.pts
-        # A frame the source gives no duration is shown for a frame interval, as the rungs
-        # show it (engine.rung._PacketDurations).
-        self.end_s = placed.seconds + (placed.duration or self._step) * self.time_base
+        self._last_placed = placed
         self._last_frame = frame
         self.kept += 1
         self.sink(frame, placed)
@@ -889,22 +891,26 @@ class _VideoState:
         segment close to the segment length (EXT-X-TARGETDURATION cannot grow), so each segment
         start in the gap gets a copy of the last frame, which becomes its keyframe.
         """
-        if self._last_kept is None or self._last_frame is None:
+        if self._last_placed is None:
             return
         segment = self.schedule.segment_seconds
-        last = self._last_kept * self.time_base
         now = pts * self.time_base
-        start = (last // segment + 1) * segment
+        start = (self._last_placed.pts * self.time_base // segment + 1) * segment
         while start + GAP_TOLERANCE_S < now:
-            # Never closer to the last frame than the frame-rate cap allows (it would be dropped).
-            at = max(start, last + 1 / MAX_FRAME_RATE)
-            repeat_pts = math.ceil(at / self.time_base)
             # Until the frame after the gap, which is what the last copy lasts.
-            placed = self.schedule.place(repeat_pts, self.time_base, pts - repeat_pts)
-            if placed is not None:
-                self._keep(_copy(self._last_frame), placed)
-                last = placed.pts * self.time_base
+            self._repeat_last(start, pts)
             start += segment
+
+    def _repeat_last(self, at: Fraction, until: int) -> None:
+        """Keep a copy of the last frame at ``at`` (seconds from the first frame), shown until
+        ``until`` (time_base units): never closer to the last frame than the frame-rate cap
+        allows, or the schedule would drop it."""
+        assert self._last_placed is not None and self._last_frame is not None
+        at = max(at, self._last_placed.pts * self.time_base + 1 / MAX_FRAME_RATE)
+        repeat_pts = math.ceil(at / self.time_base)
+        placed = self.schedule.place(repeat_pts, self.time_base, until - repeat_pts)
+        if placed is not None:
+            self._keep(_copy(self._last_frame), placed)
 
     def jumps_past_end(self, pts: int, last: int) -> bool:
         """Whether video at ``pts`` after video up to ``last`` (time_base units from the time
