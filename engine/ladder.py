@@ -16,6 +16,8 @@ DEFAULT_HEIGHTS = (720, 1080, 2160)
 MAX_FRAME_RATE = Fraction(60)
 #: x264's own ceiling on rate-control lookahead (``X264_LOOKAHEAD_MAX``).
 MAX_LOOKAHEAD = 250
+#: The longest side a rung has: libx264 opens nothing wider or higher.
+MAX_SIDE = 16384
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,11 @@ def _merge(base: RungSettings, override: RungSettings | None) -> RungSettings:
 
 
 def _scaled(display_w: int, display_h: int, short: int) -> tuple[int, int]:
-    short = _even_down(short)
-    if display_w <= display_h:
-        return short, _even_round(display_h * short / display_w)
-    return _even_round(display_w * short / display_h), short
+    """The source's shape at this short side; for a picture so thin that its long side would
+    pass :data:`MAX_SIDE`, smaller, at that long side."""
+    scale = min(_even_down(short) / min(display_w, display_h),
+                MAX_SIDE / max(display_w, display_h))
+    return _even_round(display_w * scale), _even_round(display_h * scale)
 
 
 def _fitted(display_w: int, display_h: int, short: int) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ from engine.gop import KeyframeSchedule, grid_rate, segment_of
 from engine.ladder import (
     DEFAULT_HEIGHTS,
     MAX_FRAME_RATE,
+    MAX_SIDE,
     LadderOptions,
     Rung,
     RungSettings,
@@ -131,6 +132,15 @@ def test_sample_aspect_ratio_then_rotation() -> None:
     rungs = plan_ladder(source(720, 480, sar=Fraction(32, 27), rotation=90),
                         LadderOptions(heights=(360,)))
     assert sizes(rungs) == [(360, 640)]
+
+
+def test_a_picture_too_long_for_the_encoder_is_scaled_down_to_its_longest_side() -> None:
+    assert MAX_SIDE == 16384
+    assert sizes(plan_ladder(source(20000, 16))) == [(16384, 14)]
+    assert sizes(plan_ladder(source(16, 20000))) == [(14, 16384)]
+    # A panorama's rung within the limit keeps its short side.
+    assert sizes(plan_ladder(source(16000, 1000), LadderOptions(heights=(720,)))) == [(11520, 720)]
+    assert sizes(plan_ladder(source(24000, 1000), LadderOptions(heights=(720,)))) == [(16384, 682)]
 
 
 def test_frame_rate_is_capped_at_60() -> None:
