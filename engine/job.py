@@ -796,6 +796,10 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEnco
     if info.colour.hdr:
         notes.append(f"the source is HDR ({info.colour.dynamic_range}): the output is SDR "
                      "(BT.709), its highlights compressed")
+    if info.incredible_sample_aspect is not None:
+        sar = info.incredible_sample_aspect
+        notes.append(f"the source declares a sample aspect ratio of {sar.numerator}:"
+                     f"{sar.denominator}, which is not believed: its pixels are taken as square")
     if info.video_streams > 1:
         notes.append(f"the source has {info.video_streams} video streams: only one is kept "
                      "(the one flagged default, else the largest)")

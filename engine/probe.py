@@ -72,6 +72,10 @@ MAX_SOURCE_FRAME_RATE = 500
 DEFAULT_MAX_PIXELS = 7680 * 4320
 #: Longest duration accepted, in seconds.
 DEFAULT_MAX_DURATION_S = 6 * 3600.0
+#: The widest a source's pixels are believed to be, either way: anamorphic video stretches
+#: them by up to 2 (a 2x anamorphic lens; DV and HDV by 1.1 to 1.5). A sample aspect ratio of
+#: 100:1, as a damaged header gave, would show 640x360 as 64000x360, which no encoder takes.
+MAX_SAMPLE_ASPECT = 4
 
 
 #: Audio tracks kept at most; a file's further tracks are left out (and noted).
@@ -223,6 +227,9 @@ class SourceInfo:
     #: ``software`` or the hardware device type that decodes the video.
     decoder: str = "software"
     colour: Colour = field(default_factory=Colour)
+    #: A sample aspect ratio the source declares beyond :data:`MAX_SAMPLE_ASPECT` either way,
+    #: which is not believed: its pixels are taken as square instead.
+    incredible_sample_aspect: Fraction | None = None
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -591,7 +598,9 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         # own timing (H.264 and HEVC VUI) says: 3 s at 30 fps played in 3.6 s.
         average = ctx.framerate
     frame_rate = Fraction(average) if average else Fraction(30)
-    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    declared_sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+    sar = Fraction(declared_sar) if declared_sar and declared_sar > 0 else Fraction(1)
+    credible = 1 / MAX_SAMPLE_ASPECT <= sar <= MAX_SAMPLE_ASPECT
     names: set[str] = set()
     audio_tracks = tuple(
         AudioInfo(codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate or 0,
@@ -605,7 +614,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         codec=ctx.name,
         width=first.width,
         height=first.height,
-        sample_aspect_ratio=Fraction(sar) if sar and sar > 0 else Fraction(1),
+        sample_aspect_ratio=sar if credible else Fraction(1),
         orientation=Orientation.of(first, name),
         frame_rate=frame_rate,
         duration_s=duration_s,
@@ -619,6 +628,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         subtitle_streams=len(container.streams.subtitles),
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
+        incredible_sample_aspect=None if credible else sar,
     )
     return OpenSource(container, info, stream, packets, pending, video_packets, hidden_packets,
                       audio_streams, watch)

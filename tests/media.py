@@ -165,6 +165,7 @@ def _write_video(
     container_options: Mapping[str, str] | None = None,
     rotation: int = 0,
     mirrored: bool = False,
+    sample_aspect_ratio: Fraction | None = None,
     seed: int = 0,
 ) -> Path:
     """Encode one frame per entry of ``durations`` (in ``time_base`` ticks), plus a tone.
@@ -184,6 +185,8 @@ def _write_video(
         video.codec_context.time_base = time_base
         if rotation % 360 or mirrored:
             video.set_display_rotation(rotation, hflip=mirrored)
+        if sample_aspect_ratio is not None:
+            video.codec_context.sample_aspect_ratio = sample_aspect_ratio
         sound = (out.add_stream(audio_codec, rate=sample_rate, layout=_layout(channels))
                  if audio else None)
         tones = (_tone_frames(seconds - audio_delay, tone_hz, sample_rate, channels,
@@ -242,6 +245,7 @@ def make_video(
     rotation: int = 0,
     mirrored: bool = False,
     black_seconds: float = 0.0,
+    sample_aspect_ratio: Fraction | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a constant-frame-rate video of ``round(seconds * fps)`` frames, with a sine tone.
@@ -255,7 +259,8 @@ def make_video(
     muxer, e.g. ``{"movflags": "+faststart"}``. ``audio_delay``: seconds from the first
     picture to the first sound (the tone still ends with the video). ``rotation``,
     ``mirrored`` and ``black_seconds``: see :func:`make_rotated_video` and
-    :func:`make_black_start_video`.
+    :func:`make_black_start_video`. ``sample_aspect_ratio``: the width of a pixel over its
+    height, as the stream declares it (square when not given).
     """
     fps = Fraction(fps)
     frames = round(seconds * fps)
@@ -280,6 +285,7 @@ def make_video(
         container_options=container_options,
         rotation=rotation,
         mirrored=mirrored,
+        sample_aspect_ratio=sample_aspect_ratio,
         seed=seed,
     )
 
