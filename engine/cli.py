@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -66,8 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser that refuses a bad command line in one line, as every other refusal
+    is made (argparse's own printed the whole usage first: 10 lines for ``--encoder x``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rungs", description=__doc__)
+    parser = Parser(prog="rungs", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     transcode = commands.add_parser(

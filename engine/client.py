@@ -25,7 +25,15 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS, host_port
+from engine.cli import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    USAGE_ERRORS,
+    Parser,
+    host_port,
+)
 from engine.errors import error_class
 from engine.hwaccel import ENCODER_CHOICES
 from engine.ladder import parse_heights
@@ -43,9 +51,9 @@ _STATE_NAMES = [pb.JobState.Name(value) for value in pb.JobState.values() if val
 _SEGMENT_TYPE_VALUES = {"fmp4": pb.FMP4, "mpegts": pb.MPEGTS}
 
 
-def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_client_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     """Register submit, status, watch, cancel and jobs on the CLI's subcommands."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--server", type=host_port, metavar="HOST:PORT",
                         default=os.environ.get("RUNGS_SERVER", DEFAULT_SERVER),
                         help="the rungs server (default $RUNGS_SERVER or %(default)s)")

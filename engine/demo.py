@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import STOP_SIGNALS, port_number
+from engine.cli import STOP_SIGNALS, Parser, port_number
 from engine.client import EventLines
 from engine.errors import RungsError
 from engine.rpc import transcoder_pb2 as pb
@@ -24,7 +24,7 @@ from engine.store import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.demo", description=__doc__)
+    parser = Parser(prog="python -m engine.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--seconds", type=_seconds, default=10.0)
     parser.add_argument("--size", type=_size, default="3840x2160", metavar="WxH")

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.cli import STOP_SIGNALS, host_port, port_number
+from engine.cli import STOP_SIGNALS, Parser, host_port, port_number
 from engine.errors import RungsError
 from engine.manager import JobManager, Watchdog
 from engine.probe import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_PIXELS
@@ -153,7 +153,7 @@ def _bind(server: grpc.Server, address: str) -> int:
 # -- rungs serve ------------------------------------------------------------------------------
 
 
-def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_serve_command(commands: argparse._SubParsersAction[Parser]) -> None:
     """Register ``rungs serve`` on the CLI's subcommands."""
     serve = commands.add_parser(
         "serve", help="run the gRPC transcoding service (rungs.v1.Transcoder)",

@@ -258,6 +258,7 @@ def test_service_commands_refuse_bad_options(tmp_path: Path, args: list[str],
     result = run_cli(*args, *data, timeout=30)
     assert result.returncode == 2, result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "listening" not in result.stderr and "cannot reach" not in result.stderr
 
 
@@ -280,7 +281,10 @@ def test_names_that_are_not_utf8(small_source: Path, tmp_path: Path) -> None:
                                   ["--segment-seconds", "nan"], ["--segment-seconds", "inf"],
                                   ["--rung", "720:speed=9"], ["--rung", "480:crf=20"],
                                   ["--scratch-dir", "/nonexistent/scratch"],
-                                  ["--scratch-dir", "/dev/null"], ["--cache-mb", "1000000000"]])
+                                  ["--scratch-dir", "/dev/null"], ["--cache-mb", "1000000000"],
+                                  # Refused by argparse, which printed its whole usage first.
+                                  ["--encoder", "nonsense"], ["--cache-mb", "nan"],
+                                  ["--no-such-option"]])
 def test_bad_options_exit_2(small_source: Path, tmp_path: Path, args: list[str]) -> None:
     result = run_cli("transcode", small_source, tmp_path / "out", *args)
     assert result.returncode == 2, result.stderr
@@ -305,6 +309,7 @@ def test_the_demo_runs_and_refuses_bad_options(tmp_path: Path) -> None:
                                 check=False)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and bad[0] in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize("json_lines", [True, False], ids=["json", "timeline"])
