@@ -115,8 +115,9 @@ def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> lis
     above the source is dropped (never upscale); a source smaller than every rung gets one rung
     at its own size. A source wider than 16:9 whose long side fills the next rung's 16:9 frame
     gets that rung too, fitted into the frame: 1920x800 (a film's 2.4:1 at 1080p) gets 1080p
-    at 1920x800, where its short side alone gave it 1728x720 at most. Output is upright
-    (rotation applied), square-pixel, with even dimensions.
+    at 1920x800, where its short side alone gave it 1728x720 at most. A rung longer than
+    :data:`MAX_SIDE` is scaled down to it. Output is upright (rotation applied), square-pixel,
+    with even dimensions.
     """
     options = options or LadderOptions()
     options.check()
@@ -127,6 +128,9 @@ def plan_ladder(source: SourceInfo, options: LadderOptions | None = None) -> lis
     if not kept:
         kept = [_even_down(source_short)]
     sizes = {short: _scaled(display_w, display_h, short) for short in kept}
+    # Rungs scaled down to the longest side come out the same size: one of them is enough.
+    kept = [short for index, short in enumerate(kept)
+            if index == 0 or sizes[short] != sizes[kept[index - 1]]]
     wider = next((h for h in heights if h > kept[-1]), None)
     fitted = None if wider is None else _fitted(display_w, display_h, wider)
     if wider is not None and fitted is not None and max(fitted) > max(sizes[kept[-1]]):

@@ -141,6 +141,8 @@ def test_a_picture_too_long_for_the_encoder_is_scaled_down_to_its_longest_side()
     # A panorama's rung within the limit keeps its short side.
     assert sizes(plan_ladder(source(16000, 1000), LadderOptions(heights=(720,)))) == [(11520, 720)]
     assert sizes(plan_ladder(source(24000, 1000), LadderOptions(heights=(720,)))) == [(16384, 682)]
+    # Rungs that all come out at the longest side are one rung.
+    assert sizes(plan_ladder(source(25000, 1080))) == [(16384, 708)]
 
 
 def test_frame_rate_is_capped_at_60() -> None:
