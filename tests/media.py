@@ -34,6 +34,7 @@ Rotation (display matrix) with PyAV 18
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -329,6 +330,56 @@ def make_vfr_video(
         seed=seed,
         **kwargs,
     )
+
+
+def make_sync_video(path: str | Path, *, seconds: float = 20.0,
+                    time_base: Fraction = Fraction(1, 600), seed: int = 0) -> Path:
+    """Write a phone's kind of variable frame rate, made to check that sound stays with the
+    picture: frames about 1/30 s apart (each moved by up to 4 ms, one in 20 dropped) on
+    ``time_base``, 160x90, the first frame at or after each whole second white and the others
+    dark; and mono 48 kHz AAC, silent but for a 50 ms 1 kHz beep from each whole second on.
+    Each flash comes 0 to 67 ms after its beep, as the frames fell."""
+    rng = random.Random(seed)
+    rate = 48000
+    times: list[float] = []
+    moment = 0.0
+    while moment < seconds:
+        times.append(moment)
+        moment += 1 / 30 + rng.uniform(-0.004, 0.004) + (1 / 30 if rng.random() < 0.05 else 0)
+    sound = np.zeros(round(seconds * rate), np.float32)
+    beep = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(rate // 20) / rate)
+    for second in range(int(seconds)):
+        sound[second * rate:second * rate + beep.size] = beep
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 160, 90, "yuv420p"
+        video.codec_context.time_base = time_base
+        audio = out.add_stream("aac", rate=rate, layout="mono")
+        sent = 0
+
+        def sound_until(sample: int) -> None:
+            nonlocal sent
+            while sent < min(sample, sound.size):
+                chunk = sound[sent:sent + 1024]
+                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = rate, sent, Fraction(1, rate)
+                out.mux(audio.encode(frame))
+                sent += chunk.size
+
+        flash = 0
+        for moment in times:
+            sound_until(round(moment * rate))
+            white = moment >= flash
+            flash = max(flash, math.floor(moment) + 1) if white else flash
+            image = np.full((90, 160, 3), 255 if white else 30, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round(moment / time_base), time_base
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        sound_until(sound.size)
+        out.mux(audio.encode(None))
+    return path
 
 
 def make_still_ending_video(path: str | Path, *, seconds: float = 2.0, hold_seconds: float = 8.0,

@@ -734,6 +734,42 @@ def test_ntsc_frame_rate_boundaries_align(tmp_path: Path) -> None:
     assert abs(total - source_duration(source)) <= 1 / fps
 
 
+def flash_lags(video: bytes, audio: bytes) -> list[float]:
+    """How long after its beep each flash of a :func:`media.make_sync_video` is shown (s), as
+    decoded from the files ``video`` and ``audio`` (one file may hold both)."""
+    with av.open(io.BytesIO(video)) as container:
+        flashes = [float(frame.time) for frame in container.decode(video=0)
+                   if frame.time is not None and frame.to_ndarray()[0].mean() > 128]
+    with av.open(io.BytesIO(audio)) as container:
+        frames = list(container.decode(audio=0))
+    sound = np.concatenate([frame.to_ndarray()[0] for frame in frames])
+    start, rate = float(frames[0].time or 0.0), frames[0].sample_rate
+    loud = np.flatnonzero(np.abs(sound) > 0.1)
+    # A beep's first loud sample, where the one before it lies more than 0.5 s earlier.
+    beeps = start + loud[np.diff(loud, prepend=-rate) > rate // 2] / rate
+    return [flash - beeps[np.argmin(np.abs(beeps - flash))] for flash in flashes]
+
+
+@pytest.mark.parametrize(("suffix", "time_base"), [(".mp4", Fraction(1, 600)),
+                                                   (".mkv", Fraction(1, 1000))],
+                         ids=["phone-mp4", "matroska"])
+def test_sound_stays_with_a_variable_frame_rate_picture(tmp_path: Path, suffix: str,
+                                                        time_base: Fraction) -> None:
+    """20 s of a phone's kind of variable frame rate (jittered frames, one in 20 dropped), a
+    flash on the first frame of each second and a beep on each second: every flash comes as
+    long after its beep as in the source (within 2 ms), from the first second to the last, so
+    the sound neither leads nor drifts."""
+    source = media.make_sync_video(tmp_path / f"sync{suffix}", seconds=20.0, time_base=time_base)
+    run = run_job(source, tmp_path / "out", options())
+    assert run.state == JobState.COMPLETE, run.job.error
+    expected = flash_lags(source.read_bytes(), source.read_bytes())
+    assert len(expected) == 20 and all(-0.002 < lag < 0.07 for lag in expected), expected
+    folder, = variant_dirs(run.out)
+    found = flash_lags(whole_rendition(folder), whole_rendition(run.out / "audio"))
+    assert len(found) == len(expected)
+    assert max(abs(a - b) for a, b in zip(found, expected, strict=True)) <= 0.002, (found, expected)
+
+
 @pytest.mark.parametrize("cut", [["-ss", "1.8"], ["-ss", "1.8", "-to", "3"]])
 def test_a_clip_trimmed_without_re_encoding_counts_only_the_frames_it_shows(
         tmp_path: Path, cut: list[str]) -> None:
