@@ -669,10 +669,13 @@ def _audio_streams(container: av.container.InputContainer) -> list[av.audio.stre
 
 def rendition_name(stream: av.stream.Stream, fallback: str, names: set[str]) -> str:
     """What players show for ``stream`` in their menus (an HLS rendition's NAME): its title,
-    else its language (:func:`language_tag`), else ``fallback``; with no double quote, which
-    NAME cannot hold, and made unique among ``names`` (to which it is added)."""
+    else its language's name (:func:`language_name`; the tag where none is known), else
+    ``fallback``; with no double quote, which NAME cannot hold, and made unique among
+    ``names`` (to which it is added)."""
     title = "".join(c for c in str(stream.metadata.get("title", "")) if c.isprintable())
-    name = title.replace('"', "'").strip()[:64] or language_tag(stream) or fallback
+    language = language_tag(stream)
+    name = (title.replace('"', "'").strip()[:64] or (language and language_name(language))
+            or language or fallback)
     unique, copy = name, 2
     while unique in names:
         unique, copy = f"{name} ({copy})", copy + 1
@@ -700,6 +703,18 @@ def language_tag(stream: av.stream.Stream) -> str | None:
     except ValueError:  # langcodes.LanguageTagError: not a tag at all
         return None
     return tag if tag and tag != "und" and langcodes.tag_is_valid(tag) else None
+
+
+def language_name(tag: str) -> str | None:
+    """The name of the language of ``tag`` in that language, as a menu shows it: "English",
+    "Deutsch", "Français (Canada)". An HLS rendition's NAME should be in its own language (RFC
+    8216, 4.3.4.1); players listed the bare tags ("en", "de") before. None where langcodes
+    has no name for the tag."""
+    language = langcodes.Language.get(tag)
+    if not language.has_name_data():
+        return None
+    name = language.autonym()
+    return name[:1].upper() + name[1:]
 
 
 def _credible_rate(rate: Fraction | None) -> bool:

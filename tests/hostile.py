@@ -1746,11 +1746,11 @@ RECIPES: tuple[Recipe, ...] = (
            note="the cover picture is neither the video nor a second video stream"),
     Recipe("subtitled", lambda d, _: subtitled(d), L,
            check=_all(_dims(LANDSCAPE), _audio(), _subtitles({
-               "en": [(0.1, 0.9, "Hello")], "fr": [(0.1, 0.9, "Bonjour")]})),
-           note="SubRip tracks are kept as WebVTT renditions, named by language (eng and the "
-                "bibliographic fre, as the shortest tags: en, fr)"),
+               "English": [(0.1, 0.9, "Hello")], "Français": [(0.1, 0.9, "Bonjour")]})),
+           note="SubRip tracks are kept as WebVTT renditions, named in their languages and "
+                "tagged with the shortest tags (eng and the bibliographic fre: en, fr)"),
     Recipe("subtitles_in_pictures", lambda d, _: subtitles_in_pictures(d), L,
-           check=_subtitles({"en": [(0.2, 0.8, "Words")]}),
+           check=_subtitles({"English": [(0.2, 0.8, "Words")]}),
            note="a DVD subtitle track beside a text one: the text one is kept, the job says "
                 "the other is not", notes=("1 subtitle track not in text",)),
     Recipe("subtitle_cue_not_utf8", lambda d, _: subtitle_cue_not_utf8(d), L,
@@ -1758,7 +1758,7 @@ RECIPES: tuple[Recipe, ...] = (
            note="a SubRip cue whose bytes are not UTF-8 does not decode: left out, and said",
            notes=("1 damaged subtitle cue",)),
     Recipe("subtitles_hours_late", lambda d, _: subtitles_hours_late(d), L,
-           check=_subtitles({"en": [(0.0, 0.5, "Early")]}),
+           check=_subtitles({"English": [(0.0, 0.5, "Early")]}),
            note="the video starts 2 s into the file and a cue is stamped 10 hours on: cues "
                 "are timed from the first picture, the one before it cut to it, the late one "
                 "left out (it would have made a WebVTT file every second up to it)"),
@@ -1814,8 +1814,8 @@ RECIPES: tuple[Recipe, ...] = (
            check=_audio(), note="resampled to 48 kHz"),
     Recipe("default_audio_second", lambda d, _: default_audio_second(d), L,
            check=_all(_audio_tones(880.0), _audio_tones(440.0, folder="audio2"),
-                      _audio_renditions(("en", "en", "YES", "audio/index.m3u8"),
-                                        ("de", "de", "NO", "audio2/index.m3u8"))),
+                      _audio_renditions(("English", "en", "YES", "audio/index.m3u8"),
+                                        ("Deutsch", "de", "NO", "audio2/index.m3u8"))),
            note="both tracks are kept, the one flagged default first, each with its language"),
     Recipe("several_audio", lambda d, _: several_audio(d), L,
            check=_all(_audio(), _untagged_audio(3)),

@@ -414,8 +414,8 @@ def test_the_summary_lists_every_audio_track_with_its_language(tmp_path: Path) -
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90,))))
     assert run.state == JobState.COMPLETE, run.job.error
     assert [(a["name"], a["language"], Path(a["playlist"]).parent.name)
-            for a in run.job.summary()["audio"]] == [("en", "en", "audio"),
-                                                     ("de", "de", "audio2")]
+            for a in run.job.summary()["audio"]] == [("English", "en", "audio"),
+                                                     ("Deutsch", "de", "audio2")]
 
 
 def test_samples_that_are_not_finite_are_silenced(tmp_path: Path) -> None:

@@ -330,7 +330,7 @@ def test_every_audio_track_is_offered_and_the_default_one_plays(
     measured = _play_finished(rungs, stub, browser, pb.TranscodeRequest(
         source=source.name, output="languages",
         options=pb.TranscodeOptions(ladder=[180], segment_seconds=2)))
-    assert measured["audioTracks"] == [["en", "en", True], ["de", "de", False]]
+    assert measured["audioTracks"] == [["English", "en", True], ["Deutsch", "de", False]]
     assert measured["maxRms"] > 0.05
     shutil.rmtree(base / "out" / "languages")
 
@@ -444,7 +444,7 @@ def test_subtitles_show_at_their_times(
         options=pb.TranscodeOptions(ladder=[180], segment_seconds=2,
                                     segment_type=segment_type)))
     tracks = {t["label"]: t for t in measured["textTracks"]}
-    assert set(tracks) == {"English", "fr"}, measured["textTracks"]
+    assert set(tracks) == {"English", "Français"}, measured["textTracks"]
     assert tracks["English"]["mode"] == "showing", tracks
     cues = [(round(c["start"], 2), round(c["end"], 2), c["text"])
             for c in tracks["English"]["cues"]]
@@ -475,7 +475,7 @@ def test_subtitles_stay_single_through_an_upgrade(
     assert measured["ended"] and not [e for e in measured["errors"] if e["fatal"]]
     assert len(measured["upgrades"]) == 1, measured["upgrades"]
     upgrade = measured["upgrades"][0]
-    assert [(t["label"], t["mode"]) for t in measured["textTracks"]] == [("en", "showing")], \
+    assert [(t["label"], t["mode"]) for t in measured["textTracks"]] == [("English", "showing")], \
         measured["textTracks"]
     loaded = {(round(c["start"], 2), c["text"]) for c in measured["textTracks"][0]["cues"]}
     after = {(start, text) for start, _, text in cues if start > upgrade["currentTime"] + 2}

@@ -232,7 +232,7 @@ def test_a_complete_job_lists_its_audio_and_subtitles(start: Callable[..., Runni
     complete = watch(running.stub, job.id)[-1].complete
     listed = [(t.name, t.language, t.default, t.forced, t.playlist) for t in complete.subtitles]
     assert [track[:4] for track in listed] == [("English", "en", True, False),
-                                               ("fr", "fr", False, True),
+                                               ("Français", "fr", False, True),
                                                ("Commentary", "", False, False)]
     master = m3u8.load(str(dirs.output / "subtitled" / "master.m3u8"))
     assert [t.playlist for t in complete.subtitles] == [
@@ -247,7 +247,7 @@ def test_a_complete_job_lists_its_audio_and_subtitles(start: Callable[..., Runni
     assert f"  subtitle Commentary  {listed[2][4]}\n" in shown, shown
     assert f"  audio    Audio 1 (und, 2 channels)  {complete.audio[0].playlist}\n" in shown, shown
     watched = rungs("watch", job.id, server=running).stdout
-    assert "; subtitles: English, fr, Commentary" in watched, watched
+    assert "; subtitles: English, Français, Commentary" in watched, watched
     running.server.stop(grace=1)
     assert start("subtitles").stub.Status(pb.StatusRequest(job_id=job.id)) == status
 

@@ -94,13 +94,14 @@ def test_text_tracks_become_webvtt_renditions(plain: Path, tmp_path: Path, suffi
     run = run_job(source, tmp_path / "out", options(ladder=SMALL, early_playback=early))
     assert run.state == JobState.COMPLETE, run.job.error
     assert run.job.notes == []
-    english = "English" if suffix == ".mkv" else "en"  # MP4 keeps no track title
+    # Named by title, or by language where there is none (MP4 keeps no track title).
     subtitles = run.job.summary()["subtitles"]
-    assert [(t["name"], t["language"]) for t in subtitles] == [(english, "en"), ("fr", "fr")]
+    assert [(t["name"], t["language"]) for t in subtitles] == [("English", "en"),
+                                                               ("Français", "fr")]
     master = m3u8.load(str(run.out / "master.m3u8"))
     texts = [m for m in master.media if m.type == "SUBTITLES"]
     assert [(m.name, m.language, m.default, m.autoselect, m.forced) for m in texts] == [
-        (english, "en", "YES", "YES", "NO"), ("fr", "fr", "NO", "YES", "YES")]
+        ("English", "en", "YES", "YES", "NO"), ("Français", "fr", "NO", "YES", "YES")]
     assert [t["playlist"] for t in subtitles] == [str(run.out / m.uri) for m in texts]
     assert all(p.stream_info.subtitles == "subtitles" for p in master.playlists)
     # Of the type every playlist of the master has: EVENT once a rung was listed early.
@@ -121,7 +122,9 @@ def test_languages_are_listed_as_the_shortest_registered_tags(plain: Path,
                                                                tmp_path: Path) -> None:
     """RFC 8216 wants LANGUAGE as an RFC 5646 tag, and players match it against the viewer's
     languages: ISO 639-2 codes (German's bibliographic ``ger``) are listed by their shortest
-    form, a region is kept, and a code no registry has is left out (the name falls back)."""
+    form, a region is kept, and a code no registry has is left out (the name falls back). A
+    track with no title is named in its own language (RFC 8216: "Deutsch", not "de"), or by
+    its tag where no name is known (``qaa``, reserved for local use)."""
     languages = ["ger", "pt-BR", "xyz", "qaa"]
     source = media.make_subtitled(plain, tmp_path / "languages.mkv", [
         media.SubtitleSpec([(0.5, 1.0, f"Track {n}")], language=tag)
@@ -130,7 +133,7 @@ def test_languages_are_listed_as_the_shortest_registered_tags(plain: Path,
     assert run.state == JobState.COMPLETE, run.job.error
     master = m3u8.load(str(run.out / "master.m3u8"))
     assert [(m.name, m.language) for m in master.media if m.type == "SUBTITLES"] == [
-        ("de", "de"), ("pt-BR", "pt-BR"), ("Subtitles 3", None), ("qaa", "qaa")]
+        ("Deutsch", "de"), ("Português (Brasil)", "pt-BR"), ("Subtitles 3", None), ("qaa", "qaa")]
 
 
 def test_cues_are_timed_from_the_first_picture(plain: Path, tmp_path: Path) -> None:
