@@ -54,6 +54,13 @@ _MPEGTS_HZ = 90_000
 #: ASS override blocks (``{\i1}``), and the drawing mode switch among their tags.
 _ASS_BLOCK = re.compile(r"(\{[^}]*\})")
 _ASS_DRAWING = re.compile(r"\\p(\d+)")
+#: ASS's italic, bold and underline switches, which WebVTT has as ``<i>``, ``<b>`` and ``<u>``
+#: (``\i1`` on, ``\i0`` off, a bare ``\i`` back to the style's own, taken as off; bold may
+#: be a weight, ``\b700``), and ``\r``, which resets them all. FFmpeg's SubRip and timed text
+#: decoders give ``<i>`` and the like as these.
+_ASS_STYLE = re.compile(r"\\(?:([ibu])(\d*)|r)(?![a-z])")
+#: A WebVTT tag of those, to see whether a line shows anything.
+_WEBVTT_TAG = re.compile(r"</?[ibu]>")
 #: FFmpeg's AV_CODEC_PROP_TEXT_SUB (PyAV's ``Properties`` is not typed as flags).
 _TEXT_SUB = cast(int, Properties.TEXT_SUB.value)
 
@@ -103,22 +110,66 @@ class SubtitleScan:
 
 def cue_text(ass: bytes) -> str:
     """WebVTT cue text from one of FFmpeg's ASS dialogue lines
-    (``ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text``): the override tags
-    and drawings left out, ASS line breaks as lines, ``&``, ``<`` and ``>`` escaped (a cue's
-    text must not hold ``-->``) and no empty line (which would end the cue)."""
+    (``ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text``): italic, bold and
+    underline as WebVTT's tags, the other override tags and drawings left out, ASS line breaks
+    as lines, ``&``, ``<`` and ``>`` escaped (a cue's text must not hold ``-->``) and no line
+    that shows nothing (an empty one would end the cue)."""
     fields = ass.decode("utf-8", "replace").split(",", 8)
     text = fields[8] if len(fields) == 9 else fields[-1]
-    kept, drawing = [], False
+    kept: list[str] = []
+    styles: list[str] = []
+    drawing = False
     for part in _ASS_BLOCK.split(text):
         if part.startswith("{") and part.endswith("}"):
             for scale in _ASS_DRAWING.findall(part):
                 drawing = int(scale) > 0
+            for switch in _ASS_STYLE.finditer(part):
+                kept.append(_restyle(styles, _switched(set(styles), *switch.groups())))
         elif not drawing:
-            kept.append(part)
+            kept.append(part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    kept.append(_restyle(styles, set()))
     text = "".join(kept).replace("\\N", "\n").replace("\\n", "\n").replace("\\h", "\u00a0")
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    lines = (line.strip() for line in text.replace("\r", "\n").split("\n"))
-    return "\n".join(line for line in lines if line)[:MAX_CUE_CHARS]
+    lines: list[str] = []
+    tags = ""  # of lines that show nothing, carried to the next that does
+    for line in text.replace("\r", "\n").split("\n"):
+        line = tags + line.strip()
+        if _WEBVTT_TAG.sub("", line).strip():
+            lines.append(line)
+            tags = ""
+        else:
+            tags = line
+    if not lines:
+        return ""
+    text = "\n".join(lines) + tags
+    if len(text) > MAX_CUE_CHARS:
+        text = text[:MAX_CUE_CHARS]
+        # Not half a tag (players close the tags still open at the cue's end).
+        if text.rfind("<") > text.rfind(">"):
+            text = text[:text.rfind("<")]
+    return text
+
+
+def _switched(styles: set[str], name: str | None, value: str | None) -> set[str]:
+    """``styles`` after one ASS switch (see :data:`_ASS_STYLE`; ``name`` None for ``\r``)."""
+    if name is None:
+        return set()
+    on = bool(value) and (int(value or 0) == 1 or (name == "b" and int(value or 0) >= 700))
+    return styles | {name} if on else styles - {name}
+
+
+def _restyle(open_tags: list[str], wanted: set[str]) -> str:
+    """WebVTT markup that takes the tags open (``open_tags``, innermost last; updated) to
+    ``wanted``: tags close innermost first, and one still wanted that had to close so that a tag
+    outside it could opens again (WebVTT ignores an end tag that is not the innermost's)."""
+    keep = 0
+    while keep < len(open_tags) and open_tags[keep] in wanted:
+        keep += 1
+    markup = "".join(f"</{tag}>" for tag in reversed(open_tags[keep:]))
+    del open_tags[keep:]
+    for tag in sorted(wanted - set(open_tags)):
+        open_tags.append(tag)
+        markup += f"<{tag}>"
+    return markup
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,12 @@ def browser() -> Iterator[Any]:
 
 
 #: The media element's text tracks as the page holds them at the end: each with the cues
-#: loaded into it, as rendered (entities decoded).
+#: loaded into it, as rendered (entities decoded), and the words each shows in italics.
 TEXT_TRACKS_JS = """() => Array.from(document.getElementById('video').textTracks).map(t => ({
   label: t.label, language: t.language, mode: t.mode,
   cues: Array.from(t.cues || []).map(c => ({
-    start: c.startTime, end: c.endTime, text: c.getCueAsHTML().textContent}))}))"""
+    start: c.startTime, end: c.endTime, text: c.getCueAsHTML().textContent,
+    italic: Array.from(c.getCueAsHTML().querySelectorAll('i')).map(i => i.textContent)}))}))"""
 
 
 #: Counts the Web Workers the page starts (hls.js transmuxes in one, which its instances share).
@@ -429,8 +430,9 @@ def test_subtitles_show_at_their_times(
         server: tuple[RungsServer, Any, Path], browser: Any, segment_type: int) -> None:
     """A Matroska source with an ASS track and a SubRip one: the one flagged default is shown,
     its cues at the source's times (hls.js places them by the X-TIMESTAMP-MAP against the
-    video's first timestamp, which differs between fMP4 and MPEG-TS), the override tags left
-    out and what WebVTT escapes shown as written."""
+    video's first timestamp, which differs between fMP4 and MPEG-TS), italics in italics (the
+    browser's own WebVTT parsing of the cue), the other override tags left out and what
+    WebVTT escapes shown as written."""
     rungs, stub, base = server
     name = f"subtitled_{pb.SegmentType.Name(segment_type).lower()}"
     plain = media.make_video(base / f"{name}_plain.mp4", width=320, height=180, seconds=8)
@@ -449,6 +451,7 @@ def test_subtitles_show_at_their_times(
     cues = [(round(c["start"], 2), round(c["end"], 2), c["text"])
             for c in tracks["English"]["cues"]]
     assert cues == [(1.0, 2.5, "First cue"), (5.25, 7.0, "Second <cue> & more\nline two")], cues
+    assert [c["italic"] for c in tracks["English"]["cues"]] == [["cue"], []], tracks
     shutil.rmtree(base / "out" / name)
 
 

@@ -37,8 +37,8 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cue_text_leaves_out_ass_markup_and_escapes_what_webvtt_reserves() -> None:
-    assert cue_text(b"0,0,Default,,0,0,0,,{\\an8}Hi{\\i1}there{\\i0}\\Nnext\\hline") == \
-        "Hithere\nnext\u00a0line"
+    assert cue_text(b"0,0,Default,,0,0,0,,{\\an8\\fs20}Hi {\\c&H00FF00&}there\\Nnext\\hline") == \
+        "Hi there\nnext\u00a0line"
     # A drawing (vector shapes in ASS) is not text; the words after it are.
     assert cue_text(b"0,0,Default,,0,0,0,,{\\p1}m 0 0 l 10 0 10 10{\\p0}Sign") == "Sign"
     # Commas in the text stay; a line with nothing on it would end the cue.
@@ -46,6 +46,27 @@ def test_cue_text_leaves_out_ass_markup_and_escapes_what_webvtt_reserves() -> No
     assert cue_text(b"0,0,Default,,0,0,0,,x --> y & <b>") == "x --&gt; y &amp; &lt;b&gt;"
     assert cue_text(b"0,0,Default,,0,0,0,,caf\xe9") == "caf\ufffd"
     assert len(cue_text(b"0,0,Default,,0,0,0,," + b"w" * 5000)) == engine.subtitles.MAX_CUE_CHARS
+
+
+def test_cue_text_keeps_italic_bold_and_underline_as_webvtt_tags() -> None:
+    """Italics carry meaning in subtitles (a voice off screen, a song): FFmpeg's SubRip and
+    timed text decoders give ``<i>`` as ASS's ``{\\i1}``, which became plain text before."""
+    def text(ass: str) -> str:
+        return cue_text(b"0,0,Default,,0,0,0,," + ass.encode())
+    assert text("Hi {\\i1}there{\\i0}, you") == "Hi <i>there</i>, you"
+    # Bold as a weight, underline, and a bare switch back to the style's own (plain).
+    assert text("{\\b700}x{\\b400}y{\\u1}z{\\u}w") == "<b>x</b>y<u>z</u>w"
+    # Tags nest in WebVTT: an outer one closes the inner ones first and reopens them; \r
+    # resets them all; a tag still open at the end is closed.
+    assert text("{\\i1}a{\\b1}b{\\i0}c{\\r}d{\\u1}e") == "<i>a<b>b</b></i><b>c</b>d<u>e</u>"
+    # Tags whose names only begin with i, b, u or r change nothing.
+    assert text("{\\i1}a{\\bord2\\blur3\\be1\\iclip(0,0,9,9)\\rnd}b") == "<i>ab</i>"
+    # A line that shows nothing is no line, its tags going with the next; only tags: no text.
+    assert text("{\\i1}\\NSong{\\i0}\\N") == "<i>Song</i>"
+    assert text("{\\i1}{\\i0}") == ""
+    # Cut to the cue limit, never inside a tag.
+    assert text("{\\i1}w{\\i0}" * 1000).endswith(("</i>", "<i>w"))
+    assert len(text("{\\i1}w{\\i0}" * 1000)) <= engine.subtitles.MAX_CUE_CHARS
 
 
 def test_webvtt_segments_time_cues_from_the_first_picture() -> None:
@@ -109,7 +130,7 @@ def test_text_tracks_become_webvtt_renditions(plain: Path, tmp_path: Path, suffi
              for uri in [*(m.uri for m in master.media), *(p.uri for p in master.playlists)]}
     assert kinds == {"event" if early else "vod"}
     assert read_webvtt(run.out / texts[0].uri) == [
-        (0.5, 1.5, "Hello world\nline two"), (2.25, 3.5, "a &lt; b &amp;&amp; c &gt; d")]
+        (0.5, 1.5, "Hello <i>world</i>\nline two"), (2.25, 3.5, "a &lt; b &amp;&amp; c &gt; d")]
     assert read_webvtt(run.out / texts[1].uri) == [(1.0, 2.0, "Bonjour")]
     # Every master playlist ever published listed them (players read the first one only).
     snapshots = run.polled_snapshots + run.published_snapshots
@@ -198,7 +219,7 @@ def test_early_playback_waits_for_the_subtitles_a_while_only(
     assert first > 0 and all("TYPE=SUBTITLES" in text for text in texts[first:])
     assert m3u8.load(str(run.out / "subtitles1" / "index.m3u8")).playlist_type == "event"
     assert read_webvtt(run.out / "subtitles1" / "index.m3u8")[0] == (
-        0.5, 1.5, "Hello world\nline two")
+        0.5, 1.5, "Hello <i>world</i>\nline two")
     assert run.job.notes == []
 
 
