@@ -167,7 +167,7 @@ def test_the_timeline_names_the_subtitles_kept(tmp_path: Path) -> None:
     result = run_cli("transcode", source, tmp_path / "out", "--ladder", "180")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-2:] == [
-        "subtitles: en",
+        "subtitles: English",
         "note: 1 subtitle track not in text (DVD, Blu-ray or DVB pictures, teletext) not kept: "
         "the output's subtitles are text"]
 
