@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class Parser(argparse.ArgumentParser):
     """An argument parser that refuses a bad command line in one line, as every other refusal
-    is made (argparse's own printed the whole usage first: 10 lines for ``--encoder x``)."""
+    is made (argparse's own printed the whole usage first: 11 lines in all for ``rungs
+    transcode --encoder x``)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

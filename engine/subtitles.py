@@ -159,8 +159,9 @@ def _switched(styles: set[str], name: str | None, value: str | None) -> set[str]
 
 def _restyle(open_tags: list[str], wanted: set[str]) -> str:
     """WebVTT markup that takes the tags open (``open_tags``, innermost last; updated) to
-    ``wanted``: tags close innermost first, and one still wanted that had to close so that a tag
-    outside it could opens again (WebVTT ignores an end tag that is not the innermost's)."""
+    ``wanted``. Tags close innermost first (WebVTT ignores an end tag that is not the
+    innermost's), so a tag still wanted that had to close to let one outside it close opens
+    again."""
     keep = 0
     while keep < len(open_tags) and open_tags[keep] in wanted:
         keep += 1
