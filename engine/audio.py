@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -182,6 +182,12 @@ class AudioEncoder:
         """Where the sound taken in so far ends, in seconds from the first picture (0 for a
         track with none)."""
         return self._queued / self.settings.sample_rate if self._next_pts is not None else 0.0
+
+    @staticmethod
+    def sound_end(encoders: Iterable[AudioEncoder]) -> float:
+        """Where the sound of ``encoders`` ends, in seconds from the first picture: the
+        longest track's end (0 with none), what a picture shorter than it is held to."""
+        return max((encoder.end_s for encoder in encoders), default=0.0)
 
     def progress(self) -> EncodedAudio:
         """The rendition as far as it is complete (segments closed so far); any thread."""

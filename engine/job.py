@@ -503,7 +503,7 @@ class Job:
                              self.options.max_duration_s,
                              on_sound_start=[a.lead_in for a in audio],
                              progress=self.decode_progress, map_to_sdr=map_to_sdr,
-                             sound_end=lambda: max((a.end_s for a in audio), default=0.0))
+                             sound_end=functools.partial(AudioEncoder.sound_end, audio))
 
     def _write_poster(self, publisher: Publisher, jpeg: bytes) -> None:
         path = publisher.write_poster(jpeg)

@@ -15,6 +15,7 @@ as a failure instead of taking the machine down.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import resource
@@ -93,8 +94,8 @@ def _decode(path: Path, scratch: Path, watch: DecoderWatch) -> dict[str, object]
             # a file that declares no length) is refused there, not filled up to.
             stats = decode_source(source, schedule, on_video, [sink(e) for e in encoders],
                                   cancel, DEFAULT_MAX_DURATION_S, progress=progress,
-                                  sound_end=lambda: max((e.end_s for e in encoders),
-                                                        default=0.0))
+                                  sound_end=functools.partial(AudioEncoder.sound_end,
+                                                              encoders))
             for encoder in encoders:  # as a job does: the sound fills the picture's length
                 encoder.close(float(stats.end_s))
         except JobCancelledError:
