@@ -47,6 +47,7 @@ from engine.probe import (
     OpenSource,
     clock_may_jump,
     failure_reason,
+    sample_aspect,
     tag_seconds,
 )
 from engine.stall import DecoderWatch
@@ -833,8 +834,7 @@ class _VideoState:
 
     def _display_aspect(self, frame: av.video.frame.VideoFrame) -> Fraction:
         # PyAV's frames do not carry their sample aspect ratio; the decoder holds the latest.
-        sar = self._codec.sample_aspect_ratio
-        return Fraction(frame.width, frame.height) * (Fraction(sar) if sar and sar > 0 else 1)
+        return Fraction(frame.width, frame.height) * sample_aspect(self._codec.sample_aspect_ratio)
 
     def _fitted(self, frame: av.video.frame.VideoFrame, width: int,
                 height: int) -> av.video.frame.VideoFrame:

@@ -598,9 +598,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         # own timing (H.264 and HEVC VUI) says: 3 s at 30 fps played in 3.6 s.
         average = ctx.framerate
     frame_rate = Fraction(average) if average else Fraction(30)
-    declared_sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
-    sar = Fraction(declared_sar) if declared_sar and declared_sar > 0 else Fraction(1)
-    credible = 1 / MAX_SAMPLE_ASPECT <= sar <= MAX_SAMPLE_ASPECT
+    declared = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+    sar = sample_aspect(declared)
     names: set[str] = set()
     audio_tracks = tuple(
         AudioInfo(codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate or 0,
@@ -614,7 +613,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         codec=ctx.name,
         width=first.width,
         height=first.height,
-        sample_aspect_ratio=sar if credible else Fraction(1),
+        sample_aspect_ratio=sar,
         orientation=Orientation.of(first, name),
         frame_rate=frame_rate,
         duration_s=duration_s,
@@ -628,7 +627,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         subtitle_streams=len(container.streams.subtitles),
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
         colour=Colour.of(first),
-        incredible_sample_aspect=None if credible else sar,
+        incredible_sample_aspect=(Fraction(declared) if declared and declared > 0
+                                  and sar != declared else None),
     )
     return OpenSource(container, info, stream, packets, pending, video_packets, hidden_packets,
                       audio_streams, watch)
@@ -665,6 +665,14 @@ def _audio_streams(container: av.container.InputContainer) -> list[av.audio.stre
                 decodable[0] if decodable else None)
     kept = [main] if main is not None else []
     return kept + [a for a in decodable if a is not main][:MAX_AUDIO_TRACKS - len(kept)]
+
+
+def sample_aspect(declared: Fraction | None) -> Fraction:
+    """The sample aspect ratio believed of one FFmpeg declares: 1 (square) for none, 0 (not
+    known) and for one past :data:`MAX_SAMPLE_ASPECT` either way."""
+    if declared and 1 / MAX_SAMPLE_ASPECT <= declared <= MAX_SAMPLE_ASPECT:
+        return Fraction(declared)
+    return Fraction(1)
 
 
 def rendition_name(stream: av.stream.Stream, fallback: str, names: set[str]) -> str:

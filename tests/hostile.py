@@ -1132,14 +1132,22 @@ def one_pixel_high(folder: Path) -> Path:
     return path
 
 
-def _joined_ts(path: Path, second_size: tuple[int, int]) -> Path:
-    """A 1 s MPEG-TS of the corpus size followed by a 1 s one of ``second_size``."""
+def sample_aspect_part_way(folder: Path) -> Path:
+    """MPEG-TS of a 320x180 clip and then a 256x144 one whose header declares a sample aspect
+    ratio of 100:1 (damaged): no more believed part way than at the start."""
+    return _joined_ts(folder / "sample_aspect_part_way.ts", (256, 144),
+                      sample_aspect_ratio=Fraction(100))
+
+
+def _joined_ts(path: Path, second_size: tuple[int, int], **second: Any) -> Path:
+    """A 1 s MPEG-TS of the corpus size followed by a 1 s one of ``second_size`` (made with
+    ``second``'s further arguments to :func:`video`)."""
     first = video(path.parent / ".first.ts")
-    second = video(path.parent / ".second.ts", width=second_size[0], height=second_size[1],
-                   seed=1)
-    path.write_bytes(first.read_bytes() + second.read_bytes())
+    second_clip = video(path.parent / ".second.ts", width=second_size[0],
+                        height=second_size[1], seed=1, **second)
+    path.write_bytes(first.read_bytes() + second_clip.read_bytes())
     first.unlink()
-    second.unlink()
+    second_clip.unlink()
     return path
 
 
@@ -1530,6 +1538,22 @@ def _pillarboxed_from(seconds: float) -> Callable[[Output], None]:
     return check
 
 
+def _filled(output: Output) -> None:
+    """Every frame of the top rung shows texture in its top and bottom fifths: no frame was
+    fitted in with bars above and below it."""
+    top = m3u8.load(str(output.out / "master.m3u8")).playlists[-1]
+    frames = 0
+    for _, blob in _segments(output.out / top.uri):
+        with av.open(io.BytesIO(blob)) as container:
+            for frame in container.decode(video=0):
+                luma = frame.to_ndarray(format="yuv420p")[: frame.height].astype(float)
+                fifth = frame.height // 5
+                for rows in (luma[:fifth], luma[-fifth:]):
+                    assert rows.std() > 10, f"{frame.time:.2f} s: bars above and below"
+                frames += 1
+    assert frames >= 60, frames
+
+
 def _all(*checks: Callable[[Output], None]) -> Callable[[Output], None]:
     def check(output: Output) -> None:
         for each in checks:
@@ -1884,6 +1908,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("shape_change", lambda d, _: shape_change(d), L,
            check=_all(_frames_at_least(60), _pillarboxed_from(1.0)),
            note="the portrait part is fitted into the landscape size with bars, not stretched"),
+    Recipe("sample_aspect_part_way", lambda d, _: sample_aspect_part_way(d), L, check=_filled,
+           note="a size change to a sample aspect ratio of 100:1: the pixels are square, so "
+                "the second part fills the frame, not a sliver between bars"),
     Recipe("one_pixel_high", lambda d, _: one_pixel_high(d), L, check=_frames_at_least(30),
            note="a wider picture 1 pixel high fills the first one's size: no room for bars"),
     Recipe("no_frame_rate_h264", lambda d, _: no_frame_rate(d), L, check=_frames_at_least(30),
