@@ -172,15 +172,19 @@ class Orientation:
         return self.clockwise in (90, 270)
 
     @classmethod
-    def of(cls, frame: av.video.frame.VideoFrame, name: str) -> Orientation:
-        """What the display matrix on ``frame`` asks for (upright without one). Raises
-        :class:`UnsupportedSourceError` for a turn that is not a multiple of 90 degrees."""
+    def of(cls, frame: av.video.frame.VideoFrame) -> tuple[Orientation, int | None]:
+        """What the display matrix on ``frame`` asks for (upright without one), and the turn it
+        asks for when that is not a multiple of 90 degrees (else None).
+
+        Such a turn is not made, as browsers do not make it: a damaged or hand-edited header
+        turned 45 degrees would show the picture on its corner, and phones write only quarter
+        turns. The mirror is still made."""
         # (PyAV's stubs type ``side_data`` as a dict of motion vectors only.)
         sides = cast(SideDataContainer, frame.side_data)
         side = (bytes(sides[SideDataType.DISPLAYMATRIX])
                 if SideDataType.DISPLAYMATRIX in sides else b"")
         if len(side) != _DISPLAY_MATRIX_BYTES:
-            return cls()
+            return cls(), None
         # The matrix [a b u; c d v; x y w] of libavutil/display.h, a to d in 16.16 fixed point.
         a, b, _, c, d = np.frombuffer(side, "=i4")[:5].tolist()
         # A mirror turns the matrix's orientation over; taking it out leaves a turn.
@@ -190,8 +194,8 @@ class Orientation:
         turn = math.degrees(math.atan2(b, a)) % 360  # av_display_rotation_get's, clockwise
         quarters = round(turn / 90)
         if abs(turn - 90 * quarters) > 1:  # the ffmpeg CLI's tolerance too
-            raise UnsupportedSourceError(f"source {name!r} is rotated by {turn:.0f} degrees")
-        return cls(90 * quarters % 360, mirrored)
+            return cls(0, mirrored), round(turn) % 360
+        return cls(90 * quarters % 360, mirrored), None
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,9 @@ class SourceInfo:
     #: A sample aspect ratio the source declares beyond :data:`MAX_SAMPLE_ASPECT` either way,
     #: which is not believed: its pixels are taken as square instead.
     incredible_sample_aspect: Fraction | None = None
+    #: A turn the display matrix asks for that is not a multiple of 90 degrees (clockwise),
+    #: which is not made (see :meth:`Orientation.of`).
+    odd_turn: int | None = None
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -607,6 +614,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
                   name=rendition_name(a, f"Audio {number}", names))
         for number, a in enumerate(audio_streams, 1))
     pix_fmt = first.format.name
+    orientation, odd_turn = Orientation.of(first)
     info = SourceInfo(
         path=path,
         container=container.format.name,
@@ -614,7 +622,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         width=first.width,
         height=first.height,
         sample_aspect_ratio=sar,
-        orientation=Orientation.of(first, name),
+        orientation=orientation,
         frame_rate=frame_rate,
         duration_s=duration_s,
         pixel_format=pix_fmt,
@@ -629,6 +637,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         colour=Colour.of(first),
         incredible_sample_aspect=(Fraction(declared) if declared and declared > 0
                                   and sar != declared else None),
+        odd_turn=odd_turn,
     )
     return OpenSource(container, info, stream, packets, pending, video_packets, hidden_packets,
                       audio_streams, watch)
