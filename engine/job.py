@@ -790,7 +790,10 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEnco
     if audio and info.audio_undecodable:
         notes.append(f"{_count(info.audio_undecodable, 'audio track')} in a format FFmpeg "
                      "cannot decode not kept")
-    if over := info.audio_streams - info.audio_undecodable - len(audio):
+    if info.audio_elsewhere:
+        notes.append(f"{_count(info.audio_elsewhere, 'audio track')} of the source's other "
+                     "programmes not kept")
+    if over := info.audio_streams - info.audio_undecodable - info.audio_elsewhere - len(audio):
         notes.append(f"{_count(over, 'audio track')} beyond the first {MAX_AUDIO_TRACKS} not "
                      "kept")
     if info.colour.hdr:

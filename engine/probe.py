@@ -224,6 +224,8 @@ class SourceInfo:
     audio_streams: int = 0
     #: Of those, the ones FFmpeg cannot decode.
     audio_undecodable: int = 0
+    #: Of the others, the ones of other programmes than the video's (see :func:`_elsewhere`).
+    audio_elsewhere: int = 0
     #: Video streams other than cover pictures; only the one described here is kept.
     video_streams: int = 1
     #: Subtitle streams, none of which is kept.
@@ -593,7 +595,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     # The same limit for the decoder that decodes the video: a stream whose size grows past it
     # part way through gets those frames refused (and counted as corrupt), not allocated.
     ctx.options = {**ctx.options, **_decoder_limits(max_pixels)}
-    audio_streams = _audio_streams(container)
+    elsewhere = _elsewhere(container, stream)
+    audio_streams = _audio_streams(container, elsewhere)
     packets = container.demux([stream, *audio_streams])
     pending, video_packets, hidden_packets = _read_first_frame(packets, stream, name, watch)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
@@ -631,6 +634,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         audio_tracks=audio_tracks,
         audio_streams=len(container.streams.audio),
         audio_undecodable=sum(a.codec_context is None for a in container.streams.audio),
+        audio_elsewhere=len(elsewhere),
         video_streams=len(_pictures(container)),
         subtitle_streams=len(container.streams.subtitles),
         decoder=hwaccel if hwaccel and ctx.is_hwaccel else "software",
@@ -664,16 +668,38 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     return max(candidates, key=area, default=None)
 
 
-def _audio_streams(container: av.container.InputContainer) -> list[av.audio.stream.AudioStream]:
+def _audio_streams(container: av.container.InputContainer,
+                   elsewhere: set[int]) -> list[av.audio.stream.AudioStream]:
     """The audio streams kept, up to ``MAX_AUDIO_TRACKS``, of those FFmpeg can decode (PyAV
-    gives the others no codec context), in the file's order but for the one a player plays
-    first: the first the file flags as default, else the first. A commentary or
-    second-language track may come first, flagged not default, as the main one's is."""
-    decodable = [a for a in container.streams.audio if a.codec_context is not None]
+    gives the others no codec context) but for those of other programmes, ``elsewhere`` (see
+    :func:`_elsewhere`), in the file's order but for the one a player plays first: the first
+    the file flags as default, else the first. A commentary or second-language track may come
+    first, flagged not default, as the main one's is."""
+    decodable = [a for a in container.streams.audio
+                 if a.codec_context is not None and a.index not in elsewhere]
     main = next((a for a in decodable if a.disposition & av.stream.Disposition.default),
                 decodable[0] if decodable else None)
     kept = [main] if main is not None else []
     return kept + [a for a in decodable if a is not main][:MAX_AUDIO_TRACKS - len(kept)]
+
+
+def _elsewhere(container: av.container.InputContainer,
+               video: av.video.stream.VideoStream) -> set[int]:
+    """The indexes of the decodable audio streams of other programmes than ``video``'s.
+
+    A broadcast recording (MPEG-TS) may carry several programmes, each with its own picture
+    and sound; the sound of another channel is not a second language of this one. FFmpeg's
+    best-stream search keeps to the programme of the stream it is given, so a track with which
+    it finds another picture than ``video`` is another programme's. In a file of one programme,
+    or none, it finds the same picture for every track, and none is left out; nor is any where
+    ``video``'s programme has no sound of its own."""
+    shown_with = {audio.index: container.streams.best("video", related=audio)
+                  for audio in container.streams.audio if audio.codec_context is not None}
+    pictures = {picture.index for picture in shown_with.values() if picture is not None}
+    if len(pictures) < 2 or video.index not in pictures:
+        return set()
+    return {index for index, picture in shown_with.items()
+            if picture is not None and picture.index != video.index}
 
 
 def sample_aspect(declared: Fraction | None) -> Fraction:

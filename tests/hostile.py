@@ -1277,6 +1277,21 @@ def one_audio_track_undecodable(folder: Path) -> Path:
     return path
 
 
+def two_programmes(folder: Path) -> Path:
+    """An MPEG-TS of two programmes, as a broadcast recording of a whole multiplex holds: the
+    first a small picture with a 440 Hz tone, the second the corpus's picture with 880 Hz."""
+    small = video(folder / ".small.mp4", width=160, height=90, tone_hz=440.0)
+    main = video(folder / ".main.mp4", seed=1, tone_hz=880.0)
+    path = folder / "two_programmes.ts"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(small), "-i",
+                    str(main), "-map", "0:v", "-map", "0:a", "-map", "1:v", "-map", "1:a",
+                    "-c", "copy", "-program", "title=one:st=0:st=1",
+                    "-program", "title=two:st=2:st=3", str(path)], check=True)
+    small.unlink()
+    main.unlink()
+    return path
+
+
 def several_audio(folder: Path) -> Path:
     """Three audio tracks (stereo 48 kHz, 5.1 44.1 kHz, mono 22.05 kHz) with the video."""
     return write_streams(folder / "several_audio.mkv", video_pts=list(range(30)),
@@ -1843,6 +1858,11 @@ RECIPES: tuple[Recipe, ...] = (
                       _audio_renditions(("English", "en", "YES", "audio/index.m3u8"),
                                         ("Deutsch", "de", "NO", "audio2/index.m3u8"))),
            note="both tracks are kept, the one flagged default first, each with its language"),
+    Recipe("two_programmes", lambda d, _: two_programmes(d), L,
+           check=_all(_dims(LANDSCAPE), _audio_tones(880.0), _untagged_audio(1)),
+           note="the other programme's sound was kept as a second track, and played first",
+           notes=("1 audio track of the source's other programmes not kept",
+                  "the source has 2 video streams")),
     Recipe("several_audio", lambda d, _: several_audio(d), L,
            check=_all(_audio(), _untagged_audio(3)),
            note="every audio track is kept, in the file's order"),
