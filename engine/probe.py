@@ -573,8 +573,10 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     if ctx is None or ctx.codec is None or not ctx.codec.name:
         raise UnsupportedSourceError(f"source {name!r} uses a video codec FFmpeg cannot decode")
     # One picture counted (a photo in MP4 or MOV); Matroska counts none (0: not known), and
-    # MJPEG or PNG video in it is video.
-    if ctx.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames == 1:
+    # MJPEG or PNG video in it is video. One picture with sound beside it is a song's cover
+    # copied in as its picture, which players show while the sound plays.
+    if (ctx.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames == 1
+            and not any(a.codec_context is not None for a in container.streams.audio)):
         raise InvalidSourceError(f"source {name!r} is a still image, not a video")
     width, height = ctx.width, ctx.height
     if width <= 0 or height <= 0:

@@ -928,6 +928,20 @@ def truncated_mkv(folder: Path) -> Path:
     return path
 
 
+def still_with_sound(folder: Path) -> Path:
+    """One JPEG picture in an MP4, not flagged as a cover, beside 3 s of sound: a song made a
+    "video" by copying its cover in (``ffmpeg -i cover.jpg -i song.mp3 -c copy``)."""
+    cover = media.make_still_image(folder / ".cover.jpg", width=WIDTH, height=HEIGHT)
+    sound = video(folder / ".sound.mp4", seconds=3.0)
+    path = folder / "still_with_sound.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(cover), "-i",
+                    str(sound), "-map", "0:v", "-map", "1:a", "-c", "copy", str(path)],
+                   check=True)
+    cover.unlink()
+    sound.unlink()
+    return path
+
+
 def still_in_mov(folder: Path) -> Path:
     """One PNG picture in a QuickTime file: a video container, but a still image."""
     path = folder / "still_in.mov"
@@ -1639,6 +1653,10 @@ RECIPES: tuple[Recipe, ...] = (
            ("still image (png)",)),
     Recipe("still_gif", lambda d, _: animation(d, frames=1), R, ("still image",)),
     Recipe("still_in_mov", lambda d, _: still_in_mov(d), R, ("still image",)),
+    Recipe("still_with_sound", lambda d, _: still_with_sound(d), L,
+           check=_all(_dims(LANDSCAPE), _seconds_about(3.0), _audio_seconds_about(3.0)),
+           note="it was refused as a still image, though the same in Matroska played",
+           notes=("the sound goes on",)),
     Recipe("truncated_mkv", lambda d, _: truncated_mkv(d), R, ("truncated",)),
     Recipe("mkv_ten_hours_in",
            lambda d, _: write_streams(d / "ten_hours_in.mkv",
