@@ -55,6 +55,7 @@ ALLOWED_DEMUXERS = (
     "gif",
     "apng",  # animated PNG; a still PNG goes to the image demuxer, refused below
     "ogg",
+    "yuv4mpegpipe",  # Y4M, uncompressed frames: what video tools write as a lossless master
     "h264",
     "hevc",
 )

@@ -1031,6 +1031,16 @@ def raw_dv(folder: Path) -> Path:
     return path
 
 
+def raw_y4m(folder: Path) -> Path:
+    """A Y4M file (YUV4MPEG2: a text header, then uncompressed frames), as video tools write a
+    lossless master; no sound."""
+    path = folder / "raw.y4m"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    f"testsrc2=s={WIDTH}x{HEIGHT}:r=30000/1001:d=1", "-pix_fmt", "yuv420p",
+                    str(path)], check=True)
+    return path
+
+
 def starts_late(folder: Path) -> Path:
     """Video and audio whose first timestamps are 3 s in (an edit list in MP4)."""
     return write_streams(folder / "starts_late.mp4", video_pts=list(range(90, 120)),
@@ -1839,6 +1849,9 @@ RECIPES: tuple[Recipe, ...] = (
                       _audio_starts_with_video),
            note="AVI numbers its chunks in stored (decode) order, so the frames came out with "
                 "timestamps 1, 4, 3, 5, 2 ... and 2 s of video lasted 2.13 to 2.23 s"),
+    Recipe("raw_y4m", lambda d, _: raw_y4m(d), L,
+           check=_all(_dims(LANDSCAPE), _frames_at_least(29), _seconds_about(1.0), _no_audio),
+           note="it was refused as 'not a video file FFmpeg can read (invalid argument)'"),
     Recipe("raw_dv", lambda d, _: raw_dv(d), L,
            check=_all(_frames_at_least(25), _seconds_about(1.0), _audio_seconds_about(1.0)),
            note="it was refused as 'not a video file FFmpeg can read (invalid argument)'"),
