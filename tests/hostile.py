@@ -1031,13 +1031,12 @@ def raw_dv(folder: Path) -> Path:
     return path
 
 
-def raw_y4m(folder: Path) -> Path:
+def raw_y4m(path: Path, width: int = WIDTH, height: int = HEIGHT, seconds: float = 1.0) -> Path:
     """A Y4M file (YUV4MPEG2: a text header, then uncompressed frames), as video tools write a
     lossless master; no sound."""
-    path = folder / "raw.y4m"
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
-                    f"testsrc2=s={WIDTH}x{HEIGHT}:r=30000/1001:d=1", "-pix_fmt", "yuv420p",
-                    str(path)], check=True)
+                    f"testsrc2=s={width}x{height}:r=30000/1001:d={seconds}", "-pix_fmt",
+                    "yuv420p", str(path)], check=True)
     return path
 
 
@@ -1849,7 +1848,7 @@ RECIPES: tuple[Recipe, ...] = (
                       _audio_starts_with_video),
            note="AVI numbers its chunks in stored (decode) order, so the frames came out with "
                 "timestamps 1, 4, 3, 5, 2 ... and 2 s of video lasted 2.13 to 2.23 s"),
-    Recipe("raw_y4m", lambda d, _: raw_y4m(d), L,
+    Recipe("raw_y4m", lambda d, _: raw_y4m(d / "raw.y4m"), L,
            check=_all(_dims(LANDSCAPE), _frames_at_least(29), _seconds_about(1.0), _no_audio),
            note="it was refused as 'not a video file FFmpeg can read (invalid argument)'"),
     Recipe("raw_dv", lambda d, _: raw_dv(d), L,

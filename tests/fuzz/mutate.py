@@ -69,8 +69,11 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
                                        audio_codec="libmp3lame")),
     ("mpeg2_mp2.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
                                        audio_codec="mp2")),
+    ("raw.y4m", lambda p: hostile.raw_y4m(p, width=160, height=90, seconds=0.3)),
     # Several audio tracks, each decoded and encoded (engine.decode places each on its own).
     *((f"two_audio.{suffix}", lambda p: _two_audio(p)) for suffix in ("mkv", "mp4", "ts")),
+    # Two programmes, whose tracks the probe tells apart (engine.probe._elsewhere).
+    ("two_programmes.ts", lambda p: hostile.two_programmes(p.parent).rename(p)),
     # HDR, which the decoder maps to SDR from the source's 10 bits (engine.tonemap).
     ("hlg.mov", lambda p: _small(p, codec="libx265", pix_fmt="yuv420p10le", fps=Fraction(25),
                                  codec_options={"preset": "ultrafast", "x265-params": (
