@@ -805,7 +805,7 @@ def source_notes(info: SourceInfo, stats: DecodeStats, audio: Sequence[AudioEnco
                      f"{sar.denominator}, which is not believed: its pixels are taken as square")
     if info.odd_turn is not None:
         notes.append(f"the source asks to be shown turned {info.odd_turn} degrees clockwise, "
-                     "which is not a quarter turn: it is shown as it was recorded")
+                     "which is not a quarter turn: that turn is not made")
     if info.video_streams > 1:
         notes.append(f"the source has {info.video_streams} video streams: only one is kept "
                      "(the one flagged default, else the largest)")
