@@ -573,11 +573,12 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     ctx: av.video.codeccontext.VideoCodecContext | None = stream.codec_context
     if ctx is None or ctx.codec is None or not ctx.codec.name:
         raise UnsupportedSourceError(f"source {name!r} uses a video codec FFmpeg cannot decode")
+    decodable = [a for a in container.streams.audio if a.codec_context is not None]
     # One picture counted (a photo in MP4 or MOV); Matroska counts none (0: not known), and
     # MJPEG or PNG video in it is video. One picture with sound beside it is a song's cover
     # copied in as its picture, which players show while the sound plays.
     if (ctx.name in ("png", "mjpeg", "bmp", "gif", "webp") and stream.frames == 1
-            and not any(a.codec_context is not None for a in container.streams.audio)):
+            and not decodable):
         raise InvalidSourceError(f"source {name!r} is a still image, not a video")
     width, height = ctx.width, ctx.height
     if width <= 0 or height <= 0:
@@ -598,8 +599,8 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
     # The same limit for the decoder that decodes the video: a stream whose size grows past it
     # part way through gets those frames refused (and counted as corrupt), not allocated.
     ctx.options = {**ctx.options, **_decoder_limits(max_pixels)}
-    elsewhere = _elsewhere(container, stream)
-    audio_streams = _audio_streams(container, elsewhere)
+    elsewhere = _elsewhere(container, stream, decodable)
+    audio_streams = _audio_streams([a for a in decodable if a.index not in elsewhere])
     packets = container.demux([stream, *audio_streams])
     pending, video_packets, hidden_packets = _read_first_frame(packets, stream, name, watch)
     first = next(f for f in pending if isinstance(f, av.video.frame.VideoFrame))
@@ -636,7 +637,7 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         declared_frames=stream.frames,
         audio_tracks=audio_tracks,
         audio_streams=len(container.streams.audio),
-        audio_undecodable=sum(a.codec_context is None for a in container.streams.audio),
+        audio_undecodable=len(container.streams.audio) - len(decodable),
         audio_elsewhere=len(elsewhere),
         video_streams=len(_pictures(container)),
         subtitle_streams=len(container.streams.subtitles),
@@ -671,24 +672,23 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     return max(candidates, key=area, default=None)
 
 
-def _audio_streams(container: av.container.InputContainer,
-                   elsewhere: set[int]) -> list[av.audio.stream.AudioStream]:
-    """The audio streams kept, up to ``MAX_AUDIO_TRACKS``, of those FFmpeg can decode (PyAV
-    gives the others no codec context) but for those of other programmes, ``elsewhere`` (see
-    :func:`_elsewhere`), in the file's order but for the one a player plays first: the first
-    the file flags as default, else the first. A commentary or second-language track may come
-    first, flagged not default, as the main one's is."""
-    decodable = [a for a in container.streams.audio
-                 if a.codec_context is not None and a.index not in elsewhere]
-    main = next((a for a in decodable if a.disposition & av.stream.Disposition.default),
-                decodable[0] if decodable else None)
+def _audio_streams(
+        candidates: list[av.audio.stream.AudioStream]) -> list[av.audio.stream.AudioStream]:
+    """The audio streams kept of ``candidates`` (those FFmpeg can decode, PyAV giving the
+    others no codec context, that go with the video), up to ``MAX_AUDIO_TRACKS``, in the
+    file's order but for the one a player plays first: the first the file flags as default,
+    else the first. A commentary or second-language track may come first, flagged not
+    default, as the main one's is."""
+    main = next((a for a in candidates if a.disposition & av.stream.Disposition.default),
+                candidates[0] if candidates else None)
     kept = [main] if main is not None else []
-    return kept + [a for a in decodable if a is not main][:MAX_AUDIO_TRACKS - len(kept)]
+    return kept + [a for a in candidates if a is not main][:MAX_AUDIO_TRACKS - len(kept)]
 
 
-def _elsewhere(container: av.container.InputContainer,
-               video: av.video.stream.VideoStream) -> set[int]:
-    """The indexes of the decodable audio streams of other programmes than ``video``'s.
+def _elsewhere(container: av.container.InputContainer, video: av.video.stream.VideoStream,
+               audio_streams: list[av.audio.stream.AudioStream]) -> set[int]:
+    """The indexes of those of ``audio_streams`` that belong to other programmes than
+    ``video``'s.
 
     A broadcast recording (MPEG-TS) may carry several programmes, each with its own picture
     and sound; the sound of another channel is not a second language of this one. FFmpeg's
@@ -697,7 +697,7 @@ def _elsewhere(container: av.container.InputContainer,
     or none, it finds the same picture for every track, and none is left out; nor is any where
     ``video``'s programme has no sound of its own."""
     shown_with = {audio.index: container.streams.best("video", related=audio)
-                  for audio in container.streams.audio if audio.codec_context is not None}
+                  for audio in audio_streams}
     pictures = {picture.index for picture in shown_with.values() if picture is not None}
     if len(pictures) < 2 or video.index not in pictures:
         return set()
