@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import random
 import struct
+import subprocess
 from collections.abc import Callable, Collection
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+import imageio_ffmpeg
 
 from tests import hostile, media
 
@@ -70,6 +73,12 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
     ("mpeg2_mp2.mpg", lambda p: _small(p, codec="mpeg2video", codec_options={}, fps=25,
                                        audio_codec="mp2")),
     ("raw.y4m", lambda p: hostile.raw_y4m(p, width=160, height=90, seconds=0.3)),
+    ("theora_vorbis.ogv", lambda p: _ogg(p)),
+    # Editors' intermediates (DNxHR needs a picture of at least 256 pixels across).
+    ("dnxhr_pcm.mov", lambda p: _small(p, codec="dnxhd", width=256, height=144,
+                                       pix_fmt="yuv422p", codec_options={"profile": "dnxhr_lb"},
+                                       audio_codec="pcm_s24le")),
+    ("ffv1_flac.mkv", lambda p: _small(p, codec="ffv1", codec_options={}, audio_codec="flac")),
     # Several audio tracks, each decoded and encoded (engine.decode places each on its own).
     *((f"two_audio.{suffix}", lambda p: _two_audio(p)) for suffix in ("mkv", "mp4", "ts")),
     # Two programmes, whose tracks the probe tells apart (engine.probe._elsewhere).
@@ -92,6 +101,15 @@ def _av1(path: Path, **kwargs: Any) -> Path:
     # SVT-AV1 prints a banner of its settings to stderr unless told to log errors only.
     os.environ.setdefault("SVT_LOG", "1")
     return _small(path, codec="libsvtav1", codec_options={"preset": "12"}, **kwargs)
+
+
+def _ogg(path: Path) -> Path:
+    # PyAV's FFmpeg has no Theora or Vorbis encoder; the ffmpeg CLI's has both.
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x90:rate=30:duration=1", "-f", "lavfi", "-i",
+                    "sine=sample_rate=48000:duration=1", "-c:v", "libtheora", "-c:a",
+                    "libvorbis", str(path)], check=True)
+    return path
 
 
 def _two_audio(path: Path) -> Path:
