@@ -40,6 +40,10 @@ MAX_AUDIO_GAP_S = 0.1
 #: Largest sample magnitude passed to the encoder: full scale is 1.0, and one far beyond it is
 #: damage (the encoder's transform of 1e38 overflows).
 MAX_SAMPLE = 1e4
+#: The lowest sample rate a sound is taken at: codecs go down to 8 kHz (telephony) and 5.5 kHz
+#: (old Flash), and a lower rate is damage. Sound is laid end to end by its samples, so a
+#: damaged MOV's 2 Hz made its 1 s of 48 kHz sound last 6.7 hours (the picture held to it).
+MIN_SAMPLE_RATE = 4000
 #: Silence is queued at most this much at a time (a gap of hours must not fill memory).
 _SILENCE_CHUNK_S = 1
 
@@ -109,7 +113,8 @@ class AudioEncoder:
         self._next_pts: int | None = None
         #: Samples queued since the first picture: where the next frame should start.
         self._queued = 0
-        #: Decoded frames that could not be converted and were left out.
+        #: Decoded frames left out for damage: ones that could not be converted, or whose
+        #: sample rate is below MIN_SAMPLE_RATE.
         self.skipped_frames = 0
         #: Decoded frames left out for coming before the first picture.
         self.early_frames = 0
@@ -132,6 +137,9 @@ class AudioEncoder:
         if seconds < 0:
             self.early_frames += 1
             return  # Audio before the first picture has nothing to play against.
+        if frame.sample_rate < MIN_SAMPLE_RATE:
+            self.skipped_frames += 1
+            return
         if self._next_pts is None:
             self._start(seconds if self._within_source(seconds) else 0.0)
         else:

@@ -2059,6 +2059,14 @@ RECIPES: tuple[Recipe, ...] = (
            ("stopped decoding",),
            note="FFmpeg's frame-threaded HEVC decoder deadlocks on it (the ffmpeg CLI's too); "
                 "ended after engine.stall.STALL_S"),
+    # Found by ``python -m tests.fuzz --seed 4901`` (no answer in 20 s; the job took 10 min).
+    Recipe("fuzz_mov_audio_rate_2hz",
+           lambda d, _: fuzzed(d, "fuzz_mov_audio_rate_2hz", "dnxhr_pcm.mov",
+                               [["int", 534968, 4, 9]]), L,
+           check=_all(_seconds_about(1.0), _frames_at_least(30), _no_audio),
+           note="a shortened sample description gave the 24-bit PCM track a rate of 2 Hz: its 1 s "
+                "of sound, laid end to end, lasted 6.7 hours, and the picture was held to it",
+           notes=("holds no sound that decodes", "damaged audio frame")),
     # Sources that try to make FFmpeg read files outside the source root.
     Recipe("hls_playlist", lambda d, trap: hls_playlist(d, "playlist.m3u8", trap), R,
            ("not a video",), trapped=True),
