@@ -550,6 +550,16 @@ def cut_avi(folder: Path) -> Path:
     return path
 
 
+def cut_avi_late(folder: Path) -> Path:
+    """2 s of MJPEG in AVI without sound (as a camera writes it), cut at 90%: FFmpeg gives it
+    the duration its size suggests, which the frames left reach."""
+    whole = video(folder / ".whole_mjpeg.avi", codec="mjpeg", pix_fmt="yuvj420p",
+                  codec_options={}, audio=False, seconds=2.0)
+    path = media.make_truncated(whole, folder / "cut_avi_late.avi", 0.9)
+    whole.unlink()
+    return path
+
+
 #: Old formats whose header says how many bytes the file holds: the video() options for each.
 _SIZED = {"flv": {}, "wmv": {"codec": "wmv2", "codec_options": {}},
           # The MXF muxer takes neither AAC nor H.264 at this size.
@@ -1706,6 +1716,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("media_box_size_damaged", lambda d, _: media_box_size_damaged(d), R,
            ("not a video file ffmpeg can read",)),
     Recipe("cut_avi", lambda d, _: cut_avi(d), R, ("truncated",)),
+    Recipe("cut_avi_late", lambda d, _: cut_avi_late(d), R, ("truncated",),
+           note="completed as a 1.8 s video: the packets reached the duration FFmpeg guessed"),
     Recipe("fragmented", lambda d, _: fragmented(d), L,
            check=_all(_frames_at_least(60), _seconds_about(2.0))),
     Recipe("fragments_ten_hours_in", lambda d, _: fragments_hours_in(d), L,
