@@ -2071,7 +2071,7 @@ RECIPES: tuple[Recipe, ...] = (
            ("stopped decoding",),
            note="FFmpeg's frame-threaded HEVC decoder deadlocks on it (the ffmpeg CLI's too); "
                 "ended after engine.stall.STALL_S"),
-    # Found by ``python -m tests.fuzz --seed 4901`` (no answer in 20 s; the job took 10 min).
+    # Found by ``python -m tests.fuzz --seed 4901`` (no answer in 20 s, nor in 5 minutes).
     Recipe("fuzz_mov_audio_rate_2hz",
            lambda d, _: fuzzed(d, "fuzz_mov_audio_rate_2hz", "dnxhr_pcm.mov",
                                [["int", 534968, 4, 9]]), L,
