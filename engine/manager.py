@@ -72,6 +72,8 @@ WATCH_BUFFER = 256
 #: How long Cancel waits for a running job to stop before answering with its state then.
 CANCEL_WAIT_S = 5.0
 CANCELLED_BY_CLIENT = "cancelled by a client"
+#: Longest request_id kept: an idempotency key, not a payload (every request's is stored).
+MAX_REQUEST_ID = 256
 SHUTTING_DOWN = "the server is shutting down"
 
 _SEGMENT_TYPES = {pb.SEGMENT_TYPE_UNSPECIFIED: "fmp4", pb.FMP4: "fmp4", pb.MPEGTS: "mpegts"}
@@ -134,6 +136,7 @@ class Roots:
     def output_dir(self, given: str) -> Path:
         """The real path of the output directory ``given`` names, strictly inside the root."""
         path = _inside(self.output, given, "output")
+        _check_folder_names(given)
         if path == self.output:
             # With overwrite, writing into the root itself would empty every other output.
             raise InvalidRequestError("output must name a directory inside the output root")
@@ -152,6 +155,18 @@ class Roots:
         for root in (self.output, self.source):
             message = message.replace(f"{root}/", "")
         return message
+
+
+def _check_folder_names(given: str) -> None:
+    """Refuse an output whose folder names hold a control character or start or end with
+    a space: the service created a folder named with a line break, or a lone space, as asked,
+    which no caller means and which breaks the listings, logs and scripts that name it."""
+    for name in Path(given).parts:
+        if any(ord(char) < 32 or ord(char) == 127 for char in name):
+            raise InvalidRequestError(f"output {given[:200]!r} contains a control character")
+        if name != name.strip():
+            raise InvalidRequestError(
+                f"output {given[:200]!r} has a folder name that starts or ends with a space")
 
 
 def _inside(root: Path, given: str, what: str) -> Path:
@@ -620,6 +635,10 @@ class JobManager:
 
     def submit(self, request: pb.TranscodeRequest) -> pb.Job:
         """Check ``request``, queue its job and return it (or the job its request_id made)."""
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise InvalidRequestError(
+                f"request_id is {len(request.request_id)} characters long; at most "
+                f"{MAX_REQUEST_ID} are kept")
         wire = request.SerializeToString(deterministic=True)
         if request.request_id and (earlier := self._requested(request.request_id, wire)):
             return earlier

@@ -383,7 +383,7 @@ BAD_SOURCES = ["../ok.mp4", "x/../../ok.mp4", "/etc/hostname", "ok.mp4/..", "bad
                LONG, f"{'b' * 300}.mp4", "link-out.mp4", "link-dev.mp4", "loop.mp4",
                "fifo.mp4", "folder.mp4", "/dev/zero", "file:ok.mp4", "%2e%2e/ok.mp4"]
 BAD_OUTPUTS = ["../out", "x/../../y", "/tmp/rungs-elsewhere", "escape/x", "", ".", "nul\0",
-               LONG, "c" * 300]
+               LONG, "c" * 300, "line\nbreak", "tab\tname", "del\x7f", " ", "a/ /b", "trail /x"]
 
 
 @pytest.mark.parametrize("source", BAD_SOURCES, ids=lambda s: s[:20].replace("\0", "NUL"))
