@@ -79,6 +79,16 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
                                        pix_fmt="yuv422p", codec_options={"profile": "dnxhr_lb"},
                                        audio_codec="pcm_s24le")),
     ("ffv1_flac.mkv", lambda p: _small(p, codec="ffv1", codec_options={}, audio_codec="flac")),
+    # Sound that cameras, broadcasts and Apple's tools write (engine.audio decodes each).
+    ("mjpeg_adpcm.avi", lambda p: _small(p, codec="mjpeg", pix_fmt="yuvj422p", codec_options={},
+                                         audio_codec="adpcm_ima_wav", sample_rate=11025,
+                                         channels=1)),
+    ("mjpeg_mulaw.mov", lambda p: _small(p, codec="mjpeg", pix_fmt="yuvj422p", codec_options={},
+                                         audio_codec="pcm_mulaw", sample_rate=8000,
+                                         channels=1)),
+    ("h264_ac3.ts", lambda p: _small(p, audio_codec="ac3", channels=6)),
+    ("h264_eac3.mp4", lambda p: _small(p, audio_codec="eac3", channels=6)),
+    ("h264_alac.mov", lambda p: _small(p, audio_codec="alac", sample_rate=44100)),
     # Several audio tracks, each decoded and encoded (engine.decode places each on its own).
     *((f"two_audio.{suffix}", lambda p: _two_audio(p)) for suffix in ("mkv", "mp4", "ts")),
     # Two programmes, whose tracks the probe tells apart (engine.probe._elsewhere).
