@@ -364,6 +364,8 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
             _check_index(source, opened=True)
         if container.format.name in _SIZED_DEMUXERS:
             _check_declared_size(source, container.format.name)
+        if container.format.name == OGG_DEMUXER:
+            _check_ogg_end(source)
         return _describe(container, str(source), max_pixels, max_duration_s, hwaccel,
                          watch or DecoderWatch())
     except BaseException:
@@ -544,6 +546,53 @@ def _declared_size(head: bytes, demuxer: str) -> int | None:
         # Offsets count from the header partition (after any run-in); 0: not known yet.
         return at + footer + _KLV_KEY_BYTES if footer else None
     return None
+
+
+OGG_DEMUXER = "ogg"
+#: An Ogg page starts with its capture pattern and version 0; its header is 27 bytes, the last
+#: of them the count of lacing values that follow, which add up to the page's body.
+_OGG_PAGE = b"OggS\x00"
+_OGG_HEADER_BYTES = 27
+_OGG_TYPE_AT = 5
+_OGG_END_OF_STREAM = 0x04
+_OGG_TYPES = 0x07
+#: The most an Ogg page can hold: its header and 255 lacing values of 255 bytes each.
+_OGG_MAX_PAGE = _OGG_HEADER_BYTES + 255 + 255 * 255
+
+
+def _check_ogg_end(path: Path) -> None:
+    """Raise :class:`InvalidSourceError` for an Ogg file cut off before its end.
+
+    Ogg declares no length up front (FFmpeg reads the duration off the last page there is), so
+    a cut-off upload completed as a shorter video (2.8 s of a 6 s Theora file, exit 0). Its
+    writers mark the last page of each stream "end of stream", so a whole file ends with such
+    a page; a cut one ends inside a page, or with a page that lacks the mark. A file that ends
+    in something other than a page is left to play as it is.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            file.seek(max(0, size - _OGG_MAX_PAGE))
+            tail = file.read(_OGG_MAX_PAGE)
+    except OSError:
+        return
+    problem = None
+    at = len(tail)
+    while (at := tail.rfind(_OGG_PAGE, 0, at)) >= 0:
+        if len(tail) > at + _OGG_TYPE_AT and tail[at + _OGG_TYPE_AT] & ~_OGG_TYPES:
+            continue  # the pattern inside a page's data, not a page
+        lacing = at + _OGG_HEADER_BYTES
+        if len(tail) < lacing or len(tail) < lacing + tail[lacing - 1]:
+            problem = "it ends inside an Ogg page"
+            break
+        end = lacing + tail[lacing - 1] + sum(tail[lacing:lacing + tail[lacing - 1]])
+        if end > len(tail):
+            problem = "it ends inside an Ogg page"
+        elif end == len(tail) and not tail[at + _OGG_TYPE_AT] & _OGG_END_OF_STREAM:
+            problem = "its last Ogg page does not end the stream"
+        break
+    if problem is not None:
+        raise InvalidSourceError(f"source {path.name!r} is truncated: {problem}")
 
 
 def _ber_value(data: bytes, at: int) -> int | None:

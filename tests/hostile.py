@@ -560,6 +560,24 @@ def cut_avi_late(folder: Path) -> Path:
     return path
 
 
+def ogg(folder: Path, cut: str | None = None) -> Path:
+    """2 s of VP8 and Opus in Ogg; cut (an interrupted upload) in the middle of a page
+    (``cut="mid"``) or where a page starts (``cut="page"``), which leaves whole pages only."""
+    whole = video(folder / f"{'.' if cut else ''}whole.ogv", codec="libvpx",
+                  audio_codec="libopus", seconds=2.0,
+                  codec_options={"deadline": "realtime", "cpu-used": "8"})
+    if cut is None:
+        return whole
+    data = whole.read_bytes()
+    whole.unlink()
+    at = len(data) // 2
+    if cut == "page":
+        at = data.index(b"OggS", at)
+    path = folder / f"cut_{cut}.ogv"
+    path.write_bytes(data[:at])
+    return path
+
+
 #: Old formats whose header says how many bytes the file holds: the video() options for each.
 _SIZED = {"flv": {}, "wmv": {"codec": "wmv2", "codec_options": {}},
           # The MXF muxer takes neither AAC nor H.264 at this size.
@@ -1734,6 +1752,12 @@ RECIPES: tuple[Recipe, ...] = (
              ("truncated", "header says"),
              note="the demuxer stops at the cut and FFmpeg's duration may be an estimate: "
                   "it completed as a video half as long") for kind in _SIZED),
+    Recipe("whole_ogg", lambda d, _: ogg(d), L,
+           check=_all(_frames_at_least(55), _seconds_about(2.0), _audio_seconds_about(2.0))),
+    *(Recipe(f"cut_ogg_{cut}", lambda d, _, cut=cut: ogg(d, cut), R, ("truncated", words),
+             note="Ogg declares no length: it completed as a video half as long")
+      for cut, words in (("mid", "ends inside an ogg page"),
+                         ("page", "does not end the stream"))),
     Recipe("flv_frame_an_hour_late",
            lambda d, _: flv_stamped_late(d, "frame_an_hour_late.flv", 3_600_000), L,
            check=_all(_frames_at_least(60), _seconds_about(2.0), _audio_seconds_about(2.0)),
