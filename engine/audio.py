@@ -148,12 +148,11 @@ class AudioEncoder:
         shape = (frame.format.name, frame.layout.name, frame.sample_rate)
         try:
             if shape != self._input:
-                if self._input is not None:
-                    # The source's audio changed sample format, layout or rate part way
-                    # (spliced or damaged streams): a resampler only takes what it was set up
-                    # for, so drain it and go on with a new one.
-                    self._queue(self._resampler.resample(None))
-                    self._resampler = self._new_resampler()
+                # The first frame, or the source's audio changed sample format, layout or rate
+                # part way (spliced or damaged streams): a resampler only takes what it was set
+                # up for, so drain it and go on with a new one.
+                self._queue(self._resampler.resample(None))
+                self._resampler = self._new_resampler(frame.layout.nb_channels)
                 self._input = shape
             self._queue(self._resampler.resample(frame))
             self.sound_frames += 1
@@ -208,8 +207,13 @@ class AudioEncoder:
     def abort(self) -> None:
         self.writer.abort()
 
-    def _new_resampler(self) -> av.AudioResampler:
-        return av.AudioResampler(format="fltp", layout=self.stream.layout,
+    def _new_resampler(self, channels: int = 0) -> av.AudioResampler:
+        """A resampler for frames of ``channels`` channels (0: not known yet). One channel is
+        resampled as it is and laid on both sides at its own level (see :meth:`_queue`):
+        FFmpeg's mixing puts a mono source on each side at -3 dB, so a phone's mono recording
+        played 3 dB quieter than the file it came from does in a player."""
+        mono = channels == 1 and self.settings.channels == 2
+        return av.AudioResampler(format="fltp", layout="mono" if mono else self.stream.layout,
                                  rate=self.settings.sample_rate)
 
     def _start(self, seconds: float) -> None:
@@ -250,6 +254,8 @@ class AudioEncoder:
 
     def _queue(self, frames: list[av.audio.frame.AudioFrame]) -> None:
         for out in frames:
+            if len(out.planes) < self.settings.channels:
+                out = _on_both_sides(out)
             self._make_finite(out)
             # The FIFO checks that timestamps run on, and that every frame has the first one's
             # time base: a resampler with nothing to convert passes the decoder's on (1/90000
@@ -293,3 +299,13 @@ class AudioEncoder:
             out.time_base = self.stream.time_base
             self._next_pts += out.samples
             self.writer.mux(self.stream.encode(out))
+
+
+def _on_both_sides(frame: av.audio.frame.AudioFrame) -> av.audio.frame.AudioFrame:
+    """A stereo frame with the one channel of ``frame`` (planar float) on both sides."""
+    stereo = av.AudioFrame(format="fltp", layout="stereo", samples=frame.samples)
+    stereo.sample_rate = frame.sample_rate
+    sound = np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
+    for plane in stereo.planes:
+        np.copyto(np.frombuffer(memoryview(plane), dtype=np.float32, count=frame.samples), sound)
+    return stereo

@@ -418,6 +418,32 @@ def test_the_summary_lists_every_audio_track_with_its_language(tmp_path: Path) -
                                                      ("Deutsch", "de", "audio2")]
 
 
+def _rms(path: Path) -> list[float]:
+    """The level (RMS) of each channel of the first audio track of ``path``."""
+    chunks = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            data = frame.to_ndarray()
+            if np.issubdtype(data.dtype, np.integer):
+                data = data / 2.0 ** (8 * data.itemsize - 1)
+            channels = frame.layout.nb_channels
+            chunks.append(data if frame.format.is_planar else data.reshape(-1, channels).T)
+    return [float(np.sqrt(np.mean(channel ** 2))) for channel in np.concatenate(chunks, axis=1)]
+
+
+def test_mono_sound_plays_on_both_sides_at_its_own_level(tmp_path: Path) -> None:
+    """A mono recording plays from its file on both speakers at its own level; FFmpeg's mixing
+    to stereo put it on each side 3 dB lower (0.062 against 0.088), so the video sounded
+    quieter than the upload."""
+    source = media.make_video(tmp_path / "mono.mov", seconds=2.0, channels=1,
+                              audio_codec="pcm_s16le")
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (level,) = _rms(source)
+    left, right = _rms(run.out / "audio" / "index.m3u8")
+    assert left == pytest.approx(level, rel=0.05) and right == pytest.approx(level, rel=0.05)
+
+
 def test_samples_that_are_not_finite_are_silenced(tmp_path: Path) -> None:
     """A damaged stream's decoder can give NaN, infinity or absurd samples; FFmpeg's AAC
     encoder refused such a frame (EINVAL) and every frame after it: the job failed. They are
