@@ -637,8 +637,8 @@ class JobManager:
         """Check ``request``, queue its job and return it (or the job its request_id made)."""
         if len(request.request_id) > MAX_REQUEST_ID:
             raise InvalidRequestError(
-                f"request_id is {len(request.request_id)} characters long; at most "
-                f"{MAX_REQUEST_ID} are kept")
+                f"request_id is {len(request.request_id)} characters long; the most is "
+                f"{MAX_REQUEST_ID}")
         wire = request.SerializeToString(deterministic=True)
         if request.request_id and (earlier := self._requested(request.request_id, wire)):
             return earlier
