@@ -163,10 +163,15 @@ def _check_folder_names(given: str) -> None:
     which no caller means and which breaks the listings, logs and scripts that name it."""
     for name in Path(given).parts:
         if any(ord(char) < 32 or ord(char) == 127 for char in name):
-            raise InvalidRequestError(f"output {given[:200]!r} contains a control character")
+            raise InvalidRequestError(f"output {_shown(given)!r} contains a control character")
         if name != name.strip():
             raise InvalidRequestError(
-                f"output {given[:200]!r} has a folder name that starts or ends with a space")
+                f"output {_shown(given)!r} has a folder name that starts or ends with a space")
+
+
+def _shown(given: str) -> str:
+    """``given`` as a message names it: messages stay one short line."""
+    return given if len(given) <= 200 else f"{given[:200]}..."
 
 
 def _inside(root: Path, given: str, what: str) -> Path:
@@ -175,7 +180,7 @@ def _inside(root: Path, given: str, what: str) -> Path:
     if "\0" in given:
         raise InvalidRequestError(f"{what} contains a NUL character")
     path = Path(given)
-    shown = given if len(given) <= 200 else f"{given[:200]}..."  # messages stay one short line
+    shown = _shown(given)
     # Refused outright, even where it would resolve inside: a path names a place in the root.
     if ".." in path.parts:
         raise PathOutsideRootError(f"{what} {shown!r} contains '..'")

@@ -566,8 +566,9 @@ def _check_ogg_end(path: Path) -> None:
     Ogg declares no length up front (FFmpeg reads the duration off the last page there is), so
     a cut-off upload completed as a shorter video (2.8 s of a 6 s Theora file, exit 0). Its
     writers mark the last page of each stream "end of stream", so a whole file ends with such
-    a page; a cut one ends inside a page, or with a page that lacks the mark. A file that ends
-    in something other than a page is left to play as it is.
+    a page; a cut one ends inside a page, or with a page that lacks the mark. (Cut just after
+    one stream's last page, before the other's, it passes: at most that page is lost.) A file
+    that ends in something other than a page is left to play as it is.
     """
     try:
         size = path.stat().st_size
@@ -576,21 +577,23 @@ def _check_ogg_end(path: Path) -> None:
             tail = file.read(_OGG_MAX_PAGE)
     except OSError:
         return
-    problem = None
     at = len(tail)
     while (at := tail.rfind(_OGG_PAGE, 0, at)) >= 0:
-        if len(tail) > at + _OGG_TYPE_AT and tail[at + _OGG_TYPE_AT] & ~_OGG_TYPES:
-            continue  # the pattern inside a page's data, not a page
-        lacing = at + _OGG_HEADER_BYTES
-        if len(tail) < lacing or len(tail) < lacing + tail[lacing - 1]:
-            problem = "it ends inside an Ogg page"
-            break
-        end = lacing + tail[lacing - 1] + sum(tail[lacing:lacing + tail[lacing - 1]])
-        if end > len(tail):
-            problem = "it ends inside an Ogg page"
-        elif end == len(tail) and not tail[at + _OGG_TYPE_AT] & _OGG_END_OF_STREAM:
-            problem = "its last Ogg page does not end the stream"
-        break
+        if len(tail) <= at + _OGG_TYPE_AT or not tail[at + _OGG_TYPE_AT] & ~_OGG_TYPES:
+            break  # else the pattern lies inside a page's data, not at a page
+    if at < 0:
+        return
+    header = tail[at:at + _OGG_HEADER_BYTES]
+    count = header[-1] if len(header) == _OGG_HEADER_BYTES else 0
+    lacing = tail[at + _OGG_HEADER_BYTES:at + _OGG_HEADER_BYTES + count]
+    end = at + _OGG_HEADER_BYTES + count + sum(lacing)
+    problem = None
+    # A cut in the first bytes of the next page leaves too few of them to be found as one.
+    if (len(header) < _OGG_HEADER_BYTES or len(lacing) < count or end > len(tail)
+            or (len(tail) > end and _OGG_PAGE.startswith(tail[end:]))):
+        problem = "it ends inside an Ogg page"
+    elif end == len(tail) and not header[_OGG_TYPE_AT] & _OGG_END_OF_STREAM:
+        problem = "its last Ogg page does not end the stream"
     if problem is not None:
         raise InvalidSourceError(f"source {path.name!r} is truncated: {problem}")
 
