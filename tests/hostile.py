@@ -562,7 +562,8 @@ def cut_avi_late(folder: Path) -> Path:
 
 def ogg(folder: Path, cut: str | None = None) -> Path:
     """2 s of VP8 and Opus in Ogg; cut (an interrupted upload) in the middle of a page
-    (``cut="mid"``) or where a page starts (``cut="page"``), which leaves whole pages only."""
+    (``cut="mid"``), where a page starts (``cut="page"``), which leaves whole pages only, or
+    3 bytes into a page (``cut="next"``), too few to be found as one."""
     whole = video(folder / f"{'.' if cut else ''}whole.ogv", codec="libvpx",
                   audio_codec="libopus", seconds=2.0,
                   codec_options={"deadline": "realtime", "cpu-used": "8"})
@@ -571,8 +572,8 @@ def ogg(folder: Path, cut: str | None = None) -> Path:
     data = whole.read_bytes()
     whole.unlink()
     at = len(data) // 2
-    if cut == "page":
-        at = data.index(b"OggS", at)
+    if cut != "mid":
+        at = data.index(b"OggS", at) + (3 if cut == "next" else 0)
     path = folder / f"cut_{cut}.ogv"
     path.write_bytes(data[:at])
     return path
@@ -1757,7 +1758,8 @@ RECIPES: tuple[Recipe, ...] = (
     *(Recipe(f"cut_ogg_{cut}", lambda d, _, cut=cut: ogg(d, cut), R, ("truncated", words),
              note="Ogg declares no length: it completed as a video half as long")
       for cut, words in (("mid", "ends inside an ogg page"),
-                         ("page", "does not end the stream"))),
+                         ("page", "does not end the stream"),
+                         ("next", "ends inside an ogg page"))),
     Recipe("flv_frame_an_hour_late",
            lambda d, _: flv_stamped_late(d, "frame_an_hour_late.flv", 3_600_000), L,
            check=_all(_frames_at_least(60), _seconds_about(2.0), _audio_seconds_about(2.0)),
