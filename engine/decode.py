@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import av.video.stream
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from engine.captions import CaptionCarry, frame_captions
 from engine.deinterlace import Deinterlacer
 from engine.errors import (
     DecodeError,
@@ -644,6 +645,7 @@ class _VideoState:
         self._durations_lie = False
         # A frame that came after a gap or late (see _place), held until the next frame tells.
         self._held: _Held | None = None
+        self._captions = CaptionCarry()
 
     def peak_frame_rate(self) -> Fraction | None:
         peak = self._rate.peak()
@@ -799,12 +801,16 @@ class _VideoState:
         self._previous = (pts, claimed)
         duration = self._shown_for(claimed, pts)
         placed = self.schedule.place(pts, self.time_base, duration)
+        captions = frame_captions(frame)
         if placed is None:
             self.over_cap += 1
+            self._captions.drop(captions)
             return
         self._last_duration = duration
         self._rate.add(placed.pts)
-        self._keep(self._map(self._normalise(frame)), placed)
+        carried = self._captions.keep(captions)
+        self._keep(self._map(self._normalise(frame)),
+                   replace(placed, captions=carried) if carried else placed)
 
     def _keep(self, frame: av.video.frame.VideoFrame, placed: FrameTime) -> None:
         frame.pts = placed.pts

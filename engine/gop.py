@@ -66,7 +66,8 @@ def segment_length(seconds: float) -> Fraction:
 
 @dataclass(frozen=True)
 class FrameTime:
-    """When a frame is shown, and whether it opens a segment (so must be an IDR frame)."""
+    """When a frame is shown, whether it opens a segment (so must be an IDR frame), and the
+    closed captions that go with it."""
 
     #: Index among the frames every rung encodes (after frame-rate capping).
     index: int
@@ -78,6 +79,8 @@ class FrameTime:
     keyframe: bool
     #: How long the source shows the frame, in ``time_base`` units (0 when it does not say).
     duration: int = 0
+    #: CEA-608/708 caption triples to write into the frame's encoded picture (engine.captions).
+    captions: bytes = b""
 
 
 class KeyframeSchedule:

@@ -166,12 +166,16 @@ def encoder_options(encoder: str, rung: Rung, gop_frames: int) -> dict[str, str]
             params += f":rc-lookahead={rung.lookahead}"
         # forced-idr is an option of FFmpeg's libx264 wrapper, not an x264 parameter: inside
         # x264-params it is rejected ("Error parsing option") and silently not applied.
-        return {"preset": rung.preset, "crf": str(rung.crf), "forced-idr": "1",
+        # a53cc (and vaapi's sei) off: engine.captions writes the source's closed captions,
+        # the same way on every rung.
+        return {"preset": rung.preset, "crf": str(rung.crf), "forced-idr": "1", "a53cc": "0",
                 "x264-params": params}
     common = {"g": str(gop_frames), "maxrate": f"{maxrate}k", "bufsize": f"{bufsize}k",
-              "forced_idr": "1", "bf": "0"}
+              "forced_idr": "1", "bf": "0", "a53cc": "0"}
     if encoder == "h264_nvenc":
         return {**common, "preset": "p4", "rc": "vbr", "cq": str(rung.crf), "no-scenecut": "1"}
     if encoder == "h264_qsv":
         return {**common, "global_quality": str(rung.crf), "scenario": "3"}
+    if encoder == "h264_vaapi":
+        return {**common, "qp": str(rung.crf), "sei": "identifier+timing+recovery_point"}
     return {**common, "qp": str(rung.crf)}

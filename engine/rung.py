@@ -23,6 +23,7 @@ import av.video.stream
 from av.video.frame import PictureType
 from av.video.reformatter import ColorRange
 
+from engine.captions import with_captions
 from engine.errors import EncoderError, JobCancelledError
 from engine.fanout import Item
 from engine.gop import TIMELINE_START, FrameTime
@@ -323,6 +324,8 @@ class _Output:
         self._start = round(TIMELINE_START / settings.time_base)
         self._durations = _PacketDurations(round(1 / (rung.frame_rate * settings.time_base)))
         self._keyframes_muxed = 0
+        #: Caption triples of the frames the encoder holds, by presentation time.
+        self._captions: dict[int, bytes] = {}
         #: Where the open segment starts and where the frames muxed so far end, in seconds.
         self._segment_start: Fraction | None = None
         self._end = Fraction(0)
@@ -334,6 +337,8 @@ class _Output:
 
     def encode(self, frame: av.video.frame.VideoFrame, when: FrameTime) -> None:
         self._durations.frame(self._start + when.pts, when.duration)
+        if when.captions:
+            self._captions[self._start + when.pts] = when.captions
         self._mux(self._durations.ready(_encode(self.stream, frame, self.encoder)))
 
     def codecs(self) -> str:
@@ -360,6 +365,9 @@ class _Output:
         self.writer.abort()
 
     def _mux(self, packets: list[av.Packet[Any]]) -> None:
+        if self._captions:
+            packets = [with_captions(p, self._captions.pop(p.pts, b"")) if p.pts is not None
+                       else p for p in packets]
         for packet in packets:
             if packet.pts is None or packet.time_base is None:
                 continue

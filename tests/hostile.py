@@ -42,6 +42,7 @@ import imageio_ffmpeg
 import m3u8
 import numpy as np
 
+from engine.captions import escaped
 from tests import media
 
 #: The ladder and segment length every corpus job uses.
@@ -369,17 +370,6 @@ def _unescape(nal: bytes) -> bytes:
     return nal.replace(b"\x00\x00\x03", b"\x00\x00")
 
 
-def _escape(rbsp: bytes) -> bytes:
-    out, zeros = bytearray(), 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
-
-
 def sps_with_size(nal: bytes, size: tuple[int, int] | None) -> bytes:
     """An SPS NAL unit (header byte included, escaped) without its VUI (so without a frame
     rate), declaring ``size`` (width, height; multiples of 16) or, with ``None``, its own size.
@@ -428,7 +418,7 @@ def sps_with_size(nal: bytes, size: tuple[int, int] | None) -> bytes:
     else:
         bits.put(1, 0)  # no cropping
     bits.put(1, 0)  # no VUI
-    return nal[:1] + _escape(bits.written())
+    return nal[:1] + escaped(bits.written())
 
 
 def _annexb_nals(data: bytes) -> Iterator[tuple[int, int]]:

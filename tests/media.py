@@ -46,6 +46,8 @@ import av
 import numpy as np
 from av.subtitles.subtitle import SubtitleSet
 
+from engine.captions import with_captions
+
 COUNTER_BITS = 16
 """Number of cells in the frame-counter strip (indices wrap after 65535 frames)."""
 
@@ -168,6 +170,7 @@ def _write_video(
     mirrored: bool = False,
     sample_aspect_ratio: Fraction | None = None,
     seed: int = 0,
+    captions: Sequence[bytes] = (),
 ) -> Path:
     """Encode one frame per entry of ``durations`` (in ``time_base`` ticks), plus a tone.
 
@@ -196,11 +199,14 @@ def _write_video(
 
         # Each packet gets its frame's duration: muxers guess the last one's otherwise.
         lasting: dict[int | None, int] = {}
+        indices: dict[int | None, int] = {}
 
         def timed(packets: list[av.Packet]) -> list[av.Packet]:
             for packet in packets:
                 packet.duration = lasting.pop(packet.pts, 0)
-            return packets
+            return [with_captions(p, captions[indices[p.pts]])
+                    if indices.get(p.pts, len(captions)) < len(captions) else p
+                    for p in packets]
 
         pts = 0
         for index, duration in enumerate(durations):
@@ -210,7 +216,7 @@ def _write_video(
             image = black if index < black_frames else _picture(texture, index)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = pts, time_base
-            lasting[pts] = duration
+            lasting[pts], indices[pts] = duration, index
             out.mux(timed(video.encode(frame)))
             pts += duration
         out.mux(timed(video.encode(None)))
@@ -248,6 +254,7 @@ def make_video(
     black_seconds: float = 0.0,
     sample_aspect_ratio: Fraction | None = None,
     seed: int = 0,
+    captions: Sequence[bytes] = (),
 ) -> Path:
     """Write a constant-frame-rate video of ``round(seconds * fps)`` frames, with a sine tone.
 
@@ -261,7 +268,10 @@ def make_video(
     picture to the first sound (the tone still ends with the video). ``rotation``,
     ``mirrored`` and ``black_seconds``: see :func:`make_rotated_video` and
     :func:`make_black_start_video`. ``sample_aspect_ratio``: the width of a pixel over its
-    height, as the stream declares it (square when not given).
+    height, as the stream declares it (square when not given). ``captions``: caption triples
+    for each frame (see :func:`cea608_pop_on`), in an A/53 SEI on its picture as broadcast
+    encoders carry CEA-608/708; the engine's :func:`engine.captions.with_captions` writes it,
+    and FFmpeg's decoder, which the tests read the captions back with, checks it.
     """
     fps = Fraction(fps)
     frames = round(seconds * fps)
@@ -288,6 +298,7 @@ def make_video(
         mirrored=mirrored,
         sample_aspect_ratio=sample_aspect_ratio,
         seed=seed,
+        captions=captions,
     )
 
 
@@ -693,3 +704,24 @@ def make_subtitled(src: str | Path, dst: str | Path, tracks: Sequence[SubtitleSp
         for packet in pending:
             out.mux(packet)
     return dst
+
+
+def cea608_pop_on(texts: Sequence[str], fps: int) -> list[bytes]:
+    """Caption triples (``cc_data``: field 1 of CEA-608) for each frame of a pop-on caption a
+    second for each of ``texts``, as a broadcast carries them: one byte pair a frame, each byte
+    with odd parity; frames with nothing to send carry nothing."""
+
+    def pair(first: int, second: int) -> bytes:
+        return bytes([0xFC] + [b | (0x80 if bin(b).count("1") % 2 == 0 else 0)
+                               for b in (first, second)])
+
+    frames: list[bytes] = []
+    for text in texts:
+        chars = [ord(c) for c in text] + [0] * (len(text) % 2)
+        # Resume caption loading, erase the hidden memory, row 15, the text, end of caption
+        # (control codes are sent twice, as captioners do).
+        codes = [(0x14, 0x20)] * 2 + [(0x14, 0x2E)] * 2 + [(0x14, 0x70)] * 2 + [
+            (chars[i], chars[i + 1]) for i in range(0, len(chars), 2)] + [(0x14, 0x2F)] * 2
+        frames += [pair(*code) for code in codes] + [b""] * (fps - len(codes))
+    return frames
+

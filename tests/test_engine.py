@@ -444,6 +444,48 @@ def test_mono_sound_plays_on_both_sides_at_its_own_level(tmp_path: Path) -> None
     assert left == pytest.approx(level, rel=0.05) and right == pytest.approx(level, rel=0.05)
 
 
+def _captions(playlist: Path) -> tuple[bytes, list[tuple[float, str]]]:
+    """Every frame's caption triples (A/53 side data), in presentation order, and the
+    captions FFmpeg's CEA-608 decoder reads from them: (seconds from the first frame, text)."""
+    triples, shown = b"", []
+    reader = av.CodecContext.create("cc_dec", "r")
+    with av.open(str(playlist)) as container:
+        first = None
+        for frame in container.decode(video=0):
+            first = frame.time if first is None else first
+            data = frame.side_data.get(av.sidedata.sidedata.Type.A53_CC)
+            if data is None:
+                continue
+            triples += bytes(data)
+            packet = av.Packet(bytes(data))
+            packet.pts, packet.time_base = frame.pts, frame.time_base
+            for caption in reader.decode(packet):
+                text = re.sub(r"{[^}]*}", "", caption.dialogue.decode())
+                shown.append((round(frame.time - first, 3), text))
+    return triples, shown
+
+
+@pytest.mark.parametrize("fps", [30, 120])
+def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int) -> None:
+    """CEA-608 captions carried in the picture (A/53 SEI, as broadcast recordings carry them)
+    reach every rung, once each, as the ffmpeg CLI passes them on. libx264 wrote them into
+    the first rung only (its frames still carried the decoder's side data), and the rungs
+    encoded from the frame cache had none. At 120 fps, the captions of the frames the 60 fps
+    cap drops go with the next frame kept."""
+    triples = media.cea608_pop_on(["HELLO", "RUNGS", "END"], fps)
+    source = media.make_video(tmp_path / "captioned.mp4", width=320, height=240, fps=fps,
+                              seconds=4.0, captions=triples)
+    expected, shown = _captions(source)
+    assert expected == b"".join(triples) and [text for _, text in shown] == ["HELLO", "RUNGS"]
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(120, 240))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    for rung in ("120p", "240p"):
+        carried, rung_shown = _captions(run.out / rung / "index.m3u8")
+        assert carried == expected, rung
+        assert [text for _, text in rung_shown] == ["HELLO", "RUNGS"], rung
+        assert rung_shown[0][0] == pytest.approx(shown[0][0], abs=1 / 60), rung
+
+
 def test_samples_that_are_not_finite_are_silenced(tmp_path: Path) -> None:
     """A damaged stream's decoder can give NaN, infinity or absurd samples; FFmpeg's AAC
     encoder refused such a frame (EINVAL) and every frame after it: the job failed. They are
