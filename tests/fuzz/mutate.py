@@ -104,6 +104,9 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
     # Text subtitle tracks, which a job reads in a pass of its own.
     ("subtitled.mkv", lambda p: _subtitled(p, ("ass", "subrip"))),
     ("timed_text.mp4", lambda p: _subtitled(p, ("mov_text", "mov_text"))),
+    # Closed captions in the picture, which every rung carries on (engine.captions).
+    *((f"captioned.{suffix}", lambda p: _small(p, captions=media.cea608_pop_on(["CC"], 30)))
+      for suffix in ("mp4", "ts")),
 )
 
 
