@@ -44,6 +44,7 @@ from engine import (
     RungSettings,
 )
 from engine.audio import AudioEncoder, AudioSettings
+from engine.captions import frame_captions
 from engine.decode import decode_source
 from engine.gop import TIMELINE_START, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
@@ -676,6 +677,28 @@ def test_closing_a_source_lets_go_of_the_probed_frame(tmp_path: Path) -> None:
     assert frames() > before
     opened.close()
     assert frames() == before
+
+
+def test_reading_a_frames_captions_keeps_no_frame_alive(tmp_path: Path) -> None:
+    """The decoder reads every frame's captions; through PyAV's ``frame.side_data`` each frame
+    went into a reference cycle and waited for the cyclic collector: 1.4 GB more on 120 4K
+    frames, and a 4K job's peak went from 1,389 to 1,885 MB."""
+    source = media.make_video(tmp_path / "captioned.mp4", width=160, height=90, seconds=1.0,
+                              audio=False, captions=media.cea608_pop_on(["HI"], 30))
+
+    def frames() -> int:
+        return sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = frames()
+        with av.open(str(source)) as container:
+            found = [frame_captions(frame) for frame in container.decode(video=0)]
+        assert sum(1 for triples in found if triples) == 9
+        assert frames() == before
+    finally:
+        gc.enable()
 
 
 def test_source_below_the_ladder_gets_one_rung_at_its_size(tmp_path: Path) -> None:
