@@ -3,7 +3,7 @@
 Broadcast recordings (and the files made from them) carry their captions in the video stream
 itself, a few bytes on each frame. FFmpeg's decoders hand them over as a frame's ``A53_CC`` side
 data, and the ffmpeg CLI passes them on to libx264, so a file transcoded by it keeps its
-captions; players read them back from the rungs (hls.js makes them a ``CC1`` text track).
+captions; players read them back from the rungs (hls.js makes them a captions track).
 
 Rungs passes them on itself, the same way on every rung: the decoder's thread takes each kept
 frame's caption bytes (:func:`frame_captions`, :class:`CaptionCarry`), they travel beside the
