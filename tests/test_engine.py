@@ -466,19 +466,21 @@ def _captions(playlist: Path) -> tuple[bytes, list[tuple[float, str]]]:
     return triples, shown
 
 
-@pytest.mark.parametrize("fps", [30, 120])
-def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int) -> None:
+@pytest.mark.parametrize(("fps", "segment_type"), [(30, "fmp4"), (120, "fmp4"), (30, "mpegts")])
+def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int,
+                                               segment_type: str) -> None:
     """CEA-608 captions carried in the picture (A/53 SEI, as broadcast recordings carry them)
     reach every rung, once each, as the ffmpeg CLI passes them on. libx264 wrote them into
     the first rung only (its frames still carried the decoder's side data), and the rungs
     encoded from the frame cache had none. At 120 fps, the captions of the frames the 60 fps
-    cap drops go with the next frame kept."""
+    cap drops go with the next frame kept; MPEG-TS segments carry them as fMP4 ones do."""
     triples = media.cea608_pop_on(["HELLO", "RUNGS", "END"], fps)
     source = media.make_video(tmp_path / "captioned.mp4", width=320, height=240, fps=fps,
                               seconds=4.0, captions=triples)
     expected, shown = _captions(source)
     assert expected == b"".join(triples) and [text for _, text in shown] == ["HELLO", "RUNGS"]
-    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(120, 240))))
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(120, 240)),
+                                                    segment_type=segment_type))
     assert run.state == JobState.COMPLETE, run.job.error
     for rung in ("120p", "240p"):
         carried, rung_shown = _captions(run.out / rung / "index.m3u8")
