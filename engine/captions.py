@@ -103,7 +103,8 @@ def _sei_nal(captions: bytes) -> bytes:
     """An H.264 SEI NAL unit (no start code) with one ATSC A/53 caption message."""
     count = len(captions) // 3
     # ITU-T T.35 (USA, ATSC), "GA94", cc_data: process_cc_data_flag and the count, em_data,
-    # the triples, marker bits. The same bytes libx264's wrapper writes.
+    # the triples, marker bits; as libx264's wrapper writes it, but for its em_data of 0
+    # (A/53 reserves that byte: all ones).
     payload = (b"\xb5\x00\x31GA94\x03" + bytes([0x40 | count, 0xFF]) + captions[:3 * count]
                + b"\xff")
     return b"\x06" + escaped(bytes([4, len(payload)]) + payload + b"\x80")

@@ -202,11 +202,14 @@ def _write_video(
         indices: dict[int | None, int] = {}
 
         def timed(packets: list[av.Packet]) -> list[av.Packet]:
+            out = []
             for packet in packets:
                 packet.duration = lasting.pop(packet.pts, 0)
-            return [with_captions(p, captions[indices[p.pts]])
-                    if indices.get(p.pts, len(captions)) < len(captions) else p
-                    for p in packets]
+                index = indices.pop(packet.pts, len(captions))
+                # with_captions leaves a packet with no captions as it is.
+                out.append(with_captions(packet, captions[index] if index < len(captions)
+                                         else b""))
+            return out
 
         pts = 0
         for index, duration in enumerate(durations):
