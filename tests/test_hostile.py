@@ -446,3 +446,12 @@ def test_the_fuzzer_runs(tmp_path: Path) -> None:
     assert report.executions == 12
     assert report.findings == [], report.summary()
     assert report.outcomes["decoded"] + report.outcomes["refused"] == 12
+
+
+def test_making_the_fuzz_seeds_leaves_the_scheduling_as_it_was(tmp_path: Path) -> None:
+    """The AV1 seed's encoder (SVT-AV1) makes its thread real-time where it may (as root): the
+    seed maker puts it back, or every thread started afterwards inherits it (tests.fuzz.mutate).
+    """
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    fuzz.mutate.make_seeds(tmp_path, ["av1_flac.mkv"])
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before

@@ -113,7 +113,15 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
 def _av1(path: Path, **kwargs: Any) -> Path:
     # SVT-AV1 prints a banner of its settings to stderr unless told to log errors only.
     os.environ.setdefault("SVT_LOG", "1")
-    return _small(path, codec="libsvtav1", codec_options={"preset": "12"}, **kwargs)
+    # Where it may (as root, as CI runs), SVT-AV1 moves the thread that opens it to real-time
+    # scheduling (SCHED_FIFO, priority 99) and leaves it there. Every thread and process started
+    # from that thread afterwards inherits it: two busy fuzz workers then hold both cores and
+    # the hang timeout never gets to run, and the rest of a test session runs as real-time.
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        return _small(path, codec="libsvtav1", codec_options={"preset": "12"}, **kwargs)
+    finally:
+        os.sched_setscheduler(0, policy, param)
 
 
 def _ogg(path: Path) -> Path:
