@@ -11,7 +11,8 @@ frame through the frame cache (a cached frame is rebuilt from pixels alone, so s
 travel on it), and each rung writes them into its own encoded pictures
 (:func:`with_captions`). The encoders' own insertion is turned off
 (:func:`engine.hwaccel.encoder_options`), or the first rung, whose frames still carry the side
-data, would have every caption twice.
+data, would have every caption twice. Each rung notes the CEA-608 channels it carried
+(:func:`channels`), which the master playlist declares (:func:`engine.playlist.master_playlist`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,24 @@ def with_captions(packet: av.Packet[Any], captions: bytes) -> av.Packet[Any]:
     out.is_keyframe = packet.is_keyframe
     out.stream = packet.stream
     return out
+
+
+def channels(captions: bytes) -> frozenset[str]:
+    """The CEA-608 channels (``"CC1"`` to ``"CC4"``, as HLS's INSTREAM-ID names them) that
+    caption triples send to.
+
+    A triple of type 0 is a byte pair of field 1 (CC1 and CC2), of type 1 one of field 2 (CC3
+    and CC4); its text goes to the channel of the control codes before it, and every caption
+    opens with control codes, whose first byte (parity bit aside, 0x10 to 0x1F) names the
+    channel in its bit 3. CEA-708 services (types 2 and 3) are not counted: hls.js and Safari
+    play the 608 channels.
+    """
+    found: set[str] = set()
+    for at in range(0, len(captions) - 2, 3):
+        kind, first = captions[at], captions[at + 1] & 0x7F
+        if kind & _CC_VALID and kind & 0x03 < 2 and 0x10 <= first <= 0x1F:
+            found.add(f"CC{1 + 2 * (kind & 0x03) + (first >> 3 & 1)}")
+    return frozenset(found)
 
 
 def _first_slice(data: bytes) -> int | None:

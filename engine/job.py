@@ -531,7 +531,7 @@ class Job:
 
     def _lead_segment_closed(self, publisher: Publisher, audio: list[AudioEncoder],
                              subtitles: SubtitleReader | None, segments: list[SegmentRecord],
-                             codecs: str) -> None:
+                             codecs: str, captions: frozenset[str]) -> None:
         """Early playback, on the first rung's thread: list the rung as each segment closes;
         the first listing makes the job READY. Waits for the poster (READY promises one) and,
         up to ``SUBTITLE_WAIT_S``, for the subtitles (players read the first master playlist
@@ -545,7 +545,8 @@ class Job:
         rung = self.rungs[0].rung
         progress = [encoder.progress() for encoder in audio]
         with self._emit_lock:
-            if not publisher.publish_early(rung, segments, codecs, rung.frame_rate, progress):
+            if not publisher.publish_early(rung, segments, codecs, captions, rung.frame_rate,
+                                           progress):
                 return
             self.time_to_ready_s = self._elapsed()
             master = str(publisher.master_path)
@@ -557,7 +558,8 @@ class Job:
 
     def _rung_thread(self, index: int, fanout: FanOut, settings: EncodeSettings,
                      results: list[EncodedRung | BaseException | None],
-                     early: Callable[[list[SegmentRecord], str], None] | None) -> None:
+                     early: Callable[[list[SegmentRecord], str, frozenset[str]], None] | None,
+                     ) -> None:
         status = self.rungs[index]
         status.state = "ENCODING"
         try:

@@ -18,6 +18,7 @@ from engine.segment import SegmentRecord
 
 AUDIO_GROUP = "audio"
 SUBTITLE_GROUP = "subtitles"
+CAPTION_GROUP = "cc"
 #: fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames-only is 6+).
 _VERSION = 7
 #: The frame rates cameras and editors make. A rate measured from frame times (a phone's
@@ -38,6 +39,8 @@ class Variant:
     width: int
     height: int
     frame_rate: Fraction
+    #: The CEA-608 channels ("CC1" to "CC4") its pictures carry captions on.
+    captions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,12 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
     """The master playlist listing ``variants`` in the order given (lowest first), each with
     the audio and the subtitle renditions. A group has one DEFAULT=YES at most (RFC 8216
     4.3.4.1.1): the first audio rendition (the main track), the first subtitle rendition
-    flagged default."""
+    flagged default.
+
+    Closed captions in the pictures are declared as a CLOSED-CAPTIONS group with a rendition
+    per channel, off until chosen: Apple's players list declared captions by name and let the
+    viewer's captions setting choose them (undeclared, they offer "Unknown CC"). Never NONE,
+    which tells a player to ignore captions that are there (hls.js stops looking)."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for index, sound in enumerate(audio):
         lines.append(
@@ -150,6 +158,10 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
             f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{SUBTITLE_GROUP}",NAME="{rendition.name}",'
             f'{language}DEFAULT={"YES" if rendition is default else "NO"},AUTOSELECT=YES,'
             f'FORCED={"YES" if rendition.forced else "NO"},URI="{rendition.uri}"')
+    for channel in sorted({c for v in variants for c in v.captions}):
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=CLOSED-CAPTIONS,GROUP-ID="{CAPTION_GROUP}",NAME="{channel}",'
+            f'DEFAULT=NO,AUTOSELECT=YES,INSTREAM-ID="{channel}"')
     for v in variants:
         attributes = [
             f"BANDWIDTH={v.bandwidth}",
@@ -162,6 +174,8 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         if subtitles:
             attributes.append(f'SUBTITLES="{SUBTITLE_GROUP}"')
+        if v.captions:
+            attributes.append(f'CLOSED-CAPTIONS="{CAPTION_GROUP}"')
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
     return "\n".join(lines) + "\n"
 
@@ -184,7 +198,7 @@ def validate_master(text: str, variants: Sequence[Variant],
                     audio: Sequence[AudioRendition] = (),
                     subtitles: Sequence[SubtitleRendition] = ()) -> None:
     """Parse a master playlist back and check it lists exactly ``variants``, ``audio`` and
-    ``subtitles``."""
+    ``subtitles``, and declares the captions the variants carry."""
     parsed = m3u8.loads(text)
     if not parsed.is_variant:
         raise ValueError("master playlist is not a variant playlist")
@@ -197,3 +211,10 @@ def validate_master(text: str, variants: Sequence[Variant],
     texts = [(m.uri, m.name) for m in parsed.media if m.type == "SUBTITLES"]
     if texts != [(s.uri, s.name) for s in subtitles]:
         raise ValueError("master playlist does not list the subtitle renditions")
+    declared = {m.instream_id for m in parsed.media if m.type == "CLOSED-CAPTIONS"}
+    if declared != {c for v in variants for c in v.captions} or any(
+            # m3u8 keeps the quotes of this one attribute (its value may be NONE, unquoted)
+            (p.stream_info.closed_captions or "").strip('"') != (CAPTION_GROUP if v.captions
+                                                                  else "")
+            for p, v in zip(parsed.playlists, variants, strict=True)):
+        raise ValueError("master playlist does not declare the closed captions")

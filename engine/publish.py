@@ -259,10 +259,13 @@ class Publisher:
         return left_out, cues_over
 
     def publish_early(self, rung: Rung, segments: Sequence[SegmentRecord], codecs: str,
-                      frame_rate: Fraction, audio: Sequence[EncodedAudio]) -> bool:
+                      captions: frozenset[str], frame_rate: Fraction,
+                      audio: Sequence[EncodedAudio]) -> bool:
         """List the first rung while it encodes, with the segments complete so far (and each
-        audio track's, once every one has one). Returns True the first time, when the master
-        starts listing it."""
+        audio track's, once every one has one) and the caption channels seen so far (a player
+        reads the master once: captions that begin later are declared in the masters written
+        after, and hls.js finds them in the pictures anyway). Returns True the first time, when
+        the master starts listing it."""
         with self._lock:
             if self._subtitles_pending:
                 return False
@@ -285,7 +288,7 @@ class Publisher:
             self._write_master(Variant(
                 uri=f"{rung.name}/{MEDIA}", bandwidth=max(peak, math.ceil(ceiling)),
                 average_bandwidth=average, codecs=self._codecs(codecs), width=rung.width,
-                height=rung.height, frame_rate=frame_rate))
+                height=rung.height, frame_rate=frame_rate, captions=tuple(sorted(captions))))
             return True
 
     def set_audio(self, audio: EncodedAudio) -> None:
@@ -329,6 +332,7 @@ class Publisher:
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
                 height=encoded.rung.height, frame_rate=frame_rate,
+                captions=tuple(sorted(encoded.captions)),
             )
             self._write_master(variant)
             return variant

@@ -23,7 +23,7 @@ import av.video.stream
 from av.video.frame import PictureType
 from av.video.reformatter import ColorRange
 
-from engine.captions import with_captions
+from engine.captions import channels, with_captions
 from engine.errors import EncoderError, JobCancelledError
 from engine.fanout import Item
 from engine.gop import TIMELINE_START, FrameTime
@@ -53,6 +53,8 @@ class EncodedRung:
     segments: tuple[SegmentRecord, ...]
     #: RFC 6381 string of the encoded video, read from its SPS.
     codecs: str
+    #: The CEA-608 channels its pictures carry captions on (engine.captions.channels).
+    captions: frozenset[str]
     frames: int
     encode_seconds: float
 
@@ -129,12 +131,13 @@ def encode_rung(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Path,
                 settings: EncodeSettings, cancel: threading.Event, progress: RungProgress,
                 fallback: str | None = None,
                 on_fallback: Callable[[Fallback], None] | None = None,
-                on_segment: Callable[[list[SegmentRecord], str], None] | None = None,
+                on_segment: Callable[[list[SegmentRecord], str, frozenset[str]], None]
+                | None = None,
                 ) -> EncodedRung:
     """Encode every frame from ``frames`` into ``out_dir/<rung name>/``; close the segments.
 
-    ``on_segment`` is called with every segment closed so far and the codecs string each time
-    one more is complete (for early playback).
+    ``on_segment`` is called with every segment closed so far, the codecs string and the
+    caption channels seen so far each time one more is complete (for early playback).
 
     With ``fallback`` set, an encoder that fails mid-stream is replaced by ``fallback`` from the
     first segment its muxer had not closed: the scaled frames since then are kept for that, so
@@ -154,7 +157,8 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
                    settings: EncodeSettings, cancel: threading.Event, progress: RungProgress,
                    fallback: str | None,
                    on_fallback: Callable[[Fallback], None] | None,
-                   on_segment: Callable[[list[SegmentRecord], str], None] | None,
+                   on_segment: Callable[[list[SegmentRecord], str, frozenset[str]], None]
+                   | None,
                    ) -> EncodedRung:
     # A rung waiting for its turn (engine.fanout) opens its encoder only when its frames come.
     first = next(frames, None)
@@ -163,11 +167,12 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
     progress.started_at = time.monotonic()
     start = round(TIMELINE_START / settings.time_base)
     closed: list[SegmentRecord] = []
+    captions: set[str] = set()
 
     def segment_closed(output: _Output, records: list[SegmentRecord]) -> None:
         # Not before one is: a rung listed with no segment is a master that lists nothing.
         if on_segment is not None and (closed or records):
-            on_segment(closed + records, output.codecs())
+            on_segment(closed + records, output.codecs(), frozenset(captions))
 
     output = _Output(rung, encoder, out_dir / rung.name, settings, on_closed=segment_closed)
     codecs: list[str] = []
@@ -179,6 +184,8 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
             out.pts = start + when.pts
             out.time_base = settings.time_base
             out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
+            if when.captions:
+                captions |= channels(when.captions)
             if replay is not None:
                 replay.add(out, when, output.open_segment)
             try:
@@ -203,7 +210,8 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
         raise
     return EncodedRung(
         rung=rung, encoder=output.encoder, folder=rung.name, segments=tuple(segments),
-        codecs=max(codecs, key=_profile_and_level), frames=progress.frames_done,
+        codecs=max(codecs, key=_profile_and_level), captions=frozenset(captions),
+        frames=progress.frames_done,
         encode_seconds=time.monotonic() - progress.started_at,
     )
 

@@ -709,22 +709,25 @@ def make_subtitled(src: str | Path, dst: str | Path, tracks: Sequence[SubtitleSp
     return dst
 
 
-def cea608_pop_on(texts: Sequence[str], fps: int) -> list[bytes]:
-    """Caption triples (``cc_data``: field 1 of CEA-608) for each frame of a pop-on caption a
-    second for each of ``texts``, as a broadcast carries them: one byte pair a frame, each byte
-    with odd parity; frames with nothing to send carry nothing."""
+def cea608_pop_on(texts: Sequence[str], fps: int, channel: int = 1) -> list[bytes]:
+    """Caption triples (``cc_data``: CEA-608 on ``channel``, 1 and 2 in field 1, 3 and 4 in
+    field 2) for each frame of a pop-on caption a second for each of ``texts``, as a broadcast
+    carries them: one byte pair a frame, each byte with odd parity; frames with nothing to send
+    carry nothing."""
+    field, second_channel = divmod(channel - 1, 2)
+    control = 0x14 | (0x08 if second_channel else 0)
 
     def pair(first: int, second: int) -> bytes:
-        return bytes([0xFC] + [b | (0x80 if bin(b).count("1") % 2 == 0 else 0)
-                               for b in (first, second)])
+        return bytes([0xFC | field] + [b | (0x80 if bin(b).count("1") % 2 == 0 else 0)
+                                       for b in (first, second)])
 
     frames: list[bytes] = []
     for text in texts:
         chars = [ord(c) for c in text] + [0] * (len(text) % 2)
         # Resume caption loading, erase the hidden memory, row 15, the text, end of caption
         # (control codes are sent twice, as captioners do).
-        codes = [(0x14, 0x20)] * 2 + [(0x14, 0x2E)] * 2 + [(0x14, 0x70)] * 2 + [
-            (chars[i], chars[i + 1]) for i in range(0, len(chars), 2)] + [(0x14, 0x2F)] * 2
+        codes = [(control, 0x20)] * 2 + [(control, 0x2E)] * 2 + [(control, 0x70)] * 2 + [
+            (chars[i], chars[i + 1]) for i in range(0, len(chars), 2)] + [(control, 0x2F)] * 2
         frames += [pair(*code) for code in codes] + [b""] * (fps - len(codes))
     return frames
 

@@ -44,7 +44,7 @@ from engine import (
     RungSettings,
 )
 from engine.audio import AudioEncoder, AudioSettings
-from engine.captions import frame_captions
+from engine.captions import channels, frame_captions
 from engine.decode import decode_source
 from engine.gop import TIMELINE_START, KeyframeSchedule
 from engine.ladder import MAX_FRAME_RATE
@@ -333,6 +333,8 @@ def test_master_attributes_match_segments_on_disk(shared_run: JobRun) -> None:
         assert audio_codec == "mp4a.40.2"
         assert info.frame_rate == pytest.approx(30.0)
         assert info.audio == audio_media.group_id
+        assert info.closed_captions is None  # this source carries none
+    assert not [m for m in master.media if m.type == "CLOSED-CAPTIONS"]
 
 
 def test_keyframes_open_every_segment_and_align_across_rungs(shared_run: JobRun) -> None:
@@ -473,7 +475,8 @@ def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int,
     reach every rung, once each, as the ffmpeg CLI passes them on. libx264 wrote them into
     the first rung only (its frames still carried the decoder's side data), and the rungs
     encoded from the frame cache had none. At 120 fps, the captions of the frames the 60 fps
-    cap drops go with the next frame kept; MPEG-TS segments carry them as fMP4 ones do."""
+    cap drops go with the next frame kept; MPEG-TS segments carry them as fMP4 ones do. The
+    master declares them (a CLOSED-CAPTIONS group), so Apple's players list them by name."""
     triples = media.cea608_pop_on(["HELLO", "RUNGS", "END"], fps)
     source = media.make_video(tmp_path / "captioned.mp4", width=320, height=240, fps=fps,
                               seconds=4.0, captions=triples)
@@ -487,6 +490,25 @@ def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int,
         assert carried == expected, rung
         assert [text for _, text in rung_shown] == ["HELLO", "RUNGS"], rung
         assert rung_shown[0][0] == pytest.approx(shown[0][0], abs=1 / 60), rung
+    master = master_of(run.out)
+    assert [(m.group_id, m.instream_id, m.name, m.default) for m in master.media
+            if m.type == "CLOSED-CAPTIONS"] == [("cc", "CC1", "CC1", "NO")]
+    assert [p.stream_info.closed_captions for p in master.playlists] == ['"cc"'] * 2
+
+
+def test_caption_channels_are_read_from_the_control_codes() -> None:
+    """The master declares the CEA-608 channels the captions use, read from the control codes
+    that open every caption; padding, text alone and CEA-708 data name no channel."""
+    for channel in (1, 2, 3, 4):
+        triples = b"".join(media.cea608_pop_on(["HI"], 30, channel=channel))
+        assert channels(triples) == {f"CC{channel}"}
+    both = media.cea608_pop_on(["ONE"], 30, channel=1)[:8] + media.cea608_pop_on(
+        ["TWO"], 30, channel=3)[:8]
+    assert channels(b"".join(both)) == {"CC1", "CC3"}
+    padding, text = bytes([0xFC, 0x80, 0x80]), bytes([0xFC, 0xC8, 0x49])
+    dtvcc = bytes([0xFF, 0x14, 0x20, 0xFE, 0x1C, 0x20])  # 708 packet bytes that look like codes
+    unused = bytes([0xF8, 0x94, 0x20])  # cc_valid clear
+    assert channels(padding + text + dtvcc + unused) == frozenset()
 
 
 def test_samples_that_are_not_finite_are_silenced(tmp_path: Path) -> None:
