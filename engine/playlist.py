@@ -41,6 +41,9 @@ class Variant:
     frame_rate: Fraction
     #: The CEA-608 channels ("CC1" to "CC4") its pictures carry captions on.
     captions: tuple[str, ...] = ()
+    #: Known to carry no captions at all: a complete rung (every rung is encoded from every
+    #: decoded frame, so one complete rung knows for the whole source).
+    uncaptioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,10 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
 
     Closed captions in the pictures are declared as a CLOSED-CAPTIONS group with a rendition
     per channel, off until chosen: Apple's players list declared captions by name and let the
-    viewer's captions setting choose them (undeclared, they offer "Unknown CC"). Never NONE,
-    which tells a player to ignore captions that are there (hls.js stops looking)."""
+    viewer's captions setting choose them (undeclared, they offer "Unknown CC"). Where every
+    variant is known to carry none, each says CLOSED-CAPTIONS=NONE, as Apple asks; never while
+    that is not known (a rung listed early), since NONE tells a player to ignore captions that
+    are there (hls.js stops looking)."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for index, sound in enumerate(audio):
         lines.append(
@@ -174,10 +179,23 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         if subtitles:
             attributes.append(f'SUBTITLES="{SUBTITLE_GROUP}"')
-        if v.captions:
-            attributes.append(f'CLOSED-CAPTIONS="{CAPTION_GROUP}"')
+        if (captions := _closed_captions(v, variants)) is not None:
+            attributes.append(f"CLOSED-CAPTIONS={captions}")
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
     return "\n".join(lines) + "\n"
+
+
+def _uncaptioned(variants: Sequence[Variant]) -> bool:
+    # RFC 8216 4.3.4.2: NONE on one EXT-X-STREAM-INF means NONE on every one.
+    return bool(variants) and all(v.uncaptioned for v in variants)
+
+
+def _closed_captions(variant: Variant, variants: Sequence[Variant]) -> str | None:
+    """The variant's CLOSED-CAPTIONS attribute as written (the m3u8 library reads it back as
+    written, quotes and all), or None for none."""
+    if variant.captions:
+        return f'"{CAPTION_GROUP}"'
+    return "NONE" if _uncaptioned(variants) else None
 
 
 def validate_media(text: str, segments: Sequence[SegmentRecord], *, event: bool = False,
@@ -213,8 +231,6 @@ def validate_master(text: str, variants: Sequence[Variant],
         raise ValueError("master playlist does not list the subtitle renditions")
     declared = {m.instream_id for m in parsed.media if m.type == "CLOSED-CAPTIONS"}
     if declared != {c for v in variants for c in v.captions} or any(
-            # m3u8 keeps the quotes of this one attribute (its value may be NONE, unquoted)
-            (p.stream_info.closed_captions or "").strip('"') != (CAPTION_GROUP if v.captions
-                                                                  else "")
+            p.stream_info.closed_captions != _closed_captions(v, variants)
             for p, v in zip(parsed.playlists, variants, strict=True)):
         raise ValueError("master playlist does not declare the closed captions")

@@ -332,7 +332,7 @@ class Publisher:
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
                 height=encoded.rung.height, frame_rate=frame_rate,
-                captions=tuple(sorted(encoded.captions)),
+                captions=tuple(sorted(encoded.captions)), uncaptioned=not encoded.captioned,
             )
             self._write_master(variant)
             return variant

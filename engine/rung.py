@@ -55,6 +55,8 @@ class EncodedRung:
     codecs: str
     #: The CEA-608 channels its pictures carry captions on (engine.captions.channels).
     captions: frozenset[str]
+    #: Whether its pictures carry caption data of any kind (CEA-708 alone names no channel).
+    captioned: bool
     frames: int
     encode_seconds: float
 
@@ -168,6 +170,7 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
     start = round(TIMELINE_START / settings.time_base)
     closed: list[SegmentRecord] = []
     captions: set[str] = set()
+    captioned = False
 
     def segment_closed(output: _Output, records: list[SegmentRecord]) -> None:
         # Not before one is: a rung listed with no segment is a master that lists nothing.
@@ -186,6 +189,7 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
             out.pict_type = PictureType.I if when.keyframe else PictureType.NONE
             if when.captions:
                 captions |= channels(when.captions)
+                captioned = True
             if replay is not None:
                 replay.add(out, when, output.open_segment)
             try:
@@ -211,7 +215,7 @@ def _encode_scaled(rung: Rung, encoder: str, frames: Iterator[Item], out_dir: Pa
     return EncodedRung(
         rung=rung, encoder=output.encoder, folder=rung.name, segments=tuple(segments),
         codecs=max(codecs, key=_profile_and_level), captions=frozenset(captions),
-        frames=progress.frames_done,
+        captioned=captioned, frames=progress.frames_done,
         encode_seconds=time.monotonic() - progress.started_at,
     )
 

@@ -26,6 +26,8 @@ class View:
     starts_at_zero: dict[str, bool]
     segments: dict[str, int]
     problems: list[str]
+    #: Each variant's CLOSED-CAPTIONS attribute (None: not written).
+    closed_captions: list[str | None]
 
 
 def read_view(out: Path) -> View | None:
@@ -33,7 +35,8 @@ def read_view(out: Path) -> View | None:
         master = m3u8.loads((out / "master.m3u8").read_text())
     except FileNotFoundError:
         return None
-    view = View([p.uri for p in master.playlists], {}, {}, {}, {}, [])
+    view = View([p.uri for p in master.playlists], {}, {}, {}, {}, [],
+                [p.stream_info.closed_captions for p in master.playlists])
     for uri in view.variants + [m.uri for m in master.media if m.uri]:
         text = (out / uri).read_text()
         playlist = m3u8.loads(text)
@@ -98,6 +101,9 @@ def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path:
     for view in growing:
         assert view.types[lead] == "event" and view.starts_at_zero[lead]
         assert view.types["audio/index.m3u8"] == "event"
+        # Whether the source has captions is known only once a rung is complete: never NONE
+        # (which makes hls.js ignore captions) before.
+        assert view.closed_captions == [None]
     counts = [v.segments[lead] for v in growing]
     assert counts == sorted(counts) and counts[0] >= 1  # segments only ever appended
     # An EVENT playlist is only appended to and ended, never turned VOD (it was once a second
@@ -111,6 +117,7 @@ def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path:
     assert final.variants == [f"{h}p/index.m3u8" for h in LADDER]
     assert set(final.types.values()) == {"event"} and all(final.ended.values())
     assert all(final.starts_at_zero.values())
+    assert final.closed_captions == ["NONE"] * len(LADDER)  # the source has no captions
 
 
 def test_a_single_rung_ends_as_a_complete_event_playlist(early_source: Path,

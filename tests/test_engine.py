@@ -289,6 +289,10 @@ def test_master_is_valid_at_every_instant(shared_run: JobRun) -> None:
         assert snapshot.uris == ladder_uris[:len(snapshot.uris)], snapshot.text
         assert snapshot.uris, snapshot.text
         assert snapshot.problems == [], snapshot.text
+        # Every listed rung is complete, so it is known the source has no captions: NONE on
+        # every variant or on none (RFC 8216 4.3.4.2), here on every one.
+        assert all(p.stream_info.closed_captions == "NONE"
+                   for p in m3u8.loads(snapshot.text).playlists), snapshot.text
 
 
 def bit_rates(folder: Path, playlist: m3u8.M3U8) -> tuple[float, float]:
@@ -333,7 +337,8 @@ def test_master_attributes_match_segments_on_disk(shared_run: JobRun) -> None:
         assert audio_codec == "mp4a.40.2"
         assert info.frame_rate == pytest.approx(30.0)
         assert info.audio == audio_media.group_id
-        assert info.closed_captions is None  # this source carries none
+        # This source carries no captions, which Apple asks to be said (CLOSED-CAPTIONS=NONE).
+        assert info.closed_captions == "NONE"
     assert not [m for m in master.media if m.type == "CLOSED-CAPTIONS"]
 
 
@@ -494,6 +499,22 @@ def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int,
     assert [(m.group_id, m.instream_id, m.name, m.default) for m in master.media
             if m.type == "CLOSED-CAPTIONS"] == [("cc", "CC1", "CC1", "NO")]
     assert [p.stream_info.closed_captions for p in master.playlists] == ['"cc"'] * 2
+
+
+def test_cea708_captions_alone_are_neither_declared_nor_denied(tmp_path: Path) -> None:
+    """CEA-708 caption data (DTVCC packets) names no CEA-608 channel for the master to declare,
+    but the pictures do carry captions: the master must not say CLOSED-CAPTIONS=NONE."""
+    triples = [bytes([0xFF, 0x02, 0x21, 0xFE, 0x41, 0x00])] * 30  # a packet start and its data
+    source = media.make_video(tmp_path / "dtvcc.mp4", width=160, height=90, seconds=1.0,
+                              captions=triples)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (folder,) = variant_dirs(run.out)
+    carried, _ = _captions(folder / "index.m3u8")
+    assert carried == b"".join(triples)
+    master = master_of(run.out)
+    assert [p.stream_info.closed_captions for p in master.playlists] == [None]
+    assert not [m for m in master.media if m.type == "CLOSED-CAPTIONS"]
 
 
 def test_caption_channels_are_read_from_the_control_codes() -> None:
