@@ -412,6 +412,56 @@ def test_the_subtitles_chosen_stay_through_an_upgrade(
     shutil.rmtree(base / "out" / f"bilingual-{choice}")
 
 
+@pytest.mark.parametrize("subtitled", [False, True], ids=["captions", "captions+subtitles"])
+def test_captions_turned_on_stay_on_through_an_upgrade(
+        server: tuple[RungsServer, Any, Path], browser: Any, subtitled: bool) -> None:
+    """Closed captions in the picture (CEA-608): hls.js makes a captions track of them, hidden;
+    the viewer turns it on in the video's own menu while the first rung plays (and, where the
+    source also has subtitles, turns those off). The new Hls of an upgrade makes a captions
+    track of its own (the page drops the old Hls's track elements), hidden as made, and
+    Chromium shows it, as the viewer had the one before. Only the tracks' state is checked:
+    whether hls.js hands every cue to the track is its own affair (stop 51 saw it lose some)."""
+    rungs, stub, base = server
+    name = "captioned_subtitled" if subtitled else "captioned"
+    source = base / "src" / (f"{name}.mkv" if subtitled else f"{name}.mp4")
+    if not source.exists():
+        captioned = media.make_video(
+            base / f"{name}.mp4", width=1280, height=720, seconds=12,
+            captions=media.cea608_pop_on([f"LINE {n}" for n in range(12)], 30))
+        if subtitled:
+            cues = [(float(start), start + 1.5, f"cue {start}") for start in range(1, 12, 2)]
+            media.make_subtitled(captioned, source, [
+                media.SubtitleSpec(cues, language="eng", default=True)])
+        else:
+            captioned.rename(source)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        job = stub.Transcode(pb.TranscodeRequest(
+            source=source.name, output=name,
+            options=pb.TranscodeOptions(ladder=[180, 720], segment_seconds=2)), timeout=30)
+        page.goto(f"http://127.0.0.1:{rungs.http_port}/jobs/{job.id}")
+        page.wait_for_function("Array.from(document.getElementById('video').textTracks)"
+                               ".some(t => t.kind === 'captions')", timeout=60_000)
+        # As the browser's menu does: the captions showing, the subtitles off.
+        page.evaluate("""() => { for (const t of document.getElementById('video').textTracks)
+                                   t.mode = t.kind === 'captions' ? 'showing' : 'disabled'; }""")
+        chosen = page.evaluate("performance.timeOrigin + performance.now()")
+        page.wait_for_function("window.rungs.ended && window.rungs.upgrades.length > 0",
+                               timeout=120_000)
+        upgrades = page.evaluate("window.rungs.upgrades")
+        tracks = page.evaluate(TEXT_TRACKS_JS)
+        kinds = page.evaluate(
+            "Array.from(document.getElementById('video').textTracks).map(t => t.kind)")
+    finally:
+        context.close()
+    assert upgrades[0]["at"] > chosen, (upgrades, chosen)
+    shown = [(t["label"], kind) for t, kind in zip(tracks, kinds, strict=True)
+             if t["mode"] == "showing"]
+    assert shown == [("CC1", "captions")], tracks
+    shutil.rmtree(base / "out" / name)
+
+
 def test_the_page_says_what_the_output_left_out(
         server: tuple[RungsServer, Any, Path], browser: Any) -> None:
     """A source whose sound nothing decodes plays, silent, and its page says why."""

@@ -171,6 +171,9 @@
       // chosen instead, as the video's menu does (hls.js follows what the element shows).
       if (subtitles !== undefined) {
         for (const track of video.textTracks) {
+          // Closed captions (hls.js's track of the CEA-608 in the picture) are not a subtitle
+          // rendition: left as the viewer has them, or turning subtitles off hid them too.
+          if (track.kind === "captions") continue;
           track.mode = track.label === subtitles ? "showing" : "disabled";
         }
       }
