@@ -336,6 +336,9 @@ class TimelineRenderer(EventRenderer):
                 names = (track["name"] for track in summary["subtitles"])
                 self.console.print(f"subtitles: {', '.join(names)}",
                                    highlight=False, soft_wrap=True)
+            if summary["closed_captions"]:
+                self.console.print(f"closed captions: {', '.join(summary['closed_captions'])}",
+                                   highlight=False, soft_wrap=True)
             for note in summary["notes"]:
                 self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
 

@@ -267,6 +267,8 @@ def _describe(event: pb.JobEvent) -> str:
         return (f"every rung published; time to ready {c.time_to_ready_seconds:.2f} s, "
                 f"total {c.total_seconds:.2f} s, frames {c.frames_decoded}/{c.source_frames}"
                 + (f"; subtitles: {', '.join(t.name for t in c.subtitles)}" if c.subtitles else "")
+                + (f"; closed captions: {', '.join(c.closed_captions)}"
+                   if c.closed_captions else "")
                 + "".join(f"; note: {note}" for note in c.notes))
     if kind == "failed":
         return f"{event.failed.error.code}: {event.failed.error.message}"
@@ -313,6 +315,8 @@ def _print_job(job: pb.Job) -> None:
     for track in job.subtitles:
         language = f" ({track.language})" if track.language else ""
         print(f"  subtitle {track.name}{language}  {track.playlist}")
+    if job.closed_captions:
+        print(f"  captions {', '.join(job.closed_captions)} (CEA-608, in the video)")
     for note in job.notes:
         print(f"  note     {note}")
     if job.HasField("error"):

@@ -636,6 +636,10 @@ class Job:
                  "forced": t.forced, "playlist": str(self.out_dir / t.uri)}
                 for t in (self._publisher.subtitles if self._publisher else [])
             ],
+            # The CEA-608 channels the master declares (carried in the pictures, not files).
+            "closed_captions": sorted({
+                c for v in (self._publisher.variants if self._publisher else [])
+                for c in v.captions}),
             "rungs": [
                 {"rung": s.rung.name, "width": s.rung.width, "height": s.rung.height,
                  "encoder": s.encoder, "state": s.state,

@@ -499,6 +499,7 @@ class _LiveJob:
             snapshot.notes[:] = event.complete.notes
             snapshot.subtitles.extend(event.complete.subtitles)
             snapshot.audio.extend(event.complete.audio)
+            snapshot.closed_captions.extend(event.complete.closed_captions)
         elif kind == "failed":
             snapshot.error.CopyFrom(event.failed.error)
         if event.state in TERMINAL_STATES:
@@ -568,7 +569,8 @@ class _LiveJob:
                 audio=[pb.AudioTrack(
                     name=a["name"], language=a["language"] or "", channels=a["channels"],
                     playlist=path(a["playlist"]))
-                    for a in data["audio"]])
+                    for a in data["audio"]],
+                closed_captions=data["closed_captions"])
         if event.type == "failed":
             return "failed", pb.FailedEvent(error=pb.Error(
                 code=data["code"], message=self._roots.client_message(data["message"])))

@@ -172,6 +172,16 @@ def test_the_timeline_names_the_subtitles_kept(tmp_path: Path) -> None:
         "the output's subtitles are text"]
 
 
+def test_the_timeline_names_the_closed_captions_declared(tmp_path: Path) -> None:
+    """Captions carried in the pictures have no file of their own: the timeline names the
+    channels the master declares, as it names the subtitle tracks."""
+    source = media.make_video(tmp_path / "captioned.mp4", width=160, height=90, seconds=1.0,
+                              captions=media.cea608_pop_on(["HI"], 30, channel=3))
+    result = run_cli("transcode", source, tmp_path / "out", "--ladder", "90")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "closed captions: CC3"
+
+
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "empty": (lambda d: _touch(d / "empty.mp4"), "empty"),
     "random bytes": (lambda d: media.make_random_bytes(d / "noise.mp4"), "not a video"),

@@ -499,6 +499,7 @@ def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int,
     assert [(m.group_id, m.instream_id, m.name, m.default) for m in master.media
             if m.type == "CLOSED-CAPTIONS"] == [("cc", "CC1", "CC1", "NO")]
     assert [p.stream_info.closed_captions for p in master.playlists] == ['"cc"'] * 2
+    assert run.job.summary()["closed_captions"] == ["CC1"]
 
 
 def test_cea708_captions_alone_are_neither_declared_nor_denied(tmp_path: Path) -> None:
@@ -515,6 +516,7 @@ def test_cea708_captions_alone_are_neither_declared_nor_denied(tmp_path: Path) -
     master = master_of(run.out)
     assert [p.stream_info.closed_captions for p in master.playlists] == [None]
     assert not [m for m in master.media if m.type == "CLOSED-CAPTIONS"]
+    assert run.job.summary()["closed_captions"] == []
 
 
 def test_caption_channels_are_read_from_the_control_codes() -> None:

@@ -252,6 +252,29 @@ def test_a_complete_job_lists_its_audio_and_subtitles(start: Callable[..., Runni
     assert start("subtitles").stub.Status(pb.StatusRequest(job_id=job.id)) == status
 
 
+def test_a_complete_job_names_its_closed_captions(start: Callable[..., Running],
+                                                  dirs: Dirs) -> None:
+    """The CEA-608 channels the master declares are in the complete event and the job: the
+    pictures carry them, so no playlist names them otherwise."""
+    triples = [a + b for a, b in zip(media.cea608_pop_on(["ONE"], 30, channel=1),
+                                     media.cea608_pop_on(["TWO"], 30, channel=4), strict=False)]
+    media.make_video(dirs.source / "captioned.mp4", width=160, height=90, seconds=1.0,
+                     captions=triples)
+    running = start("captions")
+    job = transcode(running.stub, "captioned.mp4", "captioned")
+    complete = watch(running.stub, job.id)[-1].complete
+    master = m3u8.load(str(dirs.output / "captioned" / "master.m3u8"))
+    declared = [m.instream_id for m in master.media if m.type == "CLOSED-CAPTIONS"]
+    assert list(complete.closed_captions) == declared == ["CC1", "CC4"]
+    status = running.stub.Status(pb.StatusRequest(job_id=job.id))
+    assert status.closed_captions == complete.closed_captions
+    assert "  captions CC1, CC4 (CEA-608, in the video)\n" in rungs("status", job.id,
+                                                                  server=running).stdout
+    assert "; closed captions: CC1, CC4" in rungs("watch", job.id, server=running).stdout
+    running.server.stop(grace=1)
+    assert start("captions").stub.Status(pb.StatusRequest(job_id=job.id)) == status
+
+
 def published_events_time(events: list[pb.JobEvent], rung: str) -> Any:
     return next(e.time for e in events
                 if e.HasField("rung_published") and e.rung_published.rung == rung)

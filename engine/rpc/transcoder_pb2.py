@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rungs/v1/transcoder.proto\x12\x08rungs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x10TranscodeOptions\x12\x0e\n\x06ladder\x18\x01 \x03(\r\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x12\x17\n\x0fsegment_seconds\x18\x03 \x01(\x01\x12+\n\x0csegment_type\x18\x04 \x01(\x0e\x32\x15.rungs.v1.SegmentType\x12\x11\n\toverwrite\x18\x05 \x01(\x08\x12\x1b\n\x0e\x65\x61rly_playback\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x11\n\x0f_early_playback\"s\n\x10TranscodeRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.rungs.v1.TranscodeOptions\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\r\"\\\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\"\n\x06states\x18\x03 \x03(\x0e\x32\x12.rungs.v1.JobState\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.rungs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf3\x01\n\x04Rung\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.rungs.v1.RungState\x12\x13\n\x0b\x66rames_done\x18\x05 \x01(\r\x12\x14\n\x0c\x66rames_total\x18\x06 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x07 \x01(\t\x12\x11\n\tbandwidth\x18\x08 \x01(\r\x12\x19\n\x11\x61verage_bandwidth\x18\t \x01(\r\x12\x30\n\x0cpublished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.rungs.v1.JobState\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.rungs.v1.TranscodeOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1d\n\x05rungs\x18\x07 \x03(\x0b\x32\x0e.rungs.v1.Rung\x12\x17\n\x0fmaster_playlist\x18\x08 \x01(\t\x12\x0e\n\x06poster\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08ready_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66rames_decoded\x18\x0f \x01(\r\x12\x15\n\rsource_frames\x18\x10 \x01(\r\x12\x1e\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x0f.rungs.v1.Error\x12\x15\n\rlast_sequence\x18\x12 \x01(\r\x12\r\n\x05notes\x18\x13 \x03(\t\x12*\n\tsubtitles\x18\x14 \x03(\x0b\x32\x17.rungs.v1.SubtitleTrack\x12#\n\x05\x61udio\x18\x15 \x03(\x0b\x32\x14.rungs.v1.AudioTrack\"P\n\nAudioTrack\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x10\n\x08playlist\x18\x04 \x01(\t\"b\n\rSubtitleTrack\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x04 \x01(\x08\x12\x10\n\x08playlist\x18\x05 \x01(\t\"\xa5\x05\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.rungs.v1.JobState\x12\x17\n\x0f\x65lapsed_seconds\x18\x05 \x01(\x01\x12\'\n\x06queued\x18\n \x01(\x0b\x32\x15.rungs.v1.QueuedEventH\x00\x12)\n\x07running\x18\x0b \x01(\x0b\x32\x16.rungs.v1.RunningEventH\x00\x12\x32\n\x0cposter_ready\x18\x0c \x01(\x0b\x32\x1a.rungs.v1.PosterReadyEventH\x00\x12+\n\x08progress\x18\r \x01(\x0b\x32\x17.rungs.v1.ProgressEventH\x00\x12\x36\n\x0erung_published\x18\x0e \x01(\x0b\x32\x1c.rungs.v1.RungPublishedEventH\x00\x12%\n\x05ready\x18\x0f \x01(\x0b\x32\x14.rungs.v1.ReadyEventH\x00\x12+\n\x08\x63omplete\x18\x10 \x01(\x0b\x32\x17.rungs.v1.CompleteEventH\x00\x12\'\n\x06\x66\x61iled\x18\x11 \x01(\x0b\x32\x15.rungs.v1.FailedEventH\x00\x12-\n\tcancelled\x18\x12 \x01(\x0b\x32\x18.rungs.v1.CancelledEventH\x00\x12\x34\n\rfirst_segment\x18\x13 \x01(\x0b\x32\x1b.rungs.v1.FirstSegmentEventH\x00\x12:\n\x10\x65ncoder_fallback\x18\x14 \x01(\x0b\x32\x1e.rungs.v1.EncoderFallbackEventH\x00\x42\x06\n\x04kind\"\r\n\x0bQueuedEvent\"\x1e\n\x0cRunningEvent\x12\x0e\n\x06source\x18\x01 \x01(\t\"\"\n\x10PosterReadyEvent\x12\x0e\n\x06poster\x18\x01 \x01(\t\"k\n\x0cRungProgress\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x13\n\x0b\x66rames_done\x18\x02 \x01(\r\x12\x14\n\x0c\x66rames_total\x18\x03 \x01(\r\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.rungs.v1.RungState\"6\n\rProgressEvent\x12%\n\x05rungs\x18\x01 \x03(\x0b\x32\x16.rungs.v1.RungProgress\"\xcd\x01\n\x12RungPublishedEvent\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\x12\x11\n\tbandwidth\x18\x05 \x01(\r\x12\x19\n\x11\x61verage_bandwidth\x18\x06 \x01(\r\x12\x0e\n\x06\x63odecs\x18\x07 \x01(\t\x12\x0e\n\x06\x66rames\x18\x08 \x01(\r\x12\x12\n\nencode_fps\x18\t \x01(\x01\x12\x17\n\x0fmaster_playlist\x18\n \x01(\t\"K\n\nReadyEvent\x12\x17\n\x0fmaster_playlist\x18\x01 \x01(\t\x12\x0c\n\x04rung\x18\x02 \x01(\t\x12\x16\n\x0e\x65\x61rly_playback\x18\x03 \x01(\x08\"S\n\x11\x46irstSegmentEvent\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x17\n\x0fmaster_playlist\x18\x02 \x01(\t\x12\x17\n\x0fsegment_seconds\x18\x03 \x01(\x01\"f\n\x14\x45ncoderFallbackEvent\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12\x0f\n\x07segment\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xd4\x01\n\rCompleteEvent\x12\x1d\n\x15time_to_ready_seconds\x18\x01 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x66rames_decoded\x18\x03 \x01(\r\x12\x15\n\rsource_frames\x18\x04 \x01(\r\x12\r\n\x05notes\x18\x05 \x03(\t\x12*\n\tsubtitles\x18\x06 \x03(\x0b\x32\x17.rungs.v1.SubtitleTrack\x12#\n\x05\x61udio\x18\x07 \x03(\x0b\x32\x14.rungs.v1.AudioTrack\"-\n\x0b\x46\x61iledEvent\x12\x1e\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0f.rungs.v1.Error\" \n\x0e\x43\x61ncelledEvent\x12\x0e\n\x06reason\x18\x01 \x01(\t*r\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\t\n\x05READY\x10\x03\x12\x0c\n\x08\x43OMPLETE\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*Q\n\tRungState\x12\x1a\n\x16RUNG_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0c\n\x08\x45NCODING\x10\x02\x12\r\n\tPUBLISHED\x10\x03*A\n\x0bSegmentType\x12\x1c\n\x18SEGMENT_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46MP4\x10\x01\x12\n\n\x06MPEGTS\x10\x02\x32\xa2\x02\n\nTranscoder\x12\x36\n\tTranscode\x12\x1a.rungs.v1.TranscodeRequest\x1a\r.rungs.v1.Job\x12\x30\n\x06Status\x12\x17.rungs.v1.StatusRequest\x1a\r.rungs.v1.Job\x12\x35\n\x05Watch\x12\x16.rungs.v1.WatchRequest\x1a\x12.rungs.v1.JobEvent0\x01\x12\x30\n\x06\x43\x61ncel\x12\x17.rungs.v1.CancelRequest\x1a\r.rungs.v1.Job\x12\x41\n\x08ListJobs\x12\x19.rungs.v1.ListJobsRequest\x1a\x1a.rungs.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rungs/v1/transcoder.proto\x12\x08rungs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x10TranscodeOptions\x12\x0e\n\x06ladder\x18\x01 \x03(\r\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x12\x17\n\x0fsegment_seconds\x18\x03 \x01(\x01\x12+\n\x0csegment_type\x18\x04 \x01(\x0e\x32\x15.rungs.v1.SegmentType\x12\x11\n\toverwrite\x18\x05 \x01(\x08\x12\x1b\n\x0e\x65\x61rly_playback\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x11\n\x0f_early_playback\"s\n\x10TranscodeRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.rungs.v1.TranscodeOptions\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\r\"\\\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\"\n\x06states\x18\x03 \x03(\x0e\x32\x12.rungs.v1.JobState\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.rungs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf3\x01\n\x04Rung\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.rungs.v1.RungState\x12\x13\n\x0b\x66rames_done\x18\x05 \x01(\r\x12\x14\n\x0c\x66rames_total\x18\x06 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x07 \x01(\t\x12\x11\n\tbandwidth\x18\x08 \x01(\r\x12\x19\n\x11\x61verage_bandwidth\x18\t \x01(\r\x12\x30\n\x0cpublished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaa\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.rungs.v1.JobState\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.rungs.v1.TranscodeOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1d\n\x05rungs\x18\x07 \x03(\x0b\x32\x0e.rungs.v1.Rung\x12\x17\n\x0fmaster_playlist\x18\x08 \x01(\t\x12\x0e\n\x06poster\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08ready_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66rames_decoded\x18\x0f \x01(\r\x12\x15\n\rsource_frames\x18\x10 \x01(\r\x12\x1e\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x0f.rungs.v1.Error\x12\x15\n\rlast_sequence\x18\x12 \x01(\r\x12\r\n\x05notes\x18\x13 \x03(\t\x12*\n\tsubtitles\x18\x14 \x03(\x0b\x32\x17.rungs.v1.SubtitleTrack\x12#\n\x05\x61udio\x18\x15 \x03(\x0b\x32\x14.rungs.v1.AudioTrack\x12\x17\n\x0f\x63losed_captions\x18\x16 \x03(\t\"P\n\nAudioTrack\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x10\n\x08playlist\x18\x04 \x01(\t\"b\n\rSubtitleTrack\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x04 \x01(\x08\x12\x10\n\x08playlist\x18\x05 \x01(\t\"\xa5\x05\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.rungs.v1.JobState\x12\x17\n\x0f\x65lapsed_seconds\x18\x05 \x01(\x01\x12\'\n\x06queued\x18\n \x01(\x0b\x32\x15.rungs.v1.QueuedEventH\x00\x12)\n\x07running\x18\x0b \x01(\x0b\x32\x16.rungs.v1.RunningEventH\x00\x12\x32\n\x0cposter_ready\x18\x0c \x01(\x0b\x32\x1a.rungs.v1.PosterReadyEventH\x00\x12+\n\x08progress\x18\r \x01(\x0b\x32\x17.rungs.v1.ProgressEventH\x00\x12\x36\n\x0erung_published\x18\x0e \x01(\x0b\x32\x1c.rungs.v1.RungPublishedEventH\x00\x12%\n\x05ready\x18\x0f \x01(\x0b\x32\x14.rungs.v1.ReadyEventH\x00\x12+\n\x08\x63omplete\x18\x10 \x01(\x0b\x32\x17.rungs.v1.CompleteEventH\x00\x12\'\n\x06\x66\x61iled\x18\x11 \x01(\x0b\x32\x15.rungs.v1.FailedEventH\x00\x12-\n\tcancelled\x18\x12 \x01(\x0b\x32\x18.rungs.v1.CancelledEventH\x00\x12\x34\n\rfirst_segment\x18\x13 \x01(\x0b\x32\x1b.rungs.v1.FirstSegmentEventH\x00\x12:\n\x10\x65ncoder_fallback\x18\x14 \x01(\x0b\x32\x1e.rungs.v1.EncoderFallbackEventH\x00\x42\x06\n\x04kind\"\r\n\x0bQueuedEvent\"\x1e\n\x0cRunningEvent\x12\x0e\n\x06source\x18\x01 \x01(\t\"\"\n\x10PosterReadyEvent\x12\x0e\n\x06poster\x18\x01 \x01(\t\"k\n\x0cRungProgress\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x13\n\x0b\x66rames_done\x18\x02 \x01(\r\x12\x14\n\x0c\x66rames_total\x18\x03 \x01(\r\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.rungs.v1.RungState\"6\n\rProgressEvent\x12%\n\x05rungs\x18\x01 \x03(\x0b\x32\x16.rungs.v1.RungProgress\"\xcd\x01\n\x12RungPublishedEvent\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\x12\x11\n\tbandwidth\x18\x05 \x01(\r\x12\x19\n\x11\x61verage_bandwidth\x18\x06 \x01(\r\x12\x0e\n\x06\x63odecs\x18\x07 \x01(\t\x12\x0e\n\x06\x66rames\x18\x08 \x01(\r\x12\x12\n\nencode_fps\x18\t \x01(\x01\x12\x17\n\x0fmaster_playlist\x18\n \x01(\t\"K\n\nReadyEvent\x12\x17\n\x0fmaster_playlist\x18\x01 \x01(\t\x12\x0c\n\x04rung\x18\x02 \x01(\t\x12\x16\n\x0e\x65\x61rly_playback\x18\x03 \x01(\x08\"S\n\x11\x46irstSegmentEvent\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x17\n\x0fmaster_playlist\x18\x02 \x01(\t\x12\x17\n\x0fsegment_seconds\x18\x03 \x01(\x01\"f\n\x14\x45ncoderFallbackEvent\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12\x0f\n\x07segment\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xed\x01\n\rCompleteEvent\x12\x1d\n\x15time_to_ready_seconds\x18\x01 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x66rames_decoded\x18\x03 \x01(\r\x12\x15\n\rsource_frames\x18\x04 \x01(\r\x12\r\n\x05notes\x18\x05 \x03(\t\x12*\n\tsubtitles\x18\x06 \x03(\x0b\x32\x17.rungs.v1.SubtitleTrack\x12#\n\x05\x61udio\x18\x07 \x03(\x0b\x32\x14.rungs.v1.AudioTrack\x12\x17\n\x0f\x63losed_captions\x18\x08 \x03(\t\"-\n\x0b\x46\x61iledEvent\x12\x1e\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0f.rungs.v1.Error\" \n\x0e\x43\x61ncelledEvent\x12\x0e\n\x06reason\x18\x01 \x01(\t*r\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\t\n\x05READY\x10\x03\x12\x0c\n\x08\x43OMPLETE\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*Q\n\tRungState\x12\x1a\n\x16RUNG_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0c\n\x08\x45NCODING\x10\x02\x12\r\n\tPUBLISHED\x10\x03*A\n\x0bSegmentType\x12\x1c\n\x18SEGMENT_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46MP4\x10\x01\x12\n\n\x06MPEGTS\x10\x02\x32\xa2\x02\n\nTranscoder\x12\x36\n\tTranscode\x12\x1a.rungs.v1.TranscodeRequest\x1a\r.rungs.v1.Job\x12\x30\n\x06Status\x12\x17.rungs.v1.StatusRequest\x1a\r.rungs.v1.Job\x12\x35\n\x05Watch\x12\x16.rungs.v1.WatchRequest\x1a\x12.rungs.v1.JobEvent0\x01\x12\x30\n\x06\x43\x61ncel\x12\x17.rungs.v1.CancelRequest\x1a\r.rungs.v1.Job\x12\x41\n\x08ListJobs\x12\x19.rungs.v1.ListJobsRequest\x1a\x1a.rungs.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rungs.v1.transcoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=3496
-  _globals['_JOBSTATE']._serialized_end=3610
-  _globals['_RUNGSTATE']._serialized_start=3612
-  _globals['_RUNGSTATE']._serialized_end=3693
-  _globals['_SEGMENTTYPE']._serialized_start=3695
-  _globals['_SEGMENTTYPE']._serialized_end=3760
+  _globals['_JOBSTATE']._serialized_start=3546
+  _globals['_JOBSTATE']._serialized_end=3660
+  _globals['_RUNGSTATE']._serialized_start=3662
+  _globals['_RUNGSTATE']._serialized_end=3743
+  _globals['_SEGMENTTYPE']._serialized_start=3745
+  _globals['_SEGMENTTYPE']._serialized_end=3810
   _globals['_TRANSCODEOPTIONS']._serialized_start=73
   _globals['_TRANSCODEOPTIONS']._serialized_end=261
   _globals['_TRANSCODEREQUEST']._serialized_start=263
@@ -57,37 +57,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNG']._serialized_start=711
   _globals['_RUNG']._serialized_end=954
   _globals['_JOB']._serialized_start=957
-  _globals['_JOB']._serialized_end=1614
-  _globals['_AUDIOTRACK']._serialized_start=1616
-  _globals['_AUDIOTRACK']._serialized_end=1696
-  _globals['_SUBTITLETRACK']._serialized_start=1698
-  _globals['_SUBTITLETRACK']._serialized_end=1796
-  _globals['_JOBEVENT']._serialized_start=1799
-  _globals['_JOBEVENT']._serialized_end=2476
-  _globals['_QUEUEDEVENT']._serialized_start=2478
-  _globals['_QUEUEDEVENT']._serialized_end=2491
-  _globals['_RUNNINGEVENT']._serialized_start=2493
-  _globals['_RUNNINGEVENT']._serialized_end=2523
-  _globals['_POSTERREADYEVENT']._serialized_start=2525
-  _globals['_POSTERREADYEVENT']._serialized_end=2559
-  _globals['_RUNGPROGRESS']._serialized_start=2561
-  _globals['_RUNGPROGRESS']._serialized_end=2668
-  _globals['_PROGRESSEVENT']._serialized_start=2670
-  _globals['_PROGRESSEVENT']._serialized_end=2724
-  _globals['_RUNGPUBLISHEDEVENT']._serialized_start=2727
-  _globals['_RUNGPUBLISHEDEVENT']._serialized_end=2932
-  _globals['_READYEVENT']._serialized_start=2934
-  _globals['_READYEVENT']._serialized_end=3009
-  _globals['_FIRSTSEGMENTEVENT']._serialized_start=3011
-  _globals['_FIRSTSEGMENTEVENT']._serialized_end=3094
-  _globals['_ENCODERFALLBACKEVENT']._serialized_start=3096
-  _globals['_ENCODERFALLBACKEVENT']._serialized_end=3198
-  _globals['_COMPLETEEVENT']._serialized_start=3201
-  _globals['_COMPLETEEVENT']._serialized_end=3413
-  _globals['_FAILEDEVENT']._serialized_start=3415
-  _globals['_FAILEDEVENT']._serialized_end=3460
-  _globals['_CANCELLEDEVENT']._serialized_start=3462
-  _globals['_CANCELLEDEVENT']._serialized_end=3494
-  _globals['_TRANSCODER']._serialized_start=3763
-  _globals['_TRANSCODER']._serialized_end=4053
+  _globals['_JOB']._serialized_end=1639
+  _globals['_AUDIOTRACK']._serialized_start=1641
+  _globals['_AUDIOTRACK']._serialized_end=1721
+  _globals['_SUBTITLETRACK']._serialized_start=1723
+  _globals['_SUBTITLETRACK']._serialized_end=1821
+  _globals['_JOBEVENT']._serialized_start=1824
+  _globals['_JOBEVENT']._serialized_end=2501
+  _globals['_QUEUEDEVENT']._serialized_start=2503
+  _globals['_QUEUEDEVENT']._serialized_end=2516
+  _globals['_RUNNINGEVENT']._serialized_start=2518
+  _globals['_RUNNINGEVENT']._serialized_end=2548
+  _globals['_POSTERREADYEVENT']._serialized_start=2550
+  _globals['_POSTERREADYEVENT']._serialized_end=2584
+  _globals['_RUNGPROGRESS']._serialized_start=2586
+  _globals['_RUNGPROGRESS']._serialized_end=2693
+  _globals['_PROGRESSEVENT']._serialized_start=2695
+  _globals['_PROGRESSEVENT']._serialized_end=2749
+  _globals['_RUNGPUBLISHEDEVENT']._serialized_start=2752
+  _globals['_RUNGPUBLISHEDEVENT']._serialized_end=2957
+  _globals['_READYEVENT']._serialized_start=2959
+  _globals['_READYEVENT']._serialized_end=3034
+  _globals['_FIRSTSEGMENTEVENT']._serialized_start=3036
+  _globals['_FIRSTSEGMENTEVENT']._serialized_end=3119
+  _globals['_ENCODERFALLBACKEVENT']._serialized_start=3121
+  _globals['_ENCODERFALLBACKEVENT']._serialized_end=3223
+  _globals['_COMPLETEEVENT']._serialized_start=3226
+  _globals['_COMPLETEEVENT']._serialized_end=3463
+  _globals['_FAILEDEVENT']._serialized_start=3465
+  _globals['_FAILEDEVENT']._serialized_end=3510
+  _globals['_CANCELLEDEVENT']._serialized_start=3512
+  _globals['_CANCELLEDEVENT']._serialized_end=3544
+  _globals['_TRANSCODER']._serialized_start=3813
+  _globals['_TRANSCODER']._serialized_end=4103
 # @@protoc_insertion_point(module_scope)

@@ -146,7 +146,7 @@ class Rung(_message.Message):
     def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., state: _Optional[_Union[RungState, str]] = ..., frames_done: _Optional[int] = ..., frames_total: _Optional[int] = ..., encoder: _Optional[str] = ..., bandwidth: _Optional[int] = ..., average_bandwidth: _Optional[int] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "source", "output", "options", "request_id", "rungs", "master_playlist", "poster", "created_at", "started_at", "ready_at", "completed_at", "ended_at", "frames_decoded", "source_frames", "error", "last_sequence", "notes", "subtitles", "audio")
+    __slots__ = ("id", "state", "source", "output", "options", "request_id", "rungs", "master_playlist", "poster", "created_at", "started_at", "ready_at", "completed_at", "ended_at", "frames_decoded", "source_frames", "error", "last_sequence", "notes", "subtitles", "audio", "closed_captions")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,7 @@ class Job(_message.Message):
     NOTES_FIELD_NUMBER: _ClassVar[int]
     SUBTITLES_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     source: str
@@ -189,7 +190,8 @@ class Job(_message.Message):
     notes: _containers.RepeatedScalarFieldContainer[str]
     subtitles: _containers.RepeatedCompositeFieldContainer[SubtitleTrack]
     audio: _containers.RepeatedCompositeFieldContainer[AudioTrack]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Iterable[_Union[AudioTrack, _Mapping]]] = ...) -> None: ...
+    closed_captions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., source: _Optional[str] = ..., output: _Optional[str] = ..., options: _Optional[_Union[TranscodeOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., master_playlist: _Optional[str] = ..., poster: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., last_sequence: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Iterable[_Union[AudioTrack, _Mapping]]] = ..., closed_captions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AudioTrack(_message.Message):
     __slots__ = ("name", "language", "channels", "playlist")
@@ -346,7 +348,7 @@ class EncoderFallbackEvent(_message.Message):
     def __init__(self, rung: _Optional[str] = ..., failed: _Optional[str] = ..., encoder: _Optional[str] = ..., segment: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CompleteEvent(_message.Message):
-    __slots__ = ("time_to_ready_seconds", "total_seconds", "frames_decoded", "source_frames", "notes", "subtitles", "audio")
+    __slots__ = ("time_to_ready_seconds", "total_seconds", "frames_decoded", "source_frames", "notes", "subtitles", "audio", "closed_captions")
     TIME_TO_READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DECODED_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +356,7 @@ class CompleteEvent(_message.Message):
     NOTES_FIELD_NUMBER: _ClassVar[int]
     SUBTITLES_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
     time_to_ready_seconds: float
     total_seconds: float
     frames_decoded: int
@@ -361,7 +364,8 @@ class CompleteEvent(_message.Message):
     notes: _containers.RepeatedScalarFieldContainer[str]
     subtitles: _containers.RepeatedCompositeFieldContainer[SubtitleTrack]
     audio: _containers.RepeatedCompositeFieldContainer[AudioTrack]
-    def __init__(self, time_to_ready_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Iterable[_Union[AudioTrack, _Mapping]]] = ...) -> None: ...
+    closed_captions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, time_to_ready_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., frames_decoded: _Optional[int] = ..., source_frames: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., subtitles: _Optional[_Iterable[_Union[SubtitleTrack, _Mapping]]] = ..., audio: _Optional[_Iterable[_Union[AudioTrack, _Mapping]]] = ..., closed_captions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FailedEvent(_message.Message):
     __slots__ = ("error",)
