@@ -947,6 +947,16 @@ def truncated_mkv(folder: Path) -> Path:
     return path
 
 
+def damaged_mkv(folder: Path) -> Path:
+    """Matroska whole to its end, with 4 KiB of zeros a third of the way in (a bad sector): the
+    demuxer stops there. It was refused as truncated, which a new upload would not mend."""
+    path = video(folder / "damaged.mkv", seconds=3.0)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def still_with_sound(folder: Path) -> Path:
     """One JPEG picture in an MP4, not flagged as a cover, beside 3 s of sound: a song made a
     "video" by copying its cover in (``ffmpeg -i cover.jpg -i song.mp3 -c copy``)."""
@@ -1686,6 +1696,8 @@ RECIPES: tuple[Recipe, ...] = (
            note="it was refused as a still image, though the same in Matroska played",
            notes=("the sound goes on",)),
     Recipe("truncated_mkv", lambda d, _: truncated_mkv(d), R, ("truncated",)),
+    Recipe("damaged_mkv", lambda d, _: damaged_mkv(d), R,
+           ("is damaged", "could be read only to", "of the way into the file")),
     Recipe("mkv_ten_hours_in",
            lambda d, _: write_streams(d / "ten_hours_in.mkv",
                                       video_pts=list(range(1080000, 1080030)),
