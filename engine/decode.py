@@ -74,7 +74,7 @@ _SCALER_MATRICES = frozenset((0, 1, 2, 4, 5, 6, 7, 9))
 MAX_BAD_PACKET_SHARE = 0.2
 #: A demuxer that stops with more than this share of the file unread (and more than two of its
 #: largest packets) stopped at damage it could not read past: a file cut short is read to
-#: within its last, partial packet (98.5-99.7% of five cut Matroska files here), one with a
+#: within its last, partial packet (98.0-99.7% of six cut Matroska and WebM files here), one with a
 #: stretch of zeros in the middle stopped 34% in.
 UNREAD_SHARE = 0.1
 #: How far the sound may run ahead of the furthest picture read before its timestamps are
