@@ -73,6 +73,7 @@ from engine.publish import (
     check_output_dir,
     keep_listed,
     lock_output_dir,
+    output_dir_error,
 )
 from engine.rung import (
     EncodedRung,
@@ -697,7 +698,7 @@ class Job:
         except FileExistsError:
             created = False
         except OSError as exc:
-            raise OutputWriteError(f"cannot create output directory {str(out)!r}: {exc}") from exc
+            raise output_dir_error(out, exc) from exc
         self._output_lock = lock_output_dir(out)
         # Only now is the folder this job's to clean up, or to remove if it made it.
         self._output_taken, self._created_output = True, created

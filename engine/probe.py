@@ -333,9 +333,15 @@ def open_source(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_P
     message naming the problem.
     """
     source = Path(path)
-    if not source.is_file():
+    try:
+        is_file = source.is_file()
+        size = source.stat().st_size if is_file else 0
+    except OSError as exc:  # a name the system refuses (too long), a folder it may not search
+        raise InvalidSourceError(
+            f"source {str(source)!r} cannot be read: {exc.strerror or exc}") from None
+    if not is_file:
         raise InvalidSourceError(f"source {str(source)!r} does not exist or is not a file")
-    if source.stat().st_size == 0:
+    if size == 0:
         raise InvalidSourceError(f"source {source.name!r} is empty")
     try:
         # An absolute path: FFmpeg reads a relative name such as "clip:1.mp4" as a protocol.

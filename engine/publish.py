@@ -9,6 +9,7 @@ reader sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import logging
 import math
@@ -29,6 +30,7 @@ from engine.errors import (
     OutputExistsError,
     OutputInUseError,
     OutputWriteError,
+    RungsError,
 )
 from engine.gop import TIMELINE_START
 from engine.ladder import Rung
@@ -95,11 +97,37 @@ def keep_listed(folder: Path, playlist: m3u8.M3U8) -> None:
             path.unlink(missing_ok=True)
 
 
+#: Why a directory cannot be made or looked into where an output names it: its name or its
+#: place, which whoever named it can mend (any other failure, a full disk, is the system's).
+_UNUSABLE_PLACE = frozenset((errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
+                             errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP))
+
+
+def output_dir_error(out: Path, exc: OSError) -> RungsError:
+    """The error for a failure to make or look into the output directory ``out``: a usage
+    error where its name or place is the problem (a name too long, a read-only file system:
+    ``rungs transcode`` said "internal error" and exited 1), else a failure to write."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _UNUSABLE_PLACE:
+        return InvalidOptionsError(f"output directory {str(out)!r} cannot be made: {reason}")
+    return OutputWriteError(f"cannot create output directory {str(out)!r}: {reason}")
+
+
 def check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path] = ()) -> None:
     """Raise when ``out`` cannot be a job's output directory: it is a file, a file stands where
-    one of its parents should be, or it holds something and ``overwrite`` is off. Overwriting
-    deletes everything in it, so it must not hold any of ``keep`` (the job's source, say):
-    ``rungs transcode movies/a.mp4 movies --overwrite`` used to delete ``movies/a.mp4``."""
+    one of its parents should be, the system refuses its name, or it holds something and
+    ``overwrite`` is off. Overwriting deletes everything in it, so it must not hold any of
+    ``keep`` (the job's source, say): ``rungs transcode movies/a.mp4 movies --overwrite`` used
+    to delete ``movies/a.mp4``."""
+    try:
+        _check_output_dir(out, overwrite, keep)
+    except RungsError:
+        raise
+    except OSError as exc:
+        raise output_dir_error(out, exc) from None
+
+
+def _check_output_dir(out: Path, overwrite: bool, keep: Iterable[Path]) -> None:
     try:
         str(out).encode()
     except UnicodeEncodeError:

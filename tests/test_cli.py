@@ -197,6 +197,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "wav": (lambda d: media.make_audio_only(d / "take.wav", seconds=1.0, codec="pcm_s16le"),
             "is an audio file (WAV), not a video"),
     "missing": (lambda d: d / "missing.mp4", "does not exist"),
+    # A name the system refuses: "internal error: OSError: [Errno 36] File name too long", exit 1.
+    "name too long": (lambda d: d / f"{'x' * 300}.mp4", "cannot be read: File name too long"),
 }
 
 
@@ -217,6 +219,19 @@ def test_bad_input_exits_2_with_one_line(case: str, tmp_path: Path) -> None:
     assert words in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "out" / "master.m3u8").exists()
+
+
+@pytest.mark.parametrize(("out", "reason"), [
+    ("x" * 300, "File name too long"), (f"{'x' * 300}/inside", "File name too long"),
+    ("/proc/rungs-out", "No such file or directory")], ids=["long", "long parent", "proc"])
+def test_an_output_that_cannot_be_made_exits_2_with_one_line(
+        small_source: Path, tmp_path: Path, out: str, reason: str) -> None:
+    """An output the system will not make there (a name too long, a place that takes no new
+    folder) is the command line's to mend: "internal error" and exit 1 before."""
+    result = run_cli("transcode", small_source, tmp_path / out, "--ladder", "90")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"rungs: output directory {str(tmp_path / out)!r} cannot be made: {reason}"]
 
 
 def test_non_empty_output_is_refused_without_overwrite(small_source: Path, tmp_path: Path) -> None:
