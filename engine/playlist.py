@@ -14,6 +14,7 @@ from fractions import Fraction
 import m3u8
 
 from engine.gop import RATE_JITTER
+from engine.iframes import IFrameRange
 from engine.segment import SegmentRecord
 
 AUDIO_GROUP = "audio"
@@ -44,6 +45,9 @@ class Variant:
     #: Known to carry no captions at all: a complete rung (every rung is encoded from every
     #: decoded frame, so one complete rung knows for the whole source).
     uncaptioned: bool = False
+    #: Its I-frame playlist (a complete rung's), and that playlist's peak bits per second.
+    iframes_uri: str | None = None
+    iframes_bandwidth: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,11 @@ def target_duration(segments: Sequence[SegmentRecord]) -> int:
 
 
 def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: bool = False,
-                   ended: bool = True) -> str:
+                   ended: bool = True, iframes: Sequence[IFrameRange] | None = None) -> str:
     """A media playlist: VOD (complete), or EVENT (segments only ever appended) while a rung is
-    still encoding, ``ended`` once it is complete.
+    still encoding, ``ended`` once it is complete. Given ``iframes`` (one a segment), the
+    rung's I-frame playlist: each segment's I-frame as a byte range of its file, lasting until
+    the next segment's (RFC 8216 4.3.3.6).
 
     An EVENT playlist says ``EXT-X-START:TIME-OFFSET=0``: without it players start near the
     live edge instead of at the beginning.
@@ -91,16 +97,21 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: boo
         f"#EXT-X-PLAYLIST-TYPE:{'EVENT' if event else 'VOD'}",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
+    if iframes is not None:
+        lines.append("#EXT-X-I-FRAMES-ONLY")
     if event:
         lines.append("#EXT-X-START:TIME-OFFSET=0")
     init_uri = None
-    for segment in segments:
+    for index, segment in enumerate(segments):
         if segment.discontinuity:
             lines.append("#EXT-X-DISCONTINUITY")
         if segment.init_uri and segment.init_uri != init_uri:
             init_uri = segment.init_uri
             lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
-        lines += [f"#EXTINF:{segment.duration_s:.6f},", segment.uri]
+        lines.append(f"#EXTINF:{segment.duration_s:.6f},")
+        if iframes is not None:
+            lines.append(f"#EXT-X-BYTERANGE:{iframes[index].length}@{iframes[index].offset}")
+        lines.append(segment.uri)
     if ended or not event:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
@@ -182,7 +193,25 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
         if (captions := _closed_captions(v, variants)) is not None:
             attributes.append(f"CLOSED-CAPTIONS={captions}")
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
+    for v in variants:
+        if v.iframes_uri is not None:
+            # CODECS names the video alone: an I-frame playlist has no sound.
+            lines.append(f"#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={v.iframes_bandwidth},"
+                         f'CODECS="{_video_codecs(v)}",RESOLUTION={v.width}x{v.height},'
+                         f'URI="{v.iframes_uri}"')
     return "\n".join(lines) + "\n"
+
+
+def _video_codecs(variant: Variant) -> str:
+    # A variant's CODECS lists its video first, then the audio's (engine.publish).
+    return variant.codecs.split(",")[0]
+
+
+def iframes_bandwidth(segments: Sequence[SegmentRecord], iframes: Sequence[IFrameRange]) -> int:
+    """An I-frame playlist's BANDWIDTH: its peak, each I-frame's bytes over its EXTINF."""
+    return math.ceil(max((8 * i.length / s.duration_s
+                          for s, i in zip(segments, iframes, strict=True) if s.duration_s > 0),
+                         default=0.0))
 
 
 def _uncaptioned(variants: Sequence[Variant]) -> bool:
@@ -199,11 +228,16 @@ def _closed_captions(variant: Variant, variants: Sequence[Variant]) -> str | Non
 
 
 def validate_media(text: str, segments: Sequence[SegmentRecord], *, event: bool = False,
-                   ended: bool = True) -> None:
-    """Parse a media playlist back and check it says what ``segments`` say."""
+                   ended: bool = True, iframes: Sequence[IFrameRange] | None = None) -> None:
+    """Parse a media playlist back and check it says what ``segments`` (and ``iframes``) say."""
     parsed = m3u8.loads(text)
     if parsed.is_variant or parsed.playlist_type != ("event" if event else "vod"):
         raise ValueError("media playlist is not of the intended type")
+    if parsed.is_i_frames_only != (iframes is not None) or (
+            iframes is not None
+            and [s.byterange for s in parsed.segments] != [f"{i.length}@{i.offset}"
+                                                          for i in iframes]):
+        raise ValueError("media playlist's I-frames are not the ones found")
     if parsed.is_endlist != (ended or not event):
         raise ValueError("media playlist's end tag is wrong")
     if [s.uri for s in parsed.segments] != [s.uri for s in segments]:
@@ -223,6 +257,9 @@ def validate_master(text: str, variants: Sequence[Variant],
     listed = [(p.uri, p.stream_info.bandwidth) for p in parsed.playlists]
     if listed != [(v.uri, v.bandwidth) for v in variants]:
         raise ValueError("master playlist does not list the published rungs")
+    trick = [(p.uri, p.iframe_stream_info.bandwidth) for p in parsed.iframe_playlists]
+    if trick != [(v.iframes_uri, v.iframes_bandwidth) for v in variants if v.iframes_uri]:
+        raise ValueError("master playlist does not list the rungs' I-frame playlists")
     sounds = [(m.uri, m.name) for m in parsed.media if m.type == "AUDIO"]
     if sounds != [(a.uri, a.name) for a in audio]:
         raise ValueError("master playlist does not list the audio renditions")

@@ -33,11 +33,13 @@ from engine.errors import (
     RungsError,
 )
 from engine.gop import TIMELINE_START
+from engine.iframes import locate
 from engine.ladder import Rung
 from engine.playlist import (
     AudioRendition,
     SubtitleRendition,
     Variant,
+    iframes_bandwidth,
     master_playlist,
     media_playlist,
     target_duration,
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 MASTER = "master.m3u8"
 MEDIA = "index.m3u8"
+#: A complete rung's I-frame playlist, beside its media playlist.
+IFRAMES = "iframes.m3u8"
 POSTER = "poster.jpg"
 #: Subtitle track ``n`` (from 1) goes in ``subtitles<n>/``.
 SUBTITLES_FOLDER = "subtitles"
@@ -90,7 +94,7 @@ def write_atomically(path: Path, data: bytes, sync: bool = True) -> None:
 def keep_listed(folder: Path, playlist: m3u8.M3U8) -> None:
     """Delete the files of a rendition folder that its media ``playlist`` does not list:
     segments closed after it was last written, temporary files."""
-    needed = {MEDIA, *(s.uri for s in playlist.segments),
+    needed = {MEDIA, IFRAMES, *(s.uri for s in playlist.segments),
               *(s.init_section.uri for s in playlist.segments if s.init_section is not None)}
     for path in folder.iterdir():
         if path.name not in needed and path.is_file():
@@ -356,11 +360,14 @@ class Publisher:
             else:
                 self._write_vod(encoded.folder, encoded.segments)
             peak, average = variant_bandwidth(encoded.segments, self._audio_segments())
+            trick = self._write_iframes(encoded.folder, encoded.segments)
             variant = Variant(
                 uri=f"{encoded.folder}/{MEDIA}", bandwidth=peak, average_bandwidth=average,
                 codecs=self._codecs(encoded.codecs), width=encoded.rung.width,
                 height=encoded.rung.height, frame_rate=frame_rate,
                 captions=tuple(sorted(encoded.captions)), uncaptioned=not encoded.captioned,
+                iframes_uri=None if trick is None else f"{encoded.folder}/{IFRAMES}",
+                iframes_bandwidth=trick or 0,
             )
             self._write_master(variant)
             return variant
@@ -433,3 +440,18 @@ class Publisher:
         text = media_playlist(segments, target, event=event, ended=ended)
         validate_media(text, segments, event=event, ended=ended)
         write_atomically(self.out_dir / folder / MEDIA, text.encode())
+
+    def _write_iframes(self, folder: str, segments: Sequence[SegmentRecord]) -> int | None:
+        """Write a complete rung's I-frame playlist (of the type its media playlist has: the
+        variants of a master share one); its BANDWIDTH, or None where a segment's I-frame
+        was not found (see engine.iframes), and the rung is listed without one."""
+        found = [locate(self.out_dir / folder / s.uri) for s in segments]
+        iframes = [f for f in found if f is not None]
+        if not segments or len(iframes) != len(found):
+            log.warning("no I-frame playlist for %s: a segment's I-frame was not found", folder)
+            return None
+        event = bool(self._event)
+        text = media_playlist(segments, self._target, event=event, iframes=iframes)
+        validate_media(text, segments, event=event, iframes=iframes)
+        write_atomically(self.out_dir / folder / IFRAMES, text.encode())
+        return iframes_bandwidth(segments, iframes)

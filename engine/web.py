@@ -55,7 +55,7 @@ DEFAULT_HLS_JS = Path(__file__).resolve().parents[1] / "node_modules/hls.js/dist
 _PLAYLIST_CACHE = "no-store"
 _SEGMENT_CACHE = "public, max-age=31536000, immutable"
 _OUTPUT_FILES = (
-    (re.compile(r"(master|index)\.m3u8"), "application/vnd.apple.mpegurl", _PLAYLIST_CACHE),
+    (re.compile(r"(master|index|iframes)\.m3u8"), "application/vnd.apple.mpegurl", _PLAYLIST_CACHE),
     (re.compile(r"seg_\d+\.m4s"), "video/iso.segment", _SEGMENT_CACHE),
     (re.compile(r"seg_\d+\.ts"), "video/mp2t", _SEGMENT_CACHE),
     (re.compile(r"seg_\d+\.vtt"), "text/vtt; charset=utf-8", _SEGMENT_CACHE),

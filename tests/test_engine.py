@@ -30,8 +30,10 @@ import numpy as np
 import pytest
 
 import engine.fanout
+import engine.iframes
 import engine.job
 import engine.memory
+import engine.publish
 import engine.rung
 from engine import (
     InvalidOptionsError,
@@ -340,6 +342,71 @@ def test_master_attributes_match_segments_on_disk(shared_run: JobRun) -> None:
         # This source carries no captions, which Apple asks to be said (CLOSED-CAPTIONS=NONE).
         assert info.closed_captions == "NONE"
     assert not [m for m in master.media if m.type == "CLOSED-CAPTIONS"]
+
+
+def assert_iframe_playlists(out: Path) -> None:
+    """The master lists an I-frame playlist for each rung (Apple's players scrub with them):
+    one byte range per segment, which alone (after the init segment) decodes to one picture,
+    the keyframe that opens the segment; BANDWIDTH the peak of those ranges."""
+    master = master_of(out)
+    assert [p.uri for p in master.iframe_playlists] == [
+        p.uri.replace("index.m3u8", "iframes.m3u8") for p in master.playlists]
+    for variant, trick in zip(master.playlists, master.iframe_playlists, strict=True):
+        info = trick.iframe_stream_info
+        assert info.resolution == variant.stream_info.resolution
+        assert info.codecs == variant.stream_info.codecs.split(",")[0]
+        folder = (out / trick.uri).parent
+        playlist, media = load(out / trick.uri), load(out / variant.uri)
+        assert playlist.is_i_frames_only and playlist.is_endlist
+        assert [(s.uri, s.duration) for s in playlist.segments] == [
+            (s.uri, s.duration) for s in media.segments]
+        rates = []
+        for segment, keyframe in zip(playlist.segments, keyframe_times(folder), strict=True):
+            length, offset = map(int, segment.byterange.split("@"))
+            data = (folder / segment.uri).read_bytes()[offset:offset + length]
+            rates.append(8 * length / segment.duration)
+            if segment.uri.endswith(".m4s"):
+                data = (folder / segment.init_section.uri).read_bytes() + data
+            with av.open(io.BytesIO(data), format=None if segment.init_section else "mpegts") \
+                    as container:
+                stream = container.streams.video[0]
+                frames = list(container.decode(stream))
+            assert len(frames) == 1 and frames[0].key_frame, (trick.uri, segment.uri)
+            assert frames[0].pts * stream.time_base == keyframe, (trick.uri, segment.uri)
+        assert max(rates) <= info.bandwidth <= 1.001 * max(rates) + 1, trick.uri
+
+
+def test_every_rung_has_an_i_frame_playlist(shared_run: JobRun) -> None:
+    assert_iframe_playlists(shared_run.out)
+
+
+def test_mpeg_ts_rungs_have_i_frame_playlists(tmp_path: Path) -> None:
+    source = media.make_video(tmp_path / "clip.mp4", width=320, height=180, seconds=3.0)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90, 180)),
+                                                    segment_type="mpegts"))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert_iframe_playlists(run.out)
+
+
+def test_an_i_frame_not_found_leaves_its_rung_without_an_i_frame_playlist(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segment files that do not read as expected give no range, and a rung with such a
+    segment is listed without an I-frame playlist: never one pointing at the wrong bytes."""
+    good = tmp_path / "good.m4s"
+    source = media.make_video(tmp_path / "clip.mp4", width=160, height=90, seconds=1.0)
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(90,))))
+    (segment,) = sorted((run.out / "90p").glob("seg_*.m4s"))
+    good.write_bytes(segment.read_bytes())
+    assert engine.iframes.locate(good) is not None
+    for name, data in [("noise.m4s", os.urandom(5000)), ("cut.m4s", good.read_bytes()[:200]),
+                       ("empty.ts", b""), ("noise.ts", b"\x47" + os.urandom(187 * 3))]:
+        (tmp_path / name).write_bytes(data)
+        assert engine.iframes.locate(tmp_path / name) is None, name
+    monkeypatch.setattr(engine.publish, "locate", lambda path: None)
+    run = run_job(source, tmp_path / "again", options(ladder=LadderOptions(heights=(90,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert master_of(run.out).iframe_playlists == [] and len(master_of(run.out).playlists) == 1
+    assert not (run.out / "90p" / "iframes.m3u8").exists()
 
 
 def test_keyframes_open_every_segment_and_align_across_rungs(shared_run: JobRun) -> None:

@@ -89,6 +89,18 @@ def test_playlists_are_never_cached_and_match_the_files(served: Served) -> None:
     response, body = served.get(f"/out/fmp4/{master.playlists[0].uri}")
     assert response.status == 200 and response.getheader("Cache-Control") == "no-store"
     assert m3u8.loads(body.decode()).is_endlist
+    # The I-frame playlists too, and the byte ranges they list (a player fetches only those).
+    for trick in master.iframe_playlists:
+        response, body = served.get(f"/out/fmp4/{trick.uri}")
+        assert response.status == 200 and response.getheader("Cache-Control") == "no-store"
+        assert response.getheader("Content-Type") == "application/vnd.apple.mpegurl"
+        iframe = m3u8.loads(body.decode()).segments[0]
+        length, offset = map(int, iframe.byterange.split("@"))
+        folder = trick.uri.rsplit("/", 1)[0]
+        response, body = served.get(f"/out/fmp4/{folder}/{iframe.uri}",
+                                    {"Range": f"bytes={offset}-{offset + length - 1}"})
+        assert response.status == 206 and len(body) == length
+    assert len(master.iframe_playlists) == 2
 
 
 @pytest.mark.parametrize(("job", "path", "content_type"), [
