@@ -6,6 +6,7 @@ seconds, 2 s segments, a 180/270/360 ladder) so the whole suite stays fast on tw
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -193,3 +194,41 @@ def shared_run(source_video: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         run.opened_for_reading = opened
     assert run.state == JobState.COMPLETE, (run.job.error, time.monotonic() - started)
     yield run
+
+
+def _first_frame(data: bytes, mpegts: bool) -> list[tuple[int, bool]]:
+    """(pts, keyframe) of every frame ``data`` (a segment, with its init segment for fMP4)
+    decodes to."""
+    with av.open(io.BytesIO(data), format="mpegts" if mpegts else None) as container:
+        return [(f.pts, f.key_frame) for f in container.decode(container.streams.video[0])]
+
+
+def assert_iframe_playlists(out: Path) -> None:
+    """The master lists an I-frame playlist for each rung (Apple's players scrub with them):
+    one byte range per segment, which alone (after the init segment its segment needs)
+    decodes to one picture, the keyframe that opens the segment; the playlist's discontinuities
+    are the media playlist's; BANDWIDTH the peak of those ranges."""
+    master = m3u8.loads((out / "master.m3u8").read_text())
+    assert [p.uri for p in master.iframe_playlists] == [
+        p.uri.replace("index.m3u8", "iframes.m3u8") for p in master.playlists]
+    for variant, trick in zip(master.playlists, master.iframe_playlists, strict=True):
+        info = trick.iframe_stream_info
+        assert info.resolution == variant.stream_info.resolution
+        assert info.codecs == variant.stream_info.codecs.split(",")[0]
+        folder = (out / trick.uri).parent
+        playlist = m3u8.loads((out / trick.uri).read_text())
+        media_playlist = m3u8.loads((out / variant.uri).read_text())
+        assert playlist.is_i_frames_only and playlist.is_endlist
+        assert [(s.uri, s.duration, s.discontinuity) for s in playlist.segments] == [
+            (s.uri, s.duration, s.discontinuity) for s in media_playlist.segments]
+        rates = []
+        for segment in playlist.segments:
+            length, offset = map(int, segment.byterange.split("@"))
+            whole = (folder / segment.uri).read_bytes()
+            init = (folder / segment.init_section.uri).read_bytes() if segment.init_section \
+                else b""
+            rates.append(8 * length / segment.duration)
+            alone = _first_frame(init + whole[offset:offset + length], not init)
+            assert len(alone) == 1 and alone[0][1], (trick.uri, segment.uri)
+            assert alone[0] == _first_frame(init + whole, not init)[0], (trick.uri, segment.uri)
+        assert max(rates) <= info.bandwidth <= 1.001 * max(rates) + 1, trick.uri

@@ -59,6 +59,7 @@ from tests.conftest import (
     LADDER_SETTINGS,
     SEGMENT_SECONDS,
     JobRun,
+    assert_iframe_playlists,
     check_published,
     count_frames,
     options,
@@ -342,38 +343,6 @@ def test_master_attributes_match_segments_on_disk(shared_run: JobRun) -> None:
         # This source carries no captions, which Apple asks to be said (CLOSED-CAPTIONS=NONE).
         assert info.closed_captions == "NONE"
     assert not [m for m in master.media if m.type == "CLOSED-CAPTIONS"]
-
-
-def assert_iframe_playlists(out: Path) -> None:
-    """The master lists an I-frame playlist for each rung (Apple's players scrub with them):
-    one byte range per segment, which alone (after the init segment) decodes to one picture,
-    the keyframe that opens the segment; BANDWIDTH the peak of those ranges."""
-    master = master_of(out)
-    assert [p.uri for p in master.iframe_playlists] == [
-        p.uri.replace("index.m3u8", "iframes.m3u8") for p in master.playlists]
-    for variant, trick in zip(master.playlists, master.iframe_playlists, strict=True):
-        info = trick.iframe_stream_info
-        assert info.resolution == variant.stream_info.resolution
-        assert info.codecs == variant.stream_info.codecs.split(",")[0]
-        folder = (out / trick.uri).parent
-        playlist, media = load(out / trick.uri), load(out / variant.uri)
-        assert playlist.is_i_frames_only and playlist.is_endlist
-        assert [(s.uri, s.duration) for s in playlist.segments] == [
-            (s.uri, s.duration) for s in media.segments]
-        rates = []
-        for segment, keyframe in zip(playlist.segments, keyframe_times(folder), strict=True):
-            length, offset = map(int, segment.byterange.split("@"))
-            data = (folder / segment.uri).read_bytes()[offset:offset + length]
-            rates.append(8 * length / segment.duration)
-            if segment.uri.endswith(".m4s"):
-                data = (folder / segment.init_section.uri).read_bytes() + data
-            with av.open(io.BytesIO(data), format=None if segment.init_section else "mpegts") \
-                    as container:
-                stream = container.streams.video[0]
-                frames = list(container.decode(stream))
-            assert len(frames) == 1 and frames[0].key_frame, (trick.uri, segment.uri)
-            assert frames[0].pts * stream.time_base == keyframe, (trick.uri, segment.uri)
-        assert max(rates) <= info.bandwidth <= 1.001 * max(rates) + 1, trick.uri
 
 
 def test_every_rung_has_an_i_frame_playlist(shared_run: JobRun) -> None:

@@ -17,7 +17,7 @@ import engine.rung
 from engine import JobState, LadderOptions
 from engine.errors import EncoderError
 from tests import media
-from tests.conftest import options, run_job
+from tests.conftest import assert_iframe_playlists, options, run_job
 
 FAIL_AT_FRAME = 75  # inside the second 2 s segment at 30 fps
 
@@ -94,6 +94,10 @@ def test_failed_encoder_falls_back_from_the_last_closed_segment(
     for low_segment, high_segment in zip(low_keys, high_keys, strict=True):
         assert low_segment[0][1] and not any(key for _, key in low_segment[1:])
         assert low_segment[0][0] == high_segment[0][0]  # keyframes aligned across rungs
+    # The I-frame playlist follows the media playlist's discontinuity and initialisation
+    # segments, and each of its ranges decodes after the init segment its segment needs.
+    assert_iframe_playlists(run.out)
     if segment_type == "fmp4":
         assert (low / "init_1.mp4").exists()
         assert "#EXT-X-MAP:URI=\"init_1.mp4\"" in (low / "index.m3u8").read_text()
+        assert "#EXT-X-MAP:URI=\"init_1.mp4\"" in (low / "iframes.m3u8").read_text()
