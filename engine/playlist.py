@@ -108,7 +108,7 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: boo
         if segment.init_uri and segment.init_uri != init_uri:
             init_uri = segment.init_uri
             lines.append(f'#EXT-X-MAP:URI="{init_uri}"')
-        lines.append(f"#EXTINF:{segment.duration_s:.6f},")
+        lines.append(f"#EXTINF:{_extinf(segment.duration_s)},")
         if iframes is not None:
             lines.append(f"#EXT-X-BYTERANGE:{iframes[index].length}@{iframes[index].offset}")
         lines.append(segment.uri)
@@ -207,11 +207,16 @@ def _video_codecs(variant: Variant) -> str:
     return variant.codecs.split(",")[0]
 
 
+def _extinf(duration_s: float) -> str:
+    return f"{duration_s:.6f}"
+
+
 def iframes_bandwidth(segments: Sequence[SegmentRecord], iframes: Sequence[IFrameRange]) -> int:
-    """An I-frame playlist's BANDWIDTH: its peak, each I-frame's bytes over its EXTINF."""
-    return math.ceil(max((8 * i.length / s.duration_s
-                          for s, i in zip(segments, iframes, strict=True) if s.duration_s > 0),
-                         default=0.0))
+    """An I-frame playlist's BANDWIDTH: its peak, each I-frame's bytes over its EXTINF as
+    written (a player's reckoning: a short segment's rounding put the peak 0.5 bit/s over it)."""
+    durations = [float(_extinf(s.duration_s)) for s in segments]
+    return math.ceil(max((8 * i.length / d for d, i in zip(durations, iframes, strict=True)
+                          if d > 0), default=0.0))
 
 
 def _uncaptioned(variants: Sequence[Variant]) -> bool:

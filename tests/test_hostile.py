@@ -33,6 +33,7 @@ from engine.rpc import transcoder_pb2 as pb
 from engine.rpc import transcoder_pb2_grpc
 from engine.server import create_server
 from tests import fuzz, hostile
+from tests.conftest import assert_iframe_playlists
 from tests.hostile import Case, Expect, read_ladder
 from tests.polling import Poller
 
@@ -228,6 +229,7 @@ def test_cli(corpus: Corpus, name: str) -> None:
         output = read_ladder(run.out)
         if case.check is not None:
             case.check(output)
+        assert_iframe_playlists(run.out)
         return
     assert run.returncode == 2, _explain(case, run)
     lines = run.stderr.splitlines()
