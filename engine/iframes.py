@@ -15,8 +15,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-#: How much of an fMP4 segment is read to find its ``moof`` (after ``styp`` and ``sidx``).
+#: How much of an fMP4 segment is read first to find its ``moof`` (after ``styp`` and
+#: ``sidx``); a larger ``moof`` (a long segment's table of samples) is read whole, up to the
+#: most a fragment's header could need.
 _MOOF_SEARCH_BYTES = 64 * 1024
+_MOOF_MAX_BYTES = 16 * 1024 * 1024
 _TS_PACKET = 188
 _TS_SYNC = 0x47
 
@@ -37,8 +40,13 @@ def locate(path: Path) -> IFrameRange | None:
         with path.open("rb") as file:
             if path.suffix == ".ts":
                 return _in_transport_stream(file.read())
-            return _in_fragment(file.read(_MOOF_SEARCH_BYTES), path.stat().st_size)
-    except (OSError, struct.error, ValueError):
+            head = file.read(_MOOF_SEARCH_BYTES)
+            moof_end = max((at + size for kind, at, size in _boxes(head, 0, len(head))
+                            if kind == b"moof"), default=0)
+            if len(head) < moof_end + 8 <= _MOOF_MAX_BYTES:  # and the mdat's header after it
+                head += file.read(moof_end + 8 - len(head))
+            return _in_fragment(head, path.stat().st_size)
+    except (OSError, struct.error, ValueError, IndexError):
         return None
 
 
