@@ -168,16 +168,20 @@ def master_playlist(variants: Sequence[Variant], audio: Sequence[AudioRendition]
             f'AUTOSELECT=YES,CHANNELS="{sound.channels}",URI="{sound.uri}"'
         )
     default = next((s for s in subtitles if s.default), None)
+    # Every rendition says its LANGUAGE, "und" (undetermined, BCP 47) where the source names
+    # none, as the audio's does: Apple's authoring specification asks for it on every
+    # EXT-X-MEDIA but VIDEO (8.10; 4.4 for captions, 4.7 for subtitles).
     for rendition in subtitles:
-        language = f'LANGUAGE="{rendition.language}",' if rendition.language else ""
         lines.append(
             f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{SUBTITLE_GROUP}",NAME="{rendition.name}",'
-            f'{language}DEFAULT={"YES" if rendition is default else "NO"},AUTOSELECT=YES,'
+            f'LANGUAGE="{rendition.language or "und"}",'
+            f'DEFAULT={"YES" if rendition is default else "NO"},AUTOSELECT=YES,'
             f'FORCED={"YES" if rendition.forced else "NO"},URI="{rendition.uri}"')
     for channel in sorted({c for v in variants for c in v.captions}):
+        # A CEA-608 channel names no language.
         lines.append(
             f'#EXT-X-MEDIA:TYPE=CLOSED-CAPTIONS,GROUP-ID="{CAPTION_GROUP}",NAME="{channel}",'
-            f'DEFAULT=NO,AUTOSELECT=YES,INSTREAM-ID="{channel}"')
+            f'LANGUAGE="und",DEFAULT=NO,AUTOSELECT=YES,INSTREAM-ID="{channel}"')
     for v in variants:
         attributes = [
             f"BANDWIDTH={v.bandwidth}",

@@ -536,8 +536,8 @@ def test_closed_captions_reach_every_rung_once(tmp_path: Path, fps: int,
         assert [text for _, text in rung_shown] == ["HELLO", "RUNGS"], rung
         assert rung_shown[0][0] == pytest.approx(shown[0][0], abs=1 / 60), rung
     master = master_of(run.out)
-    assert [(m.group_id, m.instream_id, m.name, m.default) for m in master.media
-            if m.type == "CLOSED-CAPTIONS"] == [("cc", "CC1", "CC1", "NO")]
+    assert [(m.group_id, m.instream_id, m.name, m.language, m.default) for m in master.media
+            if m.type == "CLOSED-CAPTIONS"] == [("cc", "CC1", "CC1", "und", "NO")]
     assert [p.stream_info.closed_captions for p in master.playlists] == ['"cc"'] * 2
     assert run.job.summary()["closed_captions"] == ["CC1"]
 

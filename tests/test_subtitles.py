@@ -143,9 +143,10 @@ def test_languages_are_listed_as_the_shortest_registered_tags(plain: Path,
                                                                tmp_path: Path) -> None:
     """RFC 8216 wants LANGUAGE as an RFC 5646 tag, and players match it against the viewer's
     languages: ISO 639-2 codes (German's bibliographic ``ger``) are listed by their shortest
-    form, a region is kept, and a code no registry has is left out (the name falls back). A
-    track with no title is named in its own language (RFC 8216: "Deutsch", not "de"), or by
-    its tag where no name is known (``qaa``, reserved for local use)."""
+    form, a region is kept, and a code no registry has is "und" (the name falls back; Apple
+    asks for a LANGUAGE on every rendition, 8.10: it was left out). A track with no title is
+    named in its own language (RFC 8216: "Deutsch", not "de"), or by its tag where no name is
+    known (``qaa``, reserved for local use)."""
     languages = ["ger", "pt-BR", "xyz", "qaa"]
     source = media.make_subtitled(plain, tmp_path / "languages.mkv", [
         media.SubtitleSpec([(0.5, 1.0, f"Track {n}")], language=tag)
@@ -154,7 +155,7 @@ def test_languages_are_listed_as_the_shortest_registered_tags(plain: Path,
     assert run.state == JobState.COMPLETE, run.job.error
     master = m3u8.load(str(run.out / "master.m3u8"))
     assert [(m.name, m.language) for m in master.media if m.type == "SUBTITLES"] == [
-        ("Deutsch", "de"), ("Português (Brasil)", "pt-BR"), ("Subtitles 3", None), ("qaa", "qaa")]
+        ("Deutsch", "de"), ("Português (Brasil)", "pt-BR"), ("Subtitles 3", "und"), ("qaa", "qaa")]
 
 
 def test_cues_are_timed_from_the_first_picture(plain: Path, tmp_path: Path) -> None:
