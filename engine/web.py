@@ -6,8 +6,10 @@ Routes, all GET (and HEAD for files):
   posters; any other file there is 404). Playlists are ``Cache-Control: no-store`` (they
   grow and change while a job runs); segments and init segments are immutable with a year's
   max-age (a segment is never listed before it is complete, and never changes after). Single byte
-  ranges are answered 206. A ``..`` (also percent-encoded), a NUL, or a symlink leading out of
-  the root is 403; anything else that is not a file there is 404.
+  ranges are answered 206. A playlist goes gzip-compressed to a client that accepts it (Apple's
+  authoring specification, 10.1, asks for it), a range of one uncompressed. A ``..`` (also
+  percent-encoded), a NUL, or a symlink leading out of the root is 403; anything else that is
+  not a file there is 404.
 - ``/jobs/ID``: the player page of a job; ``/player.js`` and ``/hls.js`` (from npm) beside it.
 - ``/api/jobs/ID``: the job as JSON, shaped like ``rungs status --json``.
 - ``/api/jobs/ID/events``: server-sent events bridging Watch: each job event as JSON (shaped like
@@ -23,6 +25,7 @@ the same process; it never writes anything.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import html
 import json
 import logging
@@ -53,9 +56,10 @@ DEFAULT_HLS_JS = Path(__file__).resolve().parents[1] / "node_modules/hls.js/dist
 #: root, not the muxer's hidden scratch playlist), what each is, and how long a browser or proxy
 #: may keep it.
 _PLAYLIST_CACHE = "no-store"
+_PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 _SEGMENT_CACHE = "public, max-age=31536000, immutable"
 _OUTPUT_FILES = (
-    (re.compile(r"(master|index|iframes)\.m3u8"), "application/vnd.apple.mpegurl", _PLAYLIST_CACHE),
+    (re.compile(r"(master|index|iframes)\.m3u8"), _PLAYLIST_TYPE, _PLAYLIST_CACHE),
     (re.compile(r"seg_\d+\.m4s"), "video/iso.segment", _SEGMENT_CACHE),
     (re.compile(r"seg_\d+\.ts"), "video/mp2t", _SEGMENT_CACHE),
     (re.compile(r"seg_\d+\.vtt"), "text/vtt; charset=utf-8", _SEGMENT_CACHE),
@@ -220,7 +224,28 @@ class _Handler(BaseHTTPRequestHandler):
         if kind is None or not is_file:
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
+        if kind[0] == _PLAYLIST_TYPE and self.headers.get("Range") is None \
+                and _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            self._gzipped(path, *kind, head)
+            return
         self._file(path, *kind, head)
+
+    def _gzipped(self, path: Path, content_type: str, cache: str, head: bool) -> None:
+        """A small text file (a playlist), compressed whole."""
+        try:
+            body = gzip.compress(path.read_bytes(), compresslevel=6)
+        except OSError:
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Vary", "Accept-Encoding")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
 
     def _static(self, path: Path, content_type: str, head: bool) -> None:
         if not path.is_file():
@@ -307,6 +332,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+def _accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes gzip (named, or ``*``, without ``q=0``)."""
+    accepted: dict[str, bool] = {}
+    for item in header.split(","):
+        coding, *params = [part.strip() for part in item.split(";")]
+        quality = next((param[2:] for param in params if param.startswith("q=")), "1")
+        try:
+            accepted[coding.lower()] = float(quality) > 0
+        except ValueError:  # a malformed weight takes nothing
+            accepted[coding.lower()] = False
+    return accepted.get("gzip", accepted.get("*", False))
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:

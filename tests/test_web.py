@@ -3,6 +3,7 @@ HTTP on loopback (raw requests through http.client, so paths reach the server as
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -101,6 +102,33 @@ def test_playlists_are_never_cached_and_match_the_files(served: Served) -> None:
                                     {"Range": f"bytes={offset}-{offset + length - 1}"})
         assert response.status == 206 and len(body) == length
     assert len(master.iframe_playlists) == 2
+
+
+@pytest.mark.parametrize(("accept", "compressed"), [
+    ("gzip, deflate, br", True), ("br;q=1.0, *;q=0.5", True), ("GZIP", True),
+    ("gzip;q=0", False), ("deflate, *;q=0.5, gzip;q=0", False), (None, False)])
+def test_playlists_go_gzipped_to_a_client_that_takes_them(
+        served: Served, accept: str | None, compressed: bool) -> None:
+    """Apple's authoring specification (10.1) asks for playlists delivered gzip-compressed;
+    browsers and players ask for it, and a client that does not gets the file as it is."""
+    master_path = served.jobs["fmp4"].master_playlist
+    on_disk = (served.output / master_path).read_bytes()
+    for path, data in ((master_path, on_disk),
+                       ("fmp4/360p/index.m3u8", (served.output / "fmp4/360p/index.m3u8")
+                        .read_bytes())):
+        response, body = served.get(f"/out/{path}", {"Accept-Encoding": accept} if accept else {})
+        assert response.status == 200
+        assert response.getheader("Content-Encoding") == ("gzip" if compressed else None)
+        assert (gzip.decompress(body) if compressed else body) == data
+        assert int(response.getheader("Content-Length")) == len(body)
+        assert response.getheader("Cache-Control") == "no-store"
+    # A range is of the file as it is; segments go as they are.
+    response, body = served.get(f"/out/{master_path}", {"Accept-Encoding": "gzip",
+                                                         "Range": "bytes=0-6"})
+    assert response.status == 206 and body == on_disk[:7]
+    assert response.getheader("Content-Encoding") is None
+    response, _ = served.get("/out/fmp4/360p/seg_00000.m4s", {"Accept-Encoding": "gzip"})
+    assert response.status == 200 and response.getheader("Content-Encoding") is None
 
 
 @pytest.mark.parametrize(("job", "path", "content_type"), [
