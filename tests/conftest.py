@@ -196,7 +196,7 @@ def shared_run(source_video: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     yield run
 
 
-def _first_frame(data: bytes, mpegts: bool) -> list[tuple[int, bool]]:
+def _decoded(data: bytes, mpegts: bool) -> list[tuple[int, bool]]:
     """(pts, keyframe) of every frame ``data`` (a segment, with its init segment for fMP4)
     decodes to."""
     with av.open(io.BytesIO(data), format="mpegts" if mpegts else None) as container:
@@ -228,7 +228,7 @@ def assert_iframe_playlists(out: Path) -> None:
             init = (folder / segment.init_section.uri).read_bytes() if segment.init_section \
                 else b""
             rates.append(8 * length / segment.duration)
-            alone = _first_frame(init + whole[offset:offset + length], not init)
+            alone = _decoded(init + whole[offset:offset + length], not init)
             assert len(alone) == 1 and alone[0][1], (trick.uri, segment.uri)
-            assert alone[0] == _first_frame(init + whole, not init)[0], (trick.uri, segment.uri)
+            assert alone[0] == _decoded(init + whole, not init)[0], (trick.uri, segment.uri)
         assert max(rates) <= info.bandwidth <= 1.001 * max(rates) + 1, trick.uri

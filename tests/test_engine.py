@@ -11,6 +11,7 @@ import gc
 import io
 import itertools
 import os
+import random
 import re
 import struct
 import subprocess
@@ -371,8 +372,9 @@ def test_an_i_frame_not_found_leaves_its_rung_without_an_i_frame_playlist(
     # A moof that runs past the first read (a long segment's table of samples) is read whole.
     monkeypatch.setattr(engine.iframes, "_MOOF_SEARCH_BYTES", 100)
     assert engine.iframes.locate(good) == found
-    for name, data in [("noise.m4s", os.urandom(5000)), ("cut.m4s", good.read_bytes()[:200]),
-                       ("empty.ts", b""), ("noise.ts", b"\x47" + os.urandom(187 * 3))]:
+    noise = random.Random(53)
+    for name, data in [("noise.m4s", noise.randbytes(5000)), ("cut.m4s", good.read_bytes()[:200]),
+                       ("empty.ts", b""), ("noise.ts", b"\x47" + noise.randbytes(187 * 3))]:
         (tmp_path / name).write_bytes(data)
         assert engine.iframes.locate(tmp_path / name) is None, name
     monkeypatch.setattr(engine.publish, "locate", lambda path: None)
