@@ -629,6 +629,8 @@ class _Held:
     before: int
     #: The frame interval before it.
     step: int
+    #: Stamped like the last frame or a little before it (see ``_VideoState._relative_pts``).
+    alike: bool = False
 
 
 class _VideoState:
@@ -775,7 +777,13 @@ class _VideoState:
     def _place(self, frame: av.video.frame.VideoFrame) -> None:
         self._place_held(frame)
         before, step = self._last_pts, self._step
-        pts = self._relative_pts(frame)
+        pts, alike = self._relative_pts(frame)
+        if alike:
+            # The next frame tells how much room there is after the last one; until then the
+            # next frame's time is measured from the last one, as stamped.
+            self._held = _Held(frame, pts, before, step, alike=True)
+            self._last_pts = before
+            return
         if before >= 0 and pts - before > min(self._max_step, step * 3 // 2):
             # A pause, or one damaged time far ahead (a frame of a 4 s WebM that declares no
             # length, stamped 5 hours on, made the video 5 hours long: 4 s of frames after it,
@@ -789,6 +797,13 @@ class _VideoState:
                     sound_end_s: float = 0.0) -> None:
         """Place the frame held after a gap or a long interval, now that ``following`` (None:
         no more frames) shows which it was.
+
+        Stamped like the last frame or a little before it: where the next frame comes about a
+        frame interval or more after the last one, it goes halfway between them; otherwise a frame
+        interval after the last one (see :meth:`_relative_pts`). Put a frame interval on where
+        the next frame was stamped at that very time (a WebM recording on a millisecond clock
+        stamped 0.100, 0.100, 0.133), it made that frame a clock reset: every later frame
+        moved a frame interval on, and 3 s of such a recording ended 0.37 s after its sound.
 
         After a gap: where the next frame comes back to just after the frames before the gap
         (within the longest frame interval), its time was damaged and it goes a frame interval
@@ -822,6 +837,11 @@ class _VideoState:
             if (gap and self._declared_end is None
                     and held.pts - reached > MAX_AUDIO_LEAD_S / self.time_base):
                 pts = held.before + held.step
+        elif held.alike:
+            after = held.before if raw is None else raw - (self._first_pts or 0)
+            # (Give or take a quarter: on a millisecond clock 30 fps comes 33 or 34 ms apart.)
+            if 4 * (after - held.before) >= 3 * held.step:
+                pts = (held.before + after) // 2
         elif raw is not None:
             after = raw - (self._first_pts or 0)
             if gap and held.before < after <= held.before + self._max_step:
@@ -831,7 +851,7 @@ class _VideoState:
                 pts = (held.before + after) // 2 if after > held.before + 1 else (
                     held.before + held.step)
                 self._step = held.step
-        if pts != held.pts:
+        if pts != held.pts or held.alike:
             self._last_pts = pts
         self._place_at(held.frame, pts)
 
@@ -983,7 +1003,10 @@ class _VideoState:
                 and pts - last > self._max_step
                 and pts > self._declared_end + self._max_step)
 
-    def _relative_pts(self, frame: av.video.frame.VideoFrame) -> int:
+    def _relative_pts(self, frame: av.video.frame.VideoFrame) -> tuple[int, bool]:
+        """The frame's time (time_base units from the first frame), and whether it was stamped
+        like the last frame or a little before it, so that where it goes waits for the next
+        frame (see :meth:`_place_held`)."""
         # Real uploads have missing, repeated and backwards timestamps: keep them increasing so
         # every muxer downstream accepts them, and keep gaps (they are real time).
         raw = frame.pts if frame.pts is not None else frame.dts
@@ -991,6 +1014,7 @@ class _VideoState:
             self._first_pts = raw if raw is not None else 0
             self.progress.origin_s = self.origin_seconds()
         behind, self._behind = self._behind, False
+        alike = False
         if raw is None:
             # The first frame starts the timeline at 0, wherever its timestamp went (a
             # Matroska file whose first frames are before its start has none on them).
@@ -1006,13 +1030,16 @@ class _VideoState:
                 # every later frame into the frame-rate cap, which dropped them). By less, for
                 # one frame, it was stamped alike or a little early (a muxer that wrote two
                 # frames at one time, a recorder's jitter): the frames after it keep their
-                # times. Counted from it, each such frame had put every later one a frame
-                # interval later: 4 s of 60 fps stamped in pairs played for 8 s, a frame
-                # interval behind its sound more with each pair.
+                # times, and the next one tells where it goes (:meth:`_place_held`). Counted
+                # from it, each such frame had put every later one a frame interval later:
+                # 4 s of 60 fps stamped in pairs played for 8 s, a frame interval behind its
+                # sound more with each pair.
                 back = self._last_pts - pts
                 pts = self._last_pts + self._step
                 if back > self._max_step or behind:
                     self._first_pts = raw - pts
+                else:
+                    alike = True
                 self._behind = True
             elif self.jumps_past_end(pts, self._last_pts):
                 # A damaged timestamp, not a pause: the gap up to it would be filled with the
@@ -1025,7 +1052,7 @@ class _VideoState:
             elif self._last_pts >= 0 and pts - self._last_pts <= self._max_step:
                 self._step = pts - self._last_pts
         self._last_pts = pts
-        return pts
+        return pts, alike
 
 
 class _TimestampGuess:

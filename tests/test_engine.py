@@ -1128,14 +1128,19 @@ def placed_frames(source: Path) -> list[tuple[int, float]]:
     # 30 fps whose every tenth frame is stamped as the one before it (the ffmpeg CLI writes a
     # frame stamped early so, and Matroska can hold no earlier time).
     (30, [1000 * (index - (index % 10 == 5)) // 30 for index in range(120)]),
+    # 30 fps whose every tenth frame came early, stamped as the one before it, with the next
+    # one a frame after (a browser's recording on a millisecond clock: 0.100, 0.100, 0.133).
+    (30, [1000 * (index // 10 * 10 + (0, 1, 2, 3, 3, 4, 5, 7, 8, 9)[index % 10]) // 30
+          for index in range(120)]),
 ])
 def test_frames_stamped_alike_keep_the_rest_in_time(tmp_path: Path, rate: int,
                                                     ms: list[int]) -> None:
-    """4 s of frames, some stamped at the time of the frame before them: each goes a frame
-    interval after the one before it, and the frames after it keep their own times, so the
+    """4 s of frames, some stamped at the time of the frame before them: each goes between
+    the one before it and the next, and the frames after it keep their own times, so the
     video still ends at 4 s, with its sound. Each such frame used to put every later one a
     frame interval later (as a clock reset does): the pairs lasted 8 s and the others 4.4 s,
-    the picture further behind the sound with each."""
+    the picture further behind the sound with each; where the next frame came a frame
+    interval after, it still did (and 4 frames fell to the frame-rate cap)."""
     source = hostile.write_streams(tmp_path / "stamped.mkv", time_base=Fraction(1, 1000),
                                    rate=Fraction(rate), video_pts=ms,
                                    codec_options={"preset": "veryfast", "bf": "0"})
