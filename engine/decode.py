@@ -658,8 +658,15 @@ class _VideoState:
         self._last_pts = -1
         #: The last frame's timestamp stood still or went back (see :meth:`_relative_pts`).
         self._behind = False
+        #: The last frame, stamped like the one before it, went halfway to this one: the
+        #: interval from it is no frame interval (half of one for 60 fps stamped in pairs,
+        #: of two for 30 fps whose frames were stamped alike a tick apart).
+        self._halved = False
         # One frame interval in time_base units: what a frame with no usable timestamp adds.
         self._step = max(1, round(1 / (max(frame_rate, Fraction(1)) * time_base)))
+        # A frame this soon after the last is shown for too short a time to be seen (the
+        # frame-rate cap's least interval, see KeyframeSchedule._within_cap).
+        self._too_close = max(1, math.ceil(1 / (4 * MAX_FRAME_RATE) / time_base))
         # Intervals longer than this are gaps, not the frame rate.
         self._max_step = max(self._step, round(MAX_FRAME_INTERVAL_S / time_base))
         self._timestamps = timestamps
@@ -842,6 +849,7 @@ class _VideoState:
             # (Give or take a quarter: on a millisecond clock 30 fps comes 33 or 34 ms apart.)
             if 4 * (after - held.before) >= 3 * held.step:
                 pts = (held.before + after) // 2
+                self._halved = True
         elif raw is not None:
             after = raw - (self._first_pts or 0)
             if gap and held.before < after <= held.before + self._max_step:
@@ -1014,6 +1022,7 @@ class _VideoState:
             self._first_pts = raw if raw is not None else 0
             self.progress.origin_s = self.origin_seconds()
         behind, self._behind = self._behind, False
+        halved, self._halved = self._halved, False
         alike = False
         if raw is None:
             # The first frame starts the timeline at 0, wherever its timestamp went (a
@@ -1021,19 +1030,21 @@ class _VideoState:
             pts = self._last_pts + self._step if self._last_pts >= 0 else 0
         else:
             pts = raw - self._first_pts
-            if self._last_pts >= 0 and pts <= self._last_pts:
-                # Time stood still or went back: the frame goes one frame interval after the
-                # last. By more than the longest frame interval, or for a second frame running,
-                # the clock was reset (recordings joined end to end, a broken muxer) or the
-                # last frame was stamped late (damage): the following timestamps count from
-                # there, so they keep their own spacing (adding a single tick instead squeezed
-                # every later frame into the frame-rate cap, which dropped them). By less, for
-                # one frame, it was stamped alike or a little early (a muxer that wrote two
-                # frames at one time, a recorder's jitter): the frames after it keep their
-                # times, and the next one tells where it goes (:meth:`_place_held`). Counted
-                # from it, each such frame had put every later one a frame interval later:
-                # 4 s of 60 fps stamped in pairs played for 8 s, a frame interval behind its
-                # sound more with each pair.
+            if self._last_pts >= 0 and pts < self._last_pts + self._too_close:
+                # Time stood still, went back, or moved on by too little for the frame to be
+                # seen (the ffmpeg CLI passing a variable rate into MP4 set frames stamped alike
+                # a tick apart: 40 of 180 frames fell to the frame-rate cap): the frame goes one
+                # frame interval after the last. By more than the longest frame interval, or for
+                # a second frame running, the clock was reset (recordings joined end to end, a
+                # broken muxer) or the last frame was stamped late (damage): the following
+                # timestamps count from there, so they keep their own spacing (adding a single
+                # tick instead squeezed every later frame into the frame-rate cap, which dropped
+                # them). By less, for one frame, it was stamped alike or a little early (a muxer
+                # that wrote two frames at one time, a recorder's jitter): the frames after it
+                # keep their times, and the next one tells where it goes (:meth:`_place_held`).
+                # Counted from it, each such frame had put every later one a frame interval
+                # later: 4 s of 60 fps stamped in pairs played for 8 s, a frame interval behind
+                # its sound more with each pair.
                 back = self._last_pts - pts
                 pts = self._last_pts + self._step
                 if back > self._max_step or behind:
@@ -1049,7 +1060,8 @@ class _VideoState:
                 # does the sound (an origin moved an hour on put the sound read meanwhile an
                 # hour before the first picture).
                 pts = self._last_pts + self._step
-            elif self._last_pts >= 0 and pts - self._last_pts <= self._max_step:
+            elif (self._last_pts >= 0 and pts - self._last_pts <= self._max_step
+                  and not halved):
                 self._step = pts - self._last_pts
         self._last_pts = pts
         return pts, alike
