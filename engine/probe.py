@@ -640,7 +640,10 @@ def _describe(container: av.container.InputContainer, path: str, max_pixels: int
         raise InvalidSourceError(f"source {name!r} is a still image, not a video")
     width, height = ctx.width, ctx.height
     if width <= 0 or height <= 0:
-        raise InvalidSourceError(f"source {name!r} declares no frame size")
+        # A recording cut after its last keyframe: the decoder never gets its parameters.
+        raise InvalidSourceError(f"source {name!r} has no picture that can be decoded: its "
+                                 "video gives no frame size (a recording cut after its last "
+                                 "keyframe gives none)")
     if width * height > max_pixels:
         raise UnsupportedSourceError(
             f"source {name!r} is {width}x{height}, above the limit of {max_pixels} pixels"

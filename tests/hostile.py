@@ -603,6 +603,18 @@ def cut_ts(folder: Path) -> Path:
     return path
 
 
+def ts_after_its_keyframe(folder: Path) -> Path:
+    """The second half of an MPEG-TS recording whose only keyframe is in the first (the
+    ffmpeg CLI's ``-ss 1.5 -c copy`` of such a file writes this): no picture can be decoded."""
+    whole = video(folder / ".whole.ts", seconds=2.0,
+                  codec_options={"preset": "veryfast", "g": "1000"})
+    data = whole.read_bytes()
+    whole.unlink()
+    path = folder / "after_keyframe.ts"
+    path.write_bytes(data[len(data) // 188 // 2 * 188:])
+    return path
+
+
 def spliced_ts(folder: Path, name: str, offsets: tuple[float, float]) -> Path:
     """Two 1 s MPEG-TS recordings joined end to end (a capture across a broadcast splice, or
     files joined with ``cat``), their clocks starting at ``offsets`` seconds: a 440 Hz tone
@@ -1780,6 +1792,8 @@ RECIPES: tuple[Recipe, ...] = (
            note="refused as lasting more than the 6 h limit (the fuzzer: 'plain.wmv')"),
     Recipe("cut_ts", lambda d, _: cut_ts(d), L, check=_dims(LANDSCAPE),
            note="no index in MPEG-TS: the frames that arrived make the video"),
+    Recipe("ts_after_its_keyframe", lambda d, _: ts_after_its_keyframe(d), R,
+           ("no picture that can be decoded", "cut after its last keyframe")),
     Recipe("audio_clock_leap", lambda d, _: audio_clock_leap(d), L,
            check=_all(_seconds_about(2.0), _audio_seconds_about(2.0)),
            note="no duration declared, so nothing bounded the silence filled up to the sound "
