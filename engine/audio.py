@@ -134,9 +134,17 @@ class AudioEncoder:
 
     def push(self, frame: av.audio.frame.AudioFrame, seconds: float) -> None:
         """Encode one decoded frame that starts ``seconds`` after the first video frame."""
+        early = 0
         if seconds < 0:
-            self.early_frames += 1
-            return  # Audio before the first picture has nothing to play against.
+            # Audio before the first picture has nothing to play against. A frame that starts
+            # before it and ends after it keeps its part from the picture on: left out whole,
+            # it was silence there (an MPEG-PS whose first MP2 frame began 10 ms before its
+            # first picture had its first 14 ms of sound silent).
+            if frame.sample_rate <= 0 or seconds + frame.samples / frame.sample_rate <= 0:
+                self.early_frames += 1
+                return
+            early = round(-seconds * self.settings.sample_rate)
+            seconds = 0.0
         if frame.sample_rate < MIN_SAMPLE_RATE:
             self.skipped_frames += 1
             return
@@ -154,7 +162,7 @@ class AudioEncoder:
                 self._queue(self._resampler.resample(None))
                 self._resampler = self._new_resampler(frame.layout.nb_channels)
                 self._input = shape
-            self._queue(self._resampler.resample(frame))
+            self._queue(self._resampler.resample(frame), skip=early)
             self.sound_frames += 1
         except (av.error.FFmpegError, ValueError) as exc:
             # A damaged frame (no channels, a layout that contradicts its channel count) is
@@ -252,8 +260,15 @@ class AudioEncoder:
             self._encode(self._frames(final=False))
             missing -= count
 
-    def _queue(self, frames: list[av.audio.frame.AudioFrame]) -> None:
+    def _queue(self, frames: list[av.audio.frame.AudioFrame], skip: int = 0) -> None:
+        """Queue resampled ``frames``, but for their first ``skip`` samples, for the encoder."""
         for out in frames:
+            if skip:
+                cut = min(skip, out.samples)
+                skip -= cut
+                if cut == out.samples:
+                    continue
+                out = _without_first(out, cut)
             if len(out.planes) < self.settings.channels:
                 out = _on_both_sides(out)
             self._make_finite(out)
@@ -299,6 +314,18 @@ class AudioEncoder:
             out.time_base = self.stream.time_base
             self._next_pts += out.samples
             self.writer.mux(self.stream.encode(out))
+
+
+def _without_first(frame: av.audio.frame.AudioFrame, count: int) -> av.audio.frame.AudioFrame:
+    """``frame`` (planar float, from the resampler) but for its first ``count`` samples."""
+    rest = frame.samples - count
+    tail = av.AudioFrame(format="fltp", layout=frame.layout, samples=rest)
+    tail.sample_rate = frame.sample_rate
+    for source, target in zip(frame.planes, tail.planes, strict=True):
+        samples = np.frombuffer(memoryview(source), dtype=np.float32, count=frame.samples)
+        np.copyto(np.frombuffer(memoryview(target), dtype=np.float32, count=rest),
+                  samples[count:])
+    return tail
 
 
 def _on_both_sides(frame: av.audio.frame.AudioFrame) -> av.audio.frame.AudioFrame:

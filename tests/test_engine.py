@@ -629,6 +629,30 @@ def _playlist_seconds(folder: Path) -> float:
     return sum(segment.duration for segment in load(folder / "index.m3u8").segments)
 
 
+def test_sound_that_starts_just_before_the_first_picture_keeps_what_follows_it(
+        tmp_path: Path) -> None:
+    """A tone from 0 s and a picture from 15 ms (an MPEG-PS's first MP2 frame began 10 ms
+    before its first picture): the audio frame that spans the first picture keeps its part
+    after it, so the sound is there from the first picture on. Left out whole, it was silence
+    up to the next frame (the MPEG-PS's first 14 ms, here 6 ms)."""
+    source = hostile.write_streams(tmp_path / "late_picture.mkv", time_base=Fraction(1, 1000),
+                                   video_pts=[15 + 1000 * i // 30 for i in range(30)],
+                                   audio=[(48000, 2, 1.0, 0)])
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    with av.open(str(run.out / "audio" / "index.m3u8")) as playlist:
+        frames = [frame for frame in playlist.decode(audio=0) if frame.time is not None]
+    start = float(frames[0].time) - float(TIMELINE_START)
+    sound = np.concatenate([frame.to_ndarray()[0] for frame in frames])
+
+    def level(begin: float, end: float) -> float:
+        window = sound[round((begin - start) * 48000):round((end - start) * 48000)]
+        return float(np.sqrt(np.mean(window ** 2)))
+
+    assert level(0.0005, 0.005) > 0.5 * level(0.3, 0.5), (level(0.0005, 0.005),
+                                                           level(0.3, 0.5))
+
+
 def test_sound_that_ends_early_is_followed_by_silence_to_the_end_of_the_picture(
         tmp_path: Path) -> None:
     """6 s of picture whose sound stops after 1 s: the audio rendition lasts as long as the
