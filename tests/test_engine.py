@@ -2358,9 +2358,9 @@ np.ones(12 << 20, np.uint8)  # one freed block: glibc's own rule raises its thre
 process = psutil.Process()
 blocks = [np.ones(12 << 20, np.uint8) for _ in range(16)]
 during = process.memory_info().rss
-# Every other one: each block freed lies between two still held, so a heap could not give it
-# back from its top (small blocks between them, meant to, were at times served from holes
-# further down, and the freed blocks, side by side at the top, were given back).
+# Every other one: each block freed lies between two still held, so a heap cannot give it
+# back from its top. Small blocks between them, meant to, must at times have come from holes
+# further down: the freed blocks were given back in a run of four test files, and in CI.
 del blocks[::2]
 print((during - process.memory_info().rss) >> 20)
 """
