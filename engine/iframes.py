@@ -6,7 +6,7 @@ Apple's players show pictures while the viewer scrubs, and fast-forward, from I-
 rung's I-frame playlist lists one byte range per segment: in fMP4, from the fragment's ``moof``
 box to the end of its first sample (the IDR frame, first in decode order); in MPEG-TS, from the
 start of the segment (its PAT and PMT, which the muxer writes at each) to the packet where the
-next video PES starts. Reading a segment's first kilobytes finds it; nothing is re-encoded.
+next video PES starts. Reading each segment up to there finds it; nothing is re-encoded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 #: How much of an fMP4 segment is read first to find its ``moof`` (after ``styp`` and
 #: ``sidx``); a larger ``moof`` (a long segment's table of samples) is read whole, up to the
@@ -39,7 +40,7 @@ def locate(path: Path) -> IFrameRange | None:
     try:
         with path.open("rb") as file:
             if path.suffix == ".ts":
-                return _in_transport_stream(file.read())
+                return _in_transport_stream(file)
             head = file.read(_MOOF_SEARCH_BYTES)
             moof_end = max((at + size for kind, at, size in _boxes(head, 0, len(head))
                             if kind == b"moof"), default=0)
@@ -121,23 +122,28 @@ def _first_sample(data: bytes, at: int, default_size: int | None) -> tuple[int |
     return data_offset, size
 
 
-def _in_transport_stream(data: bytes) -> IFrameRange | None:
+def _in_transport_stream(file: BinaryIO) -> IFrameRange | None:
+    """Read packet by packet up to the next picture's PES (the I-frame's end), not the whole
+    segment (megabytes at 2160p)."""
     video_pid = None
-    for at in range(0, len(data) - _TS_PACKET + 1, _TS_PACKET):
-        if data[at] != _TS_SYNC:
+    at = 0
+    while len(data := file.read(_TS_PACKET)) == _TS_PACKET:
+        if data[0] != _TS_SYNC:
             return None
-        starts_unit = bool(data[at + 1] & 0x40)
-        pid = ((data[at + 1] & 0x1F) << 8) | data[at + 2]
+        at += _TS_PACKET
+        starts_unit = bool(data[1] & 0x40)
+        pid = ((data[1] & 0x1F) << 8) | data[2]
         if not starts_unit:
             continue
-        payload = at + 4
-        if data[at + 3] & 0x20:  # an adaptation field first
-            payload += 1 + data[at + 4]
+        payload = 4
+        if data[3] & 0x20:  # an adaptation field first
+            payload += 1 + data[4]
         if video_pid is None:
             # A PES of a video stream (stream_id 0xE0-0xEF) opens the I-frame.
             if data[payload:payload + 3] == b"\x00\x00\x01" and data[payload + 3] & 0xF0 == 0xE0:
                 video_pid = pid
         elif pid == video_pid:
-            return IFrameRange(0, at)  # the next picture's PES: the I-frame ends before it
-    # One picture only (a segment of one frame): the I-frame runs to the end.
-    return IFrameRange(0, len(data)) if video_pid is not None and data else None
+            # The next picture's PES: the I-frame ends before it.
+            return IFrameRange(0, at - _TS_PACKET)
+    # One picture only (a segment of one frame): the I-frame runs to the end of the file.
+    return IFrameRange(0, at + len(data)) if video_pid is not None and at + len(data) else None
