@@ -223,6 +223,22 @@ def iframes_bandwidth(segments: Sequence[SegmentRecord], iframes: Sequence[IFram
                           if d > 0), default=0.0))
 
 
+#: What wraps an I-frame, at most: MPEG-TS carries 184 bytes of every 188-byte packet (and the
+#: PAT, PMT and PES headers before); an fMP4 fragment's ``moof`` takes up to 16 bytes a sample,
+#: 60 samples a second (engine.decode's cap), beside its headers.
+_TS_PAYLOAD = Fraction(184, 188)
+_WRAP_BYTES = 4096
+_WRAP_BYTES_PER_S = 16 * 60
+
+
+def iframes_ceiling(bufsize_kbps: int, segment_seconds: float) -> int:
+    """The most an I-frame playlist's BANDWIDTH can come to while its rung encodes, as
+    :func:`iframes_bandwidth` reckons it: an IDR frame holds at most the encoder's VBV buffer,
+    and every segment but the last lasts at least ``segment_seconds``."""
+    iframe = 1000 * bufsize_kbps / 8 / _TS_PAYLOAD + _WRAP_BYTES
+    return math.ceil(8 * (iframe / Fraction(segment_seconds) + _WRAP_BYTES_PER_S))
+
+
 def _uncaptioned(variants: Sequence[Variant]) -> bool:
     # RFC 8216 4.3.4.2: NONE on one EXT-X-STREAM-INF means NONE on every one.
     return bool(variants) and all(v.uncaptioned for v in variants)

@@ -33,13 +33,14 @@ from engine.errors import (
     RungsError,
 )
 from engine.gop import TIMELINE_START
-from engine.iframes import locate
+from engine.iframes import IFrameRange, locate
 from engine.ladder import Rung
 from engine.playlist import (
     AudioRendition,
     SubtitleRendition,
     Variant,
     iframes_bandwidth,
+    iframes_ceiling,
     master_playlist,
     media_playlist,
     target_duration,
@@ -206,6 +207,12 @@ class Publisher:
         self._target = max(1, math.floor(segment_seconds + GAP_TOLERANCE_S + Fraction(1, 2)))
         #: Folders whose playlists are EVENT playlists, with their segments.
         self._event: dict[str, Sequence[SegmentRecord]] = {}
+        #: Each rung's I-frames found so far, one a segment in order (a segment is read once).
+        self._iframes: dict[str, list[IFrameRange]] = {}
+        #: Rungs whose I-frame playlist a master listed while they encoded, and those with a
+        #: segment whose I-frame was not found (listed early, theirs ends before it).
+        self._iframes_early: set[str] = set()
+        self._iframes_cut: set[str] = set()
         #: Folders of the audio renditions that are complete (or were dropped, having none).
         self._audio_complete: set[str] = set()
         self._segment_seconds = segment_seconds
@@ -311,16 +318,24 @@ class Publisher:
                 self._audio[track.folder] = track
                 self._write_event(track.folder, track.segments, ended=False)
             self._write_event(rung.name, segments, ended=False)
+            # A player reads the master once: one that starts now scrubs with this I-frame
+            # playlist or with none.
+            trick = self._write_iframes(rung.name, segments, ended=False)
             if self.variants:
                 return False
             # Until the rung is complete its peak is not known: declare the VBV ceiling, which no
             # segment can exceed, so players never pick a rung their bandwidth cannot carry.
             ceiling = 1000 * (rung.maxrate_kbps + rung.bufsize_kbps / self._target)
             peak, average = variant_bandwidth(segments, self._audio_segments())
+            if trick is not None:
+                self._iframes_early.add(rung.name)
+                trick = max(trick, iframes_ceiling(rung.bufsize_kbps, self._segment_seconds))
             self._write_master(Variant(
                 uri=f"{rung.name}/{MEDIA}", bandwidth=max(peak, math.ceil(ceiling)),
                 average_bandwidth=average, codecs=self._codecs(codecs), width=rung.width,
-                height=rung.height, frame_rate=frame_rate, captions=tuple(sorted(captions))))
+                height=rung.height, frame_rate=frame_rate, captions=tuple(sorted(captions)),
+                iframes_uri=None if trick is None else f"{rung.name}/{IFRAMES}",
+                iframes_bandwidth=trick or 0))
             return True
 
     def set_audio(self, audio: EncodedAudio) -> None:
@@ -379,6 +394,8 @@ class Publisher:
         with self._lock:
             for folder, segments in self._event.items():
                 self._write_event(folder, segments, ended=True)
+                if folder in self._iframes_early:
+                    self._write_iframes(folder, segments)
             return list(self._event)
 
     def _drop_audio(self, audio: EncodedAudio) -> None:
@@ -441,17 +458,34 @@ class Publisher:
         validate_media(text, segments, event=event, ended=ended)
         write_atomically(self.out_dir / folder / MEDIA, text.encode())
 
-    def _write_iframes(self, folder: str, segments: Sequence[SegmentRecord]) -> int | None:
-        """Write a complete rung's I-frame playlist (of the type its media playlist has: the
-        variants of a master share one); its BANDWIDTH, or None where a segment's I-frame
-        was not found (see engine.iframes), and the rung is listed without one."""
-        found = [locate(self.out_dir / folder / s.uri) for s in segments]
-        iframes = [f for f in found if f is not None]
-        if not segments or len(iframes) != len(found):
-            log.warning("no I-frame playlist for %s: a segment's I-frame was not found", folder)
+    def _write_iframes(self, folder: str, segments: Sequence[SegmentRecord],
+                       ended: bool = True) -> int | None:
+        """Write a rung's I-frame playlist (of the type its media playlist has: the variants of
+        a master share one), ``ended`` once the rung is complete; its BANDWIDTH so far, or None
+        where a segment's I-frame was not found (see engine.iframes), and the rung is listed
+        without one from then on; one listed early is ended before it."""
+        if folder in self._iframes_cut:
             return None
-        event = bool(self._event)
-        text = media_playlist(segments, self._target, event=event, iframes=iframes)
-        validate_media(text, segments, event=event, iframes=iframes)
-        write_atomically(self.out_dir / folder / IFRAMES, text.encode())
+        found = self._iframes.setdefault(folder, [])
+        for segment in segments[len(found):]:
+            iframe = locate(self.out_dir / folder / segment.uri)
+            if iframe is None:
+                log.warning("no I-frame playlist for %s: the I-frame of %s was not found",
+                            folder, segment.uri)
+                self._iframes_cut.add(folder)
+                if folder in self._iframes_early:
+                    self._write_iframes_playlist(folder, segments[:len(found)], found, True)
+                return None
+            found.append(iframe)
+        if not segments:
+            return None
+        iframes = found[:len(segments)]
+        self._write_iframes_playlist(folder, segments, iframes, ended)
         return iframes_bandwidth(segments, iframes)
+
+    def _write_iframes_playlist(self, folder: str, segments: Sequence[SegmentRecord],
+                                iframes: Sequence[IFrameRange], ended: bool) -> None:
+        event = bool(self._event)
+        text = media_playlist(segments, self._target, event=event, ended=ended, iframes=iframes)
+        validate_media(text, segments, event=event, ended=ended, iframes=iframes)
+        write_atomically(self.out_dir / folder / IFRAMES, text.encode())

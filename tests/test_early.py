@@ -10,9 +10,10 @@ from pathlib import Path
 import m3u8
 import pytest
 
+import engine.publish
 from engine import Job, JobState, LadderOptions
 from tests import hostile, media
-from tests.conftest import LADDER, SEGMENT_SECONDS, options, run_job
+from tests.conftest import LADDER, SEGMENT_SECONDS, assert_iframe_playlists, options, run_job
 from tests.polling import Poller
 
 
@@ -28,6 +29,8 @@ class View:
     problems: list[str]
     #: Each variant's CLOSED-CAPTIONS attribute (None: not written).
     closed_captions: list[str | None]
+    #: The I-frame playlists listed, with their BANDWIDTH.
+    iframes: dict[str, int]
 
 
 def read_view(out: Path) -> View | None:
@@ -36,8 +39,9 @@ def read_view(out: Path) -> View | None:
     except FileNotFoundError:
         return None
     view = View([p.uri for p in master.playlists], {}, {}, {}, {}, [],
-                [p.stream_info.closed_captions for p in master.playlists])
-    for uri in view.variants + [m.uri for m in master.media if m.uri]:
+                [p.stream_info.closed_captions for p in master.playlists],
+                {p.uri: p.iframe_stream_info.bandwidth for p in master.iframe_playlists})
+    for uri in [*view.variants, *(m.uri for m in master.media if m.uri), *view.iframes]:
         text = (out / uri).read_text()
         playlist = m3u8.loads(text)
         view.types[uri] = playlist.playlist_type
@@ -106,6 +110,14 @@ def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path:
         assert view.closed_captions == [None]
     counts = [v.segments[lead] for v in growing]
     assert counts == sorted(counts) and counts[0] >= 1  # segments only ever appended
+    # A player that starts now reads this master only: it scrubs with the rung's I-frames,
+    # which grow with the rung (read a moment after its media playlist, a segment apart).
+    trick = "180p/iframes.m3u8"
+    for view in growing:
+        assert list(view.iframes) == [trick] and view.types[trick] == "event"
+        assert view.segments[trick] >= 1 and abs(view.segments[trick] - view.segments[lead]) <= 1
+    assert [v.segments[trick] for v in growing] == sorted(v.segments[trick] for v in growing)
+    assert any(not v.ended[trick] for v in growing)
     # An EVENT playlist is only appended to and ended, never turned VOD (it was once a second
     # rung was listed); the rungs listed after it are complete EVENT playlists too.
     for view in watcher.views:
@@ -118,6 +130,45 @@ def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path:
     assert set(final.types.values()) == {"event"} and all(final.ended.values())
     assert all(final.starts_at_zero.values())
     assert final.closed_captions == ["NONE"] * len(LADDER)  # the source has no captions
+    assert_iframe_playlists(out)
+
+
+def test_iframe_bandwidth_listed_early_holds_the_iframes_to_come(tmp_path: Path) -> None:
+    """Declared before the I-frames to come are known, it holds every one of them (but the last
+    segment's, which can be as short as a frame): here the first segment's is black, a fraction
+    of the pictures' after it."""
+    source = media.make_video(tmp_path / "black_first.mp4", width=640, height=360,
+                              seconds=3 * SEGMENT_SECONDS + 1, black_seconds=SEGMENT_SECONDS)
+    out = tmp_path / "out"
+    with Watcher(out) as watcher:
+        run = run_job(source, out, options(early_playback=True,
+                                           ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    trick = "180p/iframes.m3u8"
+    early = next(v for v in watcher.views if not v.ended["180p/index.m3u8"])
+    segments = m3u8.loads((out / trick).read_text()).segments
+    rates = [8 * int(s.byterange.split("@")[0]) / s.duration for s in segments]
+    assert len(rates) >= 3 and rates[0] < max(rates[1:-1]) / 4, rates
+    assert max(rates[:-1]) <= early.iframes[trick]
+    assert_iframe_playlists(out)  # the master written then declares the measured peak
+
+
+def test_an_iframe_not_found_after_the_early_listing_ends_the_iframe_playlist_there(
+        early_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The I-frames a player may have read stay as listed, ended; the masters written after
+    list none for the rung (its I-frame playlist is not complete)."""
+    real = engine.publish.locate
+    monkeypatch.setattr(engine.publish, "locate",
+                        lambda path: None if path.name == "seg_00001.m4s" else real(path))
+    out = tmp_path / "out"
+    with Watcher(out) as watcher:
+        run = run_job(early_source, out, options(early_playback=True,
+                                                 ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert any("180p/iframes.m3u8" in v.iframes for v in watcher.views)
+    assert m3u8.loads((out / "master.m3u8").read_text()).iframe_playlists == []
+    trick = m3u8.loads((out / "180p" / "iframes.m3u8").read_text())
+    assert trick.is_endlist and [s.uri for s in trick.segments] == ["seg_00000.m4s"]
 
 
 def test_a_single_rung_ends_as_a_complete_event_playlist(early_source: Path,
@@ -198,6 +249,11 @@ def test_cancel_after_the_first_segment_leaves_a_playable_ended_rung(
         playlist = m3u8.loads((out / folder / "index.m3u8").read_text())
         needed = {"index.m3u8", *(s.uri for s in playlist.segments),
                   *(m.uri for m in playlist.segment_map)}
+        if folder == "180p":  # its I-frames, ended where its segments end
+            needed.add("iframes.m3u8")
+            assert view.ended["180p/iframes.m3u8"]
+            assert [s.uri for s in m3u8.loads((out / folder / "iframes.m3u8").read_text())
+                    .segments] == [s.uri for s in playlist.segments]
         assert {p.name for p in (out / folder).iterdir()} == needed, folder
     assert sorted(p.name for p in out.iterdir()) == ["180p", *audio, "master.m3u8",
                                                      "poster.jpg"]
