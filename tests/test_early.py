@@ -133,7 +133,9 @@ def test_first_rung_is_listed_at_its_first_segment(early_source: Path, tmp_path:
     assert_iframe_playlists(out)
 
 
-def test_iframe_bandwidth_listed_early_holds_the_iframes_to_come(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segment_type", ["fmp4", "mpegts"])
+def test_iframe_bandwidth_listed_early_holds_the_iframes_to_come(tmp_path: Path,
+                                                                 segment_type: str) -> None:
     """Declared before the I-frames to come are known, it holds every one of them (but the last
     segment's, which can be as short as a frame): here the first segment's is black, a fraction
     of the pictures' after it."""
@@ -141,7 +143,7 @@ def test_iframe_bandwidth_listed_early_holds_the_iframes_to_come(tmp_path: Path)
                               seconds=3 * SEGMENT_SECONDS + 1, black_seconds=SEGMENT_SECONDS)
     out = tmp_path / "out"
     with Watcher(out) as watcher:
-        run = run_job(source, out, options(early_playback=True,
+        run = run_job(source, out, options(early_playback=True, segment_type=segment_type,
                                            ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
     trick = "180p/iframes.m3u8"
