@@ -232,9 +232,10 @@ _WRAP_BYTES_PER_S = 16 * 60
 
 
 def iframes_ceiling(bufsize_kbps: int, segment_seconds: float) -> int:
-    """The most an I-frame playlist's BANDWIDTH can come to while its rung encodes, as
-    :func:`iframes_bandwidth` reckons it: an IDR frame holds at most the encoder's VBV buffer,
-    and every segment but the last lasts at least ``segment_seconds``."""
+    """A ceiling for an I-frame playlist's BANDWIDTH (as :func:`iframes_bandwidth` reckons
+    it) while its rung encodes: an IDR frame holds at most the encoder's VBV buffer, and a
+    segment lasts ``segment_seconds``, give or take a frame, but the last one and one cut short
+    where a failed encoder was replaced (engine.rung), which can go over it."""
     iframe = 1000 * bufsize_kbps / 8 / _TS_PAYLOAD + _WRAP_BYTES
     return math.ceil(8 * (iframe / Fraction(segment_seconds) + _WRAP_BYTES_PER_S))
 
