@@ -146,4 +146,4 @@ def _in_transport_stream(file: BinaryIO) -> IFrameRange | None:
             # The next picture's PES: the I-frame ends before it.
             return IFrameRange(0, at - _TS_PACKET)
     # One picture only (a segment of one frame): the I-frame runs to the end of the file.
-    return IFrameRange(0, at + len(data)) if video_pid is not None and at + len(data) else None
+    return IFrameRange(0, at + len(data)) if video_pid is not None else None
