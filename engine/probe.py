@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import av
 import av.audio.stream
@@ -180,8 +180,10 @@ class Orientation:
         Such a turn is not made, as browsers do not make it: a damaged or hand-edited header
         turned 45 degrees would show the picture on its corner, and phones write only quarter
         turns. The mirror is still made."""
-        # (PyAV's stubs type ``side_data`` as a dict of motion vectors only.)
-        sides = cast(SideDataContainer, frame.side_data)
+        # Through Any: PyAV 18.1.0's stubs type ``side_data`` as a dict of motion vectors only,
+        # 18.1.1's as what it is, and the cast the first needs is redundant to the second.
+        side_data: Any = frame.side_data
+        sides: SideDataContainer = side_data
         side = (bytes(sides[SideDataType.DISPLAYMATRIX])
                 if SideDataType.DISPLAYMATRIX in sides else b"")
         if len(side) != _DISPLAY_MATRIX_BYTES:
