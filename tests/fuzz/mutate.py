@@ -62,9 +62,7 @@ SEEDS: tuple[tuple[str, Callable[[Path], Path]], ...] = (
     ("vp8_opus.webm", lambda p: _small(p, codec="libvpx", audio_codec="libopus",
                                        codec_options={"deadline": "realtime", "cpu-used": "8"})),
     ("av1_flac.mkv", lambda p: _av1(p, audio_codec="flac")),
-    ("h263_amr.3gp", lambda p: _small(p, codec="h263", width=176, height=144, codec_options={},
-                                      audio_codec="libopencore_amrnb", sample_rate=8000,
-                                      channels=1)),
+    ("h263_amr.3gp", lambda p: _3gp(p)),
     ("prores_pcm.mov", lambda p: _small(p, codec="prores_ks", pix_fmt="yuv422p10le",
                                         codec_options={"profile": "0"},
                                         audio_codec="pcm_s16le")),
@@ -130,6 +128,15 @@ def _ogg(path: Path) -> Path:
                     "testsrc2=size=160x90:rate=30:duration=1", "-f", "lavfi", "-i",
                     "sine=sample_rate=48000:duration=1", "-c:v", "libtheora", "-c:a",
                     "libvorbis", str(path)], check=True)
+    return path
+
+
+def _3gp(path: Path) -> Path:
+    # PyAV 18.1.1's FFmpeg has no AMR encoder (18.1.0's had); the ffmpeg CLI's has.
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=176x144:rate=30:duration=1", "-f", "lavfi", "-i",
+                    "sine=sample_rate=8000:duration=1", "-c:v", "h263", "-c:a",
+                    "libopencore_amrnb", "-ar", "8000", "-ac", "1", str(path)], check=True)
     return path
 
 
