@@ -83,6 +83,11 @@ MAX_AUDIO_LEAD_S = 60
 #: Sound the container says starts this much or more after the first picture is led in with
 #: silence before decoding (see ``decode_source``); sooner, the decoder reaches it at once.
 SOUND_LEAD_IN_MIN_S = 1.0
+#: Sound read with the first picture that starts this much before it moves the time origin
+#: back to where it starts, the first picture shown from there (see :func:`sound_lead`).
+#: Less is cut, as a codec's priming or a muxer's rounding is; more is taken for a damaged
+#: timestamp rather than a picture to hold that long.
+SOUND_BEFORE_PICTURE_S = (Fraction(1, 10), Fraction(10))
 #: Longest interval between frames taken as the frame rate; longer ones are gaps.
 MAX_FRAME_INTERVAL_S = Fraction(1, 2)
 #: How much longer than the segment length a segment may get in a gap before the last frame
@@ -200,6 +205,7 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     read = _FileReach()
 
     # Video first: the first video frame sets the time origin the audio is placed against.
+    state.lead_by(sound_lead(source))
     for item in source.pending:
         if isinstance(item, av.video.frame.VideoFrame):
             if item.pts is not None:
@@ -367,6 +373,28 @@ class _SoundPlacer:
             self.end = at + (held.samples / held.sample_rate if held.sample_rate else 0)
             self._on_audio(held, at)
         self._held.clear()
+
+
+def sound_lead(source: OpenSource) -> Fraction:
+    """How long before the first picture the sound read along with it starts (seconds), where
+    that is within ``SOUND_BEFORE_PICTURE_S``; else 0.
+
+    The decode puts the time origin that much before the first picture, which is shown from
+    the origin on: an MPEG-TS recording starts mid-GOP, so its sound comes before its first
+    keyframe (1.8 s of it in one cut 2 s into a GOP), and a recorder may start the picture
+    late. Counted from the first picture, that sound was left out."""
+    tracks = {stream.index for stream in source.audio_streams}
+    sound = min((Fraction(item.pts * item.time_base) for item in source.pending
+                 if isinstance(item, av.Packet) and item.stream.index in tracks
+                 and item.pts is not None and item.time_base is not None
+                 and not item.is_discard), default=None)
+    picture = next((item.pts for item in source.pending
+                    if isinstance(item, av.video.frame.VideoFrame)), None)
+    if sound is None or picture is None:
+        return Fraction(0)
+    lead = picture * video_time_base(source) - sound
+    low, high = SOUND_BEFORE_PICTURE_S
+    return lead if low <= lead <= high else Fraction(0)
 
 
 def video_time_base(source: OpenSource) -> Fraction:
@@ -655,6 +683,8 @@ class _VideoState:
         self.kept = 0
         self.over_cap = 0
         self._first_pts: int | None = None
+        # How far before the first picture the origin goes (time_base units; see lead_by).
+        self._lead = 0
         self._last_pts = -1
         #: The last frame's timestamp stood still or went back (see :meth:`_relative_pts`).
         self._behind = False
@@ -718,6 +748,11 @@ class _VideoState:
 
     def origin_seconds(self) -> float:
         return float((self._first_pts or 0) * self.time_base)
+
+    def lead_by(self, seconds: Fraction) -> None:
+        """Put the time origin ``seconds`` before the first picture (see :func:`sound_lead`);
+        before any frame is pushed."""
+        self._lead = round(seconds / self.time_base)
 
     @property
     def decoded(self) -> int:
@@ -868,6 +903,8 @@ class _VideoState:
             raise UnsupportedSourceError(
                 f"source {self._limit.name!r} lasts more than the limit of "
                 f"{self._limit.seconds:.0f} s")
+        if self._last_placed is None and pts > 0:
+            self._show_from_origin(frame, pts)
         self._fill_gap(pts)
         claimed = max(0, frame.duration or 0)
         if self._previous is not None:
@@ -887,6 +924,14 @@ class _VideoState:
         carried = self._captions.keep(captions)
         self._keep(self._map(self._normalise(frame)),
                    replace(placed, captions=carried) if carried else placed)
+
+    def _show_from_origin(self, first: av.video.frame.VideoFrame, pts: int) -> None:
+        """Show the first picture, placed at ``pts`` after sound that starts before it (see
+        :func:`sound_lead`), from the time origin up to there: every rendition starts at the
+        origin (browsers play only where picture and sound are both buffered)."""
+        placed = self.schedule.place(0, self.time_base, pts)
+        if placed is not None:
+            self._keep(_copy(self._map(self._normalise(first))), placed)
 
     def _keep(self, frame: av.video.frame.VideoFrame, placed: FrameTime) -> None:
         frame.pts = placed.pts
@@ -1019,7 +1064,10 @@ class _VideoState:
         # every muxer downstream accepts them, and keep gaps (they are real time).
         raw = frame.pts if frame.pts is not None else frame.dts
         if self._first_pts is None:
-            self._first_pts = raw if raw is not None else 0
+            lead = self._lead if raw is not None else 0
+            self._first_pts = raw - lead if raw is not None else 0
+            if self._declared_end is not None:
+                self._declared_end += lead
             self.progress.origin_s = self.origin_seconds()
         behind, self._behind = self._behind, False
         halved, self._halved = self._halved, False

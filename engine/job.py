@@ -42,6 +42,7 @@ from engine.decode import (
     DecodeStats,
     decode_source,
     frame_format,
+    sound_lead,
     video_time_base,
 )
 from engine.errors import (
@@ -405,13 +406,14 @@ class Job:
         time_base = schedule.timeline_time_base(video_time_base(source))
         settings = EncodeSettings(segment, self.options.segment_type, time_base,
                                   info.orientation, colour=colour)
+        # The video's declared length, and the sound the decode leads its first picture in with.
+        length = info.duration_s + float(sound_lead(source)) if info.duration_s else math.inf
         audio: list[AudioEncoder] = []
         try:
             for number, track in enumerate(info.audio_tracks, 1):
                 audio.append(AudioEncoder(
                     self.out_dir, segment, self.options.segment_type, self.options.audio,
-                    info.duration_s or math.inf, self._stop, track.language,
-                    audio_folder(number), track.name))
+                    length, self._stop, track.language, audio_folder(number), track.name))
         except BaseException:
             for encoder in audio:
                 encoder.abort()
@@ -420,8 +422,7 @@ class Job:
         subtitles = SubtitleReader(info.path, self._stop) if info.subtitle_streams else None
         if subtitles is not None:
             # Up to the video's declared length, else the longest a job takes.
-            publisher.expect_subtitles(min(info.duration_s or math.inf,
-                                           self.options.max_duration_s))
+            publisher.expect_subtitles(min(length, self.options.max_duration_s))
         early = (functools.partial(self._lead_segment_closed, publisher, audio, subtitles)
                  if self.options.early_playback else None)
         try:

@@ -2048,8 +2048,16 @@ RECIPES: tuple[Recipe, ...] = (
            lambda d, _: write_streams(d / "audio_before_video.mp4",
                                       video_pts=list(range(90, 120)),
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
-           L, check=_no_audio,
-           note="every audio frame is before the first picture, so none is kept",
+           L, check=_all(_audio(), _seconds_about(4.0), _audio_seconds_about(4.0)),
+           note="all of the sound is before the first picture, which is shown from where the "
+                "sound starts; the sound was left out",
+           notes=("ends 3.0 s before the picture",)),
+    Recipe("audio_all_long_before_video",
+           lambda d, _: write_streams(d / "audio_long_before_video.mp4",
+                                      video_pts=list(range(900, 930)),
+                                      time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
+           L, check=_all(_no_audio, _seconds_about(1.0)),
+           note="sound 30 s before the first picture is not led in with a still picture",
            notes=("before its first picture",)),
     # Found by ``python -m tests.fuzz`` (seed 1); each failed with a traceback before its fix.
     Recipe("fuzz_ts_new_stream",

@@ -653,6 +653,43 @@ def test_sound_that_starts_just_before_the_first_picture_keeps_what_follows_it(
                                                            level(0.3, 0.5))
 
 
+@pytest.mark.parametrize("suffix", ["mp4", "ts"])
+def test_sound_that_starts_before_the_first_picture_is_kept_with_that_picture_shown(
+        tmp_path: Path, suffix: str) -> None:
+    """A tone from 0 s and a picture from 1 s (a recorder that started the picture late; an
+    MPEG-TS recording's sound before its first keyframe): the first picture is shown from
+    0 s, where the sound starts, and every later frame keeps its time, and so does the sound,
+    both after a pause (their container's length is the video's, from its first picture).
+    Counted from the first picture, the first second of sound was left out."""
+    pictures = [*range(30, 38), *range(60, 95)]
+    source = hostile.audio_runs(tmp_path / f"late_picture.{suffix}", pictures,
+                                [(2.2, 0), (0.6, 120000)])  # a pause from 2.2 s to 2.5 s
+    with av.open(str(source)) as container:
+        video_stream, audio_stream = container.streams.video[0], container.streams.audio[0]
+        # 1 s, or as the muxer put it (give or take the AAC encoder's priming, 21 ms).
+        lead = float(video_stream.start_time * video_stream.time_base
+                     - audio_stream.start_time * audio_stream.time_base)
+    assert 0.99 < lead < 1.03
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert run.job.notes == []
+    (video,) = variant_dirs(run.out)
+    assert _playlist_seconds(video) == pytest.approx(lead + 65 / 30, abs=0.01)
+    frames = decode_rendition(video)
+    times = [float(frame.time) - float(TIMELINE_START) for frame in frames]
+    assert [media.frame_index(frame) for frame in frames] == [0, *range(len(pictures))]
+    assert times == pytest.approx([0.0, *(lead + (pts - 30) / 30 for pts in pictures)],
+                                  abs=0.002)
+    with av.open(str(run.out / "audio" / "index.m3u8")) as playlist:
+        sound = [(float(frame.time) - float(TIMELINE_START), np.abs(frame.to_ndarray()).max())
+                 for frame in playlist.decode(audio=0) if frame.time is not None]
+    assert sound[0][0] == pytest.approx(0.0, abs=0.03)  # (give or take the AAC priming)
+    assert min(level for at, level in sound if 0.05 < at < 2.15) > 0.1  # the tone
+    assert max(level for at, level in sound if 2.25 < at < 2.45) < 0.01  # the pause
+    assert min(level for at, level in sound if 2.55 < at < 3.05) > 0.1  # the tone again
+    assert _playlist_seconds(run.out / "audio") == pytest.approx(lead + 65 / 30, abs=0.03)
+
+
 def test_sound_that_ends_early_is_followed_by_silence_to_the_end_of_the_picture(
         tmp_path: Path) -> None:
     """6 s of picture whose sound stops after 1 s: the audio rendition lasts as long as the

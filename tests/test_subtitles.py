@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from engine.job import JobState
 from engine.ladder import LadderOptions
 from engine.publish import Publisher
 from engine.subtitles import Cue, cue_text, webvtt_segments
-from tests import media
+from tests import hostile, media
 from tests.conftest import JobRun, options, run_job
 from tests.hostile import read_webvtt
 
@@ -166,6 +167,24 @@ def test_cues_are_timed_from_the_first_picture(plain: Path, tmp_path: Path) -> N
     assert run.state == JobState.COMPLETE, run.job.error
     assert read_webvtt(run.out / "subtitles1" / "index.m3u8") == [
         (0.0, 0.25, "Cut to the picture"), (0.5, 1.0, "Half a second in")]
+
+
+def test_cues_before_and_after_a_late_first_picture_are_timed_from_the_sound(
+        tmp_path: Path) -> None:
+    """Sound from 0 s and a picture from 1 s to 3 s: the picture is shown from 0 s, where the
+    sound starts (engine.decode.sound_lead), and so are the cues timed, the last one too,
+    which ends past the video's own 2 s."""
+    late = hostile.write_streams(tmp_path / "late_picture.mp4", time_base=Fraction(1, 30),
+                                 video_pts=list(range(30, 90)), audio=[(48000, 2, 3.0, 0)])
+    source = media.make_subtitled(late, tmp_path / "subtitled.mkv", [media.SubtitleSpec(
+        [(0.25, 0.75, "Before the picture"), (2.5, 2.9, "Near the end")])])
+    run = run_job(source, tmp_path / "out", options(ladder=SMALL))
+    assert run.state == JobState.COMPLETE, run.job.error
+    cues = read_webvtt(run.out / "subtitles1" / "index.m3u8")
+    assert [text for _, _, text in cues] == ["Before the picture", "Near the end"]
+    # (Give or take the AAC encoder's priming, 21 ms, which the sound's packets start with.)
+    assert [times for *times, _ in cues] == [pytest.approx([0.25, 0.75], abs=0.03),
+                                             pytest.approx([2.5, 2.9], abs=0.03)]
 
 
 def _slow_pass(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Event:
