@@ -136,8 +136,8 @@ class DecodeProgress:
 
     #: Video frames the decoder has produced.
     frames_decoded: int = 0
-    #: Where the first picture placed is on the source's clock (seconds): the output's time
-    #: 0. None until it is placed.
+    #: Where the output's time 0 is on the source's clock (seconds): the first picture placed,
+    #: or the sound that starts before it (see :func:`sound_lead`). None until it is placed.
     origin_s: float | None = None
 
 

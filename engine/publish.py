@@ -266,8 +266,9 @@ class Publisher:
 
     def set_subtitles(self, tracks: Sequence[SubtitleTrack],
                       origin_s: float) -> tuple[list[str], int]:
-        """Write the WebVTT segments of ``tracks`` (cue times on the source's clock, whose
-        ``origin_s`` is the first picture's time); the master playlists list them from now on.
+        """Write the WebVTT segments of ``tracks`` (cue times on the source's clock, on which
+        the output's time 0 is ``origin_s``: see engine.decode.DecodeProgress); the master
+        playlists list them from now on.
         Returns the names of the tracks left out (no cue in the video's time), and how many
         cues were left out for size (see engine.subtitles.webvtt_segments)."""
         left_out, cues_over = [], 0
