@@ -381,8 +381,8 @@ def sound_lead(source: OpenSource) -> Fraction:
 
     The decode puts the time origin that much before the first picture, which is shown from
     the origin on: an MPEG-TS recording starts mid-GOP, so its sound comes before its first
-    keyframe (1.8 s of it in one cut 2 s into a GOP), and a recorder may start the picture
-    late. Counted from the first picture, that sound was left out."""
+    keyframe (1.8 s of it in one cut 30% in, its keyframes 2 s apart), and a recorder may
+    start the picture late. Counted from the first picture, that sound was left out."""
     tracks = {stream.index for stream in source.audio_streams}
     sound = min((Fraction(item.pts * item.time_base) for item in source.pending
                  if isinstance(item, av.Packet) and item.stream.index in tracks
