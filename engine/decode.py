@@ -1065,7 +1065,7 @@ class _VideoState:
         raw = frame.pts if frame.pts is not None else frame.dts
         if self._first_pts is None:
             lead = self._lead if raw is not None else 0
-            self._first_pts = raw - lead if raw is not None else 0
+            self._first_pts = (raw or 0) - lead
             if self._declared_end is not None:
                 self._declared_end += lead
             self.progress.origin_s = self.origin_seconds()

@@ -2050,7 +2050,7 @@ RECIPES: tuple[Recipe, ...] = (
                                       time_base=Fraction(1, 30), audio=[(48000, 2, 1.0, 0)]),
            L, check=_all(_audio(), _seconds_about(4.0), _audio_seconds_about(4.0)),
            note="all of the sound is before the first picture, which is shown from where the "
-                "sound starts; the sound was left out",
+                "sound starts (the sound used to be left out)",
            notes=("ends 3.0 s before the picture",)),
     Recipe("audio_all_long_before_video",
            lambda d, _: write_streams(d / "audio_long_before_video.mp4",
