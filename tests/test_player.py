@@ -11,7 +11,6 @@ before playback ends.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,12 +26,8 @@ from engine.rpc import transcoder_pb2_grpc
 from engine.server import RungsServer, create_server
 from engine.web import DEFAULT_HLS_JS
 from tests import hostile, media
+from tests.browser import chromium, require_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-#: The flags this machine's closed network and a headless root session need.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
 #: CDP network emulation: 100 ms latency, 20 Mbit/s both ways.
 NETWORK = {"offline": False, "latency": 100, "downloadThroughput": 20e6 / 8,
            "uploadThroughput": 20e6 / 8}
@@ -48,22 +43,9 @@ SOURCE_SIZE = (1280, 720)
 MAX_UPGRADE_LOSS_S = 0.1
 
 
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, DEFAULT_HLS_JS) if not p.exists()]
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("the playwright package")
-    if missing:
-        reason = f"browser tests need {', '.join(missing)} (make test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)  # CI runs make test, which installs them: missing is a bug
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RungsServer, Any, Path]]:
-    _require_browser()
+    require_browser(DEFAULT_HLS_JS)
     base = tmp_path_factory.mktemp("player")
     source = base / "src"
     source.mkdir()
@@ -80,15 +62,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RungsServ
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Playwright gives each launch a new, empty user-data directory.
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS,
-                                              headless=True)
+    require_browser(DEFAULT_HLS_JS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 #: The media element's text tracks as the page holds them at the end: each with the cues
