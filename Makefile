@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# hls.js for the player page, from npm at the version package-lock.json pins.
-HLS_JS := node_modules/hls.js/dist/hls.min.js
+# hls.js for the player page, and Shaka Player for the tests that play the outputs in a second
+# player, from npm at the versions package-lock.json pins.
+NPM_STAMP := node_modules/.installed
 # The browser the player tests drive: Debian's, never one Playwright downloads.
 CHROMIUM := /usr/bin/chromium
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(HLS_JS): package.json package-lock.json
+$(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -28,12 +29,12 @@ $(CHROMIUM):
 		echo "make: $(CHROMIUM) is missing and installing it needs root: browser tests will skip"; \
 	fi
 
-demo: $(STAMP) $(HLS_JS)
+demo: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m engine.demo
 
 # The service with the player, on the demo's sample: open http://127.0.0.1:8080/ and submit
 # with '.venv/bin/rungs submit sample-3840x2160-10s.mp4 hls-again --watch'.
-serve: $(STAMP) $(HLS_JS)
+serve: $(STAMP) $(NPM_STAMP)
 	$(BIN)/rungs serve --http-port 8080 --source-root demo-out --output-root demo-out \
 		--data-dir demo-out/data
 
@@ -41,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check engine tests bench
 	$(BIN)/mypy engine
 
-test: lint $(HLS_JS) $(CHROMIUM)
+test: lint $(NPM_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
