@@ -22,6 +22,12 @@ SUBTITLE_GROUP = "subtitles"
 CAPTION_GROUP = "cc"
 #: fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames-only is 6+).
 _VERSION = 7
+#: Where an EVENT playlist asks players to start (``EXT-X-START``'s TIME-OFFSET, seconds): at
+#: the beginning, not near the live edge. One millisecond rather than 0: Shaka Player (5.2.12)
+#: tests the offset for truth, so it ignores 0 and starts a growing playlist near its end (24 s
+#: into a 30 s one). A millisecond lies in the first segment, where players that start at a
+#: segment's boundary begin (RFC 8216 4.3.5.2, PRECISE=NO), and in its first frame.
+START_OFFSET = "0.001"
 #: The frame rates cameras and editors make. A rate measured from frame times (a phone's
 #: variable rate, a camera whose clock jitters, an average that counts the last frame short)
 #: within ``RATE_JITTER`` of one of them is listed as it: 30 fps measured 29.863 or 30.2.
@@ -86,8 +92,8 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: boo
     rung's I-frame playlist: each segment's I-frame as a byte range of its file, lasting until
     the next segment's (RFC 8216 4.3.3.6).
 
-    An EVENT playlist says ``EXT-X-START:TIME-OFFSET=0``: without it players start near the
-    live edge instead of at the beginning.
+    An EVENT playlist says where to start (``EXT-X-START``, :data:`START_OFFSET`): without
+    it players start near the live edge instead of at the beginning.
     """
     lines = [
         "#EXTM3U",
@@ -100,7 +106,7 @@ def media_playlist(segments: Sequence[SegmentRecord], target: int, *, event: boo
     if iframes is not None:
         lines.append("#EXT-X-I-FRAMES-ONLY")
     if event:
-        lines.append("#EXT-X-START:TIME-OFFSET=0")
+        lines.append(f"#EXT-X-START:TIME-OFFSET={START_OFFSET}")
     init_uri = None
     for index, segment in enumerate(segments):
         if segment.discontinuity:

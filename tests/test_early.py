@@ -12,6 +12,7 @@ import pytest
 
 import engine.publish
 from engine import Job, JobState, LadderOptions
+from engine.playlist import START_OFFSET
 from tests import hostile, media
 from tests.conftest import LADDER, SEGMENT_SECONDS, assert_iframe_playlists, options, run_job
 from tests.polling import Poller
@@ -46,7 +47,7 @@ def read_view(out: Path) -> View | None:
         playlist = m3u8.loads(text)
         view.types[uri] = playlist.playlist_type
         view.ended[uri] = playlist.is_endlist
-        view.starts_at_zero[uri] = "#EXT-X-START:TIME-OFFSET=0" in text
+        view.starts_at_zero[uri] = f"#EXT-X-START:TIME-OFFSET={START_OFFSET}" in text
         view.segments[uri] = len(playlist.segments)
         folder = (out / uri).parent
         if not playlist.segments:
