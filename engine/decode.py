@@ -376,8 +376,9 @@ class _SoundPlacer:
 
 
 def sound_lead(source: OpenSource) -> Fraction:
-    """How long before the first picture the sound read along with it starts (seconds), where
-    that is within ``SOUND_BEFORE_PICTURE_S``; else 0.
+    """How long before the first picture the sound starts (seconds), as the sound read along
+    with that picture tells, or where none was, as the container declares; where that is
+    within ``SOUND_BEFORE_PICTURE_S``, else 0.
 
     The decode puts the time origin that much before the first picture, which is shown from
     the origin on: an MPEG-TS recording starts mid-GOP, so its sound comes before its first
@@ -388,6 +389,13 @@ def sound_lead(source: OpenSource) -> Fraction:
                  if isinstance(item, av.Packet) and item.stream.index in tracks
                  and item.pts is not None and item.time_base is not None
                  and not item.is_discard), default=None)
+    if sound is None:
+        # None read yet: a file may store its sound after its pictures (an MP4 not
+        # interleaved, whose demuxer reads by position within 1 s), but its index says where
+        # the sound starts.
+        sound = min((Fraction(start) for stream in source.audio_streams
+                     if (start := _declared_sound_start(source, stream)) is not None),
+                    default=None)
     picture = next((item.pts for item in source.pending
                     if isinstance(item, av.video.frame.VideoFrame)), None)
     if sound is None or picture is None:

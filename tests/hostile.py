@@ -1103,25 +1103,37 @@ def jump_forward(folder: Path) -> Path:
                          audio=[(48000, 2, 1.0, 0)])
 
 
-def audio_runs(path: Path, video_pts: list[int], runs: list[tuple[float, int]]) -> Path:
+def audio_runs(path: Path, video_pts: list[int], runs: list[tuple[float, int]], *,
+               sound_stored_last: bool = False) -> Path:
     """Video frames at ``video_pts`` (in 1/30 s) and one AAC stream of tone runs, each
-    ``(seconds, first sample)``: audio whose timestamps leave gaps between the runs."""
+    ``(seconds, first sample)``: audio whose timestamps leave gaps between the runs.
+    ``sound_stored_last``: every sound packet after every picture in the file, not
+    interleaved by time (some editors' MP4s)."""
     rate = 48000
-    with av.open(str(path), "w") as out:
+    # The muxer holds packets back to interleave them by time, unless told to wait 1 us.
+    options = {"max_interleave_delta": "1"} if sound_stored_last else {}
+    with av.open(str(path), "w", options=options) as out:
         video = out.add_stream("libx264", rate=30, options={"preset": "veryfast"})
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         video.codec_context.time_base = Fraction(1, 30)
         sound = out.add_stream("aac", rate=rate, layout="stereo")
-        for seconds, start in runs:
-            for tone in media._tone_frames(seconds, 440.0, rate, 2):
-                tone.pts = (tone.pts or 0) + start
-                out.mux(sound.encode(tone))
-        out.mux(sound.encode(None))
+
+        def mux_sound() -> None:
+            for seconds, start in runs:
+                for tone in media._tone_frames(seconds, 440.0, rate, 2):
+                    tone.pts = (tone.pts or 0) + start
+                    out.mux(sound.encode(tone))
+            out.mux(sound.encode(None))
+
+        if not sound_stored_last:
+            mux_sound()
         for when, image in zip(video_pts, _frames(WIDTH, HEIGHT, len(video_pts)), strict=True):
             picture = av.VideoFrame.from_ndarray(image, format="rgb24")
             picture.pts, picture.time_base = when, Fraction(1, 30)
             out.mux(video.encode(picture))
         out.mux(video.encode(None))
+        if sound_stored_last:
+            mux_sound()
     return path
 
 

@@ -653,32 +653,41 @@ def test_sound_that_starts_just_before_the_first_picture_keeps_what_follows_it(
                                                            level(0.3, 0.5))
 
 
-@pytest.mark.parametrize("suffix", ["mp4", "ts"])
+@pytest.mark.parametrize(("suffix", "sound_stored_last", "late"), [
+    ("mp4", False, 30), ("ts", False, 30), ("mp4", True, 15)],
+    ids=["mp4", "ts", "mp4-sound-stored-last"])
 def test_sound_that_starts_before_the_first_picture_is_kept_with_that_picture_shown(
-        tmp_path: Path, suffix: str) -> None:
+        tmp_path: Path, suffix: str, sound_stored_last: bool, late: int) -> None:
     """A tone from 0 s and a picture from 1 s (a recorder that started the picture late; an
     MPEG-TS recording's sound before its first keyframe): the first picture is shown from
     0 s, where the sound starts, and every later frame keeps its time, and so does the sound,
     both after a pause (their container's length is the video's, from its first picture).
-    Counted from the first picture, the first second of sound was left out."""
-    pictures = [*range(30, 38), *range(60, 95)]
+    Counted from the first picture, the first second of sound was left out. In an MP4 that
+    stores its sound after its pictures, with the picture 0.5 s late (so that its demuxer
+    reads pictures for a second before any sound), it still was: no sound was read with the
+    first picture."""
+    pictures = [*range(late, 38), *range(60, 95)]
     source = hostile.audio_runs(tmp_path / f"late_picture.{suffix}", pictures,
-                                [(2.2, 0), (0.6, 120000)])  # a pause from 2.2 s to 2.5 s
+                                [(2.2, 0), (0.6, 120000)],  # a pause from 2.2 s to 2.5 s
+                                sound_stored_last=sound_stored_last)
     with av.open(str(source)) as container:
+        if sound_stored_last:
+            assert [packet.stream.type for _, packet in zip(range(8), container.demux(),
+                                                            strict=False)] == ["video"] * 8
         video_stream, audio_stream = container.streams.video[0], container.streams.audio[0]
-        # 1 s, or as the muxer put it (give or take the AAC encoder's priming, 21 ms).
+        # As the muxer put it (give or take the AAC encoder's priming, 21 ms).
         lead = float(video_stream.start_time * video_stream.time_base
                      - audio_stream.start_time * audio_stream.time_base)
-    assert 0.99 < lead < 1.03
+    assert late / 30 - 0.01 < lead < late / 30 + 0.03
     run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
     assert run.state == JobState.COMPLETE, run.job.error
     assert run.job.notes == []
     (video,) = variant_dirs(run.out)
-    assert _playlist_seconds(video) == pytest.approx(lead + 65 / 30, abs=0.01)
+    assert _playlist_seconds(video) == pytest.approx(lead + (95 - late) / 30, abs=0.01)
     frames = decode_rendition(video)
     times = [float(frame.time) - float(TIMELINE_START) for frame in frames]
     assert [media.frame_index(frame) for frame in frames] == [0, *range(len(pictures))]
-    assert times == pytest.approx([0.0, *(lead + (pts - 30) / 30 for pts in pictures)],
+    assert times == pytest.approx([0.0, *(lead + (pts - late) / 30 for pts in pictures)],
                                   abs=0.002)
     with av.open(str(run.out / "audio" / "index.m3u8")) as playlist:
         sound = [(float(frame.time) - float(TIMELINE_START), np.abs(frame.to_ndarray()).max())
@@ -687,7 +696,7 @@ def test_sound_that_starts_before_the_first_picture_is_kept_with_that_picture_sh
     assert min(level for at, level in sound if 0.05 < at < 2.15) > 0.1  # the tone
     assert max(level for at, level in sound if 2.25 < at < 2.45) < 0.01  # the pause
     assert min(level for at, level in sound if 2.55 < at < 3.05) > 0.1  # the tone again
-    assert _playlist_seconds(run.out / "audio") == pytest.approx(lead + 65 / 30, abs=0.03)
+    assert _playlist_seconds(run.out / "audio") == pytest.approx(lead + (95 - late) / 30, abs=0.03)
 
 
 def test_sound_that_ends_early_is_followed_by_silence_to_the_end_of_the_picture(
