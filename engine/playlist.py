@@ -24,9 +24,9 @@ CAPTION_GROUP = "cc"
 _VERSION = 7
 #: Where an EVENT playlist asks players to start (``EXT-X-START``'s TIME-OFFSET, seconds): at
 #: the beginning, not near the live edge. One millisecond rather than 0: Shaka Player (5.2.12)
-#: tests the offset for truth, so it ignores 0 and starts a growing playlist near its end (24 s
-#: into a 30 s one). A millisecond lies in the first segment, where players that start at a
-#: segment's boundary begin (RFC 8216 4.3.5.2, PRECISE=NO), and in its first frame.
+#: tests the offset for truth, so it ignores 0 and starts a growing playlist near its end (6 s
+#: into one listing 12 s). A millisecond lies in the first segment, where players that start
+#: at a segment's boundary begin (RFC 8216 4.3.5.2, PRECISE=NO), and in its first frame.
 START_OFFSET = "0.001"
 #: The frame rates cameras and editors make. A rate measured from frame times (a phone's
 #: variable rate, a camera whose clock jitters, an average that counts the last frame short)
