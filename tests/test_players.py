@@ -193,8 +193,9 @@ def growing(site: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     that instant: the folder's name."""
     _, root = site
     base = tmp_path_factory.mktemp("growing")
+    # Longer than the snapshot needs, so the rung is seen growing past it.
     source = media.make_video(base / "long.mp4", width=320, height=180,
-                              seconds=5 * SEGMENT_SECONDS * GROWN_SEGMENTS / 2)
+                              seconds=2.5 * GROWN_SEGMENTS * SEGMENT_SECONDS)
     with _Snapshot(base / "out", root / "growing") as snapshot:
         run = run_job(source, base / "out", options(ladder=LadderOptions(heights=(180,)),
                                                     early_playback=True))
