@@ -83,8 +83,9 @@ MAX_AUDIO_LEAD_S = 60
 #: Sound the container says starts this much or more after the first picture is led in with
 #: silence before decoding (see ``decode_source``); sooner, the decoder reaches it at once.
 SOUND_LEAD_IN_MIN_S = 1.0
-#: Sound read with the first picture that starts this much before it moves the time origin
-#: back to where it starts, the first picture shown from there (see :func:`sound_lead`).
+#: Sound that starts this much before the first picture (as read with it, or as the
+#: container declares) moves the time origin back to where it starts, the first picture
+#: shown from there (see :func:`sound_lead`).
 #: Less is cut, as a codec's priming or a muxer's rounding is; more is taken for a damaged
 #: timestamp rather than a picture to hold that long.
 SOUND_BEFORE_PICTURE_S = (Fraction(1, 10), Fraction(10))
