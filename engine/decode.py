@@ -201,7 +201,8 @@ def decode_source(source: OpenSource, schedule: KeyframeSchedule, on_video: Vide
     reach = _VideoReach(state, time_base)
     # A placer per track decoded, by stream index, each judging its sound by the one reach.
     tracks = list(zip(source.audio_streams, on_audio, strict=False))
-    placers = {stream.index: _SoundPlacer(state, reach, sink) for stream, sink in tracks}
+    placers = {stream.index: _SoundPlacer(state, reach, sink, _declared_sound_end(source, stream))
+               for stream, sink in tracks}
     bad = 0
     read = _FileReach()
 
@@ -337,10 +338,13 @@ class _SoundPlacer:
     until it is: placed against none, it lands at its absolute time.
     """
 
-    def __init__(self, state: _VideoState, reach: _VideoReach, on_audio: AudioSink) -> None:
+    def __init__(self, state: _VideoState, reach: _VideoReach, on_audio: AudioSink,
+                 declared_end: float | None = None) -> None:
         self._state = state
         self._reach = reach
         self._on_audio = on_audio
+        #: Where the container says the track's sound ends (seconds, on the packets' clock).
+        self._declared_end = declared_end
         self._held: list[tuple[av.audio.frame.AudioFrame, float]] = []
         #: Where the sound passed on so far ends, in seconds from the time origin.
         self.end: float | None = None
@@ -362,6 +366,8 @@ class _SoundPlacer:
         origin = self._state.origin_seconds()
         reach = self._reach.seconds()
         for held, seconds in self._held:
+            if self._declared_end is not None:
+                held = _cut_after(held, seconds, self._declared_end)
             at = seconds - origin
             before = self.end if self.end is not None else 0.0
             if at > max(reach, before) + MAX_AUDIO_LEAD_S:
@@ -409,6 +415,38 @@ def sound_lead(source: OpenSource) -> Fraction:
 def video_time_base(source: OpenSource) -> Fraction:
     """The time base of the source's video packets (MPEG's 1/90000 should a stream name none)."""
     return Fraction(source.video_stream.time_base or Fraction(1, 90000))
+
+
+def _declared_sound_end(source: OpenSource, stream: av.audio.stream.AudioStream) -> float | None:
+    """Where an MP4's audio track ends as its index says (seconds, on the packets' clock), or
+    None: the index ends the sound where the encoder's padding starts (an edit list), and FFmpeg
+    leaves out the packets past that but decodes the last one whole, so the padding played after
+    the sound: 72 ms of silence after 3 s of 8 kHz AAC, the rendition longer than the picture.
+    A fragmented MP4's duration is only as far as its fragments were read, so none there."""
+    if (source.container.format.name != MP4_DEMUXER or not stream.frames
+            or not stream.duration or stream.start_time is None or stream.time_base is None):
+        return None
+    return float((stream.start_time + stream.duration) * stream.time_base)
+
+
+def _cut_after(frame: av.audio.frame.AudioFrame, start: float,
+               end: float) -> av.audio.frame.AudioFrame:
+    """``frame``, which starts at ``start`` (seconds), without its samples after ``end``; as it
+    is where it ends before ``end`` or starts after it (not padding: kept).
+
+    Mono and stereo only: PyAV 18 counts nine planes in an eight-channel planar frame and
+    crashed reading them (a 7.1 AAC track); more channels keep their padding, as before."""
+    keep = round((end - start) * frame.sample_rate) if frame.sample_rate else 0
+    channels = frame.layout.nb_channels
+    planes = channels if frame.format.is_planar else 1
+    if not 0 < keep < frame.samples or channels > 2 or len(frame.planes) != planes:
+        return frame
+    cut = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=keep)
+    size = keep * frame.format.bytes * (channels // planes)
+    for source, target in zip(frame.planes, cut.planes, strict=True):
+        target.update(bytes(memoryview(source)[:size]))
+    cut.sample_rate, cut.pts, cut.time_base = frame.sample_rate, frame.pts, frame.time_base
+    return cut
 
 
 def _declared_sound_start(source: OpenSource, stream: av.audio.stream.AudioStream) -> float | None:

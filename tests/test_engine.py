@@ -720,6 +720,36 @@ def test_sound_that_ends_early_is_followed_by_silence_to_the_end_of_the_picture(
         "audio track 'Audio 1' ends 5.0 s before the picture: silence to its end"]
 
 
+@pytest.mark.parametrize(("rate", "channels"), [(8000, 1), (22050, 2)])
+def test_the_encoders_padding_after_an_mp4s_sound_is_left_out(
+        tmp_path: Path, rate: int, channels: int) -> None:
+    """3 s of picture and sound whose MP4 index ends the sound at 3 s: FFmpeg decodes the last
+    AAC frame whole, padding and all (72 ms of it at 8 kHz), which made the audio rendition
+    longer than the picture and held the last picture for it. The rendition now ends where
+    the index says, plus the AAC encoder's own priming and its last frame."""
+    source = media.make_video(tmp_path / "padded.mp4", width=320, height=180, seconds=3.0,
+                              sample_rate=rate, channels=channels)
+    with av.open(str(source)) as container:
+        stream = container.streams.audio[0]
+        assert stream.duration is not None
+        assert float(stream.duration * stream.time_base) == pytest.approx(3.0, abs=1e-3)
+        decoded = sum(frame.samples for frame in container.decode(stream)) / rate
+    assert decoded > 3.015  # the padding (72 and 19 ms), which FFmpeg keeps
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    (video,) = variant_dirs(run.out)
+    assert _playlist_seconds(video) == pytest.approx(3.0, abs=1e-3)
+    priming, frame = 1024 / 48000, 1024 / 48000
+    assert 3.0 + priming - 1e-3 <= _playlist_seconds(run.out / "audio") <= 3.0 + priming + frame
+    with av.open(str(run.out / "audio" / "index.m3u8")) as playlist:
+        stream = playlist.streams.audio[0]
+        sound = [(float(f.time) - float(TIMELINE_START), np.abs(f.to_ndarray()).max())
+                 for f in playlist.decode(stream) if f.time is not None]
+    assert max(level for at, level in sound if 2.5 < at < 2.95) > 0.1  # the tone to the end
+    assert sound[-1][0] < 3.0
+    assert run.job.notes == []
+
+
 @pytest.mark.parametrize(("segment", "sound"), [
     (2.0, 6.0),  # copies of the last frame at 2 and 4 s
     (4.0, 3.5),  # no segment starts before the sound ends: one copy where the last frame ends
