@@ -441,10 +441,13 @@ def _cut_after(frame: av.audio.frame.AudioFrame, start: float,
     planes = channels if frame.format.is_planar else 1
     if not 0 < keep < frame.samples or channels > 2 or len(frame.planes) != planes:
         return frame
-    cut = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=keep)
     size = keep * frame.format.bytes * (channels // planes)
-    for source, target in zip(frame.planes, cut.planes, strict=True):
-        target.update(bytes(memoryview(source)[:size]))
+    try:
+        cut = av.AudioFrame(format=frame.format.name, layout=frame.layout, samples=keep)
+        for source, target in zip(frame.planes, cut.planes, strict=True):
+            target.update(bytes(memoryview(source)[:size]))
+    except (ValueError, TypeError):  # a layout or format PyAV makes no frame of: as it is
+        return frame
     cut.sample_rate, cut.pts, cut.time_base = frame.sample_rate, frame.pts, frame.time_base
     return cut
 
