@@ -750,6 +750,30 @@ def test_the_encoders_padding_after_an_mp4s_sound_is_left_out(
     assert run.job.notes == []
 
 
+def test_an_mp4s_seven_one_sound_with_padding_is_transcoded(tmp_path: Path) -> None:
+    """3 s of picture with 7.1 AAC at 44.1 kHz in an MP4, its last frame padded: PyAV 18
+    counts nine planes in an eight-channel frame, and a first version of the padding's cut,
+    which read the frame's samples, crashed the process on such an upload. Such a frame keeps
+    its padding and the job completes with the sound to its end."""
+    source = tmp_path / "seven_one.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=s=320x180:r=30:d=3", "-f", "lavfi", "-i",
+                    "sine=f=440:r=44100:d=3", "-ac", "8", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-c:a", "aac", str(source)], check=True)
+    with av.open(str(source)) as container:
+        stream = container.streams.audio[0]
+        assert stream.layout.name == "7.1" and stream.duration is not None
+        assert float(stream.duration * stream.time_base) == pytest.approx(3.0, abs=1e-3)
+        assert sum(frame.samples for frame in container.decode(stream)) / 44100 > 3.01
+    run = run_job(source, tmp_path / "out", options(ladder=LadderOptions(heights=(180,))))
+    assert run.state == JobState.COMPLETE, run.job.error
+    assert 3.0 <= _playlist_seconds(run.out / "audio") <= 3.0 + 3 * 1024 / 48000
+    with av.open(str(run.out / "audio" / "index.m3u8")) as playlist:
+        sound = [(float(f.time) - float(TIMELINE_START), np.abs(f.to_ndarray()).max())
+                 for f in playlist.decode(audio=0) if f.time is not None]
+    assert max(level for at, level in sound if 2.5 < at < 2.95) > 0.03  # the tone, mixed down
+
+
 @pytest.mark.parametrize(("segment", "sound"), [
     (2.0, 6.0),  # copies of the last frame at 2 and 4 s
     (4.0, 3.5),  # no segment starts before the sound ends: one copy where the last frame ends
